@@ -1,0 +1,306 @@
+//! The gateway's one YAML configuration file: parsing and validation.
+//!
+//! Every field is checked here, once, before anything is served: unknown fields
+//! and bad values are errors that name the field and the file. Relative paths
+//! are resolved against the directory of the config file. This module never
+//! reads the process environment directly; overrides come through [`Env`] so
+//! tests never mutate the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use serde::Deserialize;
+use spiffe::SpiffeId;
+
+/// Environment variable naming the Workload API socket when the config does not.
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+/// Default request body limit: 1 MiB.
+const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Where environment overrides come from.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listener: ListenerConfig,
+    pub admin: AdminConfig,
+    pub workload_api: WorkloadApiConfig,
+    pub policy_dir: PathBuf,
+    pub upstream: UpstreamConfig,
+    pub audit: AuditSink,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    /// The HTTP path agents POST MCP messages to, e.g. `/mcp`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkloadApiConfig {
+    /// `unix:///path/to/agent.sock` (or any endpoint the spiffe crate accepts).
+    pub endpoint: String,
+    /// Selects one of several SVIDs of this workload by its Workload API hint.
+    pub svid_hint: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The name policies use: `Mcp::Server::"<name>"`.
+    pub name: String,
+    pub url: url::Url,
+    /// The exact SPIFFE ID the upstream must present.
+    pub spiffe_id: SpiffeId,
+    /// Plain HTTP to a loopback address (a server sidecar in the same pod).
+    pub plaintext: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    Stdout,
+    File(PathBuf),
+}
+
+// ---- the file format ------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listener: RawListener,
+    admin: RawAdmin,
+    #[serde(default)]
+    workload_api: RawWorkloadApi,
+    policy: RawPolicy,
+    upstream: RawUpstream,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+    #[serde(default = "default_path")]
+    path: String,
+}
+
+fn default_path() -> String {
+    "/mcp".to_owned()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWorkloadApi {
+    socket: Option<String>,
+    svid_hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    dir: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    url: String,
+    spiffe_id: Option<String>,
+    #[serde(default)]
+    plaintext_loopback: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    sink: RawAuditSink,
+    path: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RawAuditSink {
+    #[default]
+    Stdout,
+    File,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body_bytes: Option<usize>,
+}
+
+impl Config {
+    /// Reads, parses and validates the config file.
+    pub fn load(path: &Path, env: &dyn Env) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::parse(&text, base, env).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// Parses config text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path, env: &dyn Env) -> anyhow::Result<Config> {
+        let raw: RawConfig = serde_yaml_ng::from_str(text).map_err(|e| anyhow!("{e}"))?;
+        raw.validate(base, env)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path, env: &dyn Env) -> anyhow::Result<Config> {
+        let listener = ListenerConfig {
+            address: parse_addr("listener.address", &self.listener.address)?,
+            path: validate_path("listener.path", self.listener.path)?,
+        };
+        let admin = AdminConfig {
+            address: parse_addr("admin.address", &self.admin.address)?,
+        };
+        if admin.address == listener.address && admin.address.port() != 0 {
+            bail!("admin.address: must differ from listener.address");
+        }
+        let workload_api = self.workload_api.validate(env)?;
+        let upstream = self.upstream.validate()?;
+        let audit = match (self.audit.sink, self.audit.path) {
+            (RawAuditSink::Stdout, None) => AuditSink::Stdout,
+            (RawAuditSink::Stdout, Some(_)) => bail!("audit.path: only valid with `sink: file`"),
+            (RawAuditSink::File, Some(p)) => AuditSink::File(base.join(p)),
+            (RawAuditSink::File, None) => bail!("audit.path: required with `sink: file`"),
+        };
+        let max_body_bytes = match self.limits.max_body_bytes {
+            None => DEFAULT_MAX_BODY_BYTES,
+            Some(0) => bail!("limits.max_body_bytes: must be greater than 0"),
+            Some(n) if n > 64 << 20 => bail!("limits.max_body_bytes: at most 67108864 (64 MiB)"),
+            Some(n) => n,
+        };
+        Ok(Config {
+            listener,
+            admin,
+            workload_api,
+            policy_dir: base.join(self.policy.dir),
+            upstream,
+            audit,
+            max_body_bytes,
+        })
+    }
+}
+
+impl RawWorkloadApi {
+    fn validate(self, env: &dyn Env) -> anyhow::Result<WorkloadApiConfig> {
+        let endpoint = match self.socket.or_else(|| env.var(SPIFFE_ENDPOINT_SOCKET)) {
+            Some(s) if s.starts_with("unix:") || s.starts_with("tcp:") => s,
+            Some(s) if s.starts_with('/') => format!("unix://{s}"),
+            Some(s) => bail!(
+                "workload_api.socket: {s:?} is not `unix:///path` or an absolute socket path"
+            ),
+            None => bail!(
+                "workload_api.socket: not set, and {SPIFFE_ENDPOINT_SOCKET} is not set either"
+            ),
+        };
+        if matches!(self.svid_hint.as_deref(), Some("")) {
+            bail!("workload_api.svid_hint: must not be empty");
+        }
+        Ok(WorkloadApiConfig {
+            endpoint,
+            svid_hint: self.svid_hint,
+        })
+    }
+}
+
+impl RawUpstream {
+    fn validate(self) -> anyhow::Result<UpstreamConfig> {
+        if self.name.is_empty() || self.name.contains('/') || self.name.contains('"') {
+            bail!("upstream.name: must be non-empty and contain no '/' or '\"'");
+        }
+        let url = url::Url::parse(&self.url).map_err(|e| anyhow!("upstream.url: {e}"))?;
+        if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+            bail!("upstream.url: needs a host and no user info");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            bail!("upstream.url: must not have a query or fragment");
+        }
+        let plaintext = match (url.scheme(), self.plaintext_loopback) {
+            ("https", false) => false,
+            ("https", true) => bail!("upstream.plaintext_loopback: set, but the url is https"),
+            ("http", true) if is_loopback(&url) => true,
+            ("http", true) => bail!("upstream.url: plain http is only allowed to a loopback IP"),
+            ("http", false) => bail!(
+                "upstream.url: plain http needs `plaintext_loopback: true` (a sidecar on loopback)"
+            ),
+            (s, _) => bail!("upstream.url: scheme {s:?} is not https or http"),
+        };
+        let spiffe_id = match (self.spiffe_id, plaintext) {
+            (Some(id), _) => {
+                SpiffeId::new(&id).map_err(|e| anyhow!("upstream.spiffe_id: {id:?}: {e}"))?
+            }
+            (None, true) => bail!(
+                "upstream.spiffe_id: required (it names the local server in audit and policy)"
+            ),
+            (None, false) => bail!("upstream.spiffe_id: required for an mTLS upstream"),
+        };
+        Ok(UpstreamConfig {
+            name: self.name,
+            url,
+            spiffe_id,
+            plaintext,
+        })
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
+fn parse_addr(field: &str, value: &str) -> anyhow::Result<SocketAddr> {
+    value
+        .parse()
+        .map_err(|_| anyhow!("{field}: {value:?} is not an IP:port socket address"))
+}
+
+fn validate_path(field: &str, path: String) -> anyhow::Result<String> {
+    let ok = path.starts_with('/')
+        && !path.contains(['?', '#', ' '])
+        && path.split('/').all(|s| s != ".." && s != ".");
+    if !ok {
+        bail!("{field}: {path:?} must be an absolute URL path without query, '.' or '..'");
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,13 @@
+//! spiffe-mcp-gateway: a SPIFFE-native, zero-trust gateway for the Model
+//! Context Protocol. See ARCHITECTURE.md for the pipeline.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod audit;
+pub mod config;
+pub mod identity;
+pub mod mcp;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;

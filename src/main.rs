@@ -1,0 +1,103 @@
+//! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
+//! validates a config and its policies without serving.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use spiffe_mcp_gateway::app;
+use spiffe_mcp_gateway::config::{Config, ProcessEnv};
+use spiffe_mcp_gateway::policy::PolicyEngine;
+
+/// Time in-flight requests get to finish after SIGTERM or Ctrl-C.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Parser)]
+#[command(version, about = "A SPIFFE-native, zero-trust gateway for MCP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate the config file and the policies it names, then exit.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Serve { config } => serve(&config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path, &ProcessEnv)?;
+    let policy = PolicyEngine::load_dir(&config.policy_dir)
+        .map_err(|e| anyhow::anyhow!("policies in {}: {e}", config.policy_dir.display()))?;
+    println!(
+        "ok: config {} and {} policies (version {}) are valid",
+        path.display(),
+        policy.policy_count(),
+        policy.version()
+    );
+    Ok(())
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path, &ProcessEnv)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let app = app::build(config).await?;
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        app.shutdown(DRAIN_DEADLINE).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

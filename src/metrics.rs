@@ -1,0 +1,204 @@
+//! Prometheus metrics, registered once at start and shared by handle.
+//!
+//! Label values come only from bounded sets: a method name outside the known
+//! MCP methods is counted as `other`, so a caller cannot grow the label space.
+//! Nothing here may block the request path: counters are atomics.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Methods counted under their own label value; anything else is `other`.
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "server/discover",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+];
+
+/// All gateway metrics. Clones share the same series.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    decisions: IntCounterVec,
+    pub request_duration: Histogram,
+    upstream_errors: IntCounterVec,
+    refused: IntCounterVec,
+    pub svid_expiry: Gauge,
+    pub svid_rotations: IntCounter,
+    pub identity_updates: IntCounter,
+    pub tls_handshake_failures: IntCounter,
+    pub audit_records: IntCounter,
+    pub audit_write_errors: IntCounter,
+    pub ready: IntGauge,
+    pub policy_count: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            decisions: IntCounterVec::new(
+                Opts::new("mcp_gateway_decisions_total", "Policy decisions by decision and MCP method."),
+                &["decision", "method"],
+            )
+            .expect("static metric definition"),
+            request_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "mcp_gateway_request_duration_seconds",
+                    "Time from a request's arrival to its response headers.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )
+            .expect("static metric definition"),
+            upstream_errors: IntCounterVec::new(
+                Opts::new("mcp_gateway_upstream_errors_total", "Failed calls to the upstream by kind."),
+                &["kind"],
+            )
+            .expect("static metric definition"),
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_refused_requests_total",
+                    "HTTP requests refused before any policy decision, by reason.",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+            svid_expiry: Gauge::new(
+                "mcp_gateway_svid_expiry_timestamp_seconds",
+                "notAfter of the gateway's current X.509-SVID, Unix seconds.",
+            )
+            .expect("static metric definition"),
+            svid_rotations: IntCounter::new(
+                "mcp_gateway_svid_rotations_total",
+                "Times a new X.509-SVID replaced the previous one.",
+            )
+            .expect("static metric definition"),
+            identity_updates: IntCounter::new(
+                "mcp_gateway_identity_updates_total",
+                "Workload API updates received (SVIDs or bundles).",
+            )
+            .expect("static metric definition"),
+            tls_handshake_failures: IntCounter::new(
+                "mcp_gateway_tls_handshake_failures_total",
+                "Listener handshakes refused or failed.",
+            )
+            .expect("static metric definition"),
+            audit_records: IntCounter::new(
+                "mcp_gateway_audit_records_total",
+                "Audit records written.",
+            )
+            .expect("static metric definition"),
+            audit_write_errors: IntCounter::new(
+                "mcp_gateway_audit_write_errors_total",
+                "Audit records that could not be written.",
+            )
+            .expect("static metric definition"),
+            ready: IntGauge::new("mcp_gateway_ready", "1 when the gateway holds a usable SVID.")
+                .expect("static metric definition"),
+            policy_count: IntGauge::new("mcp_gateway_policies", "Policies in the loaded set.")
+                .expect("static metric definition"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    // The definitions above are constants: `expect` can only fail on a typo
+    // in a name, which the unit test below catches.
+    fn register_all(&self) {
+        let r = &self.registry;
+        let all: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(self.decisions.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.upstream_errors.clone()),
+            Box::new(self.refused.clone()),
+            Box::new(self.svid_expiry.clone()),
+            Box::new(self.svid_rotations.clone()),
+            Box::new(self.identity_updates.clone()),
+            Box::new(self.tls_handshake_failures.clone()),
+            Box::new(self.audit_records.clone()),
+            Box::new(self.audit_write_errors.clone()),
+            Box::new(self.ready.clone()),
+            Box::new(self.policy_count.clone()),
+        ];
+        for c in all {
+            r.register(c).expect("metric names are unique");
+        }
+    }
+
+    pub fn decision(&self, allowed: bool, method: &str) {
+        let decision = if allowed { "allow" } else { "deny" };
+        self.decisions
+            .with_label_values(&[decision, method_label(method)])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.with_label_values(&[kind]).inc();
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.with_label_values(&[reason]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        let m = Metrics::new();
+        m.decision(false, "tools/call");
+        m.decision(false, "x/evil-1");
+        m.decision(false, "x/evil-2");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="other"} 2"#));
+        assert!(text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="tools/call"} 1"#));
+        assert!(!text.contains("evil"));
+    }
+}

@@ -1,0 +1,494 @@
+//! The request path: authenticate -> parse -> decide -> audit -> forward.
+//!
+//! Each phase is a named function over concrete types, in the order a request
+//! meets them. A message reaches the upstream only if every JSON-RPC message
+//! in the body was permitted by policy; the bytes forwarded are exactly the
+//! bytes parsed and decided on. Responses (JSON or SSE) stream back as they
+//! arrive; nothing buffers a response body whole.
+//!
+//! This module must never take identity from a header, forward a message
+//! that was not decided, or put policy text in a reply.
+
+mod error;
+pub mod listener;
+mod reply;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, Uri};
+use tracing::warn;
+
+pub use error::{
+    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
+    CODE_UPSTREAM_UNAVAILABLE, ProxyError,
+};
+use listener::Peer;
+use reply::{ReplyBody, error_response};
+use upstream::{ConnectError, UpstreamClient};
+
+use crate::audit::{AuditLog, Outcome, Record, now_rfc3339};
+use crate::config::Config;
+use crate::identity::Identity;
+use crate::mcp::{self, Message};
+use crate::metrics::Metrics;
+use crate::policy::{Decision, PolicyEngine, PolicyInput, Target};
+
+/// Headers a caller may use to claim an identity or a hop; never forwarded.
+const IDENTITY_HEADER_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-spiffe",
+    "x-client-cert",
+    "x-ssl-client",
+    "ssl-client",
+    "x-real-ip",
+    "forwarded",
+    "x-envoy-",
+    "x-amzn-mtls",
+];
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) plus ones the gateway sets itself.
+const HOP_HEADERS: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+    // The gateway must see the bytes it decides on; no compressed replies.
+    header::ACCEPT_ENCODING,
+];
+
+const MCP_SESSION_ID: &str = "mcp-session-id";
+const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
+
+/// Everything the request path needs, shared by all connections.
+pub struct Gateway {
+    pub identity: Identity,
+    pub metrics: Metrics,
+    policy: Arc<PolicyEngine>,
+    audit: AuditLog,
+    client: UpstreamClient,
+    upstream_name: String,
+    upstream_id: String,
+    upstream_uri: Uri,
+    upstream_authority: HeaderValue,
+    path: String,
+    max_body: usize,
+    ids: CorrelationIds,
+}
+
+/// The outcome of deciding one message, with the labels audit and metrics use.
+struct Verdict {
+    allowed: bool,
+    reason: &'static str,
+    policy_ids: Vec<String>,
+}
+
+impl From<Decision> for Verdict {
+    fn from(d: Decision) -> Verdict {
+        Verdict {
+            allowed: d.allowed,
+            reason: d.reason.as_str(),
+            policy_ids: d.policy_ids,
+        }
+    }
+}
+
+/// The facts of one HTTP request that every audit record repeats.
+struct RequestFacts<'a> {
+    peer: &'a Peer,
+    session_id: Option<&'a str>,
+    protocol_version: Option<&'a str>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: &Config,
+        identity: Identity,
+        policy: Arc<PolicyEngine>,
+        audit: AuditLog,
+        metrics: Metrics,
+    ) -> anyhow::Result<Gateway> {
+        let upstream_uri: Uri = config.upstream.url.as_str().parse()?;
+        let authority = upstream_uri
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
+        Ok(Gateway {
+            client: upstream::client(identity.clone(), config.upstream.plaintext),
+            identity,
+            metrics,
+            policy,
+            audit,
+            upstream_name: config.upstream.name.clone(),
+            upstream_id: config.upstream.spiffe_id.to_string(),
+            upstream_authority: HeaderValue::from_str(authority.as_str())?,
+            upstream_uri,
+            path: config.listener.path.clone(),
+            max_body: config.max_body_bytes,
+            ids: CorrelationIds::new(),
+        })
+    }
+
+    /// Entry point for every HTTP request on an authenticated connection.
+    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
+        let started = Instant::now();
+        let response = self.route(req, peer).await;
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
+        if req.uri().path() != self.path {
+            return self.refuse_transport(ProxyError::NotFound, peer, req.headers()).await;
+        }
+        match *req.method() {
+            Method::POST => self.post(req, peer).await,
+            Method::GET | Method::DELETE => self.stream_or_delete(req, peer).await,
+            _ => self.refuse_transport(ProxyError::MethodNotAllowed, peer, req.headers()).await,
+        }
+    }
+
+    /// POST: one JSON-RPC message or a batch, decided before anything is sent.
+    async fn post(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
+        let (parts, body) = req.into_parts();
+        if let Err(refusal) = check_entity_headers(&parts.headers) {
+            return self.refuse_transport(refusal, peer, &parts.headers).await;
+        }
+        let bytes = match read_body(body, self.max_body).await {
+            Ok(b) => b,
+            Err(refusal) => return self.refuse_transport(refusal, peer, &parts.headers).await,
+        };
+        let facts = RequestFacts {
+            peer,
+            session_id: header_str(&parts.headers, MCP_SESSION_ID),
+            protocol_version: header_str(&parts.headers, MCP_PROTOCOL_VERSION),
+        };
+        let messages = match mcp::parse_body(&bytes) {
+            Ok(mcp::Body::Single(m)) => vec![m],
+            Ok(mcp::Body::Batch(ms)) => ms,
+            Err(e) => {
+                let refusal = ProxyError::Parse(e.to_string(), e.jsonrpc_code());
+                return self.refuse_unparsed(refusal, &facts).await;
+            }
+        };
+        let mut denied = Vec::new();
+        for message in &messages {
+            let correlation_id = self.ids.next();
+            let verdict = self.decide(message, &facts);
+            let allowed = verdict.allowed;
+            self.metrics.decision(allowed, message.method.as_deref().unwrap_or("response"));
+            self.audit_decision(message, &facts, verdict, &correlation_id).await;
+            if !allowed {
+                denied.push((message, correlation_id));
+            }
+        }
+        if !denied.is_empty() {
+            return reply::denied(&messages, &denied, messages.len() > 1);
+        }
+        self.forward(&parts.headers, Method::POST, Some(bytes), &facts).await
+    }
+
+    /// Decides one message. Pure: no I/O. Responses from the caller (answers
+    /// to server-to-client requests) carry no action and are permitted here.
+    fn decide(&self, message: &Message<'_>, facts: &RequestFacts<'_>) -> Verdict {
+        let Some(method) = message.method.as_deref() else {
+            return Verdict {
+                allowed: true,
+                reason: "caller_response",
+                policy_ids: Vec::new(),
+            };
+        };
+        let input = PolicyInput {
+            principal: &facts.peer.spiffe_id,
+            action: method,
+            server: &self.upstream_name,
+            server_spiffe_id: &self.upstream_id,
+            target: target_of(method, message.target.as_deref()),
+            arguments: message.arguments,
+            session_id: facts.session_id,
+            protocol_version: message.protocol_version.as_deref().or(facts.protocol_version),
+        };
+        Verdict::from(self.policy.decide(&input))
+    }
+
+    /// GET (server stream) and DELETE (end session) carry no JSON-RPC message;
+    /// they pass to the upstream for an authenticated caller.
+    async fn stream_or_delete(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
+        let (parts, _) = req.into_parts();
+        let facts = RequestFacts {
+            peer,
+            session_id: header_str(&parts.headers, MCP_SESSION_ID),
+            protocol_version: header_str(&parts.headers, MCP_PROTOCOL_VERSION),
+        };
+        self.forward(&parts.headers, parts.method.clone(), None, &facts).await
+    }
+
+    /// Sends the decided bytes to the upstream and streams its reply back.
+    async fn forward(
+        &self,
+        headers: &HeaderMap,
+        method: Method,
+        body: Option<Bytes>,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let mut req = Request::new(http_body_util::Full::new(body.unwrap_or_default()));
+        *req.method_mut() = method;
+        *req.uri_mut() = self.upstream_uri.clone();
+        *req.headers_mut() = upstream_headers(headers);
+        req.headers_mut()
+            .insert(header::HOST, self.upstream_authority.clone());
+        match self.client.request(req).await {
+            Ok(resp) => reply::from_upstream(resp),
+            Err(e) => {
+                let refusal = classify_upstream_error(&e);
+                warn!(error = %e, upstream = %self.upstream_name, "upstream call failed");
+                self.metrics.upstream_error(refusal.audit_reason());
+                self.audit_upstream_failure(&refusal, facts).await;
+                error_response(&refusal, None, &self.ids.next())
+            }
+        }
+    }
+
+    async fn audit_decision(
+        &self,
+        message: &Message<'_>,
+        facts: &RequestFacts<'_>,
+        verdict: Verdict,
+        correlation_id: &str,
+    ) {
+        let method = message.method.as_deref();
+        let target = method.map(|m| target_of(m, message.target.as_deref()));
+        let record = Record {
+            time: now_rfc3339(),
+            correlation_id: correlation_id.to_owned(),
+            request_id: message
+                .id
+                .as_ref()
+                .and_then(|id| serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()),
+            caller: facts.peer.spiffe_id.to_string(),
+            upstream: self.upstream_name.clone(),
+            upstream_spiffe_id: self.upstream_id.clone(),
+            session_id: facts.session_id.map(str::to_owned),
+            method: method.map(str::to_owned),
+            target_kind: target.as_ref().map(target_kind),
+            target: target.as_ref().and_then(target_name).map(str::to_owned),
+            decision: if verdict.allowed { Outcome::Allow } else { Outcome::Deny },
+            reason: verdict.reason,
+            policy_ids: verdict.policy_ids,
+            policy_version: self.policy.version().to_owned(),
+            protocol_version: message
+                .protocol_version
+                .as_deref()
+                .or(facts.protocol_version)
+                .map(str::to_owned),
+            detail: None,
+        };
+        self.audit.record(record).await;
+    }
+
+    /// A refusal before any message could be parsed: audited, never forwarded.
+    async fn refuse_unparsed(&self, refusal: ProxyError, facts: &RequestFacts<'_>) -> Response<ReplyBody> {
+        let correlation_id = self.ids.next();
+        self.metrics.refused(refusal.audit_reason());
+        let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
+        self.audit.record(record).await;
+        error_response(&refusal, None, &correlation_id)
+    }
+
+    async fn refuse_transport(
+        &self,
+        refusal: ProxyError,
+        peer: &Peer,
+        headers: &HeaderMap,
+    ) -> Response<ReplyBody> {
+        let facts = RequestFacts {
+            peer,
+            session_id: header_str(headers, MCP_SESSION_ID),
+            protocol_version: header_str(headers, MCP_PROTOCOL_VERSION),
+        };
+        self.refuse_unparsed(refusal, &facts).await
+    }
+
+    async fn audit_upstream_failure(&self, refusal: &ProxyError, facts: &RequestFacts<'_>) {
+        let correlation_id = self.ids.next();
+        let record = self.bare_record(refusal, facts, Outcome::UpstreamError, &correlation_id);
+        self.audit.record(record).await;
+    }
+
+    fn bare_record(
+        &self,
+        refusal: &ProxyError,
+        facts: &RequestFacts<'_>,
+        decision: Outcome,
+        correlation_id: &str,
+    ) -> Record {
+        Record {
+            time: now_rfc3339(),
+            correlation_id: correlation_id.to_owned(),
+            request_id: None,
+            caller: facts.peer.spiffe_id.to_string(),
+            upstream: self.upstream_name.clone(),
+            upstream_spiffe_id: self.upstream_id.clone(),
+            session_id: facts.session_id.map(str::to_owned),
+            method: None,
+            target_kind: None,
+            target: None,
+            decision,
+            reason: refusal.audit_reason(),
+            policy_ids: Vec::new(),
+            policy_version: self.policy.version().to_owned(),
+            protocol_version: facts.protocol_version.map(str::to_owned),
+            detail: Some(refusal.to_string()),
+        }
+    }
+}
+
+/// The policy resource a method targets.
+fn target_of<'a>(method: &str, name: Option<&'a str>) -> Target<'a> {
+    match (method, name) {
+        ("tools/call", Some(n)) => Target::Tool(n),
+        ("prompts/get", Some(n)) => Target::Prompt(n),
+        ("resources/read" | "resources/subscribe" | "resources/unsubscribe", Some(uri)) => {
+            Target::Resource(uri)
+        }
+        _ => Target::Server,
+    }
+}
+
+fn target_kind(target: &Target<'_>) -> &'static str {
+    match target {
+        Target::Server => "server",
+        Target::Tool(_) => "tool",
+        Target::Prompt(_) => "prompt",
+        Target::Resource(_) => "resource",
+    }
+}
+
+fn target_name<'a>(target: &Target<'a>) -> Option<&'a str> {
+    match *target {
+        Target::Server => None,
+        Target::Tool(n) | Target::Prompt(n) | Target::Resource(n) => Some(n),
+    }
+}
+
+/// Refuses bodies the gateway would not see as the upstream does.
+fn check_entity_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let v = value.to_str().unwrap_or("?").trim();
+        if !v.eq_ignore_ascii_case("identity") {
+            return Err(ProxyError::ContentEncoding(v.to_owned()));
+        }
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ProxyError::ContentType)?;
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(ProxyError::ContentType);
+    }
+    if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("more than one Content-Type header"));
+    }
+    Ok(())
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ProxyError::TooLarge(limit))
+        }
+        Err(_) => Err(ProxyError::BodyRead),
+    }
+}
+
+/// The caller's headers as the upstream may see them: no hop-by-hop headers
+/// (including those named by `Connection`) and no identity claims.
+fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
+    let named_by_connection: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let drop = HOP_HEADERS.contains(name)
+            || is_identity_header(name.as_str())
+            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+            || named_by_connection.contains(name);
+        if !drop {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn is_identity_header(name: &str) -> bool {
+    IDENTITY_HEADER_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(connect) = err.downcast_ref::<ConnectError>() {
+            return if connect.is_identity() {
+                ProxyError::UpstreamIdentity
+            } else {
+                ProxyError::UpstreamUnavailable
+            };
+        }
+        source = err.source();
+    }
+    ProxyError::UpstreamUnavailable
+}
+
+/// Correlation ids: a random per-process prefix and a counter. Unique, cheap,
+/// and no lock on the request path.
+struct CorrelationIds {
+    prefix: u64,
+    counter: AtomicU64,
+}
+
+impl CorrelationIds {
+    fn new() -> CorrelationIds {
+        let mut seed = [0u8; 8];
+        // SystemRandom failing means the OS RNG is broken; a time-based
+        // prefix still keeps ids unique within this process.
+        let prefix = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
+            Ok(()) => u64::from_le_bytes(seed),
+            Err(_) => crate::identity::unix_now() as u64,
+        };
+        CorrelationIds {
+            prefix,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}{:016x}", self.prefix, n)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! Replies the gateway writes itself (JSON-RPC errors) and the pass-through
+//! of upstream replies.
+//!
+//! A refused request with an id gets HTTP 200 and a JSON-RPC error carrying
+//! that id, so SDK clients hand the error to the pending call (an HTTP error
+//! status would surface as a transport failure instead). Everything else
+//! refused gets the status from [`ProxyError::status_and_code`]. Every error
+//! carries the correlation id of its audit record in `error.data`, and never
+//! policy text. Upstream bodies are streamed, never collected.
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::mcp::Message;
+use crate::proxy::error::{CODE_DENIED, ProxyError};
+
+pub type ReplyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+const DENIED_MESSAGE: &str = "forbidden by gateway policy";
+const BATCH_WITHHELD_MESSAGE: &str = "not forwarded: the batch contains a message forbidden by gateway policy";
+
+fn full(bytes: impl Into<Bytes>) -> ReplyBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// One JSON-RPC error object as bytes. `id` is raw JSON (`null` when absent).
+pub fn jsonrpc_error(id: Option<&str>, code: i32, message: &str, correlation_id: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": serde_json::value::RawValue::from_string(id.unwrap_or("null").to_owned())
+            .unwrap_or_else(|_| null_raw()),
+        "error": {
+            "code": code,
+            "message": message,
+            "data": { "correlation_id": correlation_id },
+        },
+    });
+    // Serializing a Value built from strings and numbers cannot fail.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+fn null_raw() -> Box<serde_json::value::RawValue> {
+    serde_json::value::RawValue::from_string("null".to_owned()).expect("null is valid JSON")
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ReplyBody> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A refusal as an HTTP response with a JSON-RPC error body.
+pub fn error_response(refusal: &ProxyError, id: Option<&str>, correlation_id: &str) -> Response<ReplyBody> {
+    let (status, code) = refusal.status_and_code();
+    let status = if id.is_some() { StatusCode::OK } else { status };
+    json_response(status, jsonrpc_error(id, code, &refusal.to_string(), correlation_id))
+}
+
+/// The reply when at least one message of the body was denied: nothing was
+/// forwarded, and every message with an id gets an error answer.
+pub fn denied(
+    messages: &[Message<'_>],
+    denied: &[(&Message<'_>, String)],
+    batch: bool,
+) -> Response<ReplyBody> {
+    let first_correlation = denied.first().map_or("", |(_, c)| c.as_str());
+    let mut answers: Vec<Vec<u8>> = Vec::new();
+    for message in messages {
+        let Some(id) = message.id.as_ref().map(|id| id.raw_json()) else {
+            continue;
+        };
+        let own = denied
+            .iter()
+            .find(|(m, _)| std::ptr::eq(*m, message))
+            .map(|(_, c)| c.as_str());
+        let answer = match own {
+            Some(correlation) => jsonrpc_error(Some(id), CODE_DENIED, DENIED_MESSAGE, correlation),
+            None => jsonrpc_error(Some(id), CODE_DENIED, BATCH_WITHHELD_MESSAGE, first_correlation),
+        };
+        answers.push(answer);
+    }
+    if answers.is_empty() {
+        // Only notifications (or responses): no id to answer, so an HTTP error.
+        let body = jsonrpc_error(None, CODE_DENIED, DENIED_MESSAGE, first_correlation);
+        return json_response(StatusCode::FORBIDDEN, body);
+    }
+    if !batch {
+        return json_response(StatusCode::OK, answers.swap_remove(0));
+    }
+    let mut body = Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 1);
+    body.push(b'[');
+    for (i, a) in answers.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(a);
+    }
+    body.push(b']');
+    json_response(StatusCode::OK, body)
+}
+
+/// The upstream's reply, streamed through with hop-by-hop headers removed.
+pub fn from_upstream(resp: Response<Incoming>) -> Response<ReplyBody> {
+    let (mut parts, body) = resp.into_parts();
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TRAILER,
+        header::TE,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove("keep-alive");
+    Response::from_parts(parts, body.boxed_unsync())
+}

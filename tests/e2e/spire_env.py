@@ -1,0 +1,486 @@
+"""A real local SPIRE (server + agent) for end-to-end tests.
+
+Wraps spire/start.sh and spire/register.sh. Typical pytest use::
+
+    @pytest.fixture(scope="session")
+    def spire(tmp_path_factory):
+        with Spire.start(tmp_path_factory.mktemp("spire")) as s:
+            yield s
+
+    def test_x(spire, tmp_path):
+        spire.register("spiffe://example.org/ns/demo/sa/agent", "agent", ttl=60)
+        svid = spire.fetch_svid("spiffe://example.org/ns/demo/sa/agent", tmp_path)
+        # svid.cert (leaf + intermediates), svid.key, svid.bundle
+
+Every workload of the test runs as the current Unix user, so entries share the
+selector ``unix:uid:<uid>`` and a process gets all of them from the Workload
+API at ``spire.socket_path``; ``hint`` tells them apart.
+
+The trust bundle served to workloads is the test root CA that start.sh
+generated (``upstream_ca()``); SPIRE's signing CA is an intermediate under it
+and is sent in each SVID chain. ``mint_leaf`` signs certificates with that
+root (they chain to the real bundle) or with a foreign CA (they do not), for
+tests proving the gateway refuses them.
+
+Environment: SPIRE_BIN_DIR (use prebuilt binaries instead of spire/build.sh),
+SPIRE_START_TIMEOUT, SPIRE_LOG_LEVEL (passed to start.sh).
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPIRE_DIR = REPO_ROOT / "spire"
+TRUST_DOMAIN = "example.org"
+
+
+class SpireError(RuntimeError):
+    """SPIRE did not start, or a SPIRE command failed."""
+
+
+@dataclass(frozen=True)
+class SvidFiles:
+    cert: Path  # PEM: the SVID leaf first, then SPIRE's intermediate CA(s)
+    key: Path  # PEM: PKCS#8 private key of the leaf
+    bundle: Path  # PEM: the X.509 trust bundle of example.org
+
+    def leaf(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificates(self.cert.read_bytes())[0]
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return ext.value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def spire_bin_dir() -> Path:
+    """Directory with spire-server and spire-agent; builds them if needed."""
+    if os.environ.get("SPIRE_BIN_DIR"):
+        return Path(os.environ["SPIRE_BIN_DIR"])
+    proc = subprocess.run(
+        [str(SPIRE_DIR / "build.sh")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=3600,
+    )
+    if proc.returncode != 0:
+        raise SpireError(f"spire/build.sh failed:\n{proc.stderr[-4000:]}")
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            env[key] = value.strip("'")
+    return env
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+class Spire:
+    """A running SPIRE server + agent under one run directory."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str]):
+        self.run_dir = run_dir
+        self.bin_dir = Path(env["SPIRE_BIN_DIR"])
+        self.trust_domain = env["SPIRE_TRUST_DOMAIN"]
+        self.server_address = env["SPIRE_SERVER_ADDRESS"]
+        self.server_socket = Path(env["SPIRE_SERVER_SOCKET"])
+        self.socket_path = Path(env["SPIRE_AGENT_SOCKET"])
+        self.agent_id = env["SPIRE_AGENT_ID"]
+        self.server_pid = int(env["SPIRE_SERVER_PID"])
+        self.agent_pid = int(env["SPIRE_AGENT_PID"])
+        self._stopped = False
+
+    # ---- lifecycle -------------------------------------------------------
+
+    @classmethod
+    def start(cls, run_dir: str | os.PathLike, *, timeout: float = 60) -> "Spire":
+        """Builds SPIRE if needed, runs spire/start.sh RUN_DIR, waits until healthy."""
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["SPIRE_BIN_DIR"] = str(spire_bin_dir())
+        env.setdefault("SPIRE_START_TIMEOUT", str(int(timeout)))
+        try:
+            proc = subprocess.run(
+                [str(SPIRE_DIR / "start.sh"), str(run_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+                timeout=2 * timeout + 30,
+            )
+        except subprocess.TimeoutExpired as e:
+            _stop_run_dir(run_dir)
+            raise SpireError(f"spire/start.sh timed out:\n{e.stderr or ''}") from e
+        if proc.returncode != 0:
+            _stop_run_dir(run_dir)
+            raise SpireError(
+                f"spire/start.sh failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        spire = cls(run_dir, _read_env(run_dir / "spire.env"))
+        atexit.register(spire.stop)
+        return spire
+
+    def stop(self) -> None:
+        """Terminates agent and server (SIGTERM, then SIGKILL after 10s) and waits."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _stop_run_dir(self.run_dir)
+        try:
+            atexit.unregister(self.stop)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Spire":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- registration ----------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        """Value for SPIFFE_ENDPOINT_SOCKET."""
+        return f"unix://{self.socket_path}"
+
+    def register(
+        self,
+        spiffe_id: str,
+        hint: str,
+        ttl: int | None = None,
+        dns: str | list[str] | None = None,
+        *,
+        selector: str | None = None,
+        entry_id: str | None = None,
+    ) -> str:
+        """Creates a workload entry under this agent; returns its entry ID.
+
+        ttl: X509-SVID lifetime in seconds (default: the server's 1h).
+        selector: default ``unix:uid:<current uid>``.
+        """
+        args = [
+            "-parentID", self.agent_id,
+            "-spiffeID", spiffe_id,
+            "-selector", selector or f"unix:uid:{os.getuid()}",
+            "-hint", hint,
+        ]  # fmt: skip
+        if ttl is not None:
+            args += ["-x509SVIDTTL", str(int(ttl))]
+        for name in [dns] if isinstance(dns, str) else dns or []:
+            args += ["-dns", name]
+        if entry_id:
+            args += ["-entryID", entry_id]
+        out = self.server("entry", "create", *args, "-output", "json")
+        result = json.loads(out)["results"][0]
+        if result.get("status", {}).get("code", 0) != 0:
+            raise SpireError(f"entry create {spiffe_id}: {result['status']}")
+        return result["entry"]["id"]
+
+    def delete_entry(self, entry_id: str) -> None:
+        self.server("entry", "delete", "-entryID", entry_id)
+
+    def register_demo(self, **ttls: int) -> str:
+        """Runs spire/register.sh (the four demo entries); ttls e.g. GATEWAY_SVID_TTL=60."""
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in ttls.items()})
+        proc = subprocess.run(
+            [str(SPIRE_DIR / "register.sh"), str(self.run_dir)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise SpireError(f"spire/register.sh failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def server(self, *args: str, timeout: float = 30) -> str:
+        """Runs ``spire-server <subcommand...> -socketPath <server socket> <flags...>``.
+
+        The first arguments not starting with '-' are the subcommand."""
+        args = list(args)
+        n = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+        cmd = [str(self.bin_dir / "spire-server"), *args[:n], "-socketPath", str(self.server_socket), *args[n:]]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise SpireError(f"{' '.join(args[:n])} failed: {proc.stdout}{proc.stderr}")
+        return proc.stdout
+
+    # ---- SVIDs -----------------------------------------------------------
+
+    def fetch_svid(
+        self,
+        spiffe_id: str,
+        out_dir: str | os.PathLike,
+        *,
+        timeout: float = 30,
+        name: str | None = None,
+    ) -> SvidFiles:
+        """Waits until the Workload API serves an SVID for spiffe_id and writes it.
+
+        Files: out_dir/<name>.pem (chain), <name>.key, <name>.bundle.pem, where
+        name defaults to the last segment of the SPIFFE ID path. Files are
+        replaced atomically, so calling again after a rotation is safe.
+        """
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = name or spiffe_id.rstrip("/").rsplit("/", 1)[-1]
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fetch-") as tmp:
+                proc = subprocess.run(
+                    [
+                        str(self.bin_dir / "spire-agent"), "api", "fetch", "x509",
+                        "-socketPath", str(self.socket_path),
+                        "-write", tmp, "-silent", "-timeout", "5s",
+                    ],
+                    capture_output=True, text=True, timeout=30,
+                )  # fmt: skip
+                if proc.returncode == 0:
+                    found = self._pick(Path(tmp), spiffe_id)
+                    if found is not None:
+                        files = SvidFiles(
+                            out_dir / f"{name}.pem", out_dir / f"{name}.key", out_dir / f"{name}.bundle.pem"
+                        )
+                        for src, dst in zip(found, (files.cert, files.key, files.bundle)):
+                            os.replace(src, dst)
+                        return files
+                    last = f"Workload API answered without {spiffe_id}"
+                else:
+                    last = (proc.stdout + proc.stderr).strip()
+            if time.monotonic() >= deadline:
+                raise SpireError(
+                    f"no SVID for {spiffe_id} after {timeout}s; last: {last}\n"
+                    f"agent log tail:\n{self.agent_log_tail()}"
+                )
+            time.sleep(0.2)
+
+    @staticmethod
+    def _pick(tmp: Path, spiffe_id: str) -> tuple[Path, Path, Path] | None:
+        i = 0
+        while (tmp / f"svid.{i}.pem").exists():
+            leaf = x509.load_pem_x509_certificates((tmp / f"svid.{i}.pem").read_bytes())[0]
+            if uri_sans(leaf) == [spiffe_id]:
+                return tmp / f"svid.{i}.pem", tmp / f"svid.{i}.key", tmp / f"bundle.{i}.pem"
+            i += 1
+        return None
+
+    # ---- test CAs and forged certificates --------------------------------
+
+    def upstream_ca(self) -> tuple[Path, Path]:
+        """(cert PEM, key PEM) of the root CA in the trust bundle workloads receive."""
+        return self.run_dir / "upstream-ca.pem", self.run_dir / "upstream-ca.key"
+
+    def foreign_ca(self) -> tuple[Path, Path]:
+        """(cert PEM, key PEM) of a self-made CA that is in no SPIRE bundle."""
+        cert, key = self.run_dir / "foreign-ca.pem", self.run_dir / "foreign-ca.key"
+        if not cert.exists():
+            make_ca(cert, key, "foreign test root")
+        return cert, key
+
+    def mint_leaf(
+        self,
+        out_dir: str | os.PathLike,
+        uri_sans: list[str],
+        is_ca: bool = False,
+        not_before: dt.datetime | None = None,
+        not_after: dt.datetime | None = None,
+        key_usage_digital_signature: bool = True,
+        signer: str = "upstream",
+        *,
+        dns_sans: list[str] | None = None,
+        name: str = "leaf",
+    ) -> tuple[Path, Path]:
+        """Mints out_dir/<name>.pem + <name>.key signed by the bundle's root
+        (signer="upstream") or by a CA outside every bundle (signer="foreign")."""
+        if signer == "upstream":
+            ca_cert, ca_key = self.upstream_ca()
+        elif signer == "foreign":
+            ca_cert, ca_key = self.foreign_ca()
+        else:
+            raise ValueError(f"signer must be 'upstream' or 'foreign', not {signer!r}")
+        return mint_leaf(
+            ca_cert, ca_key, out_dir, uri_sans,
+            is_ca=is_ca, not_before=not_before, not_after=not_after,
+            key_usage_digital_signature=key_usage_digital_signature,
+            dns_sans=dns_sans, name=name,
+        )  # fmt: skip
+
+    # ---- diagnostics -----------------------------------------------------
+
+    @property
+    def server_log(self) -> Path:
+        return self.run_dir / "logs" / "server.log"
+
+    @property
+    def agent_log(self) -> Path:
+        return self.run_dir / "logs" / "agent.log"
+
+    def server_log_tail(self, lines: int = 60) -> str:
+        return _tail(self.server_log, lines)
+
+    def agent_log_tail(self, lines: int = 60) -> str:
+        return _tail(self.agent_log, lines)
+
+    def diagnostics(self, lines: int = 40) -> str:
+        return (
+            f"--- spire-server log ({self.server_log}) ---\n{self.server_log_tail(lines)}\n"
+            f"--- spire-agent log ({self.agent_log}) ---\n{self.agent_log_tail(lines)}"
+        )
+
+
+def _stop_run_dir(run_dir: Path) -> None:
+    subprocess.run(
+        [str(SPIRE_DIR / "start.sh"), "--stop", str(run_dir)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def make_ca(cert_path: Path, key_path: Path, common_name: str) -> None:
+    """A self-signed EC P-256 root CA valid for 30 days."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spiffe-mcp-gateway test"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )  # fmt: skip
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _write_key(key_path, key)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def mint_leaf(
+    ca_cert_path: str | os.PathLike,
+    ca_key_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    uri_sans: list[str],
+    *,
+    is_ca: bool = False,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+    key_usage_digital_signature: bool = True,
+    dns_sans: list[str] | None = None,
+    name: str = "leaf",
+) -> tuple[Path, Path]:
+    """Mints an EC P-256 certificate signed by the given CA, shaped like an
+    X509-SVID (EKU serverAuth+clientAuth) unless told otherwise.
+
+    is_ca=True: basicConstraints cA=true and keyUsage keyCertSign+cRLSign.
+    key_usage_digital_signature=False: keyUsage is keyAgreement only.
+    not_before/not_after default to now-1min / now+1h (naive datetimes are UTC).
+    Returns (cert PEM path, key PEM path) in out_dir.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(Path(ca_cert_path).read_bytes())
+    ca_key = serialization.load_pem_private_key(Path(ca_key_path).read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spiffe-mcp-gateway test"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"minted {name}"),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before or now - dt.timedelta(minutes=1))
+        .not_valid_after(not_after or now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=key_usage_digital_signature or is_ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=not key_usage_digital_signature,
+                key_cert_sign=is_ca,
+                crl_sign=is_ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+        )
+    )
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_sans]
+    sans += [x509.DNSName(d) for d in dns_sans or []]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
