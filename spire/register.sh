@@ -30,6 +30,9 @@ die() {
 
 # shellcheck disable=SC1091 # written by spire/start.sh
 source "$1/spire.env"
+for var in GATEWAY_SVID_TTL AGENT_SVID_TTL AGENT_B_SVID_TTL MCP_SERVER_SVID_TTL; do
+  [[ -z ${!var:-} || ${!var} =~ ^[1-9][0-9]*$ ]] || die "$var must be a number of seconds, got '${!var}'"
+done
 server="$SPIRE_BIN_DIR/spire-server"
 uid=$(id -u)
 
@@ -41,7 +44,6 @@ register() {
     -parentID "$SPIRE_AGENT_ID" -spiffeID "$spiffe_id"
     -selector "unix:uid:$uid" -hint "$hint")
   if [[ -n $ttl ]]; then
-    [[ $ttl =~ ^[0-9]+$ ]] || die "TTL for $hint must be a number of seconds, got '$ttl'"
     args+=(-x509SVIDTTL "$ttl")
   fi
   if [[ -n $dns ]]; then

@@ -86,21 +86,18 @@ stop_all() {
 log_tail() {
   local file=$1
   echo "----- last lines of $file -----" >&2
-  tail -n 40 "$file" >&2 2>/dev/null || echo "(no log)" >&2
+  tail -n 25 "$file" >&2 2>/dev/null || echo "(no log)" >&2
   echo "-----" >&2
 }
 
-# wait_healthy NAME PID LOG CMD...: polls CMD until it succeeds, the process
-# exits, or the deadline passes.
+# wait_healthy NAME PID LOG CMD...: polls CMD until it succeeds (status 0),
+# the process exits (status 1), or the deadline passes (fails the script).
 wait_healthy() {
   local name=$1 pid=$2 log=$3
   shift 3
   local deadline=$((SECONDS + timeout))
   while ! "$@" >/dev/null 2>&1; do
-    if ! alive "$pid"; then
-      log_tail "$log"
-      die "$name exited during startup (see $log)"
-    fi
+    alive "$pid" || return 1
     if ((SECONDS >= deadline)); then
       log_tail "$log"
       die "$name not healthy after ${timeout}s (see $log)"
@@ -203,14 +200,17 @@ for attempt in 1 2 3; do
   "$server_bin" run -config "$run_dir/server.conf" </dev/null >>"$server_log" 2>&1 &
   server_pid=$!
   echo "$server_pid" >"$run_dir/server.pid"
-  sleep 0.2
-  if ! alive "$server_pid" && ((attempt < 3)) && tail -n 20 "$server_log" | grep -q 'address already in use'; then
+  if wait_healthy spire-server "$server_pid" "$server_log" \
+    "$server_bin" healthcheck -socketPath "$server_sock"; then
+    break
+  fi
+  if [[ -z ${SPIRE_SERVER_PORT:-} ]] && ((attempt < 3)) &&
+    tail -n 5 "$server_log" | grep -q 'address already in use'; then
     continue
   fi
-  break
+  log_tail "$server_log"
+  die "spire-server exited during startup (see $server_log)"
 done
-wait_healthy spire-server "$server_pid" "$server_log" \
-  "$server_bin" healthcheck -socketPath "$server_sock"
 
 token=$("$server_bin" token generate -socketPath "$server_sock" -ttl 600 | awk '/^Token:/ {print $2}')
 [[ -n $token ]] || die "spire-server token generate returned no token"
@@ -225,8 +225,11 @@ echo "=== spire-agent start $(date -u +%FT%TZ)" >>"$agent_log"
 "$agent_bin" run -config "$run_dir/agent.conf" -joinToken "$token" </dev/null >>"$agent_log" 2>&1 &
 agent_pid=$!
 echo "$agent_pid" >"$run_dir/agent.pid"
-wait_healthy spire-agent "$agent_pid" "$agent_log" \
-  "$agent_bin" healthcheck -socketPath "$agent_sock"
+if ! wait_healthy spire-agent "$agent_pid" "$agent_log" \
+  "$agent_bin" healthcheck -socketPath "$agent_sock"; then
+  log_tail "$agent_log"
+  die "spire-agent exited during startup (see $agent_log)"
+fi
 
 cat >"$run_dir/spire.env" <<EOF
 SPIRE_BIN_DIR='$bin_dir'

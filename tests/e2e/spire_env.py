@@ -425,8 +425,8 @@ def mint_leaf(
     """Mints an EC P-256 certificate signed by the given CA, shaped like an
     X509-SVID (EKU serverAuth+clientAuth) unless told otherwise.
 
-    is_ca=True: basicConstraints cA=true and keyUsage keyCertSign+cRLSign.
-    key_usage_digital_signature=False: keyUsage is keyAgreement only.
+    is_ca=True: basicConstraints cA=true, keyUsage adds keyCertSign+cRLSign.
+    key_usage_digital_signature=False: keyAgreement instead of digitalSignature.
     not_before/not_after default to now-1min / now+1h (naive datetimes are UTC).
     Returns (cert PEM path, key PEM path) in out_dir.
     """
@@ -454,7 +454,7 @@ def mint_leaf(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=key_usage_digital_signature or is_ca,
+                digital_signature=key_usage_digital_signature,
                 content_commitment=False,
                 key_encipherment=False,
                 data_encipherment=False,

@@ -1,0 +1,198 @@
+"""Run the spiffe-mcp-gateway binary for end-to-end tests and the demo.
+
+    gw = start_gateway(run_dir, spire_endpoint, upstream_url, upstream_id, hint="gateway")
+    gw.url, gw.admin_url, gw.audit(), gw.metric("mcp_gateway_svid_rotations_total")
+    gw.stop()
+
+The gateway binds port 0 for both listeners; the bound addresses are read
+from its startup log line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POLICY_DIR = REPO_ROOT / "policies"
+
+
+def gateway_bin() -> Path:
+    """The gateway binary: $GATEWAY_BIN, else target/debug (built by the test script)."""
+    env = os.environ.get("GATEWAY_BIN")
+    path = Path(env) if env else REPO_ROOT / "target" / "debug" / "spiffe-mcp-gateway"
+    if not path.exists():
+        raise RuntimeError(f"gateway binary {path} not found: run `cargo build` first")
+    return path
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen
+    run_dir: Path
+    listen: str
+    admin: str
+    log_lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        port = self.listen.rsplit(":", 1)[1]
+        return f"https://localhost:{port}/mcp"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin}"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.run_dir / "audit.jsonl"
+
+    def audit(self) -> list[dict[str, Any]]:
+        """Every audit record written so far, oldest first."""
+        if not self.audit_path.exists():
+            return []
+        lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_audit(self, pred, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Waits until some audit record satisfies pred (the writer is async)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.audit()
+            if any(pred(r) for r in records):
+                return records
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no matching audit record in {timeout}s; have {records}")
+            time.sleep(0.05)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.admin_url + path, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def metrics(self) -> str:
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        return body
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample (0 when the series does not exist yet)."""
+        pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", re.M)
+        m = pattern.search(self.metrics())
+        return float(m.group(1)) if m else 0.0
+
+    def is_ready(self) -> bool:
+        return self.get("/readyz")[0] == 200
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        return "".join(self.log_lines[-80:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def write_config(
+    run_dir: Path,
+    endpoint: str,
+    upstream_url: str,
+    upstream_id: str,
+    *,
+    hint: str | None = "gateway",
+    policy_dir: Path = POLICY_DIR,
+    plaintext: bool = False,
+    max_body_bytes: int | None = None,
+    name: str = "demo",
+) -> Path:
+    lines = [
+        "listener:",
+        '  address: "127.0.0.1:0"',
+        "admin:",
+        '  address: "127.0.0.1:0"',
+        "workload_api:",
+        f'  socket: "{endpoint}"',
+    ]
+    if hint:
+        lines.append(f'  svid_hint: "{hint}"')
+    lines += [
+        "policy:",
+        f'  dir: "{policy_dir}"',
+        "upstream:",
+        f'  name: "{name}"',
+        f'  url: "{upstream_url}"',
+        f'  spiffe_id: "{upstream_id}"',
+    ]
+    if plaintext:
+        lines.append("  plaintext_loopback: true")
+    lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"']
+    if max_body_bytes is not None:
+        lines += ["limits:", f"  max_body_bytes: {max_body_bytes}"]
+    path = run_dir / "gateway.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+_ADDR = re.compile(r"listen_addr=(\S+) admin_addr=(\S+)")
+
+
+def start_gateway(run_dir: Path, endpoint: str, upstream_url: str, upstream_id: str, **kw: Any) -> Gateway:
+    """Starts the gateway and waits until both listeners are bound (not until ready)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = write_config(run_dir, endpoint, upstream_url, upstream_id, **kw)
+    env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+    env.pop("SPIFFE_ENDPOINT_SOCKET", None)
+    proc = subprocess.Popen(
+        [str(gateway_bin()), "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    bound = threading.Event()
+    addrs: list[str] = []
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, ""):
+            lines.append(line)
+            m = _ADDR.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
+            if m and not bound.is_set():
+                addrs.extend(m.groups())
+                bound.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not bound.wait(timeout=30):
+        proc.kill()
+        raise RuntimeError("gateway did not bind its listeners:\n" + "".join(lines))
+    return Gateway(proc=proc, run_dir=run_dir, listen=addrs[0], admin=addrs[1], log_lines=lines)

@@ -1,0 +1,102 @@
+"""Bad input through the real gateway on real SPIRE identities: each gets a
+clear HTTP status and JSON-RPC error with a correlation id, an audit record,
+nothing reaches the upstream, and the gateway keeps serving."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import AGENT_ID
+from test_gateway_e2e import PING, https_post
+
+BIG = 1 << 20  # the default body limit
+
+CASES = [
+    # (name, body, HTTP status, JSON-RPC code, audit reason)
+    ("malformed JSON", b'{"jsonrpc":"2.0","id":1,"method":"tools/call"', 400, -32700, "parse_error"),
+    ("not JSON-RPC", b'{"hello":"world"}', 400, -32600, "parse_error"),
+    ("trailing data", PING + b"{}", 400, -32700, "parse_error"),
+    (
+        "duplicate key smuggles a tool name",
+        b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","name":"delete_repository"}}',
+        400,
+        -32700,
+        "parse_error",
+    ),
+    (
+        "body over the limit",
+        b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"x" * BIG + b'"}}',
+        413,
+        -32004,
+        "body_too_large",
+    ),
+]
+
+
+def split_response(raw: bytes) -> tuple[int, dict]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body)
+
+
+@pytest.mark.parametrize("name,body,status,code,reason", CASES, ids=[c[0] for c in CASES])
+def test_bad_body_is_refused_and_audited(gateway, upstream, svids, name, body, status, code, reason):
+    s = svids["agent"]
+    seen = len(upstream.requests())
+    got_status, reply = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, body))
+    assert got_status == status, reply
+    assert reply["jsonrpc"] == "2.0" and reply["error"]["code"] == code, reply
+    correlation = reply["error"]["data"]["correlation_id"]
+    records = gateway.wait_audit(lambda r: r["correlation_id"] == correlation)
+    record = next(r for r in records if r["correlation_id"] == correlation)
+    assert record["decision"] == "deny" and record["reason"] == reason
+    assert record["caller"] == AGENT_ID
+    assert len(upstream.requests()) == seen, "refused input reached the upstream"
+    # Still serving.
+    ok_status, ok = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, PING))
+    assert ok_status == 200 and "error" not in ok, ok
+
+
+def test_unknown_method_is_denied(gateway, upstream, svids):
+    s = svids["agent"]
+    seen = len(upstream.requests())
+    body = b'{"jsonrpc":"2.0","id":"u1","method":"admin/shutdown","params":{}}'
+    status, reply = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, body))
+    assert status == 200 and reply["id"] == "u1"
+    assert reply["error"]["code"] == -32001
+    correlation = reply["error"]["data"]["correlation_id"]
+    records = gateway.wait_audit(lambda r: r["correlation_id"] == correlation)
+    record = next(r for r in records if r["correlation_id"] == correlation)
+    assert record["method"] == "admin/shutdown" and record["decision"] == "deny"
+    assert len(upstream.requests()) == seen
+
+
+def test_identity_headers_are_not_forwarded(gateway, upstream, svids):
+    """Headers claiming an identity never reach the upstream."""
+    import socket
+    import ssl
+
+    s = svids["agent"]
+    ctx = ssl.create_default_context(cafile=str(s.bundle))
+    ctx.load_cert_chain(s.cert, s.key)
+    seen = len(upstream.requests())
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Accept: application/json, text/event-stream\r\n"
+                b"X-Forwarded-Client-Cert: URI=spiffe://example.org/ns/demo/sa/admin\r\n"
+                b"X-Spiffe-Id: spiffe://example.org/ns/demo/sa/admin\r\n"
+                b"Forwarded: for=10.0.0.1\r\n"
+                + f"Content-Length: {len(PING)}\r\nConnection: close\r\n\r\n".encode()
+                + PING
+            )
+            while tls.recv(65536):
+                pass
+    new = upstream.requests()[seen:]
+    assert new, "the ping did not reach the upstream"
+    for req in new:
+        headers = {k.lower() for k, v in req["headers"].items() if v is not None}
+        assert not headers & {"x-forwarded-client-cert", "x-spiffe-id", "forwarded"}, req["headers"]

@@ -1,0 +1,205 @@
+"""End to end on real SPIRE: real MCP SDK clients, presenting SVIDs fetched
+from the Workload API, call through the gateway to a real MCP server that
+serves mTLS with its own SVID. The upstream's own request log proves what
+reached it; the gateway's audit log shows why."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from conftest import AGENT_B_ID, AGENT_ID, SERVER_ID
+from mcp_fixtures import run_py_agent, run_ts_agent
+
+ECHO = 'echo:{"text":"hello through the gateway"}'
+DELETE = 'delete_repository:{"repo":"acme/prod"}'
+WEATHER = 'get_weather:{"city":"Lisbon"}'
+
+
+def tool_calls(upstream, name: str) -> list[dict]:
+    """tools/call requests for `name` the upstream received."""
+    out = []
+    for req in upstream.requests():
+        body = req.get("body")
+        for msg in body if isinstance(body, list) else [body]:
+            if (
+                isinstance(msg, dict)
+                and msg.get("method") == "tools/call"
+                and msg.get("params", {}).get("name") == name
+            ):
+                out.append(msg)
+    return out
+
+
+def call(run, spec: str) -> dict:
+    matches = [c for c in run.calls if c["call"] == spec]
+    assert len(matches) == 1, f"{spec} not run once: {run.stdout}\n{run.stderr}"
+    return matches[0]
+
+
+def assert_denied(result: dict, gateway) -> dict:
+    """A denial the client understands: code -32001 and a correlation id that
+    names a deny record in the audit log. Returns that record."""
+    assert result["ok"] is False, result
+    err = result["error"]
+    assert err["code"] == -32001, err
+    assert "policy" in err["message"] and "forbid" not in json.dumps(err).lower().replace(
+        "forbidden", ""
+    ), err
+    correlation = err["data"]["correlation_id"]
+    records = gateway.wait_audit(lambda r: r["correlation_id"] == correlation)
+    record = next(r for r in records if r["correlation_id"] == correlation)
+    assert record["decision"] == "deny"
+    return record
+
+
+@pytest.mark.parametrize("sdk", ["python", "typescript"])
+def test_sdk_allowed_and_denied_in_one_session(sdk, gateway, upstream, svids):
+    """The seed test: the same identity, in the same session, gets echo and
+    get_weather through and is refused delete_repository, which never reaches
+    the upstream; the audit log shows both decisions and the forbid policy."""
+    s = svids["agent"]
+    before = len(tool_calls(upstream, "delete_repository"))
+    runner = run_py_agent if sdk == "python" else run_ts_agent
+    run = runner(gateway.url, s.cert, s.key, s.bundle, calls=[ECHO, DELETE, WEATHER])
+    assert run.negotiated, run.stdout + run.stderr
+    expected_version = "2026-07-28" if sdk == "python" else "2025-11-25"
+    assert run.protocol_version == expected_version
+
+    echo = call(run, ECHO)
+    assert echo["ok"] is True, echo
+    assert "hello through the gateway" in json.dumps(echo["result"])
+    assert call(run, WEATHER)["ok"] is True
+
+    deny = assert_denied(call(run, DELETE), gateway)
+    assert deny["caller"] == AGENT_ID
+    assert deny["method"] == "tools/call"
+    assert deny["target_kind"] == "tool" and deny["target"] == "delete_repository"
+    assert deny["policy_ids"] == ["nobody-deletes-repos"]
+    assert deny["upstream_spiffe_id"] == SERVER_ID
+    assert deny["policy_version"]
+
+    assert len(tool_calls(upstream, "delete_repository")) == before, "denied call reached the upstream"
+    records = gateway.audit()
+    allows = [
+        r
+        for r in records
+        if r["decision"] == "allow" and r["target"] == "echo" and r["caller"] == AGENT_ID
+    ]
+    assert allows and all(r["policy_ids"] for r in allows)
+    if sdk == "typescript":
+        # Same session: the allowed echo and the denied delete carry one session id.
+        echo_rec = allows[-1]
+        assert echo_rec["session_id"] and echo_rec["session_id"] == deny["session_id"]
+
+
+def test_other_identity_is_refused_tools_call(gateway, upstream, svids):
+    """agent-b may list tools but call none: identity, not session, decides."""
+    s = svids["agent-b"]
+    before = len(tool_calls(upstream, "echo"))
+    run = run_py_agent(gateway.url, s.cert, s.key, s.bundle, calls=["list", ECHO])
+    assert call(run, "list")["ok"] is True
+    record = assert_denied(call(run, ECHO), gateway)
+    assert record["caller"] == AGENT_B_ID and record["reason"] == "default_deny"
+    assert record["policy_ids"] == []
+    assert len(tool_calls(upstream, "echo")) == before
+
+
+# ---- handshake -------------------------------------------------------------
+
+
+def https_post(port: int, ca: str, cert=None, key=None, body: bytes = b"{}") -> bytes:
+    """One raw HTTPS POST; returns the raw response bytes (raises on TLS failure)."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            out = b""
+            while chunk := tls.recv(65536):
+                out += chunk
+            return out
+
+
+PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+
+
+def bad_leaves(spire, tmp_path):
+    import datetime as dt
+
+    now = dt.datetime.now(dt.timezone.utc)
+    return {
+        "foreign CA, valid-looking SPIFFE ID": spire.mint_leaf(
+            tmp_path, [AGENT_ID], signer="foreign", name="foreign"
+        ),
+        "two URI SANs": spire.mint_leaf(
+            tmp_path, [AGENT_ID, "spiffe://example.org/ns/demo/sa/other"], name="two-uris"
+        ),
+        "spiffe URI plus https URI": spire.mint_leaf(
+            tmp_path, [AGENT_ID, "https://example.org/"], name="mixed-uris"
+        ),
+        "CA certificate as leaf": spire.mint_leaf(tmp_path, [AGENT_ID], is_ca=True, name="ca-leaf"),
+        "expired leaf": spire.mint_leaf(
+            tmp_path,
+            [AGENT_ID],
+            not_before=now - dt.timedelta(hours=2),
+            not_after=now - dt.timedelta(hours=1),
+            name="expired",
+        ),
+        "no digitalSignature": spire.mint_leaf(
+            tmp_path, [AGENT_ID], key_usage_digital_signature=False, name="no-ds"
+        ),
+        "no URI SAN": spire.mint_leaf(tmp_path, [], name="no-uri"),
+    }
+
+
+def test_handshake_refusals(gateway, upstream, spire, svids, tmp_path):
+    """Each bad client credential is refused at the handshake: no HTTP
+    response, nothing reaches the upstream. A good SVID on the same code path
+    gets an answer, so the refusals are the certificates' doing."""
+    s = svids["agent"]
+    ok = https_post(gateway.port, s.bundle, s.cert, s.key, PING)
+    assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+
+    seen = len(upstream.requests())
+    failures_before = gateway.metric("mcp_gateway_tls_handshake_failures_total")
+    cases = {"no client certificate": (None, None), **bad_leaves(spire, tmp_path)}
+    for case, (cert, key) in cases.items():
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            reply = https_post(gateway.port, s.bundle, cert, key, PING)
+            # TLS 1.3 reports a refused client certificate on the first read;
+            # an empty read is a closed connection, which is a refusal too.
+            if reply == b"":
+                raise ConnectionResetError(case)
+            pytest.fail(f"{case}: got an HTTP answer: {reply[:200]!r}")
+    assert len(upstream.requests()) == seen
+    assert gateway.metric("mcp_gateway_tls_handshake_failures_total") >= failures_before + len(cases)
+    # Still serving.
+    assert https_post(gateway.port, s.bundle, s.cert, s.key, PING).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_alpn_http1_and_http2(gateway, svids, http2):
+    """The listener speaks HTTP/1.1 and HTTP/2, chosen by ALPN."""
+    s = svids["agent"]
+    flag = "--http2" if http2 else "--http1.1"
+    out = subprocess.run(
+        ["curl", "-sS", flag, "--cacert", str(s.bundle), "--cert", str(s.cert), "--key", str(s.key),
+         "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream",
+         "-w", "\n%{http_version}", "--data-binary", PING.decode(), gateway.url],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    body, version = out.stdout.rsplit("\n", 1)
+    assert version == ("2" if http2 else "1.1")
+    assert json.loads(body)["id"] == 1
