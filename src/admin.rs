@@ -44,7 +44,10 @@ impl Admin {
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.identity.is_ready() => text(StatusCode::OK, "ready\n"),
-            "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no usable X.509-SVID\n"),
+            "/readyz" => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no usable X.509-SVID\n",
+            ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -53,8 +56,10 @@ impl Admin {
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -74,7 +79,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
                 let resp = admin.respond(&req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service);
             if let Err(e) = conn.await {
                 debug!(error = %e, "admin connection error");
             }

@@ -37,9 +37,18 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let policy = PolicyEngine::load_dir(&config.policy_dir)
         .with_context(|| format!("loading policies from {}", config.policy_dir.display()))?;
     metrics.policy_count.set(policy.policy_count() as i64);
-    info!(version = policy.version(), policies = policy.policy_count(), "policies loaded");
-    let audit = AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
-    let identity = Identity::spawn(config.workload_api.clone(), &config.upstream, metrics.clone());
+    info!(
+        version = policy.version(),
+        policies = policy.policy_count(),
+        "policies loaded"
+    );
+    let audit =
+        AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
+    let identity = Identity::spawn(
+        config.workload_api.clone(),
+        &config.upstream,
+        metrics.clone(),
+    );
 
     let listener = TcpListener::bind(config.listener.address)
         .await
@@ -50,15 +59,30 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let listen_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let gateway = Arc::new(Gateway::new(&config, identity.clone(), Arc::new(policy), audit, metrics.clone())?);
-    let admin = Arc::new(Admin { identity: identity.clone(), metrics });
+    let gateway = Arc::new(Gateway::new(
+        &config,
+        identity.clone(),
+        Arc::new(policy),
+        audit,
+        metrics.clone(),
+    )?);
+    let admin = Arc::new(Admin {
+        identity: identity.clone(),
+        metrics,
+    });
     let (shutdown, watcher) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(listener::serve(listener, gateway, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher)),
     ];
     info!(%listen_addr, %admin_addr, upstream = %config.upstream.url, "gateway listening");
-    Ok(App { listen_addr, admin_addr, identity, shutdown, tasks })
+    Ok(App {
+        listen_addr,
+        admin_addr,
+        identity,
+        shutdown,
+        tasks,
+    })
 }
 
 impl App {

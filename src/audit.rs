@@ -83,7 +83,10 @@ impl AuditLog {
 }
 
 fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// Writes records in arrival order, flushing whenever the queue runs empty.

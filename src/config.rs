@@ -221,9 +221,9 @@ impl RawWorkloadApi {
         let endpoint = match self.socket.or_else(|| env.var(SPIFFE_ENDPOINT_SOCKET)) {
             Some(s) if s.starts_with("unix:") || s.starts_with("tcp:") => s,
             Some(s) if s.starts_with('/') => format!("unix://{s}"),
-            Some(s) => bail!(
-                "workload_api.socket: {s:?} is not `unix:///path` or an absolute socket path"
-            ),
+            Some(s) => {
+                bail!("workload_api.socket: {s:?} is not `unix:///path` or an absolute socket path")
+            }
             None => bail!(
                 "workload_api.socket: not set, and {SPIFFE_ENDPOINT_SOCKET} is not set either"
             ),
@@ -261,9 +261,7 @@ impl RawUpstream {
             (s, _) => bail!("upstream.url: scheme {s:?} is not https or http"),
         };
         let spiffe_id = match (self.spiffe_id, plaintext) {
-            (Some(id), _) => {
-                SpiffeId::new(&id).map_err(|e| anyhow!("upstream.spiffe_id: {id:?}: {e}"))?
-            }
+            (Some(id), _) => parse_spiffe_id("upstream.spiffe_id", &id)?,
             (None, true) => bail!(
                 "upstream.spiffe_id: required (it names the local server in audit and policy)"
             ),
@@ -284,6 +282,17 @@ fn is_loopback(url: &url::Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         _ => false,
     }
+}
+
+/// A SPIFFE ID exactly as written: the spiffe crate lowercases the trust
+/// domain, but a config must already be canonical (SPIFFE IDs are matched
+/// byte for byte in policies and audit).
+fn parse_spiffe_id(field: &str, id: &str) -> anyhow::Result<SpiffeId> {
+    let parsed = SpiffeId::new(id).map_err(|e| anyhow!("{field}: {id:?}: {e}"))?;
+    if parsed.to_string() != id {
+        bail!("{field}: {id:?} is not canonical (trust domain must be lowercase)");
+    }
+    Ok(parsed)
 }
 
 fn parse_addr(field: &str, value: &str) -> anyhow::Result<SocketAddr> {

@@ -127,7 +127,10 @@ async fn connect(workload: &WorkloadApiConfig) -> X509Source {
     }
 }
 
-fn build_configs(source: X509Source, upstream_id: &str) -> Result<TlsConfigs, spiffe_rustls::Error> {
+fn build_configs(
+    source: X509Source,
+    upstream_id: &str,
+) -> Result<TlsConfigs, spiffe_rustls::Error> {
     let server = spiffe_rustls::mtls_server(source.clone())
         .with_alpn_protocols(LISTENER_ALPN)
         .build()?;
@@ -156,7 +159,9 @@ fn watch_rotations(source: X509Source, metrics: Metrics) {
                 warn!("the Workload API withdrew the SVID; handshakes now fail");
                 continue;
             };
-            let rotated = current.as_ref().is_none_or(|old| leaf_der(old) != leaf_der(&svid));
+            let rotated = current
+                .as_ref()
+                .is_none_or(|old| leaf_der(old) != leaf_der(&svid));
             if rotated {
                 metrics.svid_rotations.inc();
                 info!(spiffe_id = %svid.spiffe_id(), "X.509-SVID rotated");

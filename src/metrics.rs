@@ -57,7 +57,10 @@ impl Metrics {
         let registry = Registry::new();
         let m = Metrics {
             decisions: IntCounterVec::new(
-                Opts::new("mcp_gateway_decisions_total", "Policy decisions by decision and MCP method."),
+                Opts::new(
+                    "mcp_gateway_decisions_total",
+                    "Policy decisions by decision and MCP method.",
+                ),
                 &["decision", "method"],
             )
             .expect("static metric definition"),
@@ -73,7 +76,10 @@ impl Metrics {
             )
             .expect("static metric definition"),
             upstream_errors: IntCounterVec::new(
-                Opts::new("mcp_gateway_upstream_errors_total", "Failed calls to the upstream by kind."),
+                Opts::new(
+                    "mcp_gateway_upstream_errors_total",
+                    "Failed calls to the upstream by kind.",
+                ),
                 &["kind"],
             )
             .expect("static metric definition"),
@@ -115,13 +121,21 @@ impl Metrics {
                 "Audit records that could not be written.",
             )
             .expect("static metric definition"),
-            ready: IntGauge::new("mcp_gateway_ready", "1 when the gateway holds a usable SVID.")
-                .expect("static metric definition"),
+            ready: IntGauge::new(
+                "mcp_gateway_ready",
+                "1 when the gateway holds a usable SVID.",
+            )
+            .expect("static metric definition"),
             policy_count: IntGauge::new("mcp_gateway_policies", "Policies in the loaded set.")
                 .expect("static metric definition"),
             registry,
         };
         m.register_all();
+        // Export the error series at 0 from the start, so a rate() or an
+        // alert on them works before the first error.
+        for kind in ["upstream_unavailable", "upstream_identity"] {
+            m.upstream_errors.with_label_values(&[kind]);
+        }
         m
     }
 
@@ -198,7 +212,9 @@ mod tests {
         m.decision(false, "x/evil-2");
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="other"} 2"#));
-        assert!(text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="tools/call"} 1"#));
+        assert!(
+            text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="tools/call"} 1"#)
+        );
         assert!(!text.contains("evil"));
     }
 }

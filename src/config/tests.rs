@@ -1,1 +1,182 @@
+use std::collections::HashMap;
+use std::path::Path;
 
+use super::*;
+
+struct FakeEnv(HashMap<&'static str, &'static str>);
+
+impl Env for FakeEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).map(|v| (*v).to_owned())
+    }
+}
+
+fn no_env() -> FakeEnv {
+    FakeEnv(HashMap::new())
+}
+
+const GOOD: &str = r#"
+listener: { address: "127.0.0.1:8443" }
+admin: { address: "127.0.0.1:9090" }
+workload_api: { socket: "unix:///tmp/agent.sock", svid_hint: gateway }
+policy: { dir: policies }
+upstream:
+  name: demo
+  url: "https://127.0.0.1:9443/mcp"
+  spiffe_id: "spiffe://example.org/ns/demo/sa/mcp-server"
+audit: { sink: file, path: audit.jsonl }
+limits: { max_body_bytes: 4096 }
+"#;
+
+fn parse(text: &str) -> anyhow::Result<Config> {
+    Config::parse(text, Path::new("/etc/gw"), &no_env())
+}
+
+#[test]
+fn good_config_parses_and_resolves_paths() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.listener.address.port(), 8443);
+    assert_eq!(c.listener.path, "/mcp");
+    assert_eq!(c.workload_api.endpoint, "unix:///tmp/agent.sock");
+    assert_eq!(c.workload_api.svid_hint.as_deref(), Some("gateway"));
+    assert_eq!(c.policy_dir, Path::new("/etc/gw/policies"));
+    assert_eq!(c.audit, AuditSink::File("/etc/gw/audit.jsonl".into()));
+    assert_eq!(c.max_body_bytes, 4096);
+    assert_eq!(
+        c.upstream.spiffe_id.to_string(),
+        "spiffe://example.org/ns/demo/sa/mcp-server"
+    );
+    assert!(!c.upstream.plaintext);
+}
+
+#[test]
+fn socket_falls_back_to_the_environment() {
+    let text = GOOD.replace(
+        r#"workload_api: { socket: "unix:///tmp/agent.sock", svid_hint: gateway }"#,
+        "",
+    );
+    let env = FakeEnv(HashMap::from([(
+        SPIFFE_ENDPOINT_SOCKET,
+        "unix:///run/agent.sock",
+    )]));
+    let c = Config::parse(&text, Path::new("."), &env).unwrap();
+    assert_eq!(c.workload_api.endpoint, "unix:///run/agent.sock");
+    let err = Config::parse(&text, Path::new("."), &no_env()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("workload_api.socket"),
+        "{err:#}"
+    );
+}
+
+/// Each bad value is refused with a message naming its field.
+#[test]
+fn bad_values_name_the_field() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "unknown top-level field",
+            "listener:",
+            "extra: 1\nlistener:",
+        ),
+        (
+            "unknown nested field",
+            "name: demo",
+            "name: demo\n  weight: 3",
+        ),
+        ("listener address", "127.0.0.1:8443", "localhost"),
+        ("admin address", "127.0.0.1:9090", "nope"),
+        ("same ports", "127.0.0.1:9090", "127.0.0.1:8443"),
+        (
+            "bad upstream id",
+            "spiffe://example.org/ns/demo/sa/mcp-server",
+            "spiffe://Example.org/x",
+        ),
+        (
+            "id with trailing slash",
+            "spiffe://example.org/ns/demo/sa/mcp-server",
+            "spiffe://example.org/a/",
+        ),
+        (
+            "plain http not declared",
+            "https://127.0.0.1:9443/mcp",
+            "http://127.0.0.1:9443/mcp",
+        ),
+        (
+            "user info",
+            "https://127.0.0.1:9443/mcp",
+            "https://u:p@127.0.0.1:9443/mcp",
+        ),
+        (
+            "zero body limit",
+            "max_body_bytes: 4096",
+            "max_body_bytes: 0",
+        ),
+        (
+            "negative body limit",
+            "max_body_bytes: 4096",
+            "max_body_bytes: -1",
+        ),
+        (
+            "audit path without file sink",
+            "sink: file,",
+            "sink: stdout,",
+        ),
+        ("unknown audit sink", "sink: file,", "sink: syslog,"),
+        ("relative socket", "unix:///tmp/agent.sock", "agent.sock"),
+        ("empty hint", "svid_hint: gateway", "svid_hint: \"\""),
+        ("upstream name with slash", "name: demo", "name: a/b"),
+    ];
+    let fields = [
+        "extra",
+        "weight",
+        "listener.address",
+        "admin.address",
+        "admin.address",
+        "upstream.spiffe_id",
+        "upstream.spiffe_id",
+        "upstream.url",
+        "upstream.url",
+        "limits.max_body_bytes",
+        "max_body_bytes",
+        "audit.path",
+        "sink",
+        "workload_api.socket",
+        "workload_api.svid_hint",
+        "upstream.name",
+    ];
+    for ((name, from, to), field) in cases.iter().zip(fields) {
+        assert!(GOOD.contains(from), "{name}: fixture lacks {from:?}");
+        let err = parse(&GOOD.replacen(from, to, 1)).expect_err(name);
+        let msg = format!("{err:#}");
+        assert!(msg.contains(field), "{name}: {msg:?} does not name {field}");
+    }
+}
+
+#[test]
+fn plain_http_only_to_declared_loopback() {
+    let plain = GOOD
+        .replace("https://127.0.0.1:9443/mcp", "http://127.0.0.1:9443/mcp")
+        .replace(
+            "spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"",
+            "spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n  plaintext_loopback: true",
+        );
+    assert!(parse(&plain).unwrap().upstream.plaintext);
+    let remote = plain.replace("127.0.0.1:9443", "10.0.0.5:9443");
+    assert!(format!("{:#}", parse(&remote).unwrap_err()).contains("loopback"));
+    let by_name = plain.replace("127.0.0.1:9443", "localhost:9443");
+    assert!(format!("{:#}", parse(&by_name).unwrap_err()).contains("loopback"));
+}
+
+/// Every example config in the repository parses.
+#[test]
+fn example_configs_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Config::load(&path, &no_env()).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected the example configs in {}", dir.display());
+}

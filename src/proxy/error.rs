@@ -51,7 +51,9 @@ impl ProxyError {
             ProxyError::Denied => (StatusCode::FORBIDDEN, CODE_DENIED),
             ProxyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_TOO_LARGE),
             ProxyError::BodyRead => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
-            ProxyError::ContentEncoding(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_BAD_TRANSPORT),
+            ProxyError::ContentEncoding(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_BAD_TRANSPORT)
+            }
             ProxyError::ContentType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_BAD_TRANSPORT),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, CODE_UPSTREAM_UNAVAILABLE),

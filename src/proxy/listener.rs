@@ -46,7 +46,13 @@ pub enum PeerError {
 
 /// Extracts the peer identity from a leaf certificate's DER.
 pub fn peer_from_leaf(der: &[u8]) -> Result<Peer, PeerError> {
-    let id = spiffe::cert::spiffe_id_from_der(der).map_err(|e| PeerError::SpiffeId(e.to_string()))?;
+    let id =
+        spiffe::cert::spiffe_id_from_der(der).map_err(|e| PeerError::SpiffeId(e.to_string()))?;
+    if id.path().is_empty() {
+        return Err(PeerError::SpiffeId(
+            "a leaf SPIFFE ID needs a path".to_owned(),
+        ));
+    }
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PeerError::Parse(e.to_string()))?;
     Ok(Peer {
@@ -56,7 +62,11 @@ pub fn peer_from_leaf(der: &[u8]) -> Result<Peer, PeerError> {
 }
 
 /// Accepts connections until `shutdown` flips to true.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -87,7 +97,10 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     // Fail closed: without an SVID there is no config, so no handshake.
-    let configs = gateway.identity.current().ok_or("gateway has no SVID yet")?;
+    let configs = gateway
+        .identity
+        .current()
+        .ok_or("gateway has no SVID yet")?;
     let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&configs.server));
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
@@ -124,4 +137,97 @@ async fn connection(
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertificateParams, KeyPair, SanType};
+
+    use super::*;
+
+    fn leaf(sans: &[&str]) -> Vec<u8> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans
+            .iter()
+            .map(|s| match s.strip_prefix("dns:") {
+                Some(dns) => SanType::DnsName(dns.try_into().unwrap()),
+                None => SanType::URI((*s).try_into().unwrap()),
+            })
+            .collect();
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// The identity of a (rustls-verified) peer certificate, as a table.
+    #[test]
+    fn peer_identity_from_leaf() {
+        let ok = |id: &str| Some(id.to_owned());
+        let cases: &[(&str, &[&str], Option<String>)] = &[
+            (
+                "one SPIFFE ID",
+                &["spiffe://example.org/ns/demo/sa/agent"],
+                ok("spiffe://example.org/ns/demo/sa/agent"),
+            ),
+            (
+                "SPIFFE ID plus DNS SAN",
+                &["spiffe://example.org/a", "dns:localhost"],
+                ok("spiffe://example.org/a"),
+            ),
+            (
+                "two SPIFFE IDs",
+                &["spiffe://example.org/a", "spiffe://example.org/b"],
+                None,
+            ),
+            (
+                "SPIFFE ID plus https URI",
+                &["spiffe://example.org/a", "https://example.org/"],
+                None,
+            ),
+            ("no URI SAN", &["dns:localhost"], None),
+            ("no SAN at all", &[], None),
+            ("https URI only", &["https://example.org/a"], None),
+            ("root ID, no path", &["spiffe://example.org"], None),
+            ("empty segment", &["spiffe://example.org/a//b"], None),
+            ("dot segment", &["spiffe://example.org/a/./b"], None),
+            ("dot-dot segment", &["spiffe://example.org/a/../b"], None),
+            ("trailing slash", &["spiffe://example.org/a/"], None),
+            ("query", &["spiffe://example.org/a?x=1"], None),
+            ("fragment", &["spiffe://example.org/a#f"], None),
+            ("port", &["spiffe://example.org:443/a"], None),
+            ("user info", &["spiffe://u@example.org/a"], None),
+            ("bad trust domain char", &["spiffe://exa$mple.org/a"], None),
+            ("bad path char", &["spiffe://example.org/a b"], None),
+        ];
+        for (name, sans, want) in cases {
+            let got = peer_from_leaf(&leaf(sans))
+                .ok()
+                .map(|p| p.spiffe_id.to_string());
+            assert_eq!(&got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn long_ids_up_to_2048_bytes_are_supported() {
+        let base = "spiffe://example.org/";
+        let id = format!("{base}{}", "a".repeat(2048 - base.len()));
+        assert_eq!(id.len(), 2048);
+        let peer = peer_from_leaf(&leaf(&[&id])).unwrap();
+        assert_eq!(&*peer.spiffe_id, id);
+        let too_long = format!("{id}b");
+        assert!(peer_from_leaf(&leaf(&[&too_long])).is_err());
+    }
+
+    #[test]
+    fn not_after_comes_from_the_certificate() {
+        let der = leaf(&["spiffe://example.org/a"]);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        let peer = peer_from_leaf(&der).unwrap();
+        assert_eq!(peer.not_after, cert.validity().not_after.timestamp());
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert!(peer_from_leaf(b"not a certificate").is_err());
+        assert!(peer_from_leaf(&[]).is_err());
+    }
 }

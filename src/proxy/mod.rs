@@ -151,12 +151,17 @@ impl Gateway {
 
     async fn route(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
         if req.uri().path() != self.path {
-            return self.refuse_transport(ProxyError::NotFound, peer, req.headers()).await;
+            return self
+                .refuse_transport(ProxyError::NotFound, peer, req.headers())
+                .await;
         }
         match *req.method() {
             Method::POST => self.post(req, peer).await,
             Method::GET | Method::DELETE => self.stream_or_delete(req, peer).await,
-            _ => self.refuse_transport(ProxyError::MethodNotAllowed, peer, req.headers()).await,
+            _ => {
+                self.refuse_transport(ProxyError::MethodNotAllowed, peer, req.headers())
+                    .await
+            }
         }
     }
 
@@ -188,8 +193,10 @@ impl Gateway {
             let correlation_id = self.ids.next();
             let verdict = self.decide(message, &facts);
             let allowed = verdict.allowed;
-            self.metrics.decision(allowed, message.method.as_deref().unwrap_or("response"));
-            self.audit_decision(message, &facts, verdict, &correlation_id).await;
+            self.metrics
+                .decision(allowed, message.method.as_deref().unwrap_or("response"));
+            self.audit_decision(message, &facts, verdict, &correlation_id)
+                .await;
             if !allowed {
                 denied.push((message, correlation_id));
             }
@@ -197,7 +204,20 @@ impl Gateway {
         if !denied.is_empty() {
             return reply::denied(&messages, &denied, messages.len() > 1);
         }
-        self.forward(&parts.headers, Method::POST, Some(bytes), &facts).await
+        // A single request gets its upstream failure answered under its own id.
+        let reply_id = match messages.as_slice() {
+            [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
+            _ => None,
+        };
+        drop(messages);
+        self.forward(
+            &parts.headers,
+            Method::POST,
+            Some(bytes),
+            &facts,
+            reply_id.as_deref(),
+        )
+        .await
     }
 
     /// Decides one message. Pure: no I/O. Responses from the caller (answers
@@ -216,9 +236,12 @@ impl Gateway {
             server: &self.upstream_name,
             server_spiffe_id: &self.upstream_id,
             target: target_of(method, message.target.as_deref()),
-            arguments: message.arguments,
+            arguments: message.arguments.map(|a| a.get()),
             session_id: facts.session_id,
-            protocol_version: message.protocol_version.as_deref().or(facts.protocol_version),
+            protocol_version: message
+                .protocol_version
+                .as_deref()
+                .or(facts.protocol_version),
         };
         Verdict::from(self.policy.decide(&input))
     }
@@ -232,7 +255,8 @@ impl Gateway {
             session_id: header_str(&parts.headers, MCP_SESSION_ID),
             protocol_version: header_str(&parts.headers, MCP_PROTOCOL_VERSION),
         };
-        self.forward(&parts.headers, parts.method.clone(), None, &facts).await
+        self.forward(&parts.headers, parts.method.clone(), None, &facts, None)
+            .await
     }
 
     /// Sends the decided bytes to the upstream and streams its reply back.
@@ -242,6 +266,7 @@ impl Gateway {
         method: Method,
         body: Option<Bytes>,
         facts: &RequestFacts<'_>,
+        reply_id: Option<&str>,
     ) -> Response<ReplyBody> {
         let mut req = Request::new(http_body_util::Full::new(body.unwrap_or_default()));
         *req.method_mut() = method;
@@ -255,8 +280,11 @@ impl Gateway {
                 let refusal = classify_upstream_error(&e);
                 warn!(error = %e, upstream = %self.upstream_name, "upstream call failed");
                 self.metrics.upstream_error(refusal.audit_reason());
-                self.audit_upstream_failure(&refusal, facts).await;
-                error_response(&refusal, None, &self.ids.next())
+                let correlation_id = self.ids.next();
+                let record =
+                    self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
+                self.audit.record(record).await;
+                error_response(&refusal, reply_id, &correlation_id)
             }
         }
     }
@@ -273,10 +301,9 @@ impl Gateway {
         let record = Record {
             time: now_rfc3339(),
             correlation_id: correlation_id.to_owned(),
-            request_id: message
-                .id
-                .as_ref()
-                .and_then(|id| serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()),
+            request_id: message.id.as_ref().and_then(|id| {
+                serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()
+            }),
             caller: facts.peer.spiffe_id.to_string(),
             upstream: self.upstream_name.clone(),
             upstream_spiffe_id: self.upstream_id.clone(),
@@ -284,7 +311,11 @@ impl Gateway {
             method: method.map(str::to_owned),
             target_kind: target.as_ref().map(target_kind),
             target: target.as_ref().and_then(target_name).map(str::to_owned),
-            decision: if verdict.allowed { Outcome::Allow } else { Outcome::Deny },
+            decision: if verdict.allowed {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
             reason: verdict.reason,
             policy_ids: verdict.policy_ids,
             policy_version: self.policy.version().to_owned(),
@@ -299,7 +330,11 @@ impl Gateway {
     }
 
     /// A refusal before any message could be parsed: audited, never forwarded.
-    async fn refuse_unparsed(&self, refusal: ProxyError, facts: &RequestFacts<'_>) -> Response<ReplyBody> {
+    async fn refuse_unparsed(
+        &self,
+        refusal: ProxyError,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
         let correlation_id = self.ids.next();
         self.metrics.refused(refusal.audit_reason());
         let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
@@ -319,12 +354,6 @@ impl Gateway {
             protocol_version: header_str(headers, MCP_PROTOCOL_VERSION),
         };
         self.refuse_unparsed(refusal, &facts).await
-    }
-
-    async fn audit_upstream_failure(&self, refusal: &ProxyError, facts: &RequestFacts<'_>) {
-        let correlation_id = self.ids.next();
-        let record = self.bare_record(refusal, facts, Outcome::UpstreamError, &correlation_id);
-        self.audit.record(record).await;
     }
 
     fn bare_record(
@@ -373,13 +402,14 @@ fn target_kind(target: &Target<'_>) -> &'static str {
         Target::Tool(_) => "tool",
         Target::Prompt(_) => "prompt",
         Target::Resource(_) => "resource",
+        Target::Workload(_) => "workload",
     }
 }
 
 fn target_name<'a>(target: &Target<'a>) -> Option<&'a str> {
     match *target {
         Target::Server => None,
-        Target::Tool(n) | Target::Prompt(n) | Target::Resource(n) => Some(n),
+        Target::Tool(n) | Target::Prompt(n) | Target::Resource(n) | Target::Workload(n) => Some(n),
     }
 }
 
@@ -409,7 +439,10 @@ fn check_entity_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
 async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             Err(ProxyError::TooLarge(limit))
         }
         Err(_) => Err(ProxyError::BodyRead),
@@ -474,10 +507,11 @@ impl CorrelationIds {
         let mut seed = [0u8; 8];
         // SystemRandom failing means the OS RNG is broken; a time-based
         // prefix still keeps ids unique within this process.
-        let prefix = match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
-            Ok(()) => u64::from_le_bytes(seed),
-            Err(_) => crate::identity::unix_now() as u64,
-        };
+        let prefix =
+            match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
+                Ok(()) => u64::from_le_bytes(seed),
+                Err(_) => crate::identity::unix_now() as u64,
+            };
         CorrelationIds {
             prefix,
             counter: AtomicU64::new(0),

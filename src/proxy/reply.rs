@@ -21,10 +21,13 @@ use crate::proxy::error::{CODE_DENIED, ProxyError};
 pub type ReplyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 const DENIED_MESSAGE: &str = "forbidden by gateway policy";
-const BATCH_WITHHELD_MESSAGE: &str = "not forwarded: the batch contains a message forbidden by gateway policy";
+const BATCH_WITHHELD_MESSAGE: &str =
+    "not forwarded: the batch contains a message forbidden by gateway policy";
 
 fn full(bytes: impl Into<Bytes>) -> ReplyBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// One JSON-RPC error object as bytes. `id` is raw JSON (`null` when absent).
@@ -58,10 +61,17 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ReplyBody> {
 }
 
 /// A refusal as an HTTP response with a JSON-RPC error body.
-pub fn error_response(refusal: &ProxyError, id: Option<&str>, correlation_id: &str) -> Response<ReplyBody> {
+pub fn error_response(
+    refusal: &ProxyError,
+    id: Option<&str>,
+    correlation_id: &str,
+) -> Response<ReplyBody> {
     let (status, code) = refusal.status_and_code();
     let status = if id.is_some() { StatusCode::OK } else { status };
-    json_response(status, jsonrpc_error(id, code, &refusal.to_string(), correlation_id))
+    json_response(
+        status,
+        jsonrpc_error(id, code, &refusal.to_string(), correlation_id),
+    )
 }
 
 /// The reply when at least one message of the body was denied: nothing was
@@ -83,7 +93,12 @@ pub fn denied(
             .map(|(_, c)| c.as_str());
         let answer = match own {
             Some(correlation) => jsonrpc_error(Some(id), CODE_DENIED, DENIED_MESSAGE, correlation),
-            None => jsonrpc_error(Some(id), CODE_DENIED, BATCH_WITHHELD_MESSAGE, first_correlation),
+            None => jsonrpc_error(
+                Some(id),
+                CODE_DENIED,
+                BATCH_WITHHELD_MESSAGE,
+                first_correlation,
+            ),
         };
         answers.push(answer);
     }
@@ -95,7 +110,8 @@ pub fn denied(
     if !batch {
         return json_response(StatusCode::OK, answers.swap_remove(0));
     }
-    let mut body = Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 1);
+    let mut body =
+        Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 1);
     body.push(b'[');
     for (i, a) in answers.iter().enumerate() {
         if i > 0 {

@@ -97,7 +97,10 @@ impl tower_service::Service<Uri> for UpstreamConnector {
 impl UpstreamConnector {
     async fn connect(self, uri: Uri) -> Result<UpstreamStream, ConnectError> {
         let host = uri.host().ok_or(ConnectError::BadUri)?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().ok_or(ConnectError::BadUri)?;
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
@@ -129,7 +132,11 @@ impl Connection for UpstreamStream {
         match self {
             UpstreamStream::Tls(s) => {
                 let h2 = s.inner().get_ref().1.alpn_protocol() == Some(b"h2");
-                if h2 { Connected::new().negotiated_h2() } else { Connected::new() }
+                if h2 {
+                    Connected::new().negotiated_h2()
+                } else {
+                    Connected::new()
+                }
             }
             UpstreamStream::Plain(_) => Connected::new(),
         }

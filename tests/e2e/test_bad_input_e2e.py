@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import AGENT_ID
-from test_gateway_e2e import PING, https_post
+from test_gateway_e2e import PROBE, https_post
 
 BIG = 1 << 20  # the default body limit
 
@@ -17,7 +17,7 @@ CASES = [
     # (name, body, HTTP status, JSON-RPC code, audit reason)
     ("malformed JSON", b'{"jsonrpc":"2.0","id":1,"method":"tools/call"', 400, -32700, "parse_error"),
     ("not JSON-RPC", b'{"hello":"world"}', 400, -32600, "parse_error"),
-    ("trailing data", PING + b"{}", 400, -32700, "parse_error"),
+    ("trailing data", PROBE + b"{}", 400, -32700, "parse_error"),
     (
         "duplicate key smuggles a tool name",
         b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","name":"delete_repository"}}',
@@ -55,7 +55,7 @@ def test_bad_body_is_refused_and_audited(gateway, upstream, svids, name, body, s
     assert record["caller"] == AGENT_ID
     assert len(upstream.requests()) == seen, "refused input reached the upstream"
     # Still serving.
-    ok_status, ok = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, PING))
+    ok_status, ok = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, PROBE))
     assert ok_status == 200 and "error" not in ok, ok
 
 
@@ -90,8 +90,8 @@ def test_identity_headers_are_not_forwarded(gateway, upstream, svids):
                 b"X-Forwarded-Client-Cert: URI=spiffe://example.org/ns/demo/sa/admin\r\n"
                 b"X-Spiffe-Id: spiffe://example.org/ns/demo/sa/admin\r\n"
                 b"Forwarded: for=10.0.0.1\r\n"
-                + f"Content-Length: {len(PING)}\r\nConnection: close\r\n\r\n".encode()
-                + PING
+                + f"Content-Length: {len(PROBE)}\r\nConnection: close\r\n\r\n".encode()
+                + PROBE
             )
             while tls.recv(65536):
                 pass

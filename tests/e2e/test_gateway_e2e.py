@@ -122,6 +122,9 @@ def https_post(port: int, ca: str, cert=None, key=None, body: bytes = b"{}") -> 
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(
                 b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                b"Accept: application/json, text/event-stream\r\n"
+                # A stateless 2026-07-28 request needs no session.
+                b"MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n"
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
@@ -131,7 +134,12 @@ def https_post(port: int, ca: str, cert=None, key=None, body: bytes = b"{}") -> 
             return out
 
 
-PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+# A complete stateless 2026-07-28 request: version and capabilities in _meta.
+PROBE = (
+    b'{"jsonrpc":"2.0","id":1,"method":"server/discover","params":{"_meta":{'
+    b'"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+    b'"io.modelcontextprotocol/clientCapabilities":{}}}}'
+)
 
 
 def bad_leaves(spire, tmp_path):
@@ -168,15 +176,15 @@ def test_handshake_refusals(gateway, upstream, spire, svids, tmp_path):
     response, nothing reaches the upstream. A good SVID on the same code path
     gets an answer, so the refusals are the certificates' doing."""
     s = svids["agent"]
-    ok = https_post(gateway.port, s.bundle, s.cert, s.key, PING)
-    assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+    ok = https_post(gateway.port, s.bundle, s.cert, s.key, PROBE)
+    assert ok.startswith(b"HTTP/1.1 200"), ok
 
     seen = len(upstream.requests())
     failures_before = gateway.metric("mcp_gateway_tls_handshake_failures_total")
     cases = {"no client certificate": (None, None), **bad_leaves(spire, tmp_path)}
     for case, (cert, key) in cases.items():
         with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
-            reply = https_post(gateway.port, s.bundle, cert, key, PING)
+            reply = https_post(gateway.port, s.bundle, cert, key, PROBE)
             # TLS 1.3 reports a refused client certificate on the first read;
             # an empty read is a closed connection, which is a refusal too.
             if reply == b"":
@@ -185,7 +193,7 @@ def test_handshake_refusals(gateway, upstream, spire, svids, tmp_path):
     assert len(upstream.requests()) == seen
     assert gateway.metric("mcp_gateway_tls_handshake_failures_total") >= failures_before + len(cases)
     # Still serving.
-    assert https_post(gateway.port, s.bundle, s.cert, s.key, PING).startswith(b"HTTP/1.1 200")
+    assert https_post(gateway.port, s.bundle, s.cert, s.key, PROBE).startswith(b"HTTP/1.1 200")
 
 
 @pytest.mark.parametrize("http2", [False, True])
@@ -196,10 +204,12 @@ def test_alpn_http1_and_http2(gateway, svids, http2):
     out = subprocess.run(
         ["curl", "-sS", flag, "--cacert", str(s.bundle), "--cert", str(s.cert), "--key", str(s.key),
          "-H", "content-type: application/json", "-H", "accept: application/json, text/event-stream",
-         "-w", "\n%{http_version}", "--data-binary", PING.decode(), gateway.url],
+         "-H", "mcp-protocol-version: 2026-07-28", "-H", "mcp-method: server/discover",
+         "-w", "\n%{http_version}", "--data-binary", PROBE.decode(), gateway.url],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     body, version = out.stdout.rsplit("\n", 1)
     assert version == ("2" if http2 else "1.1")
-    assert json.loads(body)["id"] == 1
+    reply = json.loads(body)
+    assert reply["id"] == 1 and "result" in reply, reply

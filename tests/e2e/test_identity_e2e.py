@@ -8,7 +8,7 @@ import json
 from conftest import AGENT_B_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import finish_agent, run_py_agent, start_py_agent_loop
-from test_gateway_e2e import ECHO, PING, call, https_post
+from test_gateway_e2e import ECHO, PROBE, call, https_post
 
 import pytest
 import ssl
@@ -28,7 +28,7 @@ def test_fail_closed_until_svid_is_issued(spire, upstream, svids, tmp_path):
         assert gw.get("/healthz")[0] == 200
         assert gw.metric("mcp_gateway_ready") == 0
         with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError, OSError)):
-            reply = https_post(gw.port, s.bundle, s.cert, s.key, PING)
+            reply = https_post(gw.port, s.bundle, s.cert, s.key, PROBE)
             if reply == b"":
                 raise ConnectionResetError("closed")
             pytest.fail(f"answered before its SVID existed: {reply[:100]!r}")
@@ -37,7 +37,7 @@ def test_fail_closed_until_svid_is_issued(spire, upstream, svids, tmp_path):
         entry = spire.register(spiffe_id, "gateway-late", dns="localhost")
         try:
             gw.wait_ready(timeout=90)
-            assert https_post(gw.port, s.bundle, s.cert, s.key, PING).startswith(b"HTTP/1.1 ")
+            assert https_post(gw.port, s.bundle, s.cert, s.key, PROBE).startswith(b"HTTP/1.1 ")
             assert gw.metric("mcp_gateway_ready") == 1
         finally:
             spire.delete_entry(entry)
@@ -92,7 +92,7 @@ def test_upstream_presenting_another_id_is_refused(spire, upstream, svids, tmp_p
         gw.wait_ready()
         seen = len(upstream.requests())
         s = svids["agent"]
-        raw = https_post(gw.port, s.bundle, s.cert, s.key, PING)
+        raw = https_post(gw.port, s.bundle, s.cert, s.key, PROBE)
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
         err = json.loads(body)["error"]

@@ -1,0 +1,126 @@
+//! Tool arguments (JSON) to a Cedar record, exactly or not at all.
+//!
+//! Reads the raw JSON once with a serde visitor straight into Cedar
+//! values: no intermediate `serde_json::Value`, and no use of Cedar's
+//! own JSON format, whose `__entity`/`__extn` escapes would let a caller
+//! forge entity references. Must never approximate: a value Cedar cannot
+//! hold exactly makes the whole record unrepresentable.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::fmt;
+use std::sync::Arc;
+
+use cedar_policy_core::ast::Value;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use smol_str::SmolStr;
+
+/// One JSON value as a Cedar expression.
+struct CedarValue(Value);
+
+/// A JSON object as a Cedar record (anything else is rejected).
+struct CedarRecord(Value);
+
+struct ValueVisitor;
+struct RecordVisitor;
+
+/// The arguments as a Cedar record, or `None` if they are not an object or
+/// hold anything Cedar cannot represent exactly (null, a fraction, an
+/// integer outside i64, a duplicate key, nesting past serde_json's limit).
+pub(super) fn to_cedar_record(json: &str) -> Option<Value> {
+    serde_json::from_str::<CedarRecord>(json)
+        .ok()
+        .map(|record| record.0)
+}
+
+fn unrepresentable<E: de::Error>(what: &str) -> E {
+    E::custom(format_args!("{what} has no exact Cedar value"))
+}
+
+fn visit_record<'de, A: MapAccess<'de>>(mut map: A) -> Result<Value, A::Error> {
+    let mut fields = BTreeMap::new();
+    while let Some(key) = map.next_key::<String>()? {
+        let value: CedarValue = map.next_value()?;
+        match fields.entry(SmolStr::from(key)) {
+            Entry::Vacant(slot) => {
+                slot.insert(value.0);
+            }
+            Entry::Occupied(_) => return Err(unrepresentable("a duplicate key")),
+        }
+    }
+    Ok(Value::record_arc(Arc::new(fields), None))
+}
+
+impl<'de> serde::Deserialize<'de> for CedarValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ValueVisitor).map(CedarValue)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CedarRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(RecordVisitor).map(CedarRecord)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        visit_record(map)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        i64::try_from(v)
+            .map(Value::from)
+            .map_err(|_| unrepresentable("an integer above i64"))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(unrepresentable("a fractional number"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Err(unrepresentable("null"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+        while let Some(item) = seq.next_element::<CedarValue>()? {
+            items.push(item.0);
+        }
+        Ok(Value::set(items, None))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        visit_record(map)
+    }
+}

@@ -1,0 +1,450 @@
+//! Loading a policy directory into an indexed [`PolicyEngine`].
+//!
+//! Runs at start and on reload, never on the request path. It must never
+//! accept a policy set it cannot vouch for: the schema must parse, every
+//! policy must parse, carry a unique `@id` and pass strict validation, or
+//! the whole load fails with an error naming the file.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{
+    ActionConstraint, Authorizer, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
+    PrincipalConstraint, Schema, ValidationMode, ValidationWarning, Validator,
+};
+use cedar_policy_core::ast;
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+
+use super::request::EntityTypes;
+use super::{ActionEntry, PolicyEngine, PolicyError, ResourceKinds, Target};
+
+const SCHEMA_EXT: &str = "cedarschema";
+const POLICY_EXT: &str = "cedar";
+const ACTION_TYPE: &str = "Mcp::Action";
+
+/// A file of the policy directory: its name and text.
+struct SourceFile {
+    name: String,
+    text: String,
+}
+
+/// One policy, re-identified by its `@id`, and the file it came from.
+struct LoadedPolicy {
+    policy: Policy,
+    file: usize,
+}
+
+pub(super) fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
+    let files = read_dir(dir)?;
+    let version = version(&files);
+    let (schema_file, policy_files): (Vec<&SourceFile>, Vec<&SourceFile>) = files
+        .iter()
+        .partition(|f| f.name.ends_with(&format!(".{SCHEMA_EXT}")));
+    let schema_file = match schema_file.as_slice() {
+        [] => {
+            return Err(PolicyError::NoSchema {
+                dir: dir.display().to_string(),
+            });
+        }
+        [one] => *one,
+        several => {
+            let files = several
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(PolicyError::SeveralSchemas {
+                dir: dir.display().to_string(),
+                files,
+            });
+        }
+    };
+    let schema = parse_schema(schema_file)?;
+    let types = entity_types(&schema, &schema_file.name)?;
+    let mut loaded = Vec::new();
+    for (index, file) in policy_files.iter().enumerate() {
+        parse_policies(file, index, &policy_files, &mut loaded)?;
+    }
+    let policies =
+        PolicySet::from_policies(loaded.iter().map(|p| p.policy.clone())).map_err(|e| {
+            PolicyError::Index {
+                message: e.to_string(),
+            }
+        })?;
+    validate(
+        &schema,
+        &schema_file.name,
+        &policies,
+        &loaded,
+        &policy_files,
+    )?;
+    let actions = index_actions(&schema, &types, &loaded)?;
+    tracing::info!(policies = loaded.len(), actions = actions.len(), %version, "policy set loaded");
+    Ok(PolicyEngine {
+        version,
+        policy_count: loaded.len(),
+        actions,
+        types,
+        authorizer: Authorizer::new(),
+    })
+}
+
+/// Reads the schema and policy files of `dir`, sorted by name. Hidden
+/// entries (a ConfigMap mount's `..data`) and directories are skipped;
+/// symlinks are followed.
+fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
+    let read_dir_error = |source| PolicyError::ReadDir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_dir_error)? {
+        let path = entry.map_err(read_dir_error)?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let wanted = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some(SCHEMA_EXT | POLICY_EXT)
+        );
+        if name.starts_with('.') || !wanted || path.is_dir() {
+            continue;
+        }
+        let text = fs::read_to_string(&path).map_err(|source| PolicyError::ReadFile {
+            file: path.display().to_string(),
+            source,
+        })?;
+        files.push(SourceFile {
+            name: name.to_owned(),
+            text,
+        });
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(files)
+}
+
+/// `sha256:<first 16 hex>` over each file's name and text, length-prefixed
+/// so that no two different directories hash alike.
+fn version(files: &[SourceFile]) -> String {
+    let mut hasher = Sha256::new();
+    for file in files {
+        for part in [file.name.as_bytes(), file.text.as_bytes()] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part);
+        }
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+fn parse_schema(file: &SourceFile) -> Result<Schema, PolicyError> {
+    let (schema, warnings) =
+        Schema::from_cedarschema_str(&file.text).map_err(|e| PolicyError::Schema {
+            file: file.name.clone(),
+            message: diagnostic_message(&e, &file.text),
+        })?;
+    for warning in warnings {
+        tracing::warn!(file = %file.name, %warning, "Cedar schema warning");
+    }
+    Ok(schema)
+}
+
+/// The entity types the gateway builds must be declared by the schema.
+fn entity_types(schema: &Schema, file: &str) -> Result<EntityTypes, PolicyError> {
+    let declared: HashSet<String> = schema.entity_types().map(ToString::to_string).collect();
+    let lookup = |name: &str| {
+        if !declared.contains(name) {
+            return Err(PolicyError::SchemaContract {
+                file: file.to_owned(),
+                name: name.to_owned(),
+            });
+        }
+        EntityTypeName::from_str(name)
+            .map(|t| t.as_ref().clone())
+            .map_err(|e| PolicyError::Schema {
+                file: file.to_owned(),
+                message: e.to_string(),
+            })
+    };
+    Ok(EntityTypes {
+        workload: lookup("Mcp::Workload")?,
+        server: lookup("Mcp::Server")?,
+        tool: lookup("Mcp::Tool")?,
+        prompt: lookup("Mcp::Prompt")?,
+        resource: lookup("Mcp::Resource")?,
+    })
+}
+
+/// Parses one policy file; each policy gets its `@id` as its Cedar id.
+fn parse_policies(
+    file: &SourceFile,
+    file_index: usize,
+    files: &[&SourceFile],
+    loaded: &mut Vec<LoadedPolicy>,
+) -> Result<(), PolicyError> {
+    let set = PolicySet::from_str(&file.text).map_err(|e| {
+        let (line, column) = primary_location(&e, &file.text).unwrap_or((1, 1));
+        PolicyError::Syntax {
+            file: file.name.clone(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })?;
+    if let Some(template) = set.templates().next() {
+        return Err(PolicyError::Template {
+            file: file.name.clone(),
+            line: line_of(&file.text, &template.to_string()),
+            id: template.annotation("id").unwrap_or_default().to_owned(),
+        });
+    }
+    // `policies()` is in no particular order; report in file order.
+    let mut policies: Vec<&Policy> = set.policies().collect();
+    policies.sort_by_key(|p| {
+        p.id()
+            .to_string()
+            .trim_start_matches("policy")
+            .parse::<usize>()
+            .unwrap_or(0)
+    });
+    // Lines are found by searching each policy's text after the previous one.
+    let mut cursor = 0;
+    for (position, policy) in policies.into_iter().enumerate() {
+        let text = policy.to_string();
+        let offset = file
+            .text
+            .get(cursor..)
+            .and_then(|rest| rest.find(&text))
+            .map_or(cursor, |at| cursor + at);
+        cursor = offset + text.len();
+        let line = || line_column(&file.text, offset).0;
+        let id = match policy.annotation("id") {
+            Some(id) if !id.trim().is_empty() => id,
+            _ => {
+                return Err(PolicyError::MissingId {
+                    file: file.name.clone(),
+                    line: line(),
+                    index: position + 1,
+                });
+            }
+        };
+        if let Some(first) = loaded
+            .iter()
+            .find(|p| AsRef::<str>::as_ref(p.policy.id()) == id)
+        {
+            return Err(PolicyError::DuplicateId {
+                file: file.name.clone(),
+                line: line(),
+                id: id.to_owned(),
+                first_file: files[first.file].name.clone(),
+            });
+        }
+        let policy = policy.new_id(PolicyId::new(id));
+        loaded.push(LoadedPolicy {
+            policy,
+            file: file_index,
+        });
+    }
+    Ok(())
+}
+
+/// Strict validation; every error is reported with its file and line.
+/// Warnings that a policy can never apply, or that hide text direction
+/// tricks (bidi controls), are errors too: a policy that silently does
+/// nothing is a bug in an authorization system.
+fn validate(
+    schema: &Schema,
+    schema_name: &str,
+    policies: &PolicySet,
+    loaded: &[LoadedPolicy],
+    files: &[&SourceFile],
+) -> Result<(), PolicyError> {
+    let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    let file_of = |id: &PolicyId| {
+        loaded
+            .iter()
+            .find(|p| p.policy.id() == id)
+            .map(|p| files[p.file])
+    };
+    let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of(id) {
+        Some(file) => {
+            let (line, column) = primary_location(error, &file.text).unwrap_or((1, 1));
+            format!("{}:{line}:{column}: {error}", file.name)
+        }
+        None => error.to_string(),
+    };
+    let mut errors: Vec<String> = result
+        .validation_errors()
+        .map(|e| locate(e.policy_id(), e))
+        .collect();
+    for warning in result.validation_warnings() {
+        let hint = match warning {
+            ValidationWarning::ImpossiblePolicy(_) => Some(
+                " (a policy that can never apply is rejected; if it reads tool arguments, declare them in ToolArguments)",
+            ),
+            ValidationWarning::InvalidActionApplication(_) => {
+                Some(" (a policy that can never apply is rejected)")
+            }
+            ValidationWarning::BidiCharsInString(_)
+            | ValidationWarning::BidiCharsInIdentifier(_) => Some(""),
+            _ => None,
+        };
+        let message = locate(warning.policy_id(), warning);
+        match hint {
+            Some(hint) => errors.push(format!("{message}{hint}")),
+            None => tracing::warn!(warning = %message, "Cedar validation warning"),
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::Validation {
+            schema: schema_name.to_owned(),
+            errors,
+        })
+    }
+}
+
+/// Builds the per-action index: which resource kinds the action applies
+/// to, and which policies can apply to it, in general and per principal.
+fn index_actions(
+    schema: &Schema,
+    types: &EntityTypes,
+    loaded: &[LoadedPolicy],
+) -> Result<HashMap<Box<str>, ActionEntry>, PolicyError> {
+    let index_error = |e: &dyn std::fmt::Display| PolicyError::Index {
+        message: e.to_string(),
+    };
+    let action_entities = schema.action_entities().map_err(|e| index_error(&e))?;
+    let has_groups = schema.action_groups().next().is_some();
+    let mut actions = HashMap::new();
+    for uid in schema.actions() {
+        if uid.type_name().to_string() != ACTION_TYPE {
+            continue;
+        }
+        let resources = resource_kinds(schema, uid, types);
+        if resources == ResourceKinds::default() {
+            continue; // an action group, not a method
+        }
+        let ancestors: HashSet<&EntityUid> = action_entities
+            .ancestors(uid)
+            .into_iter()
+            .flatten()
+            .collect();
+        let applies = |p: &&LoadedPolicy| match p.policy.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => &a == uid,
+            ActionConstraint::In(list) => list.iter().any(|a| a == uid || ancestors.contains(a)),
+        };
+        let (general, by_principal) = index_principals(loaded.iter().filter(applies), types)?;
+        let entry = ActionEntry {
+            uid: uid.clone(),
+            resources,
+            entity: if has_groups {
+                action_entity(&action_entities, uid)
+            } else {
+                None
+            },
+            general,
+            by_principal,
+        };
+        actions.insert(uid.id().unescaped().into(), entry);
+    }
+    Ok(actions)
+}
+
+/// Splits the policies of one action into those for any principal and, per
+/// Workload named in a policy's principal scope, those plus its own.
+fn index_principals<'a>(
+    policies: impl Iterator<Item = &'a LoadedPolicy>,
+    types: &EntityTypes,
+) -> Result<(PolicySet, HashMap<Box<str>, PolicySet>), PolicyError> {
+    let mut general = Vec::new();
+    let mut specific: HashMap<Box<str>, Vec<Policy>> = HashMap::new();
+    for loaded in policies {
+        let named = match loaded.policy.principal_constraint() {
+            PrincipalConstraint::Eq(uid)
+            | PrincipalConstraint::In(uid)
+            | PrincipalConstraint::IsIn(_, uid)
+                if uid.type_name().as_ref() == &types.workload =>
+            {
+                Some(uid)
+            }
+            _ => None,
+        };
+        match named {
+            Some(uid) => specific
+                .entry(uid.id().unescaped().into())
+                .or_default()
+                .push(loaded.policy.clone()),
+            None => general.push(loaded.policy.clone()),
+        }
+    }
+    let set = |policies: Vec<Policy>| {
+        PolicySet::from_policies(policies).map_err(|e| PolicyError::Index {
+            message: e.to_string(),
+        })
+    };
+    let mut by_principal = HashMap::with_capacity(specific.len());
+    for (principal, mut own) in specific {
+        own.extend(general.iter().cloned());
+        by_principal.insert(principal, set(own)?);
+    }
+    Ok((set(general)?, by_principal))
+}
+
+/// The target kinds whose entity type the action lists as a resource.
+fn resource_kinds(schema: &Schema, action: &EntityUid, types: &EntityTypes) -> ResourceKinds {
+    let mut kinds = ResourceKinds::default();
+    for name in schema.resources_for_action(action).into_iter().flatten() {
+        let name: &ast::EntityType = name.as_ref();
+        let target = [
+            (&types.server, Target::Server),
+            (&types.tool, Target::Tool("")),
+            (&types.prompt, Target::Prompt("")),
+            (&types.resource, Target::Resource("")),
+            (&types.workload, Target::Workload("")),
+        ];
+        for (type_name, target) in target {
+            if name == type_name {
+                kinds.insert(target.kind());
+            }
+        }
+    }
+    kinds
+}
+
+fn action_entity(entities: &Entities, uid: &EntityUid) -> Option<ast::Entity> {
+    entities.get(uid).map(|e| e.as_ref().clone())
+}
+
+/// Cedar's message plus, when it has a source location, `(at line:col)`.
+fn diagnostic_message(error: &dyn Diagnostic, text: &str) -> String {
+    match primary_location(error, text) {
+        Some((line, column)) => format!("{error} (at line {line}, column {column})"),
+        None => error.to_string(),
+    }
+}
+
+/// Line and column (1-based) of a diagnostic's first labelled span.
+fn primary_location(error: &dyn Diagnostic, text: &str) -> Option<(usize, usize)> {
+    let offset = error.labels()?.next()?.offset();
+    Some(line_column(text, offset))
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+    (line, column)
+}
+
+/// The line where `snippet` starts in `text` (1 if not found).
+fn line_of(text: &str, snippet: &str) -> usize {
+    text.find(snippet)
+        .map_or(1, |offset| line_column(text, offset).0)
+}

@@ -1,0 +1,105 @@
+//! The `spiffe-mcp-gateway` command line: `check` validates config and
+//! policies without serving, and names the field or file that is wrong.
+
+use std::path::Path;
+use std::process::Command;
+
+fn gateway(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spiffe-mcp-gateway"))
+        .args(args)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .expect("run the gateway binary");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+#[test]
+fn check_accepts_the_example_configs() {
+    for name in ["gateway.yaml", "sidecar.yaml"] {
+        let path = examples().join(name);
+        let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+        assert!(ok, "{name}: {text}");
+        assert!(text.contains("ok: config"), "{name}: {text}");
+    }
+}
+
+#[test]
+fn check_names_the_bad_field_and_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read_to_string(examples().join("gateway.yaml")).unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let good = good.replace(
+        "\"../policies\"",
+        &format!("{:?}", policies.display().to_string()),
+    );
+    let cases = [
+        (
+            "max_body_bytes: 1048576",
+            "max_body_bytes: lots",
+            "limits.max_body_bytes",
+        ),
+        ("  name: \"demo\"", "  name: \"demo\"\n  nmae: typo", "nmae"),
+        (
+            "url: \"https://mcp-server.demo.svc:8443/mcp\"",
+            "url: \"ftp://x/mcp\"",
+            "upstream.url",
+        ),
+    ];
+    for (from, to, field) in cases {
+        assert!(good.contains(from), "fixture lacks {from}");
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, good.replacen(from, to, 1)).unwrap();
+        let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+        assert!(!ok, "{field}: accepted: {text}");
+        assert!(
+            text.contains(field) && text.contains("bad.yaml"),
+            "{field}: {text}"
+        );
+    }
+}
+
+#[test]
+fn check_fails_on_policies_that_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/mcp.cedarschema");
+    std::fs::copy(schema, policies.join("mcp.cedarschema")).unwrap();
+    std::fs::write(
+        policies.join("broken.cedar"),
+        "@id(\"x\") permit (principal, action, resource) when {",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(examples().join("gateway.yaml"))
+        .unwrap()
+        .replace("\"../policies\"", "\"policies\"");
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("broken.cedar"), "{text}");
+}
+
+#[test]
+fn serve_exits_with_a_clear_message_when_policies_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(examples().join("gateway.yaml"))
+        .unwrap()
+        .replace("\"../policies\"", "\"no-such-dir\"")
+        .replace("0.0.0.0:8443", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, config).unwrap();
+    let (ok, text) = gateway(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("loading policies") && text.contains("no-such-dir"),
+        "{text}"
+    );
+}
