@@ -72,6 +72,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     });
     let (shutdown, watcher) = watch::channel(false);
     let tasks = vec![
+        tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(listener::serve(listener, gateway, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher)),
     ];
@@ -83,6 +84,19 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         shutdown,
         tasks,
     })
+}
+
+/// How often idle and expired sessions are looked for.
+const SESSION_SWEEP: Duration = Duration::from_secs(10);
+
+async fn sweep_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SESSION_SWEEP);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.sweep_sessions().await,
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 impl App {

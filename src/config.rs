@@ -8,8 +8,10 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use hyper::header::HeaderName;
 use serde::Deserialize;
 use spiffe::SpiffeId;
 
@@ -18,6 +20,10 @@ pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 
 /// Default request body limit: 1 MiB.
 const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Default idle timeout of an MCP session: 30 minutes.
+const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// Default bound on concurrent sessions.
+const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// Where environment overrides come from.
 pub trait Env {
@@ -43,6 +49,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub audit: AuditSink,
     pub max_body_bytes: usize,
+    /// A session unused this long ends.
+    pub session_idle_timeout: Duration,
+    /// At most this many sessions at once; further `initialize`s are refused.
+    pub max_sessions: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +84,9 @@ pub struct UpstreamConfig {
     pub spiffe_id: SpiffeId,
     /// Plain HTTP to a loopback address (a server sidecar in the same pod).
     pub plaintext: bool,
+    /// If set, the gateway sends the verified caller SPIFFE ID to the
+    /// upstream in this header (a caller-sent header of that name is dropped).
+    pub caller_id_header: Option<HeaderName>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +151,7 @@ struct RawUpstream {
     spiffe_id: Option<String>,
     #[serde(default)]
     plaintext_loopback: bool,
+    caller_id_header: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -160,6 +174,8 @@ enum RawAuditSink {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     max_body_bytes: Option<usize>,
+    session_idle_timeout_seconds: Option<u64>,
+    max_sessions: Option<usize>,
 }
 
 impl Config {
@@ -204,6 +220,16 @@ impl RawConfig {
             Some(n) if n > 64 << 20 => bail!("limits.max_body_bytes: at most 67108864 (64 MiB)"),
             Some(n) => n,
         };
+        let session_idle_timeout = match self.limits.session_idle_timeout_seconds {
+            None => DEFAULT_SESSION_IDLE,
+            Some(0) => bail!("limits.session_idle_timeout_seconds: must be greater than 0"),
+            Some(n) => Duration::from_secs(n),
+        };
+        let max_sessions = match self.limits.max_sessions {
+            None => DEFAULT_MAX_SESSIONS,
+            Some(0) => bail!("limits.max_sessions: must be greater than 0"),
+            Some(n) => n,
+        };
         Ok(Config {
             listener,
             admin,
@@ -212,6 +238,8 @@ impl RawConfig {
             upstream,
             audit,
             max_body_bytes,
+            session_idle_timeout,
+            max_sessions,
         })
     }
 }
@@ -267,11 +295,16 @@ impl RawUpstream {
             ),
             (None, false) => bail!("upstream.spiffe_id: required for an mTLS upstream"),
         };
+        let caller_id_header = match self.caller_id_header {
+            None => None,
+            Some(h) => Some(parse_caller_header(&h)?),
+        };
         Ok(UpstreamConfig {
             name: self.name,
             url,
             spiffe_id,
             plaintext,
+            caller_id_header,
         })
     }
 }
@@ -293,6 +326,22 @@ fn parse_spiffe_id(field: &str, id: &str) -> anyhow::Result<SpiffeId> {
         bail!("{field}: {id:?} is not canonical (trust domain must be lowercase)");
     }
     Ok(parsed)
+}
+
+fn parse_caller_header(name: &str) -> anyhow::Result<HeaderName> {
+    let header = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| anyhow!("upstream.caller_id_header: {name:?} is not a valid header name"))?;
+    let reserved = [
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+    ];
+    if reserved.contains(&header.as_str()) || header.as_str().starts_with("mcp-") {
+        bail!("upstream.caller_id_header: {name:?} is a header the transport itself uses");
+    }
+    Ok(header)
 }
 
 fn parse_addr(field: &str, value: &str) -> anyhow::Result<SocketAddr> {

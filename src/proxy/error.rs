@@ -2,20 +2,33 @@
 //! JSON-RPC error code in a single exhaustive `match`.
 //!
 //! The codes are a public contract (README): clients and SIEM rules key on
-//! them. Messages are short and generic; they never carry policy text.
+//! them. They sit in -32060..-32069, clear of the codes MCP and its SDKs
+//! already use (-32000 connection closed, -32001 request timeout, -32002
+//! resource not found, -32020..-32022, -32042). Messages are short and
+//! generic; they never carry policy text.
 
 use hyper::StatusCode;
 
+use crate::proxy::session::SessionRefusal;
+
 /// JSON-RPC code for a message refused by policy.
-pub const CODE_DENIED: i32 = -32001;
+pub const CODE_DENIED: i32 = -32060;
 /// JSON-RPC code for an upstream that could not be reached or failed.
-pub const CODE_UPSTREAM_UNAVAILABLE: i32 = -32002;
+pub const CODE_UPSTREAM_UNAVAILABLE: i32 = -32061;
 /// JSON-RPC code for an upstream that presented the wrong identity.
-pub const CODE_UPSTREAM_IDENTITY: i32 = -32003;
+pub const CODE_UPSTREAM_IDENTITY: i32 = -32062;
 /// JSON-RPC code for a request body over the configured limit.
-pub const CODE_TOO_LARGE: i32 = -32004;
+pub const CODE_TOO_LARGE: i32 = -32063;
 /// JSON-RPC code for a transport-level refusal (bad headers, encoding).
-pub const CODE_BAD_TRANSPORT: i32 = -32005;
+pub const CODE_BAD_TRANSPORT: i32 = -32064;
+/// JSON-RPC code for a session id this caller may not use (HTTP 404).
+pub const CODE_SESSION: i32 = -32065;
+/// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
+pub const CODE_HEADER_MISMATCH: i32 = -32020;
+/// MCP 2026-07-28: unsupported protocol version.
+pub const CODE_UNSUPPORTED_VERSION: i32 = -32022;
+/// JSON-RPC 2.0: invalid request.
+pub const CODE_INVALID_REQUEST: i32 = -32600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -41,6 +54,16 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("unsupported MCP protocol version {0:?}")]
+    UnsupportedVersion(String),
+    #[error("{0} header does not match the request body")]
+    HeaderMismatch(&'static str),
+    #[error("{0} header appears more than once")]
+    DuplicateHeader(&'static str),
+    #[error("session not found")]
+    Session(SessionRefusal),
+    #[error("JSON-RPC batches are not allowed in this protocol version")]
+    BatchNotAllowed,
 }
 
 impl ProxyError {
@@ -60,6 +83,19 @@ impl ProxyError {
             ProxyError::UpstreamIdentity => (StatusCode::BAD_GATEWAY, CODE_UPSTREAM_IDENTITY),
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, CODE_BAD_TRANSPORT),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, CODE_BAD_TRANSPORT),
+            ProxyError::UnsupportedVersion(_) => {
+                (StatusCode::BAD_REQUEST, CODE_UNSUPPORTED_VERSION)
+            }
+            ProxyError::HeaderMismatch(_) => (StatusCode::BAD_REQUEST, CODE_HEADER_MISMATCH),
+            ProxyError::DuplicateHeader(_) => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
+            ProxyError::Session(SessionRefusal::Full) => {
+                (StatusCode::SERVICE_UNAVAILABLE, CODE_SESSION)
+            }
+            ProxyError::Session(SessionRefusal::Collision) => {
+                (StatusCode::BAD_GATEWAY, CODE_SESSION)
+            }
+            ProxyError::Session(_) => (StatusCode::NOT_FOUND, CODE_SESSION),
+            ProxyError::BatchNotAllowed => (StatusCode::BAD_REQUEST, CODE_INVALID_REQUEST),
         }
     }
 
@@ -77,6 +113,21 @@ impl ProxyError {
             ProxyError::UpstreamIdentity => "upstream_identity",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::NotFound => "not_found",
+            ProxyError::UnsupportedVersion(_) => "unsupported_protocol_version",
+            ProxyError::HeaderMismatch(_) => "header_mismatch",
+            ProxyError::DuplicateHeader(_) => "duplicate_header",
+            ProxyError::Session(r) => r.audit_reason(),
+            ProxyError::BatchNotAllowed => "batch_not_allowed",
         }
+    }
+
+    /// Call-level failures a client should see as the answer to its request
+    /// (HTTP 200 with the JSON-RPC error under the request's id); every
+    /// other refusal keeps its HTTP status, as the MCP transport requires.
+    pub fn answers_the_call(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Denied | ProxyError::UpstreamUnavailable | ProxyError::UpstreamIdentity
+        )
     }
 }

@@ -11,7 +11,9 @@
 
 mod error;
 pub mod listener;
+mod protocol;
 mod reply;
+pub mod session;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use error::{
     CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
@@ -68,9 +70,6 @@ const HOP_HEADERS: &[HeaderName] = &[
     header::ACCEPT_ENCODING,
 ];
 
-const MCP_SESSION_ID: &str = "mcp-session-id";
-const MCP_PROTOCOL_VERSION: &str = "mcp-protocol-version";
-
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
     pub identity: Identity,
@@ -85,6 +84,9 @@ pub struct Gateway {
     path: String,
     max_body: usize,
     ids: CorrelationIds,
+    sessions: session::Sessions,
+    /// Header carrying the verified caller ID to the upstream, if configured.
+    caller_id_header: Option<HeaderName>,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -105,6 +107,7 @@ impl From<Decision> for Verdict {
 }
 
 /// The facts of one HTTP request that every audit record repeats.
+#[derive(Clone, Copy)]
 struct RequestFacts<'a> {
     peer: &'a Peer,
     session_id: Option<&'a str>,
@@ -136,6 +139,8 @@ impl Gateway {
             path: config.listener.path.clone(),
             max_body: config.max_body_bytes,
             ids: CorrelationIds::new(),
+            sessions: session::Sessions::new(config.session_idle_timeout, config.max_sessions),
+            caller_id_header: config.upstream.caller_id_header.clone(),
         })
     }
 
@@ -150,74 +155,159 @@ impl Gateway {
     }
 
     async fn route(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
-        if req.uri().path() != self.path {
+        let (parts, body) = req.into_parts();
+        let headers = &parts.headers;
+        // Protocol and session headers are checked before the body is read.
+        let version = protocol::version_header(headers);
+        let session = protocol::single_header(headers, protocol::SESSION_HEADER);
+        let facts = RequestFacts {
+            peer,
+            session_id: session.as_ref().ok().copied().flatten(),
+            protocol_version: version.as_ref().ok().copied().flatten(),
+        };
+        if parts.uri.path() != self.path {
+            return self.refuse_unparsed(ProxyError::NotFound, &facts).await;
+        }
+        if let Err(refusal) = version.and(session) {
+            return self.refuse_unparsed(refusal, &facts).await;
+        }
+        if let Some(id) = facts.session_id
+            && let Err(refusal) = self.sessions.check(id, peer)
+        {
             return self
-                .refuse_transport(ProxyError::NotFound, peer, req.headers())
+                .refuse_unparsed(ProxyError::Session(refusal), &facts)
                 .await;
         }
-        match *req.method() {
-            Method::POST => self.post(req, peer).await,
-            Method::GET | Method::DELETE => self.stream_or_delete(req, peer).await,
+        let modern = facts.protocol_version == Some(protocol::MODERN);
+        match parts.method {
+            Method::POST => self.post(&parts, body, &facts).await,
+            // 2026-07-28 is stateless POST only.
+            Method::GET | Method::DELETE if !modern => self.stream_or_delete(&parts, &facts).await,
             _ => {
-                self.refuse_transport(ProxyError::MethodNotAllowed, peer, req.headers())
+                self.refuse_unparsed(ProxyError::MethodNotAllowed, &facts)
                     .await
             }
         }
     }
 
     /// POST: one JSON-RPC message or a batch, decided before anything is sent.
-    async fn post(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
-        let (parts, body) = req.into_parts();
+    async fn post(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
         if let Err(refusal) = check_entity_headers(&parts.headers) {
-            return self.refuse_transport(refusal, peer, &parts.headers).await;
+            return self.refuse_unparsed(refusal, facts).await;
         }
         let bytes = match read_body(body, self.max_body).await {
             Ok(b) => b,
-            Err(refusal) => return self.refuse_transport(refusal, peer, &parts.headers).await,
+            Err(refusal) => return self.refuse_unparsed(refusal, facts).await,
         };
-        let facts = RequestFacts {
-            peer,
-            session_id: header_str(&parts.headers, MCP_SESSION_ID),
-            protocol_version: header_str(&parts.headers, MCP_PROTOCOL_VERSION),
-        };
-        let messages = match mcp::parse_body(&bytes) {
-            Ok(mcp::Body::Single(m)) => vec![m],
-            Ok(mcp::Body::Batch(ms)) => ms,
+        let (messages, batch) = match mcp::parse_body(&bytes) {
+            Ok(mcp::Body::Single(m)) => (vec![m], false),
+            Ok(mcp::Body::Batch(ms)) => (ms, true),
             Err(e) => {
                 let refusal = ProxyError::Parse(e.to_string(), e.jsonrpc_code());
-                return self.refuse_unparsed(refusal, &facts).await;
+                return self.refuse_unparsed(refusal, facts).await;
             }
         };
+        if let Err(refusal) = self.check_framing(&parts.headers, &messages, batch, facts) {
+            return self.refuse_unparsed(refusal, facts).await;
+        }
         let mut denied = Vec::new();
         for message in &messages {
             let correlation_id = self.ids.next();
-            let verdict = self.decide(message, &facts);
+            let verdict = self.decide(message, facts);
             let allowed = verdict.allowed;
             self.metrics
                 .decision(allowed, message.method.as_deref().unwrap_or("response"));
-            self.audit_decision(message, &facts, verdict, &correlation_id)
+            self.audit_decision(message, facts, verdict, &correlation_id)
                 .await;
             if !allowed {
                 denied.push((message, correlation_id));
             }
         }
         if !denied.is_empty() {
-            return reply::denied(&messages, &denied, messages.len() > 1);
+            return reply::denied(&messages, &denied, batch);
         }
         // A single request gets its upstream failure answered under its own id.
         let reply_id = match messages.as_slice() {
             [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
             _ => None,
         };
+        let opens_session = !batch
+            && facts.session_id.is_none()
+            && messages[0].method.as_deref() == Some("initialize");
         drop(messages);
-        self.forward(
-            &parts.headers,
-            Method::POST,
-            Some(bytes),
-            &facts,
-            reply_id.as_deref(),
-        )
-        .await
+        let upstream = self
+            .call_upstream(
+                &parts.headers,
+                Method::POST,
+                bytes,
+                facts,
+                reply_id.as_deref(),
+            )
+            .await;
+        match upstream {
+            Ok(resp) if opens_session => self.bind_session(resp, facts).await,
+            Ok(resp) => reply::from_upstream(resp),
+            Err(refusal) => refusal,
+        }
+    }
+
+    /// Protocol rules a body must meet before any decision: 2026-07-28
+    /// headers match the body, and batches only where the version has them.
+    fn check_framing(
+        &self,
+        headers: &HeaderMap,
+        messages: &[Message<'_>],
+        batch: bool,
+        facts: &RequestFacts<'_>,
+    ) -> Result<(), ProxyError> {
+        let modern = messages
+            .iter()
+            .any(|m| protocol::is_modern(m, facts.protocol_version));
+        if batch {
+            let version = facts.protocol_version.unwrap_or(protocol::BATCH_VERSION);
+            return if modern || version != protocol::BATCH_VERSION {
+                Err(ProxyError::BatchNotAllowed)
+            } else {
+                Ok(())
+            };
+        }
+        if modern {
+            protocol::check_modern_headers(headers, &messages[0])?;
+        }
+        Ok(())
+    }
+
+    /// Binds the session the upstream issued in answer to `initialize` to
+    /// the caller. A session that cannot be bound is not handed out.
+    async fn bind_session(
+        &self,
+        resp: Response<Incoming>,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let issued = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)
+            .ok()
+            .flatten()
+            .map(str::to_owned);
+        let Some(id) = issued else {
+            return reply::from_upstream(resp);
+        };
+        match self.sessions.insert(&id, facts.peer) {
+            Ok(()) => reply::from_upstream(resp),
+            Err(refusal) => {
+                self.end_upstream_session(&id).await;
+                let facts = RequestFacts {
+                    session_id: Some(&id),
+                    ..*facts
+                };
+                self.refuse_unparsed(ProxyError::Session(refusal), &facts)
+                    .await
+            }
+        }
     }
 
     /// Decides one message. Pure: no I/O. Responses from the caller (answers
@@ -247,35 +337,59 @@ impl Gateway {
     }
 
     /// GET (server stream) and DELETE (end session) carry no JSON-RPC message;
-    /// they pass to the upstream for an authenticated caller.
-    async fn stream_or_delete(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
-        let (parts, _) = req.into_parts();
-        let facts = RequestFacts {
-            peer,
-            session_id: header_str(&parts.headers, MCP_SESSION_ID),
-            protocol_version: header_str(&parts.headers, MCP_PROTOCOL_VERSION),
-        };
-        self.forward(&parts.headers, parts.method.clone(), None, &facts, None)
-            .await
+    /// they pass to the upstream for an authenticated caller, within the
+    /// caller's own session (checked in `route`).
+    async fn stream_or_delete(
+        &self,
+        parts: &hyper::http::request::Parts,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let upstream = self
+            .call_upstream(
+                &parts.headers,
+                parts.method.clone(),
+                Bytes::new(),
+                facts,
+                None,
+            )
+            .await;
+        match upstream {
+            Ok(resp) => {
+                if parts.method == Method::DELETE
+                    && resp.status().is_success()
+                    && let Some(id) = facts.session_id
+                {
+                    self.sessions.remove(id);
+                }
+                reply::from_upstream(resp)
+            }
+            Err(refusal) => refusal,
+        }
     }
 
-    /// Sends the decided bytes to the upstream and streams its reply back.
-    async fn forward(
+    /// Sends the decided bytes to the upstream. On failure the caller gets a
+    /// JSON-RPC error (under `reply_id`) and the failure is audited.
+    async fn call_upstream(
         &self,
         headers: &HeaderMap,
         method: Method,
-        body: Option<Bytes>,
+        body: Bytes,
         facts: &RequestFacts<'_>,
         reply_id: Option<&str>,
-    ) -> Response<ReplyBody> {
-        let mut req = Request::new(http_body_util::Full::new(body.unwrap_or_default()));
+    ) -> Result<Response<Incoming>, Response<ReplyBody>> {
+        let mut req = Request::new(http_body_util::Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = self.upstream_uri.clone();
         *req.headers_mut() = upstream_headers(headers);
         req.headers_mut()
             .insert(header::HOST, self.upstream_authority.clone());
+        if let Some(name) = &self.caller_id_header
+            && let Ok(value) = HeaderValue::from_str(&facts.peer.spiffe_id)
+        {
+            req.headers_mut().insert(name.clone(), value);
+        }
         match self.client.request(req).await {
-            Ok(resp) => reply::from_upstream(resp),
+            Ok(resp) => Ok(resp),
             Err(e) => {
                 let refusal = classify_upstream_error(&e);
                 warn!(error = %e, upstream = %self.upstream_name, "upstream call failed");
@@ -284,8 +398,32 @@ impl Gateway {
                 let record =
                     self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
                 self.audit.record(record).await;
-                error_response(&refusal, reply_id, &correlation_id)
+                Err(error_response(&refusal, reply_id, &correlation_id))
             }
+        }
+    }
+
+    /// Tells the upstream a session is over (idle, expired, or refused).
+    /// Best effort: the session is already gone from the gateway.
+    pub async fn end_upstream_session(&self, id: &str) {
+        let Ok(value) = HeaderValue::from_str(id) else {
+            return;
+        };
+        let mut req = Request::new(http_body_util::Full::new(Bytes::new()));
+        *req.method_mut() = Method::DELETE;
+        *req.uri_mut() = self.upstream_uri.clone();
+        req.headers_mut()
+            .insert(header::HOST, self.upstream_authority.clone());
+        req.headers_mut().insert(protocol::SESSION_HEADER, value);
+        if let Err(e) = self.client.request(req).await {
+            debug!(error = %e, "ending an upstream session failed");
+        }
+    }
+
+    /// Ends idle and expired sessions, here and at the upstream.
+    pub async fn sweep_sessions(&self) {
+        for id in self.sessions.sweep() {
+            self.end_upstream_session(&id).await;
         }
     }
 
@@ -340,20 +478,6 @@ impl Gateway {
         let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
         self.audit.record(record).await;
         error_response(&refusal, None, &correlation_id)
-    }
-
-    async fn refuse_transport(
-        &self,
-        refusal: ProxyError,
-        peer: &Peer,
-        headers: &HeaderMap,
-    ) -> Response<ReplyBody> {
-        let facts = RequestFacts {
-            peer,
-            session_id: header_str(headers, MCP_SESSION_ID),
-            protocol_version: header_str(headers, MCP_PROTOCOL_VERSION),
-        };
-        self.refuse_unparsed(refusal, &facts).await
     }
 
     fn bare_record(
@@ -474,10 +598,6 @@ fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
 
 fn is_identity_header(name: &str) -> bool {
     IDENTITY_HEADER_PREFIXES.iter().any(|p| name.starts_with(p))
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {

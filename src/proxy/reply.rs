@@ -67,7 +67,11 @@ pub fn error_response(
     correlation_id: &str,
 ) -> Response<ReplyBody> {
     let (status, code) = refusal.status_and_code();
-    let status = if id.is_some() { StatusCode::OK } else { status };
+    let status = if id.is_some() && refusal.answers_the_call() {
+        StatusCode::OK
+    } else {
+        status
+    };
     json_response(
         status,
         jsonrpc_error(id, code, &refusal.to_string(), correlation_id),

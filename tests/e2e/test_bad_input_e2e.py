@@ -29,7 +29,7 @@ CASES = [
         "body over the limit",
         b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"x" * BIG + b'"}}',
         413,
-        -32004,
+        -32063,
         "body_too_large",
     ),
 ]
@@ -65,7 +65,7 @@ def test_unknown_method_is_denied(gateway, upstream, svids):
     body = b'{"jsonrpc":"2.0","id":"u1","method":"admin/shutdown","params":{}}'
     status, reply = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, body))
     assert status == 200 and reply["id"] == "u1"
-    assert reply["error"]["code"] == -32001
+    assert reply["error"]["code"] == -32060
     correlation = reply["error"]["data"]["correlation_id"]
     records = gateway.wait_audit(lambda r: r["correlation_id"] == correlation)
     record = next(r for r in records if r["correlation_id"] == correlation)
@@ -87,6 +87,7 @@ def test_identity_headers_are_not_forwarded(gateway, upstream, svids):
             tls.sendall(
                 b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 b"Accept: application/json, text/event-stream\r\n"
+                b"MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n"
                 b"X-Forwarded-Client-Cert: URI=spiffe://example.org/ns/demo/sa/admin\r\n"
                 b"X-Spiffe-Id: spiffe://example.org/ns/demo/sa/admin\r\n"
                 b"Forwarded: for=10.0.0.1\r\n"

@@ -42,11 +42,11 @@ def call(run, spec: str) -> dict:
 
 
 def assert_denied(result: dict, gateway) -> dict:
-    """A denial the client understands: code -32001 and a correlation id that
+    """A denial the client understands: code -32060 and a correlation id that
     names a deny record in the audit log. Returns that record."""
     assert result["ok"] is False, result
     err = result["error"]
-    assert err["code"] == -32001, err
+    assert err["code"] == -32060, err
     assert "policy" in err["message"] and "forbid" not in json.dumps(err).lower().replace(
         "forbidden", ""
     ), err
@@ -112,19 +112,24 @@ def test_other_identity_is_refused_tools_call(gateway, upstream, svids):
 # ---- handshake -------------------------------------------------------------
 
 
-def https_post(port: int, ca: str, cert=None, key=None, body: bytes = b"{}") -> bytes:
-    """One raw HTTPS POST; returns the raw response bytes (raises on TLS failure)."""
+def https_post(port: int, ca: str, cert=None, key=None, body: bytes = b"{}", headers=None) -> bytes:
+    """One raw HTTPS POST; returns the raw response bytes (raises on TLS failure).
+
+    `headers` are extra header lines; the PROBE body gets its 2026-07-28
+    headers by default."""
+    if headers is None:
+        headers = MODERN_PROBE_HEADERS if body == PROBE else []
     ctx = ssl.create_default_context(cafile=ca)
     ctx.check_hostname = False
     if cert:
         ctx.load_cert_chain(cert, key)
+    head = "".join(f"{h}\r\n" for h in headers).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
             tls.sendall(
                 b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                 b"Accept: application/json, text/event-stream\r\n"
-                # A stateless 2026-07-28 request needs no session.
-                b"MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n"
+                + head
                 + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
                 + body
             )
@@ -140,6 +145,7 @@ PROBE = (
     b'"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
     b'"io.modelcontextprotocol/clientCapabilities":{}}}}'
 )
+MODERN_PROBE_HEADERS = ["MCP-Protocol-Version: 2026-07-28", "Mcp-Method: server/discover"]
 
 
 def bad_leaves(spire, tmp_path):

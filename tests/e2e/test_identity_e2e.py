@@ -85,7 +85,7 @@ def test_rotation_without_failed_calls(spire, upstream, svids, tmp_path):
 
 def test_upstream_presenting_another_id_is_refused(spire, upstream, svids, tmp_path):
     """The gateway expects agent-b's ID from the upstream; the real upstream
-    presents mcp-server's, so the call fails with -32003 and an audit record,
+    presents mcp-server's, so the call fails with -32062 and an audit record,
     and the upstream never sees an HTTP request."""
     gw = start_gateway(tmp_path, spire.endpoint, upstream.url, AGENT_B_ID, hint="gateway")
     try:
@@ -96,7 +96,7 @@ def test_upstream_presenting_another_id_is_refused(spire, upstream, svids, tmp_p
         head, _, body = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
         err = json.loads(body)["error"]
-        assert err["code"] == -32003 and err["message"] == "upstream identity rejected"
+        assert err["code"] == -32062 and err["message"] == "upstream identity rejected"
         correlation = err["data"]["correlation_id"]
         records = gw.wait_audit(lambda r: r["correlation_id"] == correlation)
         record = next(r for r in records if r["correlation_id"] == correlation)
