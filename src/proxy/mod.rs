@@ -10,6 +10,7 @@
 //! that was not decided, or put policy text in a reply.
 
 mod error;
+mod inspect;
 pub mod listener;
 mod protocol;
 mod reply;
@@ -145,7 +146,11 @@ impl Gateway {
     }
 
     /// Entry point for every HTTP request on an authenticated connection.
-    pub async fn handle(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+    ) -> Response<ReplyBody> {
         let started = Instant::now();
         let response = self.route(req, peer).await;
         self.metrics
@@ -154,7 +159,7 @@ impl Gateway {
         response
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
+    async fn route(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
         let (parts, body) = req.into_parts();
         let headers = &parts.headers;
         // Protocol and session headers are checked before the body is read.
@@ -192,7 +197,7 @@ impl Gateway {
 
     /// POST: one JSON-RPC message or a batch, decided before anything is sent.
     async fn post(
-        &self,
+        self: &Arc<Self>,
         parts: &hyper::http::request::Parts,
         body: Incoming,
         facts: &RequestFacts<'_>,
@@ -239,6 +244,7 @@ impl Gateway {
         let opens_session = !batch
             && facts.session_id.is_none()
             && messages[0].method.as_deref() == Some("initialize");
+        let ctx = self.reply_context(facts, inspect::pending_lists(&messages));
         drop(messages);
         let upstream = self
             .call_upstream(
@@ -250,8 +256,8 @@ impl Gateway {
             )
             .await;
         match upstream {
-            Ok(resp) if opens_session => self.bind_session(resp, facts).await,
-            Ok(resp) => reply::from_upstream(resp),
+            Ok(resp) if opens_session => self.bind_session(resp, ctx).await,
+            Ok(resp) => self.inspect_reply(resp, ctx).await,
             Err(refusal) => refusal,
         }
     }
@@ -285,28 +291,45 @@ impl Gateway {
     /// Binds the session the upstream issued in answer to `initialize` to
     /// the caller. A session that cannot be bound is not handed out.
     async fn bind_session(
-        &self,
+        self: &Arc<Self>,
         resp: Response<Incoming>,
-        facts: &RequestFacts<'_>,
+        mut ctx: inspect::ReplyContext,
     ) -> Response<ReplyBody> {
         let issued = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)
             .ok()
             .flatten()
             .map(str::to_owned);
         let Some(id) = issued else {
-            return reply::from_upstream(resp);
+            return self.inspect_reply(resp, ctx).await;
         };
-        match self.sessions.insert(&id, facts.peer) {
-            Ok(()) => reply::from_upstream(resp),
+        match self.sessions.insert(&id, &ctx.peer) {
+            Ok(()) => {
+                ctx.session_id = Some(id);
+                self.inspect_reply(resp, ctx).await
+            }
             Err(refusal) => {
                 self.end_upstream_session(&id).await;
                 let facts = RequestFacts {
+                    peer: &ctx.peer,
                     session_id: Some(&id),
-                    ..*facts
+                    protocol_version: ctx.protocol_version.as_deref(),
                 };
                 self.refuse_unparsed(ProxyError::Session(refusal), &facts)
                     .await
             }
+        }
+    }
+
+    fn reply_context(
+        &self,
+        facts: &RequestFacts<'_>,
+        lists: Vec<inspect::PendingList>,
+    ) -> inspect::ReplyContext {
+        inspect::ReplyContext {
+            peer: facts.peer.clone(),
+            session_id: facts.session_id.map(str::to_owned),
+            protocol_version: facts.protocol_version.map(str::to_owned),
+            lists,
         }
     }
 
@@ -340,7 +363,7 @@ impl Gateway {
     /// they pass to the upstream for an authenticated caller, within the
     /// caller's own session (checked in `route`).
     async fn stream_or_delete(
-        &self,
+        self: &Arc<Self>,
         parts: &hyper::http::request::Parts,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
@@ -355,13 +378,17 @@ impl Gateway {
             .await;
         match upstream {
             Ok(resp) => {
-                if parts.method == Method::DELETE
-                    && resp.status().is_success()
-                    && let Some(id) = facts.session_id
-                {
-                    self.sessions.remove(id);
+                if parts.method == Method::DELETE {
+                    if resp.status().is_success()
+                        && let Some(id) = facts.session_id
+                    {
+                        self.sessions.remove(id);
+                    }
+                    return reply::from_upstream(resp);
                 }
-                reply::from_upstream(resp)
+                // The GET stream carries server-to-client requests: inspect it.
+                self.inspect_reply(resp, self.reply_context(facts, Vec::new()))
+                    .await
             }
             Err(refusal) => refusal,
         }

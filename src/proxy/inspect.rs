@@ -1,0 +1,486 @@
+//! The way back: what the upstream sends the agent is inspected too.
+//!
+//! - Server-to-client requests (`sampling/createMessage`,
+//!   `elicitation/create`, `roots/list`, and any other request but `ping`)
+//!   arriving on an SSE stream are decided with the upstream's workload as
+//!   principal and the agent's workload as resource. A denied one is answered
+//!   to the upstream with a JSON-RPC error and never shown to the agent.
+//! - `tools/list`, `prompts/list`, `resources/list` and
+//!   `resources/templates/list` results are filtered to what the caller may
+//!   use (the `tools/call`, `prompts/get` or `resources/read` decision for
+//!   each entry). Each page is filtered on its own and `nextCursor` is kept,
+//!   so pagination stays correct (a page may come back shorter).
+//! - An SSE event the strict parser refuses is dropped and audited: what the
+//!   agent's SDK would read must be what the gateway read.
+//!
+//! SSE streams are never buffered whole: a task reads the upstream body,
+//! passes each event on as soon as it is complete, and waits when the agent
+//! reads slowly (a bounded channel). Only a JSON reply to a list request is
+//! read whole, because it has to be rewritten.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::audit::{Outcome, Record, now_rfc3339};
+use crate::mcp::sse::{SseEvent, SseParser};
+use crate::mcp::{self, Kind, Message};
+use crate::policy::{PolicyInput, Target};
+use crate::proxy::error::CODE_DENIED;
+use crate::proxy::listener::Peer;
+use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
+use crate::proxy::{Gateway, protocol};
+
+/// Largest SSE event the gateway will hold while deciding on it.
+const MAX_EVENT_BYTES: usize = 4 << 20;
+/// Largest JSON list reply the gateway will read to filter it.
+const MAX_LIST_REPLY_BYTES: usize = 16 << 20;
+/// Events in flight between the upstream reader and the agent.
+const CHANNEL: usize = 16;
+
+/// A list request of the caller's whose reply must be filtered.
+pub struct PendingList {
+    id: Value,
+    kind: ListKind,
+}
+
+#[derive(Clone, Copy)]
+enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl ListKind {
+    fn of(method: &str) -> Option<ListKind> {
+        match method {
+            "tools/list" => Some(ListKind::Tools),
+            "prompts/list" => Some(ListKind::Prompts),
+            "resources/list" => Some(ListKind::Resources),
+            "resources/templates/list" => Some(ListKind::Templates),
+            _ => None,
+        }
+    }
+
+    /// The result array, the entry field naming it, and the action whose
+    /// permission makes an entry visible.
+    fn shape(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ListKind::Tools => ("tools", "name", "tools/call"),
+            ListKind::Prompts => ("prompts", "name", "prompts/get"),
+            ListKind::Resources => ("resources", "uri", "resources/read"),
+            ListKind::Templates => ("resourceTemplates", "uriTemplate", "resources/read"),
+        }
+    }
+
+    fn target(self, name: &str) -> Target<'_> {
+        match self {
+            ListKind::Tools => Target::Tool(name),
+            ListKind::Prompts => Target::Prompt(name),
+            ListKind::Resources | ListKind::Templates => Target::Resource(name),
+        }
+    }
+}
+
+/// Everything the way back needs to know about the request it answers.
+pub struct ReplyContext {
+    pub peer: Peer,
+    pub session_id: Option<String>,
+    pub protocol_version: Option<String>,
+    pub lists: Vec<PendingList>,
+}
+
+/// The list requests among the caller's messages.
+pub fn pending_lists(messages: &[Message<'_>]) -> Vec<PendingList> {
+    messages
+        .iter()
+        .filter(|m| m.kind == Kind::Request)
+        .filter_map(|m| {
+            let kind = ListKind::of(m.method.as_deref()?)?;
+            let id = serde_json::from_str(m.id.as_ref()?.raw_json()).ok()?;
+            Some(PendingList { id, kind })
+        })
+        .collect()
+}
+
+fn is_event_stream(resp: &Response<Incoming>) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+impl Gateway {
+    /// The upstream's reply as the agent may see it.
+    pub(super) async fn inspect_reply(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        ctx: ReplyContext,
+    ) -> Response<ReplyBody> {
+        if is_event_stream(&resp) {
+            return self.inspect_stream(resp, ctx);
+        }
+        if ctx.lists.is_empty() || !resp.status().is_success() {
+            return reply::from_upstream(resp);
+        }
+        self.filter_json_reply(resp, &ctx).await
+    }
+
+    /// Streams SSE through a task that decides each event.
+    fn inspect_stream(
+        self: &Arc<Self>,
+        resp: Response<Incoming>,
+        ctx: ReplyContext,
+    ) -> Response<ReplyBody> {
+        let (parts, body) = reply::from_upstream(resp).into_parts();
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let gateway = Arc::clone(self);
+        tokio::spawn(async move { gateway.pump_events(body, tx, ctx).await });
+        Response::from_parts(parts, ChannelBody { rx }.boxed_unsync())
+    }
+
+    async fn pump_events(
+        &self,
+        mut body: ReplyBody,
+        tx: mpsc::Sender<Result<Frame<Bytes>, hyper::Error>>,
+        ctx: ReplyContext,
+    ) {
+        let mut parser = SseParser::new(MAX_EVENT_BYTES);
+        let mut events = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue, // trailers: nothing to pass on
+                },
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            if let Err(e) = parser.push(&data, &mut events) {
+                warn!(error = %e, "upstream SSE stream refused; closing it");
+                self.audit_way_back(&ctx, None, "upstream_sse_error", Some(e.to_string()))
+                    .await;
+                return;
+            }
+            for event in events.drain(..) {
+                if let Some(bytes) = self.inspect_event(event, &ctx).await
+                    && tx.send(Ok(Frame::data(bytes))).await.is_err()
+                {
+                    return; // the agent went away; dropping the body ends the upstream stream
+                }
+            }
+        }
+    }
+
+    /// One SSE event: the bytes to pass on, or `None` to withhold it.
+    async fn inspect_event(&self, event: SseEvent, ctx: &ReplyContext) -> Option<Bytes> {
+        // Keep-alives, id-only blocks and the empty priming event of a
+        // resumable stream carry no message.
+        if !event.has_data || event.data.trim().is_empty() {
+            return Some(event.raw);
+        }
+        let message = match mcp::parse_body(event.data.as_bytes()) {
+            Ok(mcp::Body::Single(m)) => m,
+            Ok(mcp::Body::Batch(_)) => {
+                self.audit_way_back(ctx, None, "upstream_batch_refused", None)
+                    .await;
+                return None;
+            }
+            Err(e) => {
+                self.audit_way_back(ctx, None, "upstream_parse_error", Some(e.to_string()))
+                    .await;
+                return None;
+            }
+        };
+        match (message.kind, message.method.as_deref()) {
+            (Kind::Request, Some(method)) if method != "ping" => {
+                if self.decide_server_request(&message, method, ctx).await {
+                    Some(event.raw)
+                } else {
+                    None
+                }
+            }
+            (Kind::Response, _) if !ctx.lists.is_empty() => {
+                let mut value: Value = serde_json::from_str(&event.data).ok()?;
+                if self.filter_list_value(&mut value, ctx).await {
+                    Some(rebuild_event(&event, &value))
+                } else {
+                    Some(event.raw)
+                }
+            }
+            _ => Some(event.raw),
+        }
+    }
+
+    /// Decides a server-to-client request; a denied one is answered to the
+    /// upstream with an error. Returns whether the agent may see it.
+    async fn decide_server_request(
+        &self,
+        message: &Message<'_>,
+        method: &str,
+        ctx: &ReplyContext,
+    ) -> bool {
+        let input = PolicyInput {
+            principal: &self.upstream_id,
+            action: method,
+            server: &self.upstream_name,
+            server_spiffe_id: &self.upstream_id,
+            target: Target::Workload(&ctx.peer.spiffe_id),
+            arguments: None,
+            session_id: ctx.session_id.as_deref(),
+            protocol_version: ctx.protocol_version.as_deref(),
+        };
+        let decision = self.policy.decide(&input);
+        self.metrics.decision(decision.allowed, method);
+        let correlation_id = self.ids.next();
+        let record = Record {
+            time: now_rfc3339(),
+            correlation_id: correlation_id.clone(),
+            request_id: message.id.as_ref().and_then(|id| {
+                serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()
+            }),
+            caller: self.upstream_id.clone(),
+            upstream: self.upstream_name.clone(),
+            upstream_spiffe_id: self.upstream_id.clone(),
+            session_id: ctx.session_id.clone(),
+            method: Some(method.to_owned()),
+            target_kind: Some("workload"),
+            target: Some(ctx.peer.spiffe_id.to_string()),
+            decision: if decision.allowed {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            reason: decision.reason.as_str(),
+            policy_ids: decision.policy_ids,
+            policy_version: self.policy.version().to_owned(),
+            protocol_version: ctx.protocol_version.clone(),
+            detail: Some("server-to-client request".to_owned()),
+        };
+        self.audit.record(record).await;
+        if !decision.allowed
+            && let Some(id) = &message.id
+        {
+            self.answer_upstream(id.raw_json(), &correlation_id, ctx)
+                .await;
+        }
+        decision.allowed
+    }
+
+    /// Tells the upstream its request to the agent was refused.
+    async fn answer_upstream(&self, id: &str, correlation_id: &str, ctx: &ReplyContext) {
+        let body = jsonrpc_error(
+            Some(id),
+            CODE_DENIED,
+            "forbidden by gateway policy",
+            correlation_id,
+        );
+        let mut req = Request::new(Full::new(Bytes::from(body)));
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = self.upstream_uri.clone();
+        let h = req.headers_mut();
+        h.insert(header::HOST, self.upstream_authority.clone());
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        for (name, value) in [
+            (protocol::SESSION_HEADER, ctx.session_id.as_deref()),
+            (
+                protocol::PROTOCOL_VERSION_HEADER,
+                ctx.protocol_version.as_deref(),
+            ),
+        ] {
+            if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                h.insert(name, v);
+            }
+        }
+        match self.client.request(req).await {
+            Ok(resp) => debug!(status = %resp.status(), "refusal sent to the upstream"),
+            Err(e) => warn!(error = %e, "sending a refusal to the upstream failed"),
+        }
+    }
+
+    /// Reads a JSON reply to list requests whole and filters it.
+    async fn filter_json_reply(
+        &self,
+        resp: Response<Incoming>,
+        ctx: &ReplyContext,
+    ) -> Response<ReplyBody> {
+        let (mut parts, body) = resp.into_parts();
+        let bytes = match Limited::new(body, MAX_LIST_REPLY_BYTES).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) => {
+                warn!(error = %e, "reading a list reply failed");
+                self.metrics.upstream_error("upstream_unavailable");
+                return reply::error_response(
+                    &super::ProxyError::UpstreamUnavailable,
+                    None,
+                    &self.ids.next(),
+                );
+            }
+        };
+        let body = match serde_json::from_slice::<Value>(&bytes) {
+            Ok(mut value) => {
+                let changed = match &mut value {
+                    Value::Array(items) => {
+                        let mut any = false;
+                        for item in items {
+                            any |= self.filter_list_value(item, ctx).await;
+                        }
+                        any
+                    }
+                    single => self.filter_list_value(single, ctx).await,
+                };
+                if changed {
+                    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+                } else {
+                    bytes
+                }
+            }
+            Err(_) => bytes,
+        };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(
+            parts,
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+    }
+
+    /// Filters one JSON-RPC response if it answers a pending list request.
+    /// Returns whether it changed.
+    async fn filter_list_value(&self, value: &mut Value, ctx: &ReplyContext) -> bool {
+        let Some(kind) = value
+            .get("id")
+            .and_then(|id| ctx.lists.iter().find(|p| p.id == *id))
+            .map(|p| p.kind)
+        else {
+            return false;
+        };
+        let (field, key, action) = kind.shape();
+        let Some(Value::Array(entries)) = value.get_mut("result").and_then(|r| r.get_mut(field))
+        else {
+            return false;
+        };
+        let before = entries.len();
+        entries.retain(|entry| {
+            let Some(name) = entry.get(key).and_then(Value::as_str) else {
+                return false; // an entry without a name cannot be authorized
+            };
+            self.policy
+                .decide(&PolicyInput {
+                    principal: &ctx.peer.spiffe_id,
+                    action,
+                    server: &self.upstream_name,
+                    server_spiffe_id: &self.upstream_id,
+                    target: kind.target(name),
+                    arguments: None,
+                    session_id: ctx.session_id.as_deref(),
+                    protocol_version: ctx.protocol_version.as_deref(),
+                })
+                .allowed
+        });
+        let hidden = before - entries.len();
+        if hidden > 0 {
+            let detail = format!("hid {hidden} of {before} {field} the caller may not use");
+            self.audit_way_back(ctx, Some(field), "list_filtered", Some(detail))
+                .await;
+        }
+        hidden > 0
+    }
+
+    /// An audit record for something done on the way back.
+    async fn audit_way_back(
+        &self,
+        ctx: &ReplyContext,
+        what: Option<&str>,
+        reason: &'static str,
+        detail: Option<String>,
+    ) {
+        let record = Record {
+            time: now_rfc3339(),
+            correlation_id: self.ids.next(),
+            request_id: None,
+            caller: ctx.peer.spiffe_id.to_string(),
+            upstream: self.upstream_name.clone(),
+            upstream_spiffe_id: self.upstream_id.clone(),
+            session_id: ctx.session_id.clone(),
+            method: what.map(|w| format!("{}/list", w.trim_end_matches('s'))),
+            target_kind: None,
+            target: None,
+            decision: if reason == "list_filtered" {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            reason,
+            policy_ids: Vec::new(),
+            policy_version: self.policy.version().to_owned(),
+            protocol_version: ctx.protocol_version.clone(),
+            detail,
+        };
+        self.audit.record(record).await;
+    }
+}
+
+/// The event with its data replaced (event type and id kept).
+fn rebuild_event(event: &SseEvent, value: &Value) -> Bytes {
+    let mut out = String::with_capacity(event.data.len() + 64);
+    if let Some(ev) = &event.event {
+        out.push_str("event: ");
+        out.push_str(ev);
+        out.push('\n');
+    }
+    if let Some(id) = &event.id {
+        out.push_str("id: ");
+        out.push_str(id);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+/// A response body fed by the event task.
+struct ChannelBody {
+    rx: mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.rx.poll_recv(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
