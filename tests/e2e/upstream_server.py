@@ -33,7 +33,8 @@ from typing import Any
 
 import uvicorn
 from cryptography import x509
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from pydantic import BaseModel
 from mcp.server.transport_security import TransportSecuritySettings
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -55,7 +56,27 @@ def build_server() -> MCPServer:
     def delete_repository(repo: str) -> str:
         return f"deleted {repo}"
 
+    @server.tool(description="Count the client's roots (a server-to-client roots/list request).")
+    async def count_roots(ctx: Context) -> str:
+        try:
+            result = await ctx.session.list_roots()
+        except Exception as e:  # noqa: BLE001 - the refusal is the answer under test
+            return f"roots refused: {e}"
+        return f"roots: {len(result.roots)}"
+
+    @server.tool(description="Ask the user to confirm (a server-to-client elicitation/create request).")
+    async def confirm(ctx: Context) -> str:
+        try:
+            result = await ctx.elicit("Proceed?", Confirmation)
+        except Exception as e:  # noqa: BLE001 - the refusal is the answer under test
+            return f"elicitation refused: {e}"
+        return f"elicitation: {result.action}"
+
     return server
+
+
+class Confirmation(BaseModel):
+    ok: bool
 
 
 # --------------------------------------------------------------------------

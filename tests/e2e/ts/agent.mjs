@@ -20,7 +20,7 @@ import { parseArgs } from 'node:util';
 import { Agent, fetch as undiciFetch } from 'undici';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { McpError } from '@modelcontextprotocol/sdk/types.js';
+import { McpError, ListRootsRequestSchema, ElicitRequestSchema } from '@modelcontextprotocol/sdk/types.js';
 
 const { values: opts, positionals } = parseArgs({
   allowPositionals: true,
@@ -99,7 +99,20 @@ function makeConnection() {
     fetch: fetchFn,
     requestInit: Object.keys(extraHeaders).length ? { headers: extraHeaders } : undefined,
   });
-  const client = new Client({ name: 'e2e-ts-agent', version: '1.0.0' }, { capabilities: {} });
+  const client = new Client(
+    { name: 'e2e-ts-agent', version: '1.0.0' },
+    { capabilities: { roots: { listChanged: false }, elicitation: { form: {} } } },
+  );
+  // Server-to-client requests: record that the agent saw them (a gateway
+  // that denies one must keep it from ever arriving here), then answer.
+  client.setRequestHandler(ListRootsRequestSchema, async () => {
+    console.log(JSON.stringify({ server_request: 'roots/list' }));
+    return { roots: [{ uri: 'file:///workspace', name: 'workspace' }] };
+  });
+  client.setRequestHandler(ElicitRequestSchema, async () => {
+    console.log(JSON.stringify({ server_request: 'elicitation/create' }));
+    return { action: 'accept', content: { ok: true } };
+  });
   return { dispatcher, transport, client, rec };
 }
 

@@ -1,0 +1,70 @@
+"""The way back, end to end: list results are filtered to what the caller
+may use, and server-to-client requests (roots/list, elicitation/create) are
+decided with the upstream server as principal and the agent as resource."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import AGENT_B_ID, AGENT_ID, SERVER_ID
+from mcp_fixtures import run_py_agent, run_ts_agent
+from test_gateway_e2e import call
+
+
+def listed_tools(run) -> list[str]:
+    result = call(run, "list")
+    assert result["ok"] is True, result
+    return sorted(t["name"] for t in result["result"]["tools"])
+
+
+@pytest.mark.parametrize("sdk", ["python", "typescript"])
+def test_tools_list_shows_only_callable_tools(sdk, gateway, svids):
+    """agent sees the tools it may call, not delete_repository; agent-b, which
+    may call none, sees an empty list. The upstream offers all five."""
+    runner = run_py_agent if sdk == "python" else run_ts_agent
+    a, b = svids["agent"], svids["agent-b"]
+    run = runner(gateway.url, a.cert, a.key, a.bundle, calls=["list"])
+    assert listed_tools(run) == ["confirm", "count_roots", "echo", "get_weather"]
+    run_b = runner(gateway.url, b.cert, b.key, b.bundle, calls=["list"])
+    assert listed_tools(run_b) == []
+    records = gateway.wait_audit(
+        lambda r: r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID
+    )
+    hidden = [r for r in records if r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID]
+    assert hidden[-1]["detail"] == "hid 5 of 5 tools the caller may not use"
+
+
+def test_denied_server_request_never_reaches_the_agent(gateway, upstream, svids):
+    """roots/list from the server is denied: the server's tool gets the
+    gateway's error, the agent never sees the request; elicitation/create is
+    permitted and reaches the agent. Both decisions are audited with the
+    server as caller and the agent as target."""
+    a = svids["agent"]
+    run = run_ts_agent(gateway.url, a.cert, a.key, a.bundle, calls=["count_roots", "confirm"])
+    roots = call(run, "count_roots")
+    assert roots["ok"] is True, roots
+    text = json.dumps(roots["result"])
+    assert "roots refused" in text and "forbidden by gateway policy" in text, text
+    confirm = call(run, "confirm")
+    assert "elicitation: accept" in json.dumps(confirm["result"]), confirm
+    seen = [line["server_request"] for line in run.lines if "server_request" in line]
+    assert seen == ["elicitation/create"], run.stdout
+
+    records = gateway.audit()
+    by_method = {r["method"]: r for r in records if r["caller"] == SERVER_ID}
+    roots_rec, elicit_rec = by_method["roots/list"], by_method["elicitation/create"]
+    assert roots_rec["decision"] == "deny" and roots_rec["reason"] == "default_deny"
+    assert roots_rec["target_kind"] == "workload" and roots_rec["target"] == AGENT_ID
+    assert elicit_rec["decision"] == "allow"
+    assert elicit_rec["policy_ids"] == ["mcp-server-may-elicit-from-agent"]
+    # The upstream received the gateway's refusal as the answer to roots/list.
+    answers = [
+        r["body"]
+        for r in upstream.requests()
+        if isinstance(r.get("body"), dict)
+        and "error" in r["body"]
+        and r["body"]["error"].get("data", {}).get("correlation_id") == roots_rec["correlation_id"]
+    ]
+    assert len(answers) == 1 and answers[0]["error"]["code"] == -32060
