@@ -283,7 +283,7 @@ fn shipped_demo_policies_decide_as_documented() {
 #[test]
 fn shipped_policy_set_reports_count_and_version() {
     let engine = PolicyEngine::load_dir(Path::new(SHIPPED)).unwrap();
-    assert_eq!(engine.policy_count(), 4);
+    assert_eq!(engine.policy_count(), 5);
     let version = engine.version();
     let hex = version.strip_prefix("sha256:").unwrap();
     assert_eq!(hex.len(), 16, "{version}");
