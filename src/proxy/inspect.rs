@@ -98,6 +98,9 @@ pub struct ReplyContext {
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
     pub lists: Vec<PendingList>,
+    /// Answers the gateway adds to the upstream's reply: the errors for the
+    /// denied elements of a partly forwarded batch.
+    pub extra_answers: Vec<Vec<u8>>,
 }
 
 /// The list requests among the caller's messages.
@@ -134,7 +137,13 @@ impl Gateway {
         if is_event_stream(&resp) {
             return self.inspect_stream(resp, ctx);
         }
-        if ctx.lists.is_empty() || !resp.status().is_success() {
+        if resp.status() == hyper::StatusCode::ACCEPTED && !ctx.extra_answers.is_empty() {
+            // Only notifications were forwarded; the caller still gets the
+            // answers for its denied requests.
+            return reply::json_ok(reply::json_array(&ctx.extra_answers));
+        }
+        let rewrite = !ctx.lists.is_empty() || !ctx.extra_answers.is_empty();
+        if !rewrite || !resp.status().is_success() {
             return reply::from_upstream(resp);
         }
         self.filter_json_reply(resp, &ctx).await
@@ -159,6 +168,15 @@ impl Gateway {
         tx: mpsc::Sender<Result<Frame<Bytes>, hyper::Error>>,
         ctx: ReplyContext,
     ) {
+        for answer in &ctx.extra_answers {
+            let mut event = Vec::with_capacity(answer.len() + 24);
+            event.extend_from_slice(b"event: message\ndata: ");
+            event.extend_from_slice(answer);
+            event.extend_from_slice(b"\n\n");
+            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                return;
+            }
+        }
         let mut parser = SseParser::new(MAX_EVENT_BYTES);
         let mut events = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -342,16 +360,18 @@ impl Gateway {
         };
         let body = match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut value) => {
-                let changed = match &mut value {
-                    Value::Array(items) => {
-                        let mut any = false;
-                        for item in items {
-                            any |= self.filter_list_value(item, ctx).await;
+                let added = merge_answers(&mut value, &ctx.extra_answers);
+                let changed = added
+                    | match &mut value {
+                        Value::Array(items) => {
+                            let mut any = false;
+                            for item in items {
+                                any |= self.filter_list_value(item, ctx).await;
+                            }
+                            any
                         }
-                        any
-                    }
-                    single => self.filter_list_value(single, ctx).await,
-                };
+                        single => self.filter_list_value(single, ctx).await,
+                    };
                 if changed {
                     Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
                 } else {
@@ -443,6 +463,26 @@ impl Gateway {
         };
         self.audit.record(record).await;
     }
+}
+
+/// Adds the gateway's own answers to a JSON reply (turning a single
+/// response into a batch reply). Returns whether anything was added.
+fn merge_answers(value: &mut Value, answers: &[Vec<u8>]) -> bool {
+    let extra: Vec<Value> = answers
+        .iter()
+        .filter_map(|a| serde_json::from_slice(a).ok())
+        .collect();
+    if extra.is_empty() {
+        return false;
+    }
+    match value {
+        Value::Array(items) => items.extend(extra),
+        single => {
+            let first = single.take();
+            *single = Value::Array(std::iter::once(first).chain(extra).collect());
+        }
+    }
+    true
 }
 
 /// The event with its data replaced (event type and id kept).

@@ -221,7 +221,7 @@ impl Gateway {
             return self.refuse_unparsed(refusal, facts).await;
         }
         let mut denied = Vec::new();
-        for message in &messages {
+        for (index, message) in messages.iter().enumerate() {
             let correlation_id = self.ids.next();
             let verdict = self.decide(message, facts);
             let allowed = verdict.allowed;
@@ -230,12 +230,26 @@ impl Gateway {
             self.audit_decision(message, facts, verdict, &correlation_id)
                 .await;
             if !allowed {
-                denied.push((message, correlation_id));
+                denied.push((index, correlation_id));
             }
         }
-        if !denied.is_empty() {
-            return reply::denied(&messages, &denied, batch);
+        let answers = reply::denial_answers(&messages, &denied);
+        if denied.len() == messages.len() {
+            return reply::denied(answers, batch, &denied[0].1);
         }
+        // A batch with denied elements: only the permitted ones go on, each
+        // as the exact bytes it arrived as; the denied ones are answered here.
+        let forwarded = if denied.is_empty() {
+            bytes.clone()
+        } else {
+            match permitted_elements(&bytes, &denied) {
+                Some(b) => b,
+                None => {
+                    let refusal = ProxyError::BadRequest("batch could not be split");
+                    return self.refuse_unparsed(refusal, facts).await;
+                }
+            }
+        };
         // A single request gets its upstream failure answered under its own id.
         let reply_id = match messages.as_slice() {
             [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
@@ -244,13 +258,14 @@ impl Gateway {
         let opens_session = !batch
             && facts.session_id.is_none()
             && messages[0].method.as_deref() == Some("initialize");
-        let ctx = self.reply_context(facts, inspect::pending_lists(&messages));
+        let mut ctx = self.reply_context(facts, inspect::pending_lists(&messages));
+        ctx.extra_answers = answers;
         drop(messages);
         let upstream = self
             .call_upstream(
                 &parts.headers,
                 Method::POST,
-                bytes,
+                forwarded,
                 facts,
                 reply_id.as_deref(),
             )
@@ -330,6 +345,7 @@ impl Gateway {
             session_id: facts.session_id.map(str::to_owned),
             protocol_version: facts.protocol_version.map(str::to_owned),
             lists,
+            extra_answers: Vec::new(),
         }
     }
 
@@ -533,6 +549,19 @@ impl Gateway {
             detail: Some(refusal.to_string()),
         }
     }
+}
+
+/// The elements of a batch not in `denied`, as a new batch of their original
+/// bytes. The body was already parsed strictly; this pass only slices it.
+fn permitted_elements(body: &[u8], denied: &[(usize, String)]) -> Option<Bytes> {
+    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
+    let kept: Vec<Vec<u8>> = elements
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !denied.iter().any(|(d, _)| d == i))
+        .map(|(_, raw)| raw.get().as_bytes().to_vec())
+        .collect();
+    Some(Bytes::from(reply::json_array(&kept)))
 }
 
 /// The policy resource a method targets.

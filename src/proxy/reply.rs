@@ -21,8 +21,6 @@ use crate::proxy::error::{CODE_DENIED, ProxyError};
 pub type ReplyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 const DENIED_MESSAGE: &str = "forbidden by gateway policy";
-const BATCH_WITHHELD_MESSAGE: &str =
-    "not forwarded: the batch contains a message forbidden by gateway policy";
 
 fn full(bytes: impl Into<Bytes>) -> ReplyBody {
     Full::new(bytes.into())
@@ -78,52 +76,53 @@ pub fn error_response(
     )
 }
 
-/// The reply when at least one message of the body was denied: nothing was
-/// forwarded, and every message with an id gets an error answer.
-pub fn denied(
-    messages: &[Message<'_>],
-    denied: &[(&Message<'_>, String)],
-    batch: bool,
-) -> Response<ReplyBody> {
-    let first_correlation = denied.first().map_or("", |(_, c)| c.as_str());
-    let mut answers: Vec<Vec<u8>> = Vec::new();
-    for message in messages {
-        let Some(id) = message.id.as_ref().map(|id| id.raw_json()) else {
-            continue;
-        };
-        let own = denied
-            .iter()
-            .find(|(m, _)| std::ptr::eq(*m, message))
-            .map(|(_, c)| c.as_str());
-        let answer = match own {
-            Some(correlation) => jsonrpc_error(Some(id), CODE_DENIED, DENIED_MESSAGE, correlation),
-            None => jsonrpc_error(
+/// The JSON-RPC errors answering the denied messages that have an id.
+/// `denied` holds (index in `messages`, correlation id).
+pub fn denial_answers(messages: &[Message<'_>], denied: &[(usize, String)]) -> Vec<Vec<u8>> {
+    denied
+        .iter()
+        .filter_map(|(i, correlation)| {
+            let id = messages.get(*i)?.id.as_ref()?.raw_json();
+            Some(jsonrpc_error(
                 Some(id),
                 CODE_DENIED,
-                BATCH_WITHHELD_MESSAGE,
-                first_correlation,
-            ),
-        };
-        answers.push(answer);
-    }
+                DENIED_MESSAGE,
+                correlation,
+            ))
+        })
+        .collect()
+}
+
+/// The reply when every message of the body was denied: nothing was
+/// forwarded, and every message with an id gets its error answer.
+pub fn denied(mut answers: Vec<Vec<u8>>, batch: bool, correlation_id: &str) -> Response<ReplyBody> {
     if answers.is_empty() {
         // Only notifications (or responses): no id to answer, so an HTTP error.
-        let body = jsonrpc_error(None, CODE_DENIED, DENIED_MESSAGE, first_correlation);
+        let body = jsonrpc_error(None, CODE_DENIED, DENIED_MESSAGE, correlation_id);
         return json_response(StatusCode::FORBIDDEN, body);
     }
     if !batch {
         return json_response(StatusCode::OK, answers.swap_remove(0));
     }
-    let mut body =
-        Vec::with_capacity(answers.iter().map(Vec::len).sum::<usize>() + answers.len() + 1);
+    json_response(StatusCode::OK, json_array(&answers))
+}
+
+/// `[a,b,...]` from JSON texts.
+pub fn json_array(items: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(items.iter().map(Vec::len).sum::<usize>() + items.len() + 1);
     body.push(b'[');
-    for (i, a) in answers.iter().enumerate() {
+    for (i, a) in items.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
         body.extend_from_slice(a);
     }
     body.push(b']');
+    body
+}
+
+/// An HTTP 200 JSON response (the gateway's own answers).
+pub fn json_ok(body: Vec<u8>) -> Response<ReplyBody> {
     json_response(StatusCode::OK, body)
 }
 

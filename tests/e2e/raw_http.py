@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import select
 import socket
 import ssl
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -157,12 +157,19 @@ def probe(port: int, svid: Any) -> Resp:
     return post(port, svid, PROBE, PROBE_HEADERS)
 
 
-def assert_serving(port: int, svid: Any) -> None:
-    """The gateway still answers a valid request with a result."""
-    r = probe(port, svid)
+def assert_serving(port: int, svid: Any, gw: Any = None) -> None:
+    """The gateway still answers a valid request with a result. With `gw`,
+    also waits for that request's audit record: records are written in
+    order by one task, so every earlier record is on disk afterwards (a
+    barrier before checking that some record is absent)."""
+    marker = f"serving-{uuid.uuid4().hex}"
+    body = PROBE.replace(b'"id":1', f'"id":"{marker}"'.encode())
+    r = post(port, svid, body, PROBE_HEADERS)
     assert r.status == 200, r
     reply = r.json()
-    assert reply.get("id") == 1 and "result" in reply, r
+    assert reply.get("id") == marker and "result" in reply, r
+    if gw is not None:
+        gw.wait_audit(lambda rec: rec.get("request_id") == marker)
 
 
 # --------------------------------------------------------------------------
@@ -173,6 +180,41 @@ def assert_serving(port: int, svid: Any) -> None:
 def connect(port: int, svid: Any, timeout: float = 10.0) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     return tls_context(svid).wrap_socket(raw, server_hostname="localhost")
+
+
+def read_response(tls: ssl.SSLSocket, timeout: float = 10.0) -> Resp | None:
+    """Reads until one complete response with a Content-Length (or chunked
+    body) has arrived, or the peer closes; returns it (None if nothing came)."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        responses = _complete(out)
+        if responses:
+            return responses[0]
+        tls.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = tls.recv(65536)
+        except (socket.timeout, TimeoutError, ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError):
+            break
+        if not chunk:
+            break
+        out += chunk
+    responses = parse_responses(out)
+    return responses[0] if responses else None
+
+
+def _complete(raw: bytes) -> list[Resp]:
+    """The responses in `raw` if the first one is complete by its own framing."""
+    head_end = raw.find(b"\r\n\r\n")
+    if head_end < 0:
+        return []
+    head_lower = raw[:head_end].lower()
+    if b"content-length:" in head_lower:
+        n = int(head_lower.split(b"content-length:")[1].split(b"\r\n")[0])
+        return parse_responses(raw) if len(raw) >= head_end + 4 + n else []
+    if b"chunked" in head_lower:
+        return parse_responses(raw) if b"\r\n0\r\n" in raw[head_end:] else []
+    return []
 
 
 def read_all(tls: ssl.SSLSocket, timeout: float = 10.0) -> bytes:
@@ -280,9 +322,10 @@ def send_growing_chunked(
     total: int,
     chunk_size: int = 64 * 1024,
     timeout: float = 15.0,
-) -> tuple[bytes, int]:
-    """Streams a chunked body of JSON-looking padding, stopping as soon as the
-    gateway answers (or after `total` bytes). Returns (raw reply, bytes sent)."""
+) -> Resp | None:
+    """Sends a chunked body of JSON-looking padding, `total` bytes in
+    `chunk_size` chunks, WITHOUT the last-chunk (the body never ends), then
+    waits for the gateway's answer. Returns it (None if none came)."""
     prefix = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"'
     sent = 0
     with connect(port, svid, timeout) as tls:
@@ -296,9 +339,7 @@ def send_growing_chunked(
             except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
                 break
             sent += len(piece)
-            if tls.pending() or select.select([tls], [], [], 0)[0]:
-                break
-        return read_all(tls, timeout), sent
+        return read_response(tls, timeout)
 
 
 # --------------------------------------------------------------------------
