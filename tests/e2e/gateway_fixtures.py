@@ -132,6 +132,7 @@ def write_config(
     plaintext: bool = False,
     max_body_bytes: int | None = None,
     name: str = "demo",
+    caller_id_header: str | None = None,
 ) -> Path:
     lines = [
         "listener:",
@@ -153,6 +154,8 @@ def write_config(
     ]
     if plaintext:
         lines.append("  plaintext_loopback: true")
+    if caller_id_header:
+        lines.append(f'  caller_id_header: "{caller_id_header}"')
     lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"']
     if max_body_bytes is not None:
         lines += ["limits:", f"  max_body_bytes: {max_body_bytes}"]
