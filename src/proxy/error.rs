@@ -42,6 +42,8 @@ pub enum ProxyError {
     BodyRead,
     #[error("unsupported content encoding {0:?}")]
     ContentEncoding(String),
+    #[error("unsupported transfer coding {0:?}")]
+    TransferEncoding(String),
     #[error("unsupported content type; expected application/json")]
     ContentType,
     #[error("malformed request: {0}")]
@@ -78,6 +80,7 @@ impl ProxyError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_BAD_TRANSPORT)
             }
             ProxyError::ContentType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_BAD_TRANSPORT),
+            ProxyError::TransferEncoding(_) => (StatusCode::NOT_IMPLEMENTED, CODE_BAD_TRANSPORT),
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, CODE_UPSTREAM_UNAVAILABLE),
             ProxyError::UpstreamIdentity => (StatusCode::BAD_GATEWAY, CODE_UPSTREAM_IDENTITY),
@@ -108,6 +111,7 @@ impl ProxyError {
             ProxyError::BodyRead => "body_read_error",
             ProxyError::ContentEncoding(_) => "content_encoding",
             ProxyError::ContentType => "content_type",
+            ProxyError::TransferEncoding(_) => "transfer_encoding",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamIdentity => "upstream_identity",

@@ -142,8 +142,11 @@ impl Gateway {
             // answers for its denied requests.
             return reply::json_ok(reply::json_array(&ctx.extra_answers));
         }
-        let rewrite = !ctx.lists.is_empty() || !ctx.extra_answers.is_empty();
-        if !rewrite || !resp.status().is_success() {
+        // A refused batch still owes the caller the answers for its denied
+        // elements; list filtering applies to successful replies only.
+        let rewrite =
+            (resp.status().is_success() && !ctx.lists.is_empty()) || !ctx.extra_answers.is_empty();
+        if !rewrite {
             return reply::from_upstream(resp);
         }
         self.filter_json_reply(resp, &ctx).await
@@ -377,6 +380,10 @@ impl Gateway {
                 } else {
                     bytes
                 }
+            }
+            // Not JSON: the gateway's own answers are all the caller can use.
+            Err(_) if !ctx.extra_answers.is_empty() => {
+                Bytes::from(reply::json_array(&ctx.extra_answers))
             }
             Err(_) => bytes,
         };

@@ -202,7 +202,7 @@ impl Gateway {
         body: Incoming,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
-        if let Err(refusal) = check_entity_headers(&parts.headers) {
+        if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
             return self.refuse_unparsed(refusal, facts).await;
         }
         let bytes = match read_body(body, self.max_body).await {
@@ -594,7 +594,25 @@ fn target_name<'a>(target: &Target<'a>) -> Option<&'a str> {
 }
 
 /// Refuses bodies the gateway would not see as the upstream does.
-fn check_entity_headers(headers: &HeaderMap) -> Result<(), ProxyError> {
+fn check_entity_headers(headers: &HeaderMap, max_body: usize) -> Result<(), ProxyError> {
+    // hyper decodes `chunked` only; any other transfer coding would be
+    // passed on as if it were identity.
+    for value in headers.get_all(header::TRANSFER_ENCODING) {
+        let v = value.to_str().unwrap_or("?");
+        if v.split(',')
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
+        {
+            return Err(ProxyError::TransferEncoding(v.to_owned()));
+        }
+    }
+    // Refuse a declared over-limit body at once, without reading it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(ProxyError::TooLarge(max_body));
+    }
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let v = value.to_str().unwrap_or("?").trim();
         if !v.eq_ignore_ascii_case("identity") {

@@ -29,7 +29,6 @@ from raw_http import (
     JSON,
     PROBE,
     PROBE_HEADERS,
-    Resp,
     assert_refused,
     assert_serving,
     chunked,
