@@ -16,8 +16,8 @@ const AGENT: &str = "spiffe://example.org/ns/demo/sa/agent";
 const SERVER_ID: &str = "spiffe://example.org/ns/demo/sa/mcp-server";
 
 /// 189 bytes, the size used in the design's performance budget.
-const ALLOWED: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Berlin-Mitte","units":"metric","days":3,"hourly":false}},"_meta":{"progressToken":"p-42"}}"#;
-const DENIED: &str = r#"{"jsonrpc":"2.0","id":43,"method":"tools/call","params":{"name":"delete_repository","arguments":{"owner":"acme","repo":"support-bot","confirm":true}},"_meta":{"t":"p-43"}}"#;
+const ALLOWED: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"get_weather","arguments":{"city":"Berlin-Mitte","units":"metric","days":3,"hourly":false},"_meta":{"progressToken":"p-42"}}}"#;
+const DENIED: &str = r#"{"jsonrpc":"2.0","id":43,"method":"tools/call","params":{"name":"delete_repository","arguments":{"owner":"acme","repo":"support-bot","confirm":true},"_meta":{"t":"p-43"}}}"#;
 
 /// The gateway's own strict parse of one message.
 fn parse(body: &str) -> Message<'_> {
