@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from conftest import AGENT_ID
-from test_gateway_e2e import PROBE, https_post
+from conftest import AGENT_ID, SERVER_ID
+from gateway_fixtures import start_gateway
+from test_gateway_e2e import MODERN_PROBE_HEADERS, PROBE, https_post
 
 BIG = 1 << 20  # the default body limit
 
@@ -73,31 +74,20 @@ def test_unknown_method_is_denied(gateway, upstream, svids):
     assert len(upstream.requests()) == seen
 
 
+SPOOFED = [
+    "X-Forwarded-Client-Cert: URI=spiffe://example.org/ns/demo/sa/admin",
+    "X-Spiffe-Id: spiffe://example.org/ns/demo/sa/admin",
+    "Forwarded: for=10.0.0.1",
+]
+
+
 def test_identity_headers_are_not_forwarded(gateway, upstream, svids):
     """Headers claiming an identity never reach the upstream."""
-    import socket
-    import ssl
-
     s = svids["agent"]
-    ctx = ssl.create_default_context(cafile=str(s.bundle))
-    ctx.load_cert_chain(s.cert, s.key)
     seen = len(upstream.requests())
-    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(
-                b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                b"Accept: application/json, text/event-stream\r\n"
-                b"MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n"
-                b"X-Forwarded-Client-Cert: URI=spiffe://example.org/ns/demo/sa/admin\r\n"
-                b"X-Spiffe-Id: spiffe://example.org/ns/demo/sa/admin\r\n"
-                b"Forwarded: for=10.0.0.1\r\n"
-                + f"Content-Length: {len(PROBE)}\r\nConnection: close\r\n\r\n".encode()
-                + PROBE
-            )
-            while tls.recv(65536):
-                pass
+    https_post(gateway.port, s.bundle, s.cert, s.key, PROBE, headers=MODERN_PROBE_HEADERS + SPOOFED)
     new = upstream.requests()[seen:]
-    assert new, "the ping did not reach the upstream"
+    assert new, "the probe did not reach the upstream"
     for req in new:
         headers = {k.lower() for k, v in req["headers"].items() if v is not None}
         assert not headers & {"x-forwarded-client-cert", "x-spiffe-id", "forwarded"}, req["headers"]
@@ -106,33 +96,14 @@ def test_identity_headers_are_not_forwarded(gateway, upstream, svids):
 def test_gateway_sets_the_verified_caller_header(spire, upstream, svids, tmp_path):
     """With `caller_id_header` set, the upstream gets the verified caller ID in
     that header, and a value the caller sent under that name never arrives."""
-    import socket
-    import ssl
-
-    from conftest import SERVER_ID
-    from gateway_fixtures import start_gateway
-
     gw = start_gateway(
         tmp_path, spire.endpoint, upstream.url, SERVER_ID, hint="gateway", caller_id_header="x-spiffe-id"
     )
     try:
         gw.wait_ready()
         s = svids["agent"]
-        ctx = ssl.create_default_context(cafile=str(s.bundle))
-        ctx.load_cert_chain(s.cert, s.key)
         seen = len(upstream.requests())
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as raw:
-            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                tls.sendall(
-                    b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                    b"Accept: application/json, text/event-stream\r\n"
-                    b"MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: server/discover\r\n"
-                    b"X-Spiffe-Id: spiffe://example.org/ns/demo/sa/admin\r\n"
-                    + f"Content-Length: {len(PROBE)}\r\nConnection: close\r\n\r\n".encode()
-                    + PROBE
-                )
-                while tls.recv(65536):
-                    pass
+        https_post(gw.port, s.bundle, s.cert, s.key, PROBE, headers=MODERN_PROBE_HEADERS + SPOOFED)
         new = upstream.requests()[seen:]
         assert len(new) == 1, new
         assert new[0]["headers"]["x-spiffe-id"] == AGENT_ID
