@@ -98,9 +98,29 @@ pub struct ReplyContext {
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
     pub lists: Vec<PendingList>,
+    /// A 2026-07-28 request whose result may be an `InputRequiredResult`
+    /// carrying server-to-client requests to decide.
+    pub input_requests_possible: bool,
     /// Answers the gateway adds to the upstream's reply: the errors for the
     /// denied elements of a partly forwarded batch.
     pub extra_answers: Vec<Vec<u8>>,
+}
+
+/// Whether a reply to these messages may carry 2026-07-28 input requests.
+pub fn input_requests_possible(messages: &[Message<'_>], header: Option<&str>) -> bool {
+    messages.iter().any(|m| {
+        protocol::is_modern(m, header)
+            && matches!(
+                m.method.as_deref(),
+                Some("tools/call" | "prompts/get" | "resources/read")
+            )
+    })
+}
+
+impl ReplyContext {
+    fn rewrites_responses(&self) -> bool {
+        !self.lists.is_empty() || self.input_requests_possible
+    }
 }
 
 /// The list requests among the caller's messages.
@@ -144,8 +164,8 @@ impl Gateway {
         }
         // A refused batch still owes the caller the answers for its denied
         // elements; list filtering applies to successful replies only.
-        let rewrite =
-            (resp.status().is_success() && !ctx.lists.is_empty()) || !ctx.extra_answers.is_empty();
+        let rewrite = (resp.status().is_success() && ctx.rewrites_responses())
+            || !ctx.extra_answers.is_empty();
         if !rewrite {
             return reply::from_upstream(resp);
         }
@@ -237,9 +257,9 @@ impl Gateway {
                     None
                 }
             }
-            (Kind::Response, _) if !ctx.lists.is_empty() => {
+            (Kind::Response, _) if ctx.rewrites_responses() => {
                 let mut value: Value = serde_json::from_str(&event.data).ok()?;
-                if self.filter_list_value(&mut value, ctx).await {
+                if self.rewrite_response(&mut value, ctx).await {
                     Some(rebuild_event(&event, &value))
                 } else {
                     Some(event.raw)
@@ -369,11 +389,11 @@ impl Gateway {
                         Value::Array(items) => {
                             let mut any = false;
                             for item in items {
-                                any |= self.filter_list_value(item, ctx).await;
+                                any |= self.rewrite_response(item, ctx).await;
                             }
                             any
                         }
-                        single => self.filter_list_value(single, ctx).await,
+                        single => self.rewrite_response(single, ctx).await,
                     };
                 if changed {
                     Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
@@ -394,6 +414,93 @@ impl Gateway {
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )
+    }
+
+    /// Applies the way-back rules to one JSON-RPC response; returns whether
+    /// it changed.
+    async fn rewrite_response(&self, value: &mut Value, ctx: &ReplyContext) -> bool {
+        if self.filter_list_value(value, ctx).await {
+            return true;
+        }
+        ctx.input_requests_possible && self.decide_input_requests(value, ctx).await
+    }
+
+    /// 2026-07-28: the server-to-client requests an `InputRequiredResult`
+    /// embeds are decided like standalone ones. If any is denied, the whole
+    /// result becomes a -32060 error for the caller's request, so the agent
+    /// never sees the denied request (and cannot loop on retries).
+    async fn decide_input_requests(&self, value: &mut Value, ctx: &ReplyContext) -> bool {
+        let Some(requests) = value
+            .get("result")
+            .filter(|r| r.get("resultType").and_then(Value::as_str) == Some("input_required"))
+            .and_then(|r| r.get("inputRequests"))
+            .and_then(Value::as_object)
+        else {
+            return false;
+        };
+        let mut refused = None;
+        for request in requests.values() {
+            let method = request.get("method").and_then(Value::as_str).unwrap_or("");
+            let (allowed, correlation_id) = self.decide_embedded(method, ctx).await;
+            if !allowed {
+                refused = Some(correlation_id);
+                break;
+            }
+        }
+        let Some(correlation_id) = refused else {
+            return false;
+        };
+        let id = value.get("id").cloned().unwrap_or(Value::Null);
+        *value = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": CODE_DENIED,
+                "message": "forbidden by gateway policy",
+                "data": { "correlation_id": correlation_id },
+            },
+        });
+        true
+    }
+
+    /// Decides one embedded server-to-client request and audits it.
+    async fn decide_embedded(&self, method: &str, ctx: &ReplyContext) -> (bool, String) {
+        let decision = self.policy.decide(&PolicyInput {
+            principal: &self.upstream_id,
+            action: method,
+            server: &self.upstream_name,
+            server_spiffe_id: &self.upstream_id,
+            target: Target::Workload(&ctx.peer.spiffe_id),
+            arguments: None,
+            session_id: ctx.session_id.as_deref(),
+            protocol_version: ctx.protocol_version.as_deref(),
+        });
+        self.metrics.decision(decision.allowed, method);
+        let correlation_id = self.ids.next();
+        let record = Record {
+            time: now_rfc3339(),
+            correlation_id: correlation_id.clone(),
+            request_id: None,
+            caller: self.upstream_id.clone(),
+            upstream: self.upstream_name.clone(),
+            upstream_spiffe_id: self.upstream_id.clone(),
+            session_id: ctx.session_id.clone(),
+            method: Some(method.to_owned()),
+            target_kind: Some("workload"),
+            target: Some(ctx.peer.spiffe_id.to_string()),
+            decision: if decision.allowed {
+                Outcome::Allow
+            } else {
+                Outcome::Deny
+            },
+            reason: decision.reason.as_str(),
+            policy_ids: decision.policy_ids,
+            policy_version: self.policy.version().to_owned(),
+            protocol_version: ctx.protocol_version.clone(),
+            detail: Some("input request in an InputRequiredResult".to_owned()),
+        };
+        self.audit.record(record).await;
+        (decision.allowed, correlation_id)
     }
 
     /// Filters one JSON-RPC response if it answers a pending list request.

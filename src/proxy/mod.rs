@@ -260,6 +260,8 @@ impl Gateway {
             && messages[0].method.as_deref() == Some("initialize");
         let mut ctx = self.reply_context(facts, inspect::pending_lists(&messages));
         ctx.extra_answers = answers;
+        ctx.input_requests_possible =
+            inspect::input_requests_possible(&messages, facts.protocol_version);
         drop(messages);
         let upstream = self
             .call_upstream(
@@ -346,6 +348,7 @@ impl Gateway {
             protocol_version: facts.protocol_version.map(str::to_owned),
             lists,
             extra_answers: Vec::new(),
+            input_requests_possible: false,
         }
     }
 

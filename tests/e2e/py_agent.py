@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 import httpx2
-from mcp import Client
+from mcp import Client, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -97,7 +97,26 @@ def make_http_client(args: argparse.Namespace, verify: ssl.SSLContext | bool, re
 def make_client(args: argparse.Namespace, http: httpx2.AsyncClient) -> Client:
     transport = streamable_http_client(args.url, http_client=http, terminate_on_close=not args.no_terminate)
     # cache=None: every call goes to the wire (the tests count requests).
-    return Client(transport, mode=args.mode, cache=None, read_timeout_seconds=args.timeout)
+    return Client(
+        transport,
+        mode=args.mode,
+        cache=None,
+        read_timeout_seconds=args.timeout,
+        list_roots_callback=on_list_roots,
+        elicitation_callback=on_elicitation,
+    )
+
+
+# Server-to-client requests: record that the agent saw them (a gateway that
+# denies one must keep it from ever arriving here), then answer.
+async def on_list_roots(context: Any) -> types.ListRootsResult:
+    emit({"server_request": "roots/list"})
+    return types.ListRootsResult(roots=[types.Root(uri="file:///workspace", name="workspace")])
+
+
+async def on_elicitation(context: Any, params: Any) -> types.ElicitResult:
+    emit({"server_request": "elicitation/create"})
+    return types.ElicitResult(action="accept", content={"ok": True})
 
 
 def error_dict(exc: BaseException, rec: HttpRecorder | None) -> dict[str, Any]:

@@ -26,14 +26,14 @@ def test_tools_list_shows_only_callable_tools(sdk, gateway, svids):
     runner = run_py_agent if sdk == "python" else run_ts_agent
     a, b = svids["agent"], svids["agent-b"]
     run = runner(gateway.url, a.cert, a.key, a.bundle, calls=["list"])
-    assert listed_tools(run) == ["confirm", "count_roots", "echo", "get_weather"]
+    assert listed_tools(run) == ["ask_confirm", "ask_roots", "confirm", "count_roots", "echo", "get_weather"]
     run_b = runner(gateway.url, b.cert, b.key, b.bundle, calls=["list"])
     assert listed_tools(run_b) == []
     records = gateway.wait_audit(
         lambda r: r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID
     )
     hidden = [r for r in records if r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID]
-    assert hidden[-1]["detail"] == "hid 5 of 5 tools the caller may not use"
+    assert hidden[-1]["detail"] == "hid 7 of 7 tools the caller may not use"
 
 
 def test_denied_server_request_never_reaches_the_agent(gateway, upstream, svids):
@@ -68,3 +68,30 @@ def test_denied_server_request_never_reaches_the_agent(gateway, upstream, svids)
         and r["body"]["error"].get("data", {}).get("correlation_id") == roots_rec["correlation_id"]
     ]
     assert len(answers) == 1 and answers[0]["error"]["code"] == -32060
+
+
+def test_input_required_round_trip_is_decided(gateway, upstream, svids):
+    """2026-07-28 has no server-to-client requests on streams: the server
+    answers tools/call with an InputRequiredResult embedding them, and the
+    client retries with the answers. The gateway decides the embedded
+    requests: roots/list (denied) turns the result into -32060 and the agent
+    never sees the request; elicitation/create (permitted) goes through and
+    the retry, a new tools/call, is decided again."""
+    a = svids["agent"]
+    before = len([r for r in gateway.audit() if r["method"] == "tools/call" and r["target"] == "ask_confirm"])
+    run = run_py_agent(gateway.url, a.cert, a.key, a.bundle, calls=["ask_roots", "ask_confirm"])
+    assert run.protocol_version == "2026-07-28"
+    roots = call(run, "ask_roots")
+    assert roots["ok"] is False and roots["error"]["code"] == -32060, roots
+    confirm = call(run, "ask_confirm")
+    assert "elicitation: accept" in json.dumps(confirm["result"]), confirm
+    seen = [line["server_request"] for line in run.lines if "server_request" in line]
+    assert seen == ["elicitation/create"], run.stdout
+    correlation = roots["error"]["data"]["correlation_id"]
+    records = gateway.wait_audit(lambda r: r["correlation_id"] == correlation)
+    record = next(r for r in records if r["correlation_id"] == correlation)
+    assert record["method"] == "roots/list" and record["caller"] == SERVER_ID
+    assert record["decision"] == "deny" and record["target"] == AGENT_ID
+    # The first confirm and its retry are two tools/call decisions.
+    calls = [r for r in gateway.audit() if r["method"] == "tools/call" and r["target"] == "ask_confirm"]
+    assert len(calls) - before >= 2 and all(r["decision"] == "allow" for r in calls)

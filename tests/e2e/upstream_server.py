@@ -29,11 +29,12 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from cryptography import x509
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve
+from mcp.types import ListRootsResult
 from pydantic import BaseModel
 from mcp.server.transport_security import TransportSecuritySettings
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -72,11 +73,30 @@ def build_server() -> MCPServer:
             return f"elicitation refused: {e}"
         return f"elicitation: {result.action}"
 
+    # The same two questions through the SDK's resolvers, which use the
+    # negotiated era's mechanism: standalone requests up to 2025-11-25, an
+    # InputRequiredResult and a retry in 2026-07-28.
+    @server.tool(description="Count the client's roots (roots/list via a resolver).")
+    async def ask_roots(roots: Annotated[ListRootsResult, Resolve(_want_roots)]) -> str:
+        return f"roots: {len(roots.roots)}"
+
+    @server.tool(description="Ask the user to confirm (elicitation/create via a resolver).")
+    async def ask_confirm(answer: Annotated[Confirmation, Resolve(_want_confirmation)]) -> str:
+        return f"elicitation: accept ok={answer.ok}"
+
     return server
 
 
 class Confirmation(BaseModel):
     ok: bool
+
+
+def _want_roots() -> ListRoots:
+    return ListRoots()
+
+
+def _want_confirmation() -> Elicit[Confirmation]:
+    return Elicit("Proceed?", Confirmation)
 
 
 # --------------------------------------------------------------------------
