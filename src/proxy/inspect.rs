@@ -513,16 +513,8 @@ impl Gateway {
         else {
             return false;
         };
-        let (field, key, action) = kind.shape();
-        let Some(Value::Array(entries)) = value.get_mut("result").and_then(|r| r.get_mut(field))
-        else {
-            return false;
-        };
-        let before = entries.len();
-        entries.retain(|entry| {
-            let Some(name) = entry.get(key).and_then(Value::as_str) else {
-                return false; // an entry without a name cannot be authorized
-            };
+        let (field, _, action) = kind.shape();
+        let filtered = filter_entries(value, kind, |name| {
             self.policy
                 .decide(&PolicyInput {
                     principal: &ctx.peer.spiffe_id,
@@ -536,13 +528,13 @@ impl Gateway {
                 })
                 .allowed
         });
-        let hidden = before - entries.len();
-        if hidden > 0 {
-            let detail = format!("hid {hidden} of {before} {field} the caller may not use");
-            self.audit_way_back(ctx, Some(field), "list_filtered", Some(detail))
-                .await;
-        }
-        hidden > 0
+        let Some((hidden, before)) = filtered.filter(|(hidden, _)| *hidden > 0) else {
+            return false;
+        };
+        let detail = format!("hid {hidden} of {before} {field} the caller may not use");
+        self.audit_way_back(ctx, Some(field), "list_filtered", Some(detail))
+            .await;
+        true
     }
 
     /// An audit record for something done on the way back.
@@ -577,6 +569,30 @@ impl Gateway {
         };
         self.audit.record(record).await;
     }
+}
+
+/// Keeps the entries of one list result page that `allowed` admits; every
+/// other member of the result (`nextCursor` above all) is left as it is, so
+/// the caller can page on. An entry without its name is dropped: it cannot be
+/// authorized. Returns (hidden, before), or `None` when the value is not a
+/// list result of that kind.
+fn filter_entries(
+    value: &mut Value,
+    kind: ListKind,
+    mut allowed: impl FnMut(&str) -> bool,
+) -> Option<(usize, usize)> {
+    let (field, key, _) = kind.shape();
+    let Some(Value::Array(entries)) = value.get_mut("result").and_then(|r| r.get_mut(field)) else {
+        return None;
+    };
+    let before = entries.len();
+    entries.retain(|entry| {
+        entry
+            .get(key)
+            .and_then(Value::as_str)
+            .is_some_and(&mut allowed)
+    });
+    Some((before - entries.len(), before))
 }
 
 /// Adds the gateway's own answers to a JSON reply (turning a single
@@ -636,5 +652,68 @@ impl Body for ChannelBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_filtered_page_keeps_its_cursor_and_everything_else() {
+        let mut page = json!({"jsonrpc": "2.0", "id": 7, "result": {
+            "tools": [{"name": "echo"}, {"name": "delete_repository"}, {"title": "no name"}],
+            "nextCursor": "page-2",
+            "_meta": {"k": 1},
+        }});
+        let got = filter_entries(&mut page, ListKind::Tools, |n| n == "echo");
+        assert_eq!(got, Some((2, 3)));
+        assert_eq!(page["result"]["tools"], json!([{"name": "echo"}]));
+        assert_eq!(page["result"]["nextCursor"], "page-2");
+        assert_eq!(page["result"]["_meta"], json!({"k": 1}));
+        assert_eq!(page["id"], 7);
+    }
+
+    #[test]
+    fn an_emptied_page_still_pages_on() {
+        let mut page =
+            json!({"id": 1, "result": {"resources": [{"uri": "file:///a"}], "nextCursor": "c"}});
+        assert_eq!(
+            filter_entries(&mut page, ListKind::Resources, |_| false),
+            Some((1, 1))
+        );
+        assert_eq!(page["result"], json!({"resources": [], "nextCursor": "c"}));
+    }
+
+    #[test]
+    fn each_list_kind_reads_its_own_field() {
+        let cases = [
+            (ListKind::Tools, json!({"tools": [{"name": "x"}]})),
+            (ListKind::Prompts, json!({"prompts": [{"name": "x"}]})),
+            (ListKind::Resources, json!({"resources": [{"uri": "x"}]})),
+            (
+                ListKind::Templates,
+                json!({"resourceTemplates": [{"uriTemplate": "x"}]}),
+            ),
+        ];
+        for (kind, result) in cases {
+            let mut seen = Vec::new();
+            let mut value = json!({"id": 1, "result": result});
+            filter_entries(&mut value, kind, |n| {
+                seen.push(n.to_owned());
+                true
+            });
+            assert_eq!(seen, ["x"]);
+        }
+    }
+
+    #[test]
+    fn errors_and_other_results_are_not_lists() {
+        let mut error = json!({"id": 1, "error": {"code": -1, "message": "m"}});
+        assert_eq!(filter_entries(&mut error, ListKind::Tools, |_| false), None);
+        let mut other = json!({"id": 1, "result": {"content": []}});
+        assert_eq!(filter_entries(&mut other, ListKind::Tools, |_| false), None);
     }
 }
