@@ -36,6 +36,7 @@ from cryptography import x509
 from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve
 from mcp.types import ListRootsResult
 from pydantic import BaseModel
+from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.server.transport_security import TransportSecuritySettings
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -85,6 +86,28 @@ def build_server() -> MCPServer:
         return f"elicitation: accept ok={answer.ok}"
 
     return server
+
+
+class MemoryEventStore(EventStore):
+    """Every SSE event the server sends, kept for Last-Event-ID resumption."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+
+    async def store_event(self, stream_id: str, message: Any) -> str:
+        event_id = f"ev-{len(self.events) + 1}"
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback) -> str | None:  # noqa: ANN001
+        at = next((i for i, (eid, _, _) in enumerate(self.events) if eid == last_event_id), None)
+        if at is None:
+            return None
+        stream = self.events[at][1]
+        for eid, sid, message in self.events[at + 1 :]:
+            if sid == stream and message is not None:
+                await send_callback(EventMessage(message, eid))
+        return stream
 
 
 class Confirmation(BaseModel):
@@ -264,6 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra allowed Host header value (DNS-rebinding protection); 'localhost:*', '127.0.0.1:*' "
         "and '[::1]:*' are always allowed",
     )
+    p.add_argument("--resumable", action="store_true", help="keep SSE events in memory for Last-Event-ID resumption")
     p.add_argument("--no-host-check", action="store_true", help="disable the SDK's Host/Origin validation")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
@@ -291,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         stateless_http=args.stateless,
         transport_security=security,
         host=args.host,
+        event_store=MemoryEventStore() if args.resumable else None,
     )
     app = RequestLogMiddleware(app, args.request_log)
 
