@@ -133,6 +133,7 @@ def write_config(
     max_body_bytes: int | None = None,
     name: str = "demo",
     caller_id_header: str | None = None,
+    session_idle_timeout: int | None = None,
 ) -> Path:
     lines = [
         "listener:",
@@ -157,8 +158,13 @@ def write_config(
     if caller_id_header:
         lines.append(f'  caller_id_header: "{caller_id_header}"')
     lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"']
+    limits = []
     if max_body_bytes is not None:
-        lines += ["limits:", f"  max_body_bytes: {max_body_bytes}"]
+        limits.append(f"  max_body_bytes: {max_body_bytes}")
+    if session_idle_timeout is not None:
+        limits.append(f"  session_idle_timeout_seconds: {session_idle_timeout}")
+    if limits:
+        lines += ["limits:", *limits]
     path = run_dir / "gateway.yaml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

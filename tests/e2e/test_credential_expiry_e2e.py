@@ -99,3 +99,29 @@ def test_stream_and_session_end_with_the_certificate(gateway, spire, svids, tmp_
     records = gateway.wait_audit(lambda r: r["correlation_id"] == err["data"]["correlation_id"])
     record = next(r for r in records if r["correlation_id"] == err["data"]["correlation_id"])
     assert record["reason"] in ("session_expired", "session_unknown")
+
+
+def test_idle_session_ends(spire, upstream, svids, tmp_path):
+    """A session unused for longer than the idle timeout ends: its owner gets
+    404 and must initialize again. (The wait is the condition under test.)"""
+    from conftest import SERVER_ID
+    from gateway_fixtures import start_gateway
+
+    gw = start_gateway(tmp_path, spire.endpoint, upstream.url, SERVER_ID, hint="gateway", session_idle_timeout=1)
+    try:
+        gw.wait_ready()
+        s = svids["agent"]
+        status, head, _ = one_shot(gw.port, s.bundle, s.cert, s.key, INIT)
+        assert status == 200
+        common = [f"Mcp-Session-Id: {head['mcp-session-id']}", "MCP-Protocol-Version: 2025-11-25"]
+        assert one_shot(gw.port, s.bundle, s.cert, s.key, INITIALIZED, common)[0] == 202
+        time.sleep(2.5)
+        status, _, body = one_shot(gw.port, s.bundle, s.cert, s.key, LIST, common)
+        assert status == 404, body
+        err = json.loads(body)["error"]
+        assert err["code"] == -32065
+        records = gw.wait_audit(lambda r: r["correlation_id"] == err["data"]["correlation_id"])
+        record = next(r for r in records if r["correlation_id"] == err["data"]["correlation_id"])
+        assert record["reason"] in ("session_expired", "session_unknown")
+    finally:
+        gw.stop()
