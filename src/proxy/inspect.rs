@@ -277,51 +277,14 @@ impl Gateway {
         method: &str,
         ctx: &ReplyContext,
     ) -> bool {
-        let input = PolicyInput {
-            principal: &self.upstream_id,
-            action: method,
-            server: &self.upstream_name,
-            server_spiffe_id: &self.upstream_id,
-            target: Target::Workload(&ctx.peer.spiffe_id),
-            arguments: None,
-            session_id: ctx.session_id.as_deref(),
-            protocol_version: ctx.protocol_version.as_deref(),
-        };
-        let decision = self.policy.decide(&input);
-        self.metrics.decision(decision.allowed, method);
-        let correlation_id = self.ids.next();
-        let record = Record {
-            time: now_rfc3339(),
-            correlation_id: correlation_id.clone(),
-            request_id: message.id.as_ref().and_then(|id| {
-                serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()
-            }),
-            caller: self.upstream_id.clone(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
-            session_id: ctx.session_id.clone(),
-            method: Some(method.to_owned()),
-            target_kind: Some("workload"),
-            target: Some(ctx.peer.spiffe_id.to_string()),
-            decision: if decision.allowed {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            reason: decision.reason.as_str(),
-            policy_ids: decision.policy_ids,
-            policy_version: self.policy.version().to_owned(),
-            protocol_version: ctx.protocol_version.clone(),
-            detail: Some("server-to-client request".to_owned()),
-        };
-        self.audit.record(record).await;
-        if !decision.allowed
-            && let Some(id) = &message.id
-        {
-            self.answer_upstream(id.raw_json(), &correlation_id, ctx)
-                .await;
+        let id = message.id.as_ref().map(|id| id.raw_json());
+        let (allowed, correlation_id) = self
+            .decide_for_agent(method, id, "server-to-client request", ctx)
+            .await;
+        if !allowed && let Some(id) = id {
+            self.answer_upstream(id, &correlation_id, ctx).await;
         }
-        decision.allowed
+        allowed
     }
 
     /// Tells the upstream its request to the agent was refused.
@@ -441,7 +404,9 @@ impl Gateway {
         let mut refused = None;
         for request in requests.values() {
             let method = request.get("method").and_then(Value::as_str).unwrap_or("");
-            let (allowed, correlation_id) = self.decide_embedded(method, ctx).await;
+            let (allowed, correlation_id) = self
+                .decide_for_agent(method, None, "input request in an InputRequiredResult", ctx)
+                .await;
             if !allowed {
                 refused = Some(correlation_id);
                 break;
@@ -463,8 +428,16 @@ impl Gateway {
         true
     }
 
-    /// Decides one embedded server-to-client request and audits it.
-    async fn decide_embedded(&self, method: &str, ctx: &ReplyContext) -> (bool, String) {
+    /// Decides a request of the upstream's to the agent (the upstream's
+    /// workload as principal, the agent's as resource) and audits it.
+    /// Returns whether it is allowed, and the audit record's correlation id.
+    async fn decide_for_agent(
+        &self,
+        method: &str,
+        request_id: Option<&str>,
+        detail: &'static str,
+        ctx: &ReplyContext,
+    ) -> (bool, String) {
         let decision = self.policy.decide(&PolicyInput {
             principal: &self.upstream_id,
             action: method,
@@ -480,7 +453,8 @@ impl Gateway {
         let record = Record {
             time: now_rfc3339(),
             correlation_id: correlation_id.clone(),
-            request_id: None,
+            request_id: request_id
+                .and_then(|id| serde_json::value::RawValue::from_string(id.to_owned()).ok()),
             caller: self.upstream_id.clone(),
             upstream: self.upstream_name.clone(),
             upstream_spiffe_id: self.upstream_id.clone(),
@@ -497,7 +471,7 @@ impl Gateway {
             policy_ids: decision.policy_ids,
             policy_version: self.policy.version().to_owned(),
             protocol_version: ctx.protocol_version.clone(),
-            detail: Some("input request in an InputRequiredResult".to_owned()),
+            detail: Some(detail.to_owned()),
         };
         self.audit.record(record).await;
         (decision.allowed, correlation_id)
