@@ -15,8 +15,10 @@
 //!
 //! SSE streams are never buffered whole: a task reads the upstream body,
 //! passes each event on as soon as it is complete, and waits when the agent
-//! reads slowly (a bounded channel). Only a JSON reply to a list request is
-//! read whole, because it has to be rewritten.
+//! reads slowly (a bounded channel). A JSON reply is read whole only when it
+//! may have to be rewritten: it answers a list request, a partly forwarded
+//! batch, or a 2026-07-28 `tools/call`/`prompts/get`/`resources/read` whose
+//! `InputRequiredResult` embeds server-to-client requests to decide.
 
 use std::pin::Pin;
 use std::sync::Arc;
