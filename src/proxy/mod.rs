@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, Uri};
 use tracing::{debug, warn};
@@ -203,11 +203,17 @@ impl Gateway {
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
+            linger(body);
             return self.refuse_unparsed(refusal, facts).await;
         }
         let bytes = match read_body(body, self.max_body).await {
             Ok(b) => b,
-            Err(refusal) => return self.refuse_unparsed(refusal, facts).await,
+            Err((refusal, rest)) => {
+                if let Some(rest) = rest {
+                    linger(rest);
+                }
+                return self.refuse_unparsed(refusal, facts).await;
+            }
         };
         let (messages, batch) = match mcp::parse_body(&bytes) {
             Ok(mcp::Body::Single(m)) => (vec![m], false),
@@ -637,17 +643,63 @@ fn check_entity_headers(headers: &HeaderMap, max_body: usize) -> Result<(), Prox
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ProxyError::TooLarge(limit))
+/// Reads a request body of at most `limit` bytes. On overflow the rest of the
+/// body comes back with the refusal so that it can be drained ([`linger`]).
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<Bytes, (ProxyError, Option<Incoming>)> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err((ProxyError::BodyRead, None));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing the gateway forwards
+        };
+        total = total.saturating_add(data.len());
+        if total > limit {
+            return Err((ProxyError::TooLarge(limit), Some(body)));
         }
-        Err(_) => Err(ProxyError::BodyRead),
+        // The common case, a body in one frame, is kept without copying.
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(f) => {
+                joined.reserve(f.len() + data.len());
+                joined.extend_from_slice(&f);
+                joined.extend_from_slice(&data);
+            }
+        }
     }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+}
+
+/// The most of a refused body the gateway reads and discards, and for how
+/// long, so that its early refusal (413) reaches a caller that is still
+/// sending instead of being lost to a TCP reset when the connection closes
+/// with unread data. Beyond either bound the connection is simply closed.
+const LINGER_BYTES: usize = 4 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn linger(mut body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut seen = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                seen += frame.data_ref().map_or(0, Bytes::len);
+                if seen > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+    });
 }
 
 /// The caller's headers as the upstream may see them: no hop-by-hop headers

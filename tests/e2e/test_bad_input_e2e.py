@@ -109,3 +109,17 @@ def test_gateway_sets_the_verified_caller_header(spire, upstream, svids, tmp_pat
         assert new[0]["headers"]["x-spiffe-id"] == AGENT_ID
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("size", [BIG + 1, 3 * BIG])
+def test_oversized_body_refusal_reaches_a_caller_still_sending(gateway, upstream, svids, size):
+    """The gateway refuses on Content-Length before reading the body. It then
+    reads and discards a bounded amount of the body, so the 413 reaches a
+    caller that is still writing instead of being lost to a TCP reset."""
+    s = svids["agent"]
+    seen = len(upstream.requests())
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"' + b"x" * size + b'"}}'
+    for _ in range(20):
+        status, reply = split_response(https_post(gateway.port, s.bundle, s.cert, s.key, body))
+        assert status == 413 and reply["error"]["code"] == -32063, reply
+    assert len(upstream.requests()) == seen
