@@ -38,6 +38,8 @@ fn input<'a>(message: &'a Message<'a>) -> PolicyInput<'a> {
         arguments: message.arguments.map(|a| a.get()),
         session_id: Some("5f1c0e52-8d1c-4f9e-9a53-0c8e8b9f2a11"),
         protocol_version: Some("2025-11-25"),
+        user: None,
+        now_unix_ms: 1_764_000_000_000,
     }
 }
 

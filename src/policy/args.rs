@@ -33,6 +33,13 @@ pub(super) fn to_cedar_record(json: &str) -> Option<Value> {
         .map(|record| record.0)
 }
 
+/// One JSON value as a Cedar value, or `None` if Cedar cannot hold it exactly.
+pub(super) fn to_cedar_value(json: &str) -> Option<Value> {
+    serde_json::from_str::<CedarValue>(json)
+        .ok()
+        .map(|value| value.0)
+}
+
 fn unrepresentable<E: de::Error>(what: &str) -> E {
     E::custom(format_args!("{what} has no exact Cedar value"))
 }

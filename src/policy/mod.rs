@@ -68,6 +68,9 @@
 mod args;
 mod load;
 mod request;
+mod user;
+
+pub use user::{User, UserError};
 
 #[cfg(test)]
 mod tests;
@@ -100,6 +103,10 @@ pub struct PolicyInput<'a> {
     pub arguments: Option<&'a str>,
     pub session_id: Option<&'a str>,
     pub protocol_version: Option<&'a str>,
+    /// The verified end user, when the request carried a valid token.
+    pub user: Option<&'a User>,
+    /// Decision time, milliseconds since the Unix epoch (`context.time`).
+    pub now_unix_ms: i64,
 }
 
 /// What the message acts on; it becomes the Cedar resource.
@@ -228,6 +235,13 @@ pub enum PolicyError {
     },
     #[error("cannot index the policies: {message}")]
     Index { message: String },
+}
+
+/// Now, as `PolicyInput::now_unix_ms` wants it.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl DecisionReason {

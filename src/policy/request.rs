@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use cedar_policy::{Context, Entities, EntityUid, Request};
-use cedar_policy_core::ast::{self, Eid, EntityUID, PartialValue, Value};
+use cedar_policy_core::ast::{self, Eid, EntityUID, ExtensionFunction, Name, PartialValue, Value};
 use cedar_policy_core::entities::{self as core_entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
@@ -67,7 +67,7 @@ pub(super) fn build(
         EntityUid::from(principal_uid),
         action_uid.clone(),
         EntityUid::from(resource_uid),
-        context(input),
+        context(input)?,
         None,
     )
     .map_err(|e| e.to_string())?;
@@ -122,9 +122,18 @@ fn entity<const N: usize>(
     )
 }
 
-/// `session_id?`, `protocol_version?`, `arguments?`, `arguments_representable`.
-fn context(input: &PolicyInput<'_>) -> Context {
+/// `time`, `upstream_spiffe_id`, `session_id?`, `protocol_version?`,
+/// `user?`, `arguments?`, `arguments_representable`.
+fn context(input: &PolicyInput<'_>) -> Result<Context, String> {
     let mut record = BTreeMap::new();
+    record.insert(SmolStr::new_static("time"), datetime(input.now_unix_ms)?);
+    record.insert(
+        SmolStr::new_static("upstream_spiffe_id"),
+        Value::from(input.server_spiffe_id),
+    );
+    if let Some(user) = input.user {
+        record.insert(SmolStr::new_static("user"), user.value().clone());
+    }
     if let Some(session_id) = input.session_id {
         record.insert(SmolStr::new_static("session_id"), Value::from(session_id));
     }
@@ -147,7 +156,36 @@ fn context(input: &PolicyInput<'_>) -> Context {
         SmolStr::new_static("arguments_representable"),
         Value::from(representable),
     );
-    Context::from(ast::Context::Value(Arc::new(record)))
+    Ok(Context::from(ast::Context::Value(Arc::new(record))))
+}
+
+/// A Cedar `datetime` for a Unix time in milliseconds, made by Cedar's own
+/// `datetime` constructor (its value type is private) from the RFC 3339 text.
+fn datetime(unix_ms: i64) -> Result<Value, String> {
+    static CONSTRUCTOR: std::sync::LazyLock<Option<&'static ExtensionFunction>> =
+        std::sync::LazyLock::new(|| {
+            let name: Name = "datetime".parse().ok()?;
+            Extensions::all_available().func(&name).ok()
+        });
+    let constructor =
+        CONSTRUCTOR.ok_or_else(|| "Cedar's datetime extension is not available".to_owned())?;
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .map_err(|e| e.to_string())?;
+    let text = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    );
+    match constructor.call(&[Value::from(text.as_str())]) {
+        Ok(PartialValue::Value(v)) => Ok(v),
+        Ok(PartialValue::Residual(_)) => Err("datetime is not concrete".to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Splits `spiffe://<trust domain><path>`; the path is empty or starts with

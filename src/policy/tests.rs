@@ -10,6 +10,8 @@ const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies");
 const AGENT: &str = "spiffe://example.org/ns/demo/sa/agent";
 const AGENT_B: &str = "spiffe://example.org/ns/demo/sa/agent-b";
 const MCP_SERVER: &str = "spiffe://example.org/ns/demo/sa/mcp-server";
+/// A fixed decision time (2025-11-24T16:00:00Z).
+const NOW_MS: i64 = 1_764_000_000_000;
 
 /// File name and contents of a policy directory.
 type Files<'a> = Vec<(&'a str, &'a str)>;
@@ -149,6 +151,8 @@ fn run_table(engine: &PolicyEngine, cases: &[Case]) {
             arguments: case.arguments,
             session_id: case.session_id,
             protocol_version: case.protocol_version,
+            user: None,
+            now_unix_ms: NOW_MS,
         };
         let got = engine.decide(&input);
         let (allowed, reason, ids) = case.want;
@@ -750,4 +754,70 @@ fn reason_labels_are_stable() {
 fn engine_is_shareable() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<PolicyEngine>();
+}
+
+#[test]
+fn user_time_and_upstream_identity_decide() {
+    let schema = shipped_schema().replace(
+        "type UserClaims = {};",
+        "type UserClaims = { groups?: Set<String> };",
+    );
+    let policies = r#"
+@id("alice-before-2030")
+permit (principal, action == Mcp::Action::"tools/call", resource)
+when {
+  context has user && context.user.sub == "alice" &&
+  context.user.claims has groups && context.user.claims.groups.contains("eng") &&
+  context.time < datetime("2030-01-01T00:00:00Z") &&
+  context.upstream_spiffe_id == "spiffe://example.org/ns/demo/sa/mcp-server"
+};
+@id("no-tools-at-night")
+forbid (principal, action == Mcp::Action::"tools/call", resource)
+when { context.time.toTime() < duration("6h") };
+"#;
+    let engine = load(&[("mcp.cedarschema", &schema), ("p.cedar", policies)]);
+    let alice = super::User::from_claims_json(
+        r#"{"sub":"alice","iss":"https://idp.example","groups":["eng"]}"#,
+    )
+    .unwrap();
+    let bob = super::User::from_claims_json(
+        r#"{"sub":"bob","iss":"https://idp.example","groups":["eng"]}"#,
+    )
+    .unwrap();
+    let decide = |user: Option<&super::User>, now: i64, server_id: &str| {
+        engine.decide(&PolicyInput {
+            principal: AGENT,
+            action: "tools/call",
+            server: "demo",
+            server_spiffe_id: server_id,
+            target: Target::Tool("echo"),
+            arguments: None,
+            session_id: None,
+            protocol_version: None,
+            user,
+            now_unix_ms: now,
+        })
+    };
+    let ok = decide(Some(&alice), NOW_MS, MCP_SERVER);
+    assert!(ok.allowed, "{ok:?}");
+    assert_eq!(ok.policy_ids, ["alice-before-2030"]);
+    // Same agent, another user: denied by default.
+    assert_eq!(
+        decide(Some(&bob), NOW_MS, MCP_SERVER).reason,
+        DecisionReason::NoPermit
+    );
+    // No token: no user.
+    assert_eq!(
+        decide(None, NOW_MS, MCP_SERVER).reason,
+        DecisionReason::NoPermit
+    );
+    // After 2030.
+    assert!(!decide(Some(&alice), 1_900_000_000_000, MCP_SERVER).allowed);
+    // Another upstream identity.
+    assert!(!decide(Some(&alice), NOW_MS, "spiffe://example.org/other").allowed);
+    // 02:00 UTC: the forbid wins.
+    let night = NOW_MS - 14 * 3_600_000;
+    let got = decide(Some(&alice), night, MCP_SERVER);
+    assert_eq!(got.reason, DecisionReason::Forbidden, "{got:?}");
+    assert_eq!(got.policy_ids, ["no-tools-at-night"]);
 }

@@ -36,7 +36,7 @@ use tracing::{debug, warn};
 use crate::audit::{Outcome, Record, now_rfc3339};
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind, Message};
-use crate::policy::{PolicyInput, Target};
+use crate::policy::{self, PolicyInput, Target, User};
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
@@ -99,6 +99,7 @@ pub struct ReplyContext {
     pub peer: Peer,
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
+    pub user: Option<Arc<User>>,
     pub lists: Vec<PendingList>,
     /// A 2026-07-28 request whose result may be an `InputRequiredResult`
     /// carrying server-to-client requests to decide.
@@ -449,6 +450,8 @@ impl Gateway {
             arguments: None,
             session_id: ctx.session_id.as_deref(),
             protocol_version: ctx.protocol_version.as_deref(),
+            user: ctx.user.as_deref(),
+            now_unix_ms: policy::now_unix_ms(),
         });
         self.metrics.decision(decision.allowed, method);
         let correlation_id = self.ids.next();
@@ -490,6 +493,7 @@ impl Gateway {
             return false;
         };
         let (field, _, action) = kind.shape();
+        let now_unix_ms = policy::now_unix_ms();
         let filtered = filter_entries(value, kind, |name| {
             self.policy
                 .decide(&PolicyInput {
@@ -501,6 +505,8 @@ impl Gateway {
                     arguments: None,
                     session_id: ctx.session_id.as_deref(),
                     protocol_version: ctx.protocol_version.as_deref(),
+                    user: ctx.user.as_deref(),
+                    now_unix_ms,
                 })
                 .allowed
         });

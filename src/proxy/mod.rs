@@ -41,7 +41,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::mcp::{self, Message};
 use crate::metrics::Metrics;
-use crate::policy::{Decision, PolicyEngine, PolicyInput, Target};
+use crate::policy::{self, Decision, PolicyEngine, PolicyInput, Target, User};
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
 const IDENTITY_HEADER_PREFIXES: &[&str] = &[
@@ -113,6 +113,8 @@ struct RequestFacts<'a> {
     peer: &'a Peer,
     session_id: Option<&'a str>,
     protocol_version: Option<&'a str>,
+    /// The verified end user (`context.user`), when a token was presented.
+    user: Option<&'a Arc<User>>,
 }
 
 impl Gateway {
@@ -169,6 +171,7 @@ impl Gateway {
             peer,
             session_id: session.as_ref().ok().copied().flatten(),
             protocol_version: version.as_ref().ok().copied().flatten(),
+            user: None,
         };
         if parts.uri.path() != self.path {
             return self.refuse_unparsed(ProxyError::NotFound, &facts).await;
@@ -336,6 +339,7 @@ impl Gateway {
                     peer: &ctx.peer,
                     session_id: Some(&id),
                     protocol_version: ctx.protocol_version.as_deref(),
+                    user: ctx.user.as_ref(),
                 };
                 self.refuse_unparsed(ProxyError::Session(refusal), &facts)
                     .await
@@ -352,6 +356,7 @@ impl Gateway {
             peer: facts.peer.clone(),
             session_id: facts.session_id.map(str::to_owned),
             protocol_version: facts.protocol_version.map(str::to_owned),
+            user: facts.user.cloned(),
             lists,
             extra_answers: Vec::new(),
             input_requests_possible: false,
@@ -380,6 +385,8 @@ impl Gateway {
                 .protocol_version
                 .as_deref()
                 .or(facts.protocol_version),
+            user: facts.user.map(|u| &**u),
+            now_unix_ms: policy::now_unix_ms(),
         };
         Verdict::from(self.policy.decide(&input))
     }
