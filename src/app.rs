@@ -18,7 +18,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::policy::PolicyEngine;
+use crate::policy_store::PolicyStore;
 use crate::proxy::{Gateway, listener};
 
 /// A running gateway.
@@ -34,14 +34,7 @@ pub struct App {
 /// serving. Fails (before serving anything) if policies do not load.
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics = Metrics::new();
-    let policy = PolicyEngine::load_dir(&config.policy_dir)
-        .with_context(|| format!("loading policies from {}", config.policy_dir.display()))?;
-    metrics.policy_count.set(policy.policy_count() as i64);
-    info!(
-        version = policy.version(),
-        policies = policy.policy_count(),
-        "policies loaded"
-    );
+    let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
     let audit =
         AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
     let identity = Identity::spawn(
@@ -62,7 +55,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let gateway = Arc::new(Gateway::new(
         &config,
         identity.clone(),
-        Arc::new(policy),
+        Arc::clone(&policies),
         audit,
         metrics.clone(),
     )?);
@@ -73,6 +66,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let (shutdown, watcher) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
+        tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
         tokio::spawn(listener::serve(listener, gateway, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher)),
     ];

@@ -54,6 +54,37 @@ pub struct Record {
     /// Free text for refusals before a decision (never policy text).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// Shadow mode: the candidate set's decision, only when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowRecord>,
+    /// The verified end user, when the request carried a token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<AuditUser>,
+}
+
+/// What the shadow (candidate) policy set would have decided.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct ShadowRecord {
+    pub decision: Outcome,
+    pub reason: &'static str,
+    pub policy_ids: Vec<String>,
+    pub policy_version: String,
+}
+
+/// The end user of a request: the verified token's `sub` and `iss`.
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct AuditUser {
+    pub sub: String,
+    pub iss: String,
+}
+
+impl From<&crate::policy::User> for AuditUser {
+    fn from(user: &crate::policy::User) -> AuditUser {
+        AuditUser {
+            sub: user.subject().to_owned(),
+            iss: user.issuer().to_owned(),
+        }
+    }
 }
 
 /// Sends records to the writer task. Cheap to clone.

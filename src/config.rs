@@ -46,13 +46,50 @@ pub struct Config {
     pub admin: AdminConfig,
     pub workload_api: WorkloadApiConfig,
     pub policy_dir: PathBuf,
+    pub policy: PolicyConfig,
     pub upstream: UpstreamConfig,
+    /// End-user tokens (`context.user`); `None`: requests have no user.
+    pub user_auth: Option<UserAuthConfig>,
     pub audit: AuditSink,
     pub max_body_bytes: usize,
     /// A session unused this long ends.
     pub session_idle_timeout: Duration,
     /// At most this many sessions at once; further `initialize`s are refused.
     pub max_sessions: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    /// The enforced policy directory (same as `Config::policy_dir`).
+    pub dir: PathBuf,
+    /// A candidate set evaluated beside the enforced one, never enforced.
+    pub shadow_dir: Option<PathBuf>,
+    /// How often the directories are checked for changes; `None`: only on
+    /// SIGHUP.
+    pub watch_interval: Option<Duration>,
+}
+
+/// How the end user's `Authorization: Bearer` token is verified.
+#[derive(Debug, Clone)]
+pub struct UserAuthConfig {
+    pub keys: UserKeys,
+    /// The `aud` the token must carry.
+    pub audience: String,
+    /// The `iss` the token must carry (JWKS only: a JWT-SVID's issuer is
+    /// not fixed).
+    pub issuer: Option<String>,
+    /// Refuse requests without a token (otherwise they have no user).
+    pub required: bool,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserKeys {
+    /// A JWKS file (RFC 7517), read at start.
+    JwksFile(PathBuf),
+    /// A JWT-SVID, verified against the JWT bundles from the Workload API.
+    JwtSvid,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +144,8 @@ struct RawConfig {
     policy: RawPolicy,
     upstream: RawUpstream,
     #[serde(default)]
+    user_auth: Option<RawUserAuth>,
+    #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
     limits: RawLimits,
@@ -141,6 +180,26 @@ struct RawWorkloadApi {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     dir: PathBuf,
+    #[serde(default)]
+    shadow_dir: Option<PathBuf>,
+    #[serde(default)]
+    watch_interval_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUserAuth {
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jwt_svid: bool,
+    audience: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    leeway_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -230,16 +289,81 @@ impl RawConfig {
             Some(0) => bail!("limits.max_sessions: must be greater than 0"),
             Some(n) => n,
         };
+        let policy = self.policy.validate(base)?;
+        let user_auth = self.user_auth.map(|u| u.validate(base)).transpose()?;
         Ok(Config {
             listener,
             admin,
             workload_api,
-            policy_dir: base.join(self.policy.dir),
+            policy_dir: policy.dir.clone(),
+            policy,
             upstream,
+            user_auth,
             audit,
             max_body_bytes,
             session_idle_timeout,
             max_sessions,
+        })
+    }
+}
+
+/// Default `policy.watch_interval_ms`.
+const DEFAULT_POLICY_WATCH: Duration = Duration::from_secs(1);
+
+impl RawPolicy {
+    fn validate(self, base: &Path) -> anyhow::Result<PolicyConfig> {
+        let dir = base.join(self.dir);
+        let shadow_dir = self.shadow_dir.map(|d| base.join(d));
+        if shadow_dir.as_ref() == Some(&dir) {
+            bail!("policy.shadow_dir: must differ from policy.dir");
+        }
+        let watch_interval = match self.watch_interval_ms {
+            None => Some(DEFAULT_POLICY_WATCH),
+            Some(0) => None,
+            Some(n) if n < 100 => bail!("policy.watch_interval_ms: at least 100 (or 0: off)"),
+            Some(n) => Some(Duration::from_millis(n)),
+        };
+        Ok(PolicyConfig {
+            dir,
+            shadow_dir,
+            watch_interval,
+        })
+    }
+}
+
+impl RawUserAuth {
+    fn validate(self, base: &Path) -> anyhow::Result<UserAuthConfig> {
+        let keys = match (self.jwks_file, self.jwt_svid) {
+            (Some(f), false) => UserKeys::JwksFile(base.join(f)),
+            (None, true) => UserKeys::JwtSvid,
+            (Some(_), true) => bail!("user_auth: set either jwks_file or jwt_svid, not both"),
+            (None, false) => bail!("user_auth: set jwks_file or `jwt_svid: true`"),
+        };
+        let audience = match self.audience {
+            Some(a) if !a.is_empty() => a,
+            _ => bail!("user_auth.audience: required (the `aud` tokens must carry)"),
+        };
+        let issuer = match (self.issuer, &keys) {
+            (Some(i), UserKeys::JwksFile(_)) if !i.is_empty() => Some(i),
+            (None, UserKeys::JwksFile(_)) | (Some(_), UserKeys::JwksFile(_)) => {
+                bail!("user_auth.issuer: required with jwks_file (the `iss` tokens must carry)")
+            }
+            (Some(_), UserKeys::JwtSvid) => {
+                bail!("user_auth.issuer: not used with jwt_svid (the trust domain is the issuer)")
+            }
+            (None, UserKeys::JwtSvid) => None,
+        };
+        let leeway = match self.leeway_seconds {
+            None => Duration::from_secs(30),
+            Some(n) if n > 300 => bail!("user_auth.leeway_seconds: at most 300"),
+            Some(n) => Duration::from_secs(n),
+        };
+        Ok(UserAuthConfig {
+            keys,
+            audience,
+            issuer,
+            required: self.required,
+            leeway,
         })
     }
 }

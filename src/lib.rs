@@ -10,4 +10,5 @@ pub mod identity;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
+pub mod policy_store;
 pub mod proxy;

@@ -50,6 +50,13 @@ pub struct Metrics {
     pub audit_write_errors: IntCounter,
     pub ready: IntGauge,
     pub policy_count: IntGauge,
+    policy_reloads: IntCounterVec,
+    /// Unix time of the last successful policy load (the start counts).
+    pub policy_last_reload_success: Gauge,
+    /// 1 while the last reload attempt failed (the previous set is in force).
+    pub policy_reload_failing: IntGauge,
+    pub shadow_policy_count: IntGauge,
+    shadow_disagreements: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,6 +135,37 @@ impl Metrics {
             .expect("static metric definition"),
             policy_count: IntGauge::new("mcp_gateway_policies", "Policies in the loaded set.")
                 .expect("static metric definition"),
+            policy_reloads: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_policy_reloads_total",
+                    "Policy reload attempts by result (success, failure).",
+                ),
+                &["result"],
+            )
+            .expect("static metric definition"),
+            policy_last_reload_success: Gauge::new(
+                "mcp_gateway_policy_last_reload_success_timestamp_seconds",
+                "When the policy set in force was loaded, Unix seconds.",
+            )
+            .expect("static metric definition"),
+            policy_reload_failing: IntGauge::new(
+                "mcp_gateway_policy_reload_failing",
+                "1 when the last policy reload was rejected and an older set is in force.",
+            )
+            .expect("static metric definition"),
+            shadow_policy_count: IntGauge::new(
+                "mcp_gateway_shadow_policies",
+                "Policies in the shadow (candidate) set; 0 without shadow mode.",
+            )
+            .expect("static metric definition"),
+            shadow_disagreements: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_shadow_disagreements_total",
+                    "Messages the shadow policy set decided differently, by enforced decision and method.",
+                ),
+                &["decision", "method"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         m.register_all();
@@ -136,6 +174,9 @@ impl Metrics {
         for kind in ["upstream_unavailable", "upstream_identity"] {
             m.upstream_errors.with_label_values(&[kind]);
         }
+        for result in ["success", "failure"] {
+            m.policy_reloads.with_label_values(&[result]);
+        }
         m
     }
 
@@ -143,7 +184,7 @@ impl Metrics {
     // in a name, which the unit test below catches.
     fn register_all(&self) {
         let r = &self.registry;
-        let all: [Box<dyn prometheus::core::Collector>; 12] = [
+        let all: [Box<dyn prometheus::core::Collector>; 17] = [
             Box::new(self.decisions.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.upstream_errors.clone()),
@@ -156,6 +197,11 @@ impl Metrics {
             Box::new(self.audit_write_errors.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.policy_count.clone()),
+            Box::new(self.policy_reloads.clone()),
+            Box::new(self.policy_last_reload_success.clone()),
+            Box::new(self.policy_reload_failing.clone()),
+            Box::new(self.shadow_policy_count.clone()),
+            Box::new(self.shadow_disagreements.clone()),
         ];
         for c in all {
             r.register(c).expect("metric names are unique");
@@ -165,6 +211,20 @@ impl Metrics {
     pub fn decision(&self, allowed: bool, method: &str) {
         let decision = if allowed { "allow" } else { "deny" };
         self.decisions
+            .with_label_values(&[decision, method_label(method)])
+            .inc();
+    }
+
+    pub fn policy_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.policy_reloads.with_label_values(&[result]).inc();
+    }
+
+    /// A message the shadow set decided differently; `allowed` is the
+    /// enforced decision.
+    pub fn shadow_disagreement(&self, allowed: bool, method: &str) {
+        let decision = if allowed { "allow" } else { "deny" };
+        self.shadow_disagreements
             .with_label_values(&[decision, method_label(method)])
             .inc();
     }

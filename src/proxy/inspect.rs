@@ -33,7 +33,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::audit::{Outcome, Record, now_rfc3339};
+use crate::audit::{AuditUser, Outcome, Record, now_rfc3339};
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind, Message};
 use crate::policy::{self, PolicyInput, Target, User};
@@ -441,7 +441,8 @@ impl Gateway {
         detail: &'static str,
         ctx: &ReplyContext,
     ) -> (bool, String) {
-        let decision = self.policy.decide(&PolicyInput {
+        let policies = self.policies.current();
+        let input = PolicyInput {
             principal: &self.upstream_id,
             action: method,
             server: &self.upstream_name,
@@ -452,7 +453,8 @@ impl Gateway {
             protocol_version: ctx.protocol_version.as_deref(),
             user: ctx.user.as_deref(),
             now_unix_ms: policy::now_unix_ms(),
-        });
+        };
+        let (decision, shadow) = super::decide_with(&policies, &input, &self.metrics);
         self.metrics.decision(decision.allowed, method);
         let correlation_id = self.ids.next();
         let record = Record {
@@ -474,9 +476,11 @@ impl Gateway {
             },
             reason: decision.reason.as_str(),
             policy_ids: decision.policy_ids,
-            policy_version: self.policy.version().to_owned(),
+            policy_version: policies.enforced.version().to_owned(),
             protocol_version: ctx.protocol_version.clone(),
             detail: Some(detail.to_owned()),
+            shadow,
+            user: ctx.user.as_deref().map(AuditUser::from),
         };
         self.audit.record(record).await;
         (decision.allowed, correlation_id)
@@ -494,8 +498,12 @@ impl Gateway {
         };
         let (field, _, action) = kind.shape();
         let now_unix_ms = policy::now_unix_ms();
+        // Lists are filtered by the enforced set only (shadow mode decides
+        // messages, not list entries).
+        let policies = self.policies.current();
         let filtered = filter_entries(value, kind, |name| {
-            self.policy
+            policies
+                .enforced
                 .decide(&PolicyInput {
                     principal: &ctx.peer.spiffe_id,
                     action,
@@ -545,9 +553,11 @@ impl Gateway {
             },
             reason,
             policy_ids: Vec::new(),
-            policy_version: self.policy.version().to_owned(),
+            policy_version: self.policies.current().enforced.version().to_owned(),
             protocol_version: ctx.protocol_version.clone(),
             detail,
+            shadow: None,
+            user: ctx.user.as_deref().map(AuditUser::from),
         };
         self.audit.record(record).await;
     }

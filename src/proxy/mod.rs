@@ -36,12 +36,13 @@ use listener::Peer;
 use reply::{ReplyBody, error_response};
 use upstream::{ConnectError, UpstreamClient};
 
-use crate::audit::{AuditLog, Outcome, Record, now_rfc3339};
+use crate::audit::{AuditLog, AuditUser, Outcome, Record, ShadowRecord, now_rfc3339};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::mcp::{self, Message};
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision, PolicyEngine, PolicyInput, Target, User};
+use crate::policy::{self, Decision, PolicyInput, Target, User};
+use crate::policy_store::{Policies, PolicyStore};
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
 const IDENTITY_HEADER_PREFIXES: &[&str] = &[
@@ -75,7 +76,7 @@ const HOP_HEADERS: &[HeaderName] = &[
 pub struct Gateway {
     pub identity: Identity,
     pub metrics: Metrics,
-    policy: Arc<PolicyEngine>,
+    policies: Arc<PolicyStore>,
     audit: AuditLog,
     client: UpstreamClient,
     upstream_name: String,
@@ -95,6 +96,8 @@ struct Verdict {
     allowed: bool,
     reason: &'static str,
     policy_ids: Vec<String>,
+    /// The shadow set's decision, when it disagrees with the enforced one.
+    shadow: Option<ShadowRecord>,
 }
 
 impl From<Decision> for Verdict {
@@ -103,8 +106,39 @@ impl From<Decision> for Verdict {
             allowed: d.allowed,
             reason: d.reason.as_str(),
             policy_ids: d.policy_ids,
+            shadow: None,
         }
     }
+}
+
+/// Decides with the enforced set and, in shadow mode, with the candidate
+/// set too; a disagreement is counted and returned for the audit record,
+/// never enforced.
+pub(crate) fn decide_with(
+    policies: &Policies,
+    input: &PolicyInput<'_>,
+    metrics: &Metrics,
+) -> (Decision, Option<ShadowRecord>) {
+    let decision = policies.enforced.decide(input);
+    let Some(shadow) = &policies.shadow else {
+        return (decision, None);
+    };
+    let candidate = shadow.decide(input);
+    if candidate.allowed == decision.allowed {
+        return (decision, None);
+    }
+    metrics.shadow_disagreement(decision.allowed, input.action);
+    let record = ShadowRecord {
+        decision: if candidate.allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        },
+        reason: candidate.reason.as_str(),
+        policy_ids: candidate.policy_ids,
+        policy_version: shadow.version().to_owned(),
+    };
+    (decision, Some(record))
 }
 
 /// The facts of one HTTP request that every audit record repeats.
@@ -115,13 +149,15 @@ struct RequestFacts<'a> {
     protocol_version: Option<&'a str>,
     /// The verified end user (`context.user`), when a token was presented.
     user: Option<&'a Arc<User>>,
+    /// The policy sets this request is decided with, taken once.
+    policies: &'a Policies,
 }
 
 impl Gateway {
     pub fn new(
         config: &Config,
         identity: Identity,
-        policy: Arc<PolicyEngine>,
+        policies: Arc<PolicyStore>,
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Gateway> {
@@ -133,7 +169,7 @@ impl Gateway {
             client: upstream::client(identity.clone(), config.upstream.plaintext),
             identity,
             metrics,
-            policy,
+            policies,
             audit,
             upstream_name: config.upstream.name.clone(),
             upstream_id: config.upstream.spiffe_id.to_string(),
@@ -167,11 +203,13 @@ impl Gateway {
         // Protocol and session headers are checked before the body is read.
         let version = protocol::version_header(headers);
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
+        let policies = self.policies.current();
         let facts = RequestFacts {
             peer,
             session_id: session.as_ref().ok().copied().flatten(),
             protocol_version: version.as_ref().ok().copied().flatten(),
             user: None,
+            policies: &policies,
         };
         if parts.uri.path() != self.path {
             return self.refuse_unparsed(ProxyError::NotFound, &facts).await;
@@ -335,11 +373,13 @@ impl Gateway {
             }
             Err(refusal) => {
                 self.end_upstream_session(&id).await;
+                let policies = self.policies.current();
                 let facts = RequestFacts {
                     peer: &ctx.peer,
                     session_id: Some(&id),
                     protocol_version: ctx.protocol_version.as_deref(),
                     user: ctx.user.as_ref(),
+                    policies: &policies,
                 };
                 self.refuse_unparsed(ProxyError::Session(refusal), &facts)
                     .await
@@ -371,6 +411,7 @@ impl Gateway {
                 allowed: true,
                 reason: "caller_response",
                 policy_ids: Vec::new(),
+                shadow: None,
             };
         };
         let input = PolicyInput {
@@ -388,7 +429,10 @@ impl Gateway {
             user: facts.user.map(|u| &**u),
             now_unix_ms: policy::now_unix_ms(),
         };
-        Verdict::from(self.policy.decide(&input))
+        let (decision, shadow) = decide_with(facts.policies, &input, &self.metrics);
+        let mut verdict = Verdict::from(decision);
+        verdict.shadow = shadow;
+        verdict
     }
 
     /// GET (server stream) and DELETE (end session) carry no JSON-RPC message;
@@ -515,7 +559,9 @@ impl Gateway {
             },
             reason: verdict.reason,
             policy_ids: verdict.policy_ids,
-            policy_version: self.policy.version().to_owned(),
+            policy_version: facts.policies.enforced.version().to_owned(),
+            shadow: verdict.shadow,
+            user: facts.user.map(|u| AuditUser::from(&**u)),
             protocol_version: message
                 .protocol_version
                 .as_deref()
@@ -560,7 +606,9 @@ impl Gateway {
             decision,
             reason: refusal.audit_reason(),
             policy_ids: Vec::new(),
-            policy_version: self.policy.version().to_owned(),
+            policy_version: facts.policies.enforced.version().to_owned(),
+            shadow: None,
+            user: facts.user.map(|u| AuditUser::from(&**u)),
             protocol_version: facts.protocol_version.map(str::to_owned),
             detail: Some(refusal.to_string()),
         }

@@ -1,0 +1,436 @@
+//! The policy sets in force, and how they change at run time.
+//!
+//! [`PolicyStore`] holds the enforced [`PolicyEngine`] and, in shadow mode, a
+//! candidate one, behind one atomic pointer: a request takes a snapshot with
+//! [`PolicyStore::current`] (no lock, one reference-count increment) and
+//! decides all its messages on that snapshot, so a reload never changes the
+//! policy under a request halfway and never stalls one.
+//!
+//! A reload (the directories changed, or SIGHUP) builds new engines on a
+//! blocking thread, off the request path, and swaps them in whole. A set that
+//! fails to load is rejected: the last good set stays in force, the error is
+//! logged, and `mcp_gateway_policy_reloads_total{result="failure"}` and
+//! `mcp_gateway_policy_reload_failing` say so. Each directory (enforced,
+//! shadow) is reloaded on its own.
+//!
+//! Watching is by polling: every `policy.watch_interval_ms` the directories
+//! are listed and each file's size, modification time and inode compared
+//! with the last look (symlinks followed). This sees ordinary edits and the
+//! atomic `..data` symlink swap Kubernetes does for ConfigMap volumes alike,
+//! with no platform-specific notification API; a changed fingerprint triggers
+//! a full load, and a load whose content hash equals the set in force changes
+//! nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Mutex, watch};
+use tracing::{error, info};
+
+use crate::config::PolicyConfig;
+use crate::metrics::Metrics;
+use crate::policy::{PolicyEngine, PolicyError};
+
+/// The sets one request decides with.
+pub struct Policies {
+    pub enforced: Arc<PolicyEngine>,
+    /// The candidate set of shadow mode: evaluated, never enforced.
+    pub shadow: Option<Arc<PolicyEngine>>,
+}
+
+pub struct PolicyStore {
+    current: ArcSwap<Policies>,
+    dir: PathBuf,
+    shadow_dir: Option<PathBuf>,
+    metrics: Metrics,
+    /// One reload at a time; holds the fingerprints of the last look.
+    reloading: Mutex<Fingerprints>,
+}
+
+#[derive(Default, PartialEq, Eq, Clone)]
+struct Fingerprints {
+    enforced: Vec<FileStamp>,
+    shadow: Vec<FileStamp>,
+}
+
+/// What tells a changed file from an unchanged one without reading it.
+#[derive(PartialEq, Eq, Clone, Debug)]
+struct FileStamp {
+    name: String,
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+/// Why a reload ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The directory's files changed.
+    Changed,
+    /// SIGHUP (or an explicit request): reload even if nothing looks changed.
+    Forced,
+}
+
+impl PolicyStore {
+    /// Loads both sets; an invalid set (enforced or shadow) is an error, so
+    /// the gateway refuses to start on it.
+    pub fn load(config: &PolicyConfig, metrics: Metrics) -> anyhow::Result<PolicyStore> {
+        let fingerprints = Fingerprints {
+            enforced: fingerprint(&config.dir),
+            shadow: config
+                .shadow_dir
+                .as_deref()
+                .map(fingerprint)
+                .unwrap_or_default(),
+        };
+        let enforced = Arc::new(load_named(&config.dir, "policies")?);
+        let shadow = match &config.shadow_dir {
+            Some(dir) => Some(Arc::new(load_named(dir, "shadow policies")?)),
+            None => None,
+        };
+        let store = PolicyStore {
+            current: ArcSwap::from_pointee(Policies { enforced, shadow }),
+            dir: config.dir.clone(),
+            shadow_dir: config.shadow_dir.clone(),
+            metrics,
+            reloading: Mutex::new(fingerprints),
+        };
+        store.publish_gauges();
+        store.metrics.policy_last_reload_success.set(unix_now());
+        Ok(store)
+    }
+
+    /// The sets in force now. Cheap; take it once per request.
+    pub fn current(&self) -> Arc<Policies> {
+        self.current.load_full()
+    }
+
+    /// Reloads what changed (or everything, when forced). Returns whether
+    /// every attempted load succeeded.
+    pub async fn reload(&self, trigger: Trigger) -> bool {
+        let mut last = self.reloading.lock().await;
+        let dir = self.dir.clone();
+        let shadow_dir = self.shadow_dir.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || Fingerprints {
+            enforced: fingerprint(&dir),
+            shadow: shadow_dir.as_deref().map(fingerprint).unwrap_or_default(),
+        })
+        .await
+        else {
+            return false;
+        };
+        let forced = trigger == Trigger::Forced;
+        let enforced_changed = forced || now.enforced != last.enforced;
+        let shadow_changed = self.shadow_dir.is_some() && (forced || now.shadow != last.shadow);
+        *last = now;
+        if !enforced_changed && !shadow_changed {
+            return true;
+        }
+        let dir = enforced_changed.then(|| self.dir.clone());
+        let shadow_dir = if shadow_changed {
+            self.shadow_dir.clone()
+        } else {
+            None
+        };
+        let Ok((enforced_result, shadow_result)) = tokio::task::spawn_blocking(move || {
+            (
+                dir.map(|d| PolicyEngine::load_dir(&d)),
+                shadow_dir.map(|d| PolicyEngine::load_dir(&d)),
+            )
+        })
+        .await
+        else {
+            return false;
+        };
+        let old = self.current();
+        let mut ok = true;
+        let mut enforced = Arc::clone(&old.enforced);
+        let mut shadow = old.shadow.clone();
+        for (result, which, slot) in [
+            (enforced_result, "policies", &mut enforced),
+            (
+                shadow_result,
+                "shadow policies",
+                shadow.get_or_insert_with(|| Arc::clone(&old.enforced)),
+            ),
+        ] {
+            match result {
+                None => {}
+                Some(Ok(engine)) => {
+                    self.metrics.policy_reload(true);
+                    if engine.version() != slot.version() {
+                        *slot = Arc::new(engine);
+                    }
+                }
+                Some(Err(e)) => {
+                    ok = false;
+                    self.metrics.policy_reload(false);
+                    error!(which, error = %e, "policy reload rejected; the last good set stays in force");
+                }
+            }
+        }
+        if self.shadow_dir.is_none() {
+            shadow = None;
+        }
+        self.metrics.policy_reload_failing.set(i64::from(!ok));
+        if ok {
+            self.metrics.policy_last_reload_success.set(unix_now());
+        }
+        let same = |a: &Arc<PolicyEngine>, b: &Arc<PolicyEngine>| Arc::ptr_eq(a, b);
+        let shadow_same = match (&shadow, &old.shadow) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if same(&enforced, &old.enforced) && shadow_same {
+            return ok;
+        }
+        info!(
+            version = enforced.version(),
+            policies = enforced.policy_count(),
+            shadow_version = shadow.as_ref().map(|s| s.version()),
+            "policies reloaded"
+        );
+        self.current.store(Arc::new(Policies { enforced, shadow }));
+        self.publish_gauges();
+        ok
+    }
+
+    /// Reloads on directory changes every `interval` (if any) and on SIGHUP,
+    /// until shutdown.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Option<Duration>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGHUP; policy reload on SIGHUP is off");
+                None
+            }
+        };
+        let mut tick = interval.map(|i| {
+            let mut t = tokio::time::interval(i);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        loop {
+            let trigger = tokio::select! {
+                _ = async { tick.as_mut().unwrap().tick().await }, if tick.is_some() => Trigger::Changed,
+                Some(()) = async { hangup.as_mut().unwrap().recv().await }, if hangup.is_some() => {
+                    info!("SIGHUP: reloading policies");
+                    Trigger::Forced
+                }
+                _ = shutdown.changed() => return,
+            };
+            self.reload(trigger).await;
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let current = self.current();
+        self.metrics
+            .policy_count
+            .set(current.enforced.policy_count() as i64);
+        self.metrics.shadow_policy_count.set(
+            current
+                .shadow
+                .as_ref()
+                .map_or(0, |s| s.policy_count() as i64),
+        );
+    }
+}
+
+fn load_named(dir: &Path, which: &str) -> anyhow::Result<PolicyEngine> {
+    let engine = PolicyEngine::load_dir(dir)
+        .map_err(|e: PolicyError| anyhow::anyhow!("loading {which} from {}: {e}", dir.display()))?;
+    info!(
+        which,
+        version = engine.version(),
+        policies = engine.policy_count(),
+        "policies loaded"
+    );
+    Ok(engine)
+}
+
+/// Size, modification time and inode of every visible entry of `dir`,
+/// symlinks followed; an unreadable directory is an empty fingerprint (the
+/// load that follows reports the error).
+fn fingerprint(dir: &Path) -> Vec<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut stamps: Vec<FileStamp> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            if name.starts_with('.') {
+                return None;
+            }
+            let meta = std::fs::metadata(entry.path()).ok();
+            Some(FileStamp {
+                name,
+                len: meta.as_ref().map_or(0, |m| m.len()),
+                modified: meta.as_ref().and_then(|m| m.modified().ok()),
+                inode: meta.as_ref().map_or(0, |m| m.ino()),
+            })
+        })
+        .collect();
+    stamps.sort_by(|a, b| a.name.cmp(&b.name));
+    stamps
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = include_str!("../policies/mcp.cedarschema");
+    const ECHO: &str = r#"@id("echo")
+permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");"#;
+    const DELETE: &str = r#"@id("delete")
+permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/delete");"#;
+
+    fn allows(store: &PolicyStore, tool: &str) -> bool {
+        let input = crate::policy::PolicyInput {
+            principal: "spiffe://example.org/ns/demo/sa/agent",
+            action: "tools/call",
+            server: "demo",
+            server_spiffe_id: "spiffe://example.org/ns/demo/sa/mcp-server",
+            target: crate::policy::Target::Tool(tool),
+            arguments: None,
+            session_id: None,
+            protocol_version: None,
+            user: None,
+            now_unix_ms: 0,
+        };
+        store.current().enforced.decide(&input).allowed
+    }
+
+    fn config(dir: &Path, shadow: Option<&Path>) -> PolicyConfig {
+        PolicyConfig {
+            dir: dir.to_owned(),
+            shadow_dir: shadow.map(Path::to_owned),
+            watch_interval: None,
+        }
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_valid_change_replaces_the_set_and_an_invalid_one_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "mcp.cedarschema", SCHEMA);
+        write(dir.path(), "p.cedar", ECHO);
+        let metrics = Metrics::new();
+        let store = PolicyStore::load(&config(dir.path(), None), metrics.clone()).unwrap();
+        let first = store.current().enforced.version().to_owned();
+        assert!(allows(&store, "echo") && !allows(&store, "delete"));
+
+        // Nothing changed: nothing reloaded, same snapshot.
+        let before = store.current();
+        assert!(store.reload(Trigger::Changed).await);
+        assert!(Arc::ptr_eq(&before, &store.current()));
+
+        write(dir.path(), "p.cedar", &format!("{ECHO}\n{DELETE}"));
+        assert!(store.reload(Trigger::Changed).await);
+        let second = store.current().enforced.version().to_owned();
+        assert_ne!(first, second);
+        assert!(allows(&store, "delete"));
+        assert_eq!(metrics.policy_count.get(), 2);
+
+        // A syntax error: rejected, the last good set stays, the failure shows.
+        write(dir.path(), "p.cedar", "permit (principal, action, resource");
+        assert!(!store.reload(Trigger::Changed).await);
+        assert_eq!(store.current().enforced.version(), second);
+        assert!(allows(&store, "delete"));
+        assert_eq!(metrics.policy_reload_failing.get(), 1);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(
+            text.contains(r#"mcp_gateway_policy_reloads_total{result="failure"} 1"#),
+            "{text}"
+        );
+
+        // Fixed again: in force, failing cleared.
+        write(dir.path(), "p.cedar", ECHO);
+        assert!(store.reload(Trigger::Changed).await);
+        assert_eq!(store.current().enforced.version(), first);
+        assert_eq!(metrics.policy_reload_failing.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_kubernetes_symlink_swap_is_seen() {
+        // A ConfigMap volume: visible names are symlinks into `..data`, itself
+        // a symlink to a timestamped directory that is swapped atomically.
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let v1 = r.join("..2026_11_30_v1");
+        std::fs::create_dir(&v1).unwrap();
+        write(&v1, "mcp.cedarschema", SCHEMA);
+        write(&v1, "p.cedar", ECHO);
+        std::os::unix::fs::symlink("..2026_11_30_v1", r.join("..data")).unwrap();
+        for name in ["mcp.cedarschema", "p.cedar"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), r.join(name)).unwrap();
+        }
+        let store = PolicyStore::load(&config(r, None), Metrics::new()).unwrap();
+        assert!(!allows(&store, "delete"));
+
+        let v2 = r.join("..2026_11_30_v2");
+        std::fs::create_dir(&v2).unwrap();
+        write(&v2, "mcp.cedarschema", SCHEMA);
+        write(&v2, "p.cedar", DELETE);
+        std::os::unix::fs::symlink("..2026_11_30_v2", r.join("..data_tmp")).unwrap();
+        std::fs::rename(r.join("..data_tmp"), r.join("..data")).unwrap();
+
+        assert!(store.reload(Trigger::Changed).await);
+        assert!(allows(&store, "delete") && !allows(&store, "echo"));
+    }
+
+    #[tokio::test]
+    async fn the_shadow_set_reloads_on_its_own_and_an_invalid_start_fails() {
+        let enforced = tempfile::tempdir().unwrap();
+        let shadow = tempfile::tempdir().unwrap();
+        for d in [enforced.path(), shadow.path()] {
+            write(d, "mcp.cedarschema", SCHEMA);
+            write(d, "p.cedar", ECHO);
+        }
+        let store = PolicyStore::load(
+            &config(enforced.path(), Some(shadow.path())),
+            Metrics::new(),
+        )
+        .unwrap();
+        let enforced_before = Arc::clone(&store.current().enforced);
+        write(shadow.path(), "p.cedar", DELETE);
+        assert!(store.reload(Trigger::Changed).await);
+        let now = store.current();
+        assert!(
+            Arc::ptr_eq(&enforced_before, &now.enforced),
+            "enforced set untouched"
+        );
+        assert_ne!(
+            now.shadow.as_ref().unwrap().version(),
+            now.enforced.version()
+        );
+
+        write(shadow.path(), "p.cedar", "forbid (");
+        let err = PolicyStore::load(
+            &config(enforced.path(), Some(shadow.path())),
+            Metrics::new(),
+        )
+        .err()
+        .expect("an invalid shadow set refuses to start");
+        assert!(err.to_string().contains("shadow policies"), "{err}");
+    }
+}
