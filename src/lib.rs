@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod policy;
 pub mod policy_store;
 pub mod proxy;
+pub mod user_auth;

@@ -145,56 +145,55 @@ impl PolicyStore {
             return false;
         };
         let old = self.current();
-        let mut ok = true;
+        let mut failures = 0;
+        let mut successes = 0;
         let mut enforced = Arc::clone(&old.enforced);
         let mut shadow = old.shadow.clone();
-        for (result, which, slot) in [
-            (enforced_result, "policies", &mut enforced),
-            (
-                shadow_result,
-                "shadow policies",
-                shadow.get_or_insert_with(|| Arc::clone(&old.enforced)),
-            ),
-        ] {
-            match result {
-                None => {}
-                Some(Ok(engine)) => {
-                    self.metrics.policy_reload(true);
-                    if engine.version() != slot.version() {
-                        *slot = Arc::new(engine);
-                    }
-                }
-                Some(Err(e)) => {
-                    ok = false;
-                    self.metrics.policy_reload(false);
-                    error!(which, error = %e, "policy reload rejected; the last good set stays in force");
+        let mut take = |result: Option<Result<PolicyEngine, PolicyError>>,
+                        which: &str,
+                        slot: &mut Arc<PolicyEngine>| match result {
+            None => {}
+            Some(Ok(engine)) => {
+                successes += 1;
+                if engine.version() != slot.version() {
+                    *slot = Arc::new(engine);
                 }
             }
+            Some(Err(e)) => {
+                failures += 1;
+                error!(which, error = %e, "policy reload rejected; the last good set stays in force");
+            }
+        };
+        take(enforced_result, "policies", &mut enforced);
+        if let Some(slot) = shadow.as_mut() {
+            take(shadow_result, "shadow policies", slot);
         }
-        if self.shadow_dir.is_none() {
-            shadow = None;
+        let shadow_same = match (&shadow, &old.shadow) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => true,
+        };
+        if !Arc::ptr_eq(&enforced, &old.enforced) || !shadow_same {
+            info!(
+                version = enforced.version(),
+                policies = enforced.policy_count(),
+                shadow_version = shadow.as_ref().map(|s| s.version()),
+                "policies reloaded"
+            );
+            self.current.store(Arc::new(Policies { enforced, shadow }));
+            self.publish_gauges();
         }
+        // Metrics last: whoever sees the count move sees the new set in force.
+        for _ in 0..successes {
+            self.metrics.policy_reload(true);
+        }
+        for _ in 0..failures {
+            self.metrics.policy_reload(false);
+        }
+        let ok = failures == 0;
         self.metrics.policy_reload_failing.set(i64::from(!ok));
         if ok {
             self.metrics.policy_last_reload_success.set(unix_now());
         }
-        let same = |a: &Arc<PolicyEngine>, b: &Arc<PolicyEngine>| Arc::ptr_eq(a, b);
-        let shadow_same = match (&shadow, &old.shadow) {
-            (Some(a), Some(b)) => same(a, b),
-            (None, None) => true,
-            _ => false,
-        };
-        if same(&enforced, &old.enforced) && shadow_same {
-            return ok;
-        }
-        info!(
-            version = enforced.version(),
-            policies = enforced.policy_count(),
-            shadow_version = shadow.as_ref().map(|s| s.version()),
-            "policies reloaded"
-        );
-        self.current.store(Arc::new(Policies { enforced, shadow }));
-        self.publish_gauges();
         ok
     }
 

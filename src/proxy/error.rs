@@ -23,6 +23,9 @@ pub const CODE_TOO_LARGE: i32 = -32063;
 pub const CODE_BAD_TRANSPORT: i32 = -32064;
 /// JSON-RPC code for a session id this caller may not use (HTTP 404).
 pub const CODE_SESSION: i32 = -32065;
+/// JSON-RPC code for an end-user token that is missing or fails
+/// verification (HTTP 401).
+pub const CODE_USER_TOKEN: i32 = -32066;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
 /// MCP 2026-07-28: unsupported protocol version.
@@ -66,6 +69,8 @@ pub enum ProxyError {
     Session(SessionRefusal),
     #[error("JSON-RPC batches are not allowed in this protocol version")]
     BatchNotAllowed,
+    #[error("user token refused: {0}")]
+    UserToken(String),
 }
 
 impl ProxyError {
@@ -99,6 +104,7 @@ impl ProxyError {
             }
             ProxyError::Session(_) => (StatusCode::NOT_FOUND, CODE_SESSION),
             ProxyError::BatchNotAllowed => (StatusCode::BAD_REQUEST, CODE_INVALID_REQUEST),
+            ProxyError::UserToken(_) => (StatusCode::UNAUTHORIZED, CODE_USER_TOKEN),
         }
     }
 
@@ -122,6 +128,7 @@ impl ProxyError {
             ProxyError::DuplicateHeader(_) => "duplicate_header",
             ProxyError::Session(r) => r.audit_reason(),
             ProxyError::BatchNotAllowed => "batch_not_allowed",
+            ProxyError::UserToken(_) => "user_token",
         }
     }
 

@@ -43,6 +43,7 @@ use crate::mcp::{self, Message};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
+use crate::user_auth::{TokenError, UserAuth};
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
 const IDENTITY_HEADER_PREFIXES: &[&str] = &[
@@ -89,6 +90,8 @@ pub struct Gateway {
     sessions: session::Sessions,
     /// Header carrying the verified caller ID to the upstream, if configured.
     caller_id_header: Option<HeaderName>,
+    /// End-user token verification, if configured.
+    user_auth: Option<UserAuth>,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -180,6 +183,7 @@ impl Gateway {
             ids: CorrelationIds::new(),
             sessions: session::Sessions::new(config.session_idle_timeout, config.max_sessions),
             caller_id_header: config.upstream.caller_id_header.clone(),
+            user_auth: config.user_auth.as_ref().map(UserAuth::load).transpose()?,
         })
     }
 
@@ -204,7 +208,8 @@ impl Gateway {
         let version = protocol::version_header(headers);
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
-        let facts = RequestFacts {
+        let user = self.user_of(headers);
+        let mut facts = RequestFacts {
             peer,
             session_id: session.as_ref().ok().copied().flatten(),
             protocol_version: version.as_ref().ok().copied().flatten(),
@@ -216,6 +221,14 @@ impl Gateway {
         }
         if let Err(refusal) = version.and(session) {
             return self.refuse_unparsed(refusal, &facts).await;
+        }
+        match &user {
+            Ok(user) => facts.user = user.as_ref(),
+            Err(refusal) => {
+                linger(body);
+                let refusal = ProxyError::UserToken(refusal.to_string());
+                return self.refuse_unparsed(refusal, &facts).await;
+            }
         }
         if let Some(id) = facts.session_id
             && let Err(refusal) = self.sessions.check(id, peer)
@@ -470,6 +483,19 @@ impl Gateway {
         }
     }
 
+    /// The verified end user of a request, if user tokens are configured.
+    fn user_of(&self, headers: &HeaderMap) -> Result<Option<Arc<User>>, TokenError> {
+        let Some(auth) = &self.user_auth else {
+            return Ok(None);
+        };
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(TokenError::Malformed);
+        }
+        auth.verify(first.map(HeaderValue::as_bytes))
+    }
+
     /// Sends the decided bytes to the upstream. On failure the caller gets a
     /// JSON-RPC error (under `reply_id`) and the failure is audited.
     async fn call_upstream(
@@ -484,6 +510,10 @@ impl Gateway {
         *req.method_mut() = method;
         *req.uri_mut() = self.upstream_uri.clone();
         *req.headers_mut() = upstream_headers(headers);
+        if self.user_auth.is_some() {
+            // The token's audience is the gateway: never passed through.
+            req.headers_mut().remove(header::AUTHORIZATION);
+        }
         req.headers_mut()
             .insert(header::HOST, self.upstream_authority.clone());
         if let Some(name) = &self.caller_id_header

@@ -134,7 +134,11 @@ def write_config(
     name: str = "demo",
     caller_id_header: str | None = None,
     session_idle_timeout: int | None = None,
+    policy_extra: list[str] | None = None,
+    extra_yaml: str = "",
 ) -> Path:
+    """`policy_extra`: more lines under `policy:` (indented by the caller);
+    `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block)."""
     lines = [
         "listener:",
         '  address: "127.0.0.1:0"',
@@ -148,6 +152,7 @@ def write_config(
     lines += [
         "policy:",
         f'  dir: "{policy_dir}"',
+        *(policy_extra or []),
         "upstream:",
         f'  name: "{name}"',
         f'  url: "{upstream_url}"',
@@ -166,7 +171,7 @@ def write_config(
     if limits:
         lines += ["limits:", *limits]
     path = run_dir / "gateway.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + extra_yaml, encoding="utf-8")
     return path
 
 

@@ -1,0 +1,127 @@
+"""Policies change while a real SDK client keeps calling, on real SPIRE
+identities: the gateway picks up the change without a restart, the next call
+is decided by the new set, an invalid set is rejected with the old one still
+enforced, SIGHUP reloads, and no call fails for any other reason."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+
+from conftest import AGENT_ID, SERVER_ID
+from gateway_fixtures import POLICY_DIR, start_gateway
+from mcp_fixtures import finish_agent, start_py_agent_loop
+from test_gateway_e2e import tool_calls
+
+FREEZE = """
+@id("echo-frozen")
+forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");
+"""
+
+
+def wait_for(what: str, pred, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def echo_records(gw) -> list[dict]:
+    return [
+        r
+        for r in gw.audit()
+        if r.get("method") == "tools/call" and r.get("target") == "echo" and r["caller"] == AGENT_ID
+    ]
+
+
+def test_policy_change_applies_to_the_next_call_without_restart(spire, upstream, svids, tmp_path):
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    gw = start_gateway(
+        tmp_path / "gw",
+        spire.endpoint,
+        upstream.url,
+        SERVER_ID,
+        hint="gateway",
+        policy_dir=policies,
+        policy_extra=["  watch_interval_ms: 200"],
+    )
+    stop = tmp_path / "stop"
+    agent = None
+    try:
+        gw.wait_ready()
+        s = svids["agent"]
+        agent = start_py_agent_loop(
+            gw.url,
+            s.cert,
+            s.key,
+            s.bundle,
+            ['echo:{"text":"under reload"}'],
+            interval_ms=20,
+            repeat_until=stop,
+            extra_args=["--loop-same-client"],
+        )
+        wait_for("allowed echo calls", lambda: sum(r["decision"] == "allow" for r in echo_records(gw)) >= 3)
+        v1 = echo_records(gw)[-1]["policy_version"]
+        reloads = gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}')
+
+        # 1. A new policy file: the next call is denied by it.
+        (policies / "freeze.cedar").write_text(FREEZE, encoding="utf-8")
+        wait_for("the reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}') > reloads)
+        seen = len(echo_records(gw))
+        after = wait_for("calls after the reload", lambda: echo_records(gw)[seen:][:3] if len(echo_records(gw)) >= seen + 3 else None)
+        # At most the one call in flight when the reload landed was decided on
+        # the old set (its snapshot was taken before); every later one on the new.
+        assert all(r["policy_version"] != v1 for r in after[1:]), after
+        v2 = after[-1]["policy_version"]
+        assert after[-1]["decision"] == "deny" and after[-1]["policy_ids"] == ["echo-frozen"]
+
+        # 2. An invalid set: rejected, logged, counted; v2 stays in force.
+        failures = gw.metric("mcp_gateway_policy_reloads_total", '{result="failure"}')
+        (policies / "broken.cedar").write_text('permit (principal, action ==, resource);', encoding="utf-8")
+        wait_for("the rejected reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="failure"}') > failures)
+        assert gw.metric("mcp_gateway_policy_reload_failing") == 1
+        assert any("broken.cedar" in line and "rejected" in line for line in gw.log_lines), gw.log()
+        seen = len(echo_records(gw))
+        wait_for("calls after the rejected reload", lambda: len(echo_records(gw)) >= seen + 3)
+        for r in echo_records(gw)[seen:]:
+            assert r["policy_version"] == v2 and r["decision"] == "deny", r
+
+        # 3. SIGHUP reloads even when nothing changed since the last look.
+        failures = gw.metric("mcp_gateway_policy_reloads_total", '{result="failure"}')
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for("the SIGHUP reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="failure"}') > failures)
+
+        # 4. Back to the original files: the original version, allowed again.
+        (policies / "broken.cedar").unlink()
+        (policies / "freeze.cedar").unlink()
+        wait_for("the original set back", lambda: any(r["policy_version"] == v1 for r in echo_records(gw)[seen:]))
+        assert gw.metric("mcp_gateway_policy_reload_failing") == 0
+        stop.touch()
+        run = finish_agent(agent)
+        agent = None
+    finally:
+        stop.touch()
+        if agent is not None:
+            agent.kill()
+        gw.stop()
+
+    # No call failed for any reason but the policy in force at the time.
+    summary = run.loop
+    assert summary["iterations"] >= 10, summary
+    for error in summary["errors"]:
+        assert error["code"] == -32060, error
+    records = echo_records(gw)
+    for r in records:
+        assert r["decision"] == ("deny" if r["policy_version"] == v2 else "allow"), r
+        assert r["policy_version"] in (v1, v2), r
+    # Denied calls never reached the upstream; allowed ones all did.
+    allowed = sum(r["decision"] == "allow" for r in records)
+    reached = [m for m in tool_calls(upstream, "echo") if m["params"].get("arguments", {}).get("text") == "under reload"]
+    assert len(reached) == allowed
+    assert summary["ok"] == allowed and summary["failed"] == len(records) - allowed

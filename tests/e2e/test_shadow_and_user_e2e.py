@@ -1,0 +1,158 @@
+"""Shadow mode and end users, through the real gateway with a real SDK client
+on real SPIRE identities.
+
+Shadow: a candidate set that forbids `echo` is evaluated beside the enforced
+one; the call still goes through (never enforced), the audit record carries
+the candidate's decision, and the disagreement is counted.
+
+Users: the same agent workload, with a verified end-user token, is allowed
+`echo` for one user and refused it for another, or with no token; a bad token
+is refused with 401 before anything is decided, and the token is never passed
+on to the upstream."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from conftest import AGENT_ID, SERVER_ID
+from gateway_fixtures import POLICY_DIR, start_gateway
+from mcp_fixtures import run_py_agent
+from test_gateway_e2e import ECHO, WEATHER, assert_denied, call, tool_calls
+
+FREEZE = """
+@id("echo-frozen")
+forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");
+"""
+
+ECHO_FOR_ALICE = """
+@id("echo-only-for-alice")
+forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo")
+unless { context has user && context.user.sub == "alice" };
+"""
+
+ISSUER = "https://idp.example"
+AUDIENCE = "spiffe://example.org/ns/demo/sa/gateway"
+
+
+def wait_records(gw, pred, n=1, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [r for r in gw.audit() if pred(r)]
+        if len(got) >= n:
+            return got
+        assert time.monotonic() < deadline, f"no audit record; have {gw.audit()}"
+        time.sleep(0.05)
+
+
+def test_shadow_set_is_evaluated_and_never_enforced(spire, upstream, svids, tmp_path):
+    candidate = tmp_path / "candidate"
+    shutil.copytree(POLICY_DIR, candidate)
+    (candidate / "freeze.cedar").write_text(FREEZE, encoding="utf-8")
+    gw = start_gateway(
+        tmp_path / "gw",
+        spire.endpoint,
+        upstream.url,
+        SERVER_ID,
+        hint="gateway",
+        policy_extra=[f'  shadow_dir: "{candidate}"'],
+    )
+    try:
+        gw.wait_ready()
+        s = svids["agent"]
+        before = len(tool_calls(upstream, "echo"))
+        run = run_py_agent(gw.url, s.cert, s.key, s.bundle, calls=[ECHO, WEATHER])
+        assert call(run, ECHO)["ok"] is True, run.stdout
+        assert call(run, WEATHER)["ok"] is True, run.stdout
+        assert len(tool_calls(upstream, "echo")) == before + 1, "shadow mode must not enforce"
+        echo = wait_records(gw, lambda r: r.get("target") == "echo" and r["caller"] == AGENT_ID)[-1]
+        assert echo["decision"] == "allow"
+        assert echo["shadow"]["decision"] == "deny"
+        assert echo["shadow"]["reason"] == "forbid"
+        assert echo["shadow"]["policy_ids"] == ["echo-frozen"]
+        assert echo["shadow"]["policy_version"] != echo["policy_version"]
+        weather = wait_records(gw, lambda r: r.get("target") == "get_weather")[-1]
+        assert weather["decision"] == "allow" and "shadow" not in weather, weather
+        assert gw.metric("mcp_gateway_shadow_disagreements_total", '{decision="allow",method="tools/call"}') == 1
+        assert gw.metric("mcp_gateway_shadow_policies") > gw.metric("mcp_gateway_policies")
+    finally:
+        gw.stop()
+
+
+@pytest.fixture()
+def idp(tmp_path):
+    """An identity provider: a P-256 key and its JWKS file."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="idp-1", alg="ES256", use="sig")
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk]}), encoding="utf-8")
+
+    def token(sub: str, **over) -> str:
+        now = int(time.time())
+        claims = {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
+        claims.update(over)
+        return jwt.encode(claims, key, algorithm="ES256", headers={"kid": "idp-1"})
+
+    return path, token
+
+
+def test_same_agent_allowed_for_one_user_and_denied_for_another(spire, upstream, svids, tmp_path, idp):
+    jwks, token = idp
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    (policies / "users.cedar").write_text(ECHO_FOR_ALICE, encoding="utf-8")
+    gw = start_gateway(
+        tmp_path / "gw",
+        spire.endpoint,
+        upstream.url,
+        SERVER_ID,
+        hint="gateway",
+        policy_dir=policies,
+        extra_yaml=f'user_auth:\n  jwks_file: "{jwks}"\n  issuer: "{ISSUER}"\n  audience: "{AUDIENCE}"\n',
+    )
+    try:
+        gw.wait_ready()
+        s = svids["agent"]
+
+        def run_as(tok: str | None):
+            headers = [f"Authorization: Bearer {tok}"] if tok else []
+            return run_py_agent(gw.url, s.cert, s.key, s.bundle, calls=[ECHO], headers=headers)
+
+        before = len(tool_calls(upstream, "echo"))
+        alice = run_as(token("alice"))
+        assert call(alice, ECHO)["ok"] is True, alice.stdout
+        assert len(tool_calls(upstream, "echo")) == before + 1
+        record = wait_records(gw, lambda r: r.get("target") == "echo" and r.get("user", {}).get("sub") == "alice")[-1]
+        assert record["decision"] == "allow" and record["caller"] == AGENT_ID
+        assert record["user"] == {"sub": "alice", "iss": ISSUER}
+
+        bob = run_as(token("bob"))
+        denied = assert_denied(call(bob, ECHO), gw)
+        assert denied["reason"] == "forbid" and denied["policy_ids"] == ["echo-only-for-alice"]
+        assert denied["user"]["sub"] == "bob"
+
+        anonymous = run_as(None)
+        denied = assert_denied(call(anonymous, ECHO), gw)
+        assert denied["policy_ids"] == ["echo-only-for-alice"] and "user" not in denied, denied
+        assert len(tool_calls(upstream, "echo")) == before + 1, "denied calls reached the upstream"
+
+        # The token is for the gateway: never passed through.
+        assert not any("authorization" in r["headers"] for r in upstream.requests())
+
+        # Bad tokens: refused before any decision, 401, -32066, audited.
+        bad_tokens = [token("alice", exp=int(time.time()) - 60), token("alice", aud="someone-else"), "not.a.jwt"]
+        for n, bad in enumerate(bad_tokens, start=1):
+            refused = run_as(bad)
+            err = refused.connect_error or call(refused, ECHO)["error"]
+            assert err.get("http_status") == 401, refused.stdout
+            records = wait_records(gw, lambda r: r["reason"] == "user_token", n=n)
+            assert all(r["decision"] == "deny" and r["caller"] == AGENT_ID for r in records)
+        assert len(tool_calls(upstream, "echo")) == before + 1
+    finally:
+        gw.stop()
