@@ -1,5 +1,6 @@
 //! The end user: an optional `Authorization: Bearer <JWT>` verified against a
-//! JWKS file, exposed to policies as `context.user`.
+//! JWKS file, or as a JWT-SVID against the JWT bundles from the SPIFFE
+//! Workload API, exposed to policies as `context.user`.
 //!
 //! The workload is still the caller (its SPIFFE ID from mTLS); the token only
 //! says on whose behalf it calls. A request without a token has no user
@@ -15,11 +16,22 @@
 //! checked, `nbf` when present, with `user_auth.leeway_seconds` of skew.
 //! The token is not forwarded to the upstream: its audience is the gateway.
 //!
+//! JWT-SVID mode (`user_auth.jwt_svid: true`): `sub` must be a SPIFFE ID; the
+//! key is the `kid` authority in the JWT bundle of that ID's trust domain, as
+//! the Workload API delivers it (federated bundles included, kept current).
+//! A trust domain without a bundle, or before the first bundle arrives, is a
+//! refusal. `iss` is not required (SPIRE sets none); `context.user.iss` is
+//! then `spiffe://<trust domain>`.
+//!
 //! Must never: accept an unsigned or HMAC token, accept an expired one, or
 //! treat a token it could not verify as absent.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use spiffe::{JwtSource, SpiffeId};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -30,10 +42,22 @@ use crate::policy::User;
 
 /// Verifies end-user tokens. Built once at start.
 pub struct UserAuth {
-    keys: HashMap<String, (DecodingKey, Validation)>,
-    /// The key to use for a token without `kid`: only when the set has one.
-    only: Option<String>,
+    keys: Keys,
     pub required: bool,
+}
+
+enum Keys {
+    Jwks {
+        keys: HashMap<String, (DecodingKey, Validation)>,
+        /// The key to use for a token without `kid`: only when the set has one.
+        only: Option<String>,
+    },
+    JwtSvid {
+        /// Filled once the Workload API has delivered JWT bundles.
+        source: Arc<OnceLock<JwtSource>>,
+        audience: String,
+        leeway: u64,
+    },
 }
 
 /// Why a request's token was refused (the text goes to the caller and the
@@ -50,15 +74,42 @@ pub enum TokenError {
     Invalid(String),
     #[error("the token's claims are unusable: {0}")]
     Claims(String),
+    #[error("no JWT bundle for the token's trust domain")]
+    NoBundle,
 }
 
 impl UserAuth {
-    pub fn load(config: &UserAuthConfig) -> anyhow::Result<UserAuth> {
+    /// `workload_api`: the endpoint JWT bundles come from (JWT-SVID mode; the
+    /// source is connected in the background, so this never blocks).
+    pub fn load(config: &UserAuthConfig, workload_api: &str) -> anyhow::Result<UserAuth> {
         let path = match &config.keys {
             UserKeys::JwksFile(path) => path,
-            UserKeys::JwtSvid => anyhow::bail!(
-                "user_auth.jwt_svid: verifying end-user JWT-SVIDs is not supported yet; use jwks_file"
-            ),
+            UserKeys::JwtSvid => {
+                let source = Arc::new(OnceLock::new());
+                let slot = Arc::clone(&source);
+                let endpoint = workload_api.to_owned();
+                tokio::spawn(async move {
+                    match JwtSource::builder().endpoint(&endpoint).build().await {
+                        Ok(s) => {
+                            tracing::info!(
+                                "JWT bundles received; end-user JWT-SVIDs can be verified"
+                            );
+                            let _ = slot.set(s);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "JWT bundles unavailable; every end-user token is refused")
+                        }
+                    }
+                });
+                return Ok(UserAuth {
+                    keys: Keys::JwtSvid {
+                        source,
+                        audience: config.audience.clone(),
+                        leeway: config.leeway.as_secs(),
+                    },
+                    required: config.required,
+                });
+            }
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("user_auth.jwks_file: {}: {e}", path.display()))?;
@@ -90,8 +141,7 @@ impl UserAuth {
             .then(|| keys.keys().next().cloned())
             .flatten();
         Ok(UserAuth {
-            keys,
-            only,
+            keys: Keys::Jwks { keys, only },
             required: config.required,
         })
     }
@@ -115,18 +165,78 @@ impl UserAuth {
             .ok_or(TokenError::Malformed)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let kid = match (&header.kid, &self.only) {
-            (Some(kid), _) => kid,
-            (None, Some(only)) => only,
-            (None, None) => return Err(TokenError::UnknownKey),
+        let user = match &self.keys {
+            Keys::Jwks { keys, only } => {
+                let kid = match (&header.kid, only) {
+                    (Some(kid), _) => kid,
+                    (None, Some(only)) => only,
+                    (None, None) => return Err(TokenError::UnknownKey),
+                };
+                let (key, validation) = keys.get(kid).ok_or(TokenError::UnknownKey)?;
+                let claims = decode(token, key, validation)?;
+                User::from_claims_json(claims.get(), None)
+            }
+            Keys::JwtSvid {
+                source,
+                audience,
+                leeway,
+            } => {
+                let source = source.get().ok_or(TokenError::NoBundle)?;
+                let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+                let subject = unverified_subject(token)?;
+                let trust_domain = subject.trust_domain();
+                let bundle = source
+                    .try_bundle_for_trust_domain(&trust_domain)
+                    .ok_or(TokenError::NoBundle)?;
+                let authority = bundle
+                    .find_jwt_authority(kid)
+                    .ok_or(TokenError::UnknownKey)?;
+                let jwk: Jwk = serde_json::from_slice(authority.jwk_json())
+                    .map_err(|e| TokenError::Invalid(format!("bundle key: {e}")))?;
+                let algorithm = algorithm_for(&jwk).map_err(TokenError::Invalid)?;
+                let key = DecodingKey::from_jwk(&jwk)
+                    .map_err(|e| TokenError::Invalid(format!("bundle key: {e}")))?;
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = *leeway;
+                validation.validate_nbf = true;
+                validation.set_audience(&[audience]);
+                validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+                let claims = decode(token, &key, &validation)?;
+                let issuer = format!("spiffe://{trust_domain}");
+                User::from_claims_json(claims.get(), Some(&issuer))
+            }
         };
-        let (key, validation) = self.keys.get(kid).ok_or(TokenError::UnknownKey)?;
-        let data = jsonwebtoken::decode::<Box<RawValue>>(token, key, validation)
-            .map_err(|e| TokenError::Invalid(e.to_string()))?;
-        User::from_claims_json(data.claims.get())
-            .map(|u| Some(Arc::new(u)))
+        user.map(|u| Some(Arc::new(u)))
             .map_err(|e| TokenError::Claims(e.to_string()))
     }
+}
+
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<Box<RawValue>, TokenError> {
+    jsonwebtoken::decode::<Box<RawValue>>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+/// The `sub` of a JWT-SVID before verification, only to pick the bundle that
+/// then verifies it: it must be a SPIFFE ID.
+fn unverified_subject(token: &str) -> Result<SpiffeId, TokenError> {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        sub: String,
+    }
+    let payload = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| B64.decode(p).ok())
+        .ok_or(TokenError::Malformed)?;
+    let subject: Subject = serde_json::from_slice(&payload)
+        .map_err(|_| TokenError::Claims("no string `sub`".to_owned()))?;
+    SpiffeId::new(&subject.sub)
+        .map_err(|_| TokenError::Claims("`sub` is not a SPIFFE ID".to_owned()))
 }
 
 /// The one algorithm a key verifies: its `alg`, or what its type implies.

@@ -180,3 +180,63 @@ fn example_configs_parse() {
     }
     assert!(n >= 2, "expected the example configs in {}", dir.display());
 }
+
+#[test]
+fn policy_watch_shadow_and_user_auth() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.policy.watch_interval, Some(Duration::from_secs(1)));
+    assert!(c.policy.shadow_dir.is_none() && c.user_auth.is_none());
+
+    let text = GOOD.replace(
+        "policy: { dir: policies }",
+        "policy: { dir: policies, shadow_dir: candidate, watch_interval_ms: 0 }\n\
+         user_auth: { jwks_file: jwks.json, issuer: \"https://idp\", audience: gw, required: true }",
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.policy.shadow_dir.as_deref(),
+        Some(Path::new("/etc/gw/candidate"))
+    );
+    assert_eq!(c.policy.watch_interval, None);
+    let u = c.user_auth.unwrap();
+    assert_eq!(u.keys, UserKeys::JwksFile("/etc/gw/jwks.json".into()));
+    assert!(u.required && u.audience == "gw" && u.issuer.as_deref() == Some("https://idp"));
+
+    let bad = [
+        (
+            "policy: { dir: policies, shadow_dir: policies }",
+            "policy.shadow_dir",
+        ),
+        (
+            "policy: { dir: policies, watch_interval_ms: 5 }",
+            "policy.watch_interval_ms",
+        ),
+        ("policy: { dir: policies, reload: yes }", "reload"),
+        (
+            "policy: { dir: policies }\nuser_auth: { jwks_file: j.json, audience: gw }",
+            "user_auth.issuer",
+        ),
+        (
+            "policy: { dir: policies }\nuser_auth: { jwks_file: j.json, jwt_svid: true, audience: gw }",
+            "user_auth",
+        ),
+        (
+            "policy: { dir: policies }\nuser_auth: { jwt_svid: true }",
+            "user_auth.audience",
+        ),
+        (
+            "policy: { dir: policies }\nuser_auth: { jwt_svid: true, audience: gw, issuer: x }",
+            "user_auth.issuer",
+        ),
+        (
+            "policy: { dir: policies }\nuser_auth: { audience: gw, issuer: x }",
+            "user_auth",
+        ),
+    ];
+    for (replacement, field) in bad {
+        let err = parse(&GOOD.replace("policy: { dir: policies }", replacement))
+            .err()
+            .unwrap_or_else(|| panic!("{replacement} should fail"));
+        assert!(format!("{err:#}").contains(field), "{replacement}: {err:#}");
+    }
+}

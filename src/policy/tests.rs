@@ -778,10 +778,12 @@ when { context.time.toTime() < duration("6h") };
     let engine = load(&[("mcp.cedarschema", &schema), ("p.cedar", policies)]);
     let alice = super::User::from_claims_json(
         r#"{"sub":"alice","iss":"https://idp.example","groups":["eng"]}"#,
+        None,
     )
     .unwrap();
     let bob = super::User::from_claims_json(
         r#"{"sub":"bob","iss":"https://idp.example","groups":["eng"]}"#,
+        None,
     )
     .unwrap();
     let decide = |user: Option<&super::User>, now: i64, server_id: &str| {

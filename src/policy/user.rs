@@ -41,11 +41,13 @@ pub enum UserError {
 struct RawClaims<'a>(Vec<(&'a str, &'a RawValue)>);
 
 impl User {
-    /// From the JSON claims of a verified token.
-    pub fn from_claims_json(json: &str) -> Result<User, UserError> {
+    /// From the JSON claims of a verified token. `issuer` stands in for a
+    /// missing `iss` claim (a JWT-SVID has none: its trust domain issues it).
+    pub fn from_claims_json(json: &str, issuer: Option<&str>) -> Result<User, UserError> {
         let RawClaims(raw) =
             serde_json::from_str::<RawClaims<'_>>(json).map_err(|_| UserError::NotAnObject)?;
         let mut claims = BTreeMap::new();
+        let fallback_issuer = issuer;
         let mut subject = None;
         let mut issuer = None;
         for (key, value) in raw {
@@ -60,7 +62,9 @@ impl User {
             }
         }
         let subject = subject.ok_or(UserError::Missing("sub"))?;
-        let issuer = issuer.ok_or(UserError::Missing("iss"))?;
+        let issuer = issuer
+            .or(fallback_issuer.map(str::to_owned))
+            .ok_or(UserError::Missing("iss"))?;
         let mut record = BTreeMap::new();
         record.insert(SmolStr::new_static("sub"), Value::from(subject.as_str()));
         record.insert(SmolStr::new_static("iss"), Value::from(issuer.as_str()));
@@ -119,6 +123,7 @@ mod tests {
     fn claims_become_a_record_and_unrepresentable_claims_are_left_out() {
         let user = User::from_claims_json(
             r#"{"sub":"alice","iss":"https://idp.example","groups":["eng"],"ratio":0.5,"n":null,"age":7}"#,
+            None,
         )
         .unwrap();
         assert_eq!(user.subject(), "alice");
@@ -131,15 +136,15 @@ mod tests {
     #[test]
     fn sub_and_iss_are_required_and_duplicates_refused() {
         assert_eq!(
-            User::from_claims_json(r#"{"iss":"x"}"#).unwrap_err(),
+            User::from_claims_json(r#"{"iss":"x"}"#, None).unwrap_err(),
             UserError::Missing("sub")
         );
         assert_eq!(
-            User::from_claims_json(r#"{"sub":"a","sub":"b","iss":"x"}"#).unwrap_err(),
+            User::from_claims_json(r#"{"sub":"a","sub":"b","iss":"x"}"#, None).unwrap_err(),
             UserError::NotAnObject
         );
         assert_eq!(
-            User::from_claims_json("[1]").unwrap_err(),
+            User::from_claims_json("[1]", None).unwrap_err(),
             UserError::NotAnObject
         );
     }

@@ -183,7 +183,11 @@ impl Gateway {
             ids: CorrelationIds::new(),
             sessions: session::Sessions::new(config.session_idle_timeout, config.max_sessions),
             caller_id_header: config.upstream.caller_id_header.clone(),
-            user_auth: config.user_auth.as_ref().map(UserAuth::load).transpose()?,
+            user_auth: config
+                .user_auth
+                .as_ref()
+                .map(|u| UserAuth::load(u, &config.workload_api.endpoint))
+                .transpose()?,
         })
     }
 

@@ -53,13 +53,16 @@ fn auth(jwks: serde_json::Value, required: bool) -> anyhow::Result<UserAuth> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, jwks.to_string()).unwrap();
-    UserAuth::load(&UserAuthConfig {
-        keys: UserKeys::JwksFile(path),
-        audience: AUD.to_owned(),
-        issuer: Some(ISS.to_owned()),
-        required,
-        leeway: Duration::from_secs(0),
-    })
+    UserAuth::load(
+        &UserAuthConfig {
+            keys: UserKeys::JwksFile(path),
+            audience: AUD.to_owned(),
+            issuer: Some(ISS.to_owned()),
+            required,
+            leeway: Duration::from_secs(0),
+        },
+        "unix:///nonexistent",
+    )
 }
 
 fn bearer(token: &str) -> Vec<u8> {

@@ -283,6 +283,29 @@ class Spire:
                 )
             time.sleep(0.2)
 
+    def fetch_jwt(self, spiffe_id: str, audience: str, *, timeout: float = 30) -> str:
+        """A JWT-SVID for spiffe_id with this audience, from the Workload API
+        (``spire-agent api fetch jwt``, which prints ``token(<id>):`` and the
+        token on the next line for each identity of the caller)."""
+        deadline = time.monotonic() + timeout
+        last = ""
+        while True:
+            proc = subprocess.run(
+                [
+                    str(self.bin_dir / "spire-agent"), "api", "fetch", "jwt",
+                    "-socketPath", str(self.socket_path), "-audience", audience, "-timeout", "5s",
+                ],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            lines = proc.stdout.splitlines()
+            for i, line in enumerate(lines[:-1]):
+                if line.strip() == f"token({spiffe_id}):":
+                    return lines[i + 1].strip()
+            last = (proc.stdout + proc.stderr).strip()[-400:]
+            if time.monotonic() >= deadline:
+                raise SpireError(f"no JWT-SVID for {spiffe_id} after {timeout}s; last: {last}")
+            time.sleep(0.2)
+
     @staticmethod
     def _pick(tmp: Path, spiffe_id: str) -> tuple[Path, Path, Path] | None:
         i = 0

@@ -20,7 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import AGENT_ID, SERVER_ID
+from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent
 from test_gateway_e2e import ECHO, WEATHER, assert_denied, call, tool_calls
@@ -153,6 +153,67 @@ def test_same_agent_allowed_for_one_user_and_denied_for_another(spire, upstream,
             assert err.get("http_status") == 401, refused.stdout
             records = wait_records(gw, lambda r: r["reason"] == "user_token", n=n)
             assert all(r["decision"] == "deny" and r["caller"] == AGENT_ID for r in records)
+        assert len(tool_calls(upstream, "echo")) == before + 1
+    finally:
+        gw.stop()
+
+
+ECHO_FOR_AGENT_B_USER = f"""
+@id("echo-only-on-behalf-of-agent-b")
+forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo")
+unless {{ context has user && context.user.sub == "{AGENT_B_ID}" }};
+"""
+
+
+def test_jwt_svid_from_spire_as_the_end_user(spire, upstream, svids, tmp_path):
+    """user_auth.jwt_svid: the token is a JWT-SVID fetched from real SPIRE,
+    verified against the JWT bundle the gateway gets from the Workload API."""
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    (policies / "users.cedar").write_text(ECHO_FOR_AGENT_B_USER, encoding="utf-8")
+    gw = start_gateway(
+        tmp_path / "gw",
+        spire.endpoint,
+        upstream.url,
+        SERVER_ID,
+        hint="gateway",
+        policy_dir=policies,
+        extra_yaml=f'user_auth:\n  jwt_svid: true\n  audience: "{GATEWAY_ID}"\n',
+    )
+    try:
+        gw.wait_ready()
+        s = svids["agent"]
+
+        def run_as(tok: str):
+            return run_py_agent(gw.url, s.cert, s.key, s.bundle, calls=[ECHO], headers=[f"Authorization: Bearer {tok}"])
+
+        before = len(tool_calls(upstream, "echo"))
+        # The gateway fetches JWT bundles in the background: the first
+        # attempt may be refused (401) until they arrive, never allowed early.
+        deadline = time.monotonic() + 30
+        token_b = spire.fetch_jwt(AGENT_B_ID, GATEWAY_ID)
+        while True:
+            run = run_as(token_b)
+            if not run.connect_error and call(run, ECHO)["ok"]:
+                break
+            assert time.monotonic() < deadline, run.stdout
+            time.sleep(0.2)
+        record = wait_records(gw, lambda r: r.get("target") == "echo" and r.get("decision") == "allow")[-1]
+        assert record["user"] == {"sub": AGENT_B_ID, "iss": "spiffe://example.org"}
+        assert record["caller"] == AGENT_ID
+        assert len(tool_calls(upstream, "echo")) == before + 1
+
+        # Another SPIFFE ID as the user: verified, but the policy says no.
+        other = run_as(spire.fetch_jwt(SERVER_ID, GATEWAY_ID))
+        denied = assert_denied(call(other, ECHO), gw)
+        assert denied["user"]["sub"] == SERVER_ID and denied["policy_ids"] == ["echo-only-on-behalf-of-agent-b"]
+
+        # A JWT-SVID for another audience: refused before any decision.
+        n = len([r for r in gw.audit() if r["reason"] == "user_token"])
+        wrong = run_as(spire.fetch_jwt(AGENT_B_ID, "spiffe://example.org/someone-else"))
+        err = wrong.connect_error or call(wrong, ECHO)["error"]
+        assert err.get("http_status") == 401, wrong.stdout
+        wait_records(gw, lambda r: r["reason"] == "user_token", n=n + 1)
         assert len(tool_calls(upstream, "echo")) == before + 1
     finally:
         gw.stop()
