@@ -186,7 +186,7 @@ impl UserAuth {
                 let subject = unverified_subject(token)?;
                 let trust_domain = subject.trust_domain();
                 let bundle = source
-                    .try_bundle_for_trust_domain(&trust_domain)
+                    .try_bundle_for_trust_domain(trust_domain)
                     .ok_or(TokenError::NoBundle)?;
                 let authority = bundle
                     .find_jwt_authority(kid)
