@@ -432,4 +432,62 @@ permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"
         .expect("an invalid shadow set refuses to start");
         assert!(err.to_string().contains("shadow policies"), "{err}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn decisions_under_load_never_fail_or_mix_sets_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "mcp.cedarschema", SCHEMA);
+        write(dir.path(), "p.cedar", ECHO);
+        let store = Arc::new(PolicyStore::load(&config(dir.path(), None), Metrics::new()).unwrap());
+        let v_echo = store.current().enforced.version().to_owned();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for _ in 0..4 {
+            let (store, stop, v_echo) = (Arc::clone(&store), Arc::clone(&stop), v_echo.clone());
+            workers.push(tokio::spawn(async move {
+                let mut decided = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // One snapshot: its decision must match its own version.
+                    let snapshot = store.current();
+                    let echo_set = snapshot.enforced.version() == v_echo;
+                    let input = crate::policy::PolicyInput {
+                        principal: "spiffe://example.org/ns/demo/sa/agent",
+                        action: "tools/call",
+                        server: "demo",
+                        server_spiffe_id: "spiffe://example.org/ns/demo/sa/mcp-server",
+                        target: crate::policy::Target::Tool("echo"),
+                        arguments: None,
+                        session_id: None,
+                        protocol_version: None,
+                        user: None,
+                        now_unix_ms: 0,
+                    };
+                    let d = snapshot.enforced.decide(&input);
+                    assert_eq!(d.allowed, echo_set, "{d:?}");
+                    decided += 1;
+                    tokio::task::yield_now().await;
+                }
+                decided
+            }));
+        }
+        let mut swaps = 0;
+        for i in 0..20 {
+            let text = if i % 2 == 0 { DELETE } else { ECHO };
+            write(dir.path(), "p.cedar", text);
+            if i % 7 == 3 {
+                write(dir.path(), "bad.cedar", "permit (");
+                assert!(!store.reload(Trigger::Forced).await);
+                std::fs::remove_file(dir.path().join("bad.cedar")).unwrap();
+            }
+            assert!(store.reload(Trigger::Forced).await);
+            swaps += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = 0;
+        for w in workers {
+            total += w.await.expect("no worker panicked");
+        }
+        assert_eq!(swaps, 20);
+        assert!(total > 20, "workers decided only {total} times");
+    }
 }
