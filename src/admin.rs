@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,6 +25,8 @@ use crate::metrics::Metrics;
 pub struct Admin {
     pub identity: Identity,
     pub metrics: Metrics,
+    /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl Admin {
@@ -43,6 +46,10 @@ impl Admin {
                 resp
             }
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" if self.draining.load(Ordering::Relaxed) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: shutting down\n",
+            ),
             "/readyz" if self.identity.is_ready() => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,

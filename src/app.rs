@@ -5,13 +5,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::info;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::audit::AuditLog;
@@ -26,14 +28,20 @@ pub struct App {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub identity: Identity,
+    /// Stops accepting and starts draining the gateway's connections.
+    stop_accepting: watch::Sender<bool>,
+    /// Stops the admin listener and background tasks, after the drain.
     shutdown: watch::Sender<bool>,
+    draining: Arc<AtomicBool>,
+    connections: TaskTracker,
+    listener_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 /// Loads policies, opens the audit sink, binds both listeners and starts
 /// serving. Fails (before serving anything) if policies do not load.
 pub async fn build(config: Config) -> anyhow::Result<App> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_caller_labels(config.metrics_caller_labels);
     let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
     let audit =
         AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
@@ -59,15 +67,24 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         audit,
         metrics.clone(),
     )?);
+    let draining = Arc::new(AtomicBool::new(false));
     let admin = Arc::new(Admin {
         identity: identity.clone(),
         metrics,
+        draining: Arc::clone(&draining),
     });
     let (shutdown, watcher) = watch::channel(false);
+    let (stop_accepting, accepting) = watch::channel(false);
+    let connections = TaskTracker::new();
+    let listener_task = tokio::spawn(listener::serve(
+        listener,
+        Arc::clone(&gateway),
+        accepting,
+        connections.clone(),
+    ));
     let tasks = vec![
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
-        tokio::spawn(listener::serve(listener, gateway, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher)),
     ];
     info!(%listen_addr, %admin_addr, upstream = %config.upstream.url, "gateway listening");
@@ -75,7 +92,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         listen_addr,
         admin_addr,
         identity,
+        stop_accepting,
         shutdown,
+        draining,
+        connections,
+        listener_task,
         tasks,
     })
 }
@@ -94,14 +115,36 @@ async fn sweep_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<boo
 }
 
 impl App {
-    /// Stops accepting, lets connections drain up to `deadline`, then returns.
-    pub async fn shutdown(self, deadline: Duration) {
+    /// Graceful shutdown: `/readyz` turns 503, the listening socket closes
+    /// (new connections are refused), in-flight requests and streams finish
+    /// up to `deadline`; then the admin listener and background tasks stop.
+    /// Returns whether every connection finished in time.
+    pub async fn shutdown(self, deadline: Duration) -> bool {
+        self.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop_accepting.send(true);
+        let _ = self.listener_task.await;
+        self.connections.close();
+        let in_flight = self.connections.len();
+        info!(
+            connections = in_flight,
+            deadline_seconds = deadline.as_secs(),
+            "draining"
+        );
+        let drained = tokio::time::timeout(deadline, self.connections.wait())
+            .await
+            .is_ok();
+        if drained {
+            info!("drained");
+        } else {
+            warn!(
+                connections = self.connections.len(),
+                "drain deadline passed; closing the remaining connections"
+            );
+        }
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(deadline, async {
-            for task in self.tasks {
-                let _ = task.await;
-            }
-        })
-        .await;
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
+        drained
     }
 }

@@ -60,6 +60,10 @@ pub struct Record {
     /// The verified end user, when the request carried a token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<AuditUser>,
+    /// W3C trace id of the request (the caller's, or one the gateway began).
+    pub trace_id: Option<String>,
+    /// The gateway's span id: the parent id the upstream received.
+    pub span_id: Option<String>,
 }
 
 /// What the shadow (candidate) policy set would have decided.

@@ -56,6 +56,26 @@ pub struct Config {
     pub session_idle_timeout: Duration,
     /// At most this many sessions at once; further `initialize`s are refused.
     pub max_sessions: usize,
+    /// After SIGTERM, how long in-flight requests and streams may finish.
+    pub drain_timeout: Duration,
+    pub log: LogConfig,
+    /// Label decisions by caller SPIFFE ID too (unbounded: opt in).
+    pub metrics_caller_labels: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `spiffe_mcp_gateway=debug`;
+    /// `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +169,32 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawShutdown {
+    drain_timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default)]
+    caller_labels: bool,
 }
 
 #[derive(Deserialize)]
@@ -289,6 +335,19 @@ impl RawConfig {
             Some(0) => bail!("limits.max_sessions: must be greater than 0"),
             Some(n) => n,
         };
+        let drain_timeout = match self.shutdown.drain_timeout_seconds {
+            None => DEFAULT_DRAIN,
+            Some(n) if n > 3600 => bail!("shutdown.drain_timeout_seconds: at most 3600"),
+            Some(n) => Duration::from_secs(n),
+        };
+        let level = self.log.level.unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            bail!("log.level: {level:?} is not a level or tracing filter (e.g. info, debug)");
+        }
+        let log = LogConfig {
+            format: self.log.format.unwrap_or(LogFormat::Json),
+            level,
+        };
         let policy = self.policy.validate(base)?;
         let user_auth = self.user_auth.map(|u| u.validate(base)).transpose()?;
         Ok(Config {
@@ -303,9 +362,15 @@ impl RawConfig {
             max_body_bytes,
             session_idle_timeout,
             max_sessions,
+            drain_timeout,
+            log,
+            metrics_caller_labels: self.metrics.caller_labels,
         })
     }
 }
+
+/// Default `shutdown.drain_timeout_seconds`.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(15);
 
 /// Default `policy.watch_interval_ms`.
 const DEFAULT_POLICY_WATCH: Duration = Duration::from_secs(1);

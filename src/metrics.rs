@@ -57,10 +57,18 @@ pub struct Metrics {
     pub policy_reload_failing: IntGauge,
     pub shadow_policy_count: IntGauge,
     shadow_disagreements: IntCounterVec,
+    /// Decisions by caller SPIFFE ID: only when `metrics.caller_labels` is
+    /// set, since every distinct caller is a new series.
+    caller_decisions: Option<IntCounterVec>,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::with_caller_labels(false)
+    }
+
+    /// With `caller_labels`, also `mcp_gateway_caller_decisions_total{caller,decision}`.
+    pub fn with_caller_labels(caller_labels: bool) -> Metrics {
         let registry = Registry::new();
         let m = Metrics {
             decisions: IntCounterVec::new(
@@ -166,9 +174,24 @@ impl Metrics {
                 &["decision", "method"],
             )
             .expect("static metric definition"),
+            caller_decisions: caller_labels.then(|| {
+                IntCounterVec::new(
+                    Opts::new(
+                        "mcp_gateway_caller_decisions_total",
+                        "Policy decisions by caller SPIFFE ID (opt-in: metrics.caller_labels).",
+                    ),
+                    &["caller", "decision"],
+                )
+                .expect("static metric definition")
+            }),
             registry,
         };
         m.register_all();
+        if let Some(c) = &m.caller_decisions {
+            m.registry
+                .register(Box::new(c.clone()))
+                .expect("metric names are unique");
+        }
         // Export the error series at 0 from the start, so a rate() or an
         // alert on them works before the first error.
         for kind in ["upstream_unavailable", "upstream_identity"] {
@@ -208,11 +231,14 @@ impl Metrics {
         }
     }
 
-    pub fn decision(&self, allowed: bool, method: &str) {
+    pub fn decision(&self, allowed: bool, method: &str, caller: &str) {
         let decision = if allowed { "allow" } else { "deny" };
         self.decisions
             .with_label_values(&[decision, method_label(method)])
             .inc();
+        if let Some(c) = &self.caller_decisions {
+            c.with_label_values(&[caller, decision]).inc();
+        }
     }
 
     pub fn policy_reload(&self, success: bool) {
@@ -267,14 +293,28 @@ mod tests {
     #[test]
     fn unknown_methods_share_one_label() {
         let m = Metrics::new();
-        m.decision(false, "tools/call");
-        m.decision(false, "x/evil-1");
-        m.decision(false, "x/evil-2");
+        m.decision(false, "tools/call", "spiffe://example.org/a");
+        m.decision(false, "x/evil-1", "spiffe://example.org/a");
+        m.decision(false, "x/evil-2", "spiffe://example.org/a");
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="other"} 2"#));
         assert!(
             text.contains(r#"mcp_gateway_decisions_total{decision="deny",method="tools/call"} 1"#)
         );
         assert!(!text.contains("evil"));
+        assert!(
+            !text.contains("spiffe://"),
+            "no SPIFFE ID labels unless opted in"
+        );
+    }
+
+    #[test]
+    fn caller_labels_only_when_opted_in() {
+        let m = Metrics::with_caller_labels(true);
+        m.decision(true, "tools/call", "spiffe://example.org/a");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(
+            r#"mcp_gateway_caller_decisions_total{caller="spiffe://example.org/a",decision="allow"} 1"#
+        ));
     }
 }

@@ -100,6 +100,7 @@ pub struct ReplyContext {
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
     pub user: Option<Arc<User>>,
+    pub trace: super::trace::Trace,
     pub lists: Vec<PendingList>,
     /// A 2026-07-28 request whose result may be an `InputRequiredResult`
     /// carrying server-to-client requests to decide.
@@ -455,7 +456,8 @@ impl Gateway {
             now_unix_ms: policy::now_unix_ms(),
         };
         let (decision, shadow) = super::decide_with(&policies, &input, &self.metrics);
-        self.metrics.decision(decision.allowed, method);
+        self.metrics
+            .decision(decision.allowed, method, &self.upstream_id);
         let correlation_id = self.ids.next();
         let record = Record {
             time: now_rfc3339(),
@@ -481,6 +483,8 @@ impl Gateway {
             detail: Some(detail.to_owned()),
             shadow,
             user: ctx.user.as_deref().map(AuditUser::from),
+            trace_id: Some(ctx.trace.trace_id.clone()),
+            span_id: Some(ctx.trace.span_id.clone()),
         };
         self.audit.record(record).await;
         (decision.allowed, correlation_id)
@@ -558,6 +562,8 @@ impl Gateway {
             detail,
             shadow: None,
             user: ctx.user.as_deref().map(AuditUser::from),
+            trace_id: Some(ctx.trace.trace_id.clone()),
+            span_id: Some(ctx.trace.span_id.clone()),
         };
         self.audit.record(record).await;
     }

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::identity::unix_now;
@@ -61,11 +62,14 @@ pub fn peer_from_leaf(der: &[u8]) -> Result<Peer, PeerError> {
     })
 }
 
-/// Accepts connections until `shutdown` flips to true.
+/// Accepts connections until `shutdown` flips to true, then drops the
+/// listening socket (new connections are refused). Each connection runs on
+/// `connections`, so shutdown can wait for them to drain.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
+    connections: TaskTracker,
 ) {
     loop {
         let (tcp, addr) = tokio::select! {
@@ -80,7 +84,7 @@ pub async fn serve(
         };
         let gateway = Arc::clone(&gateway);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(reason) = connection(tcp, gateway.clone(), shutdown).await {
                 gateway.metrics.tls_handshake_failures.inc();
                 debug!(%addr, %reason, "connection refused");
@@ -115,6 +119,7 @@ async fn connection(
         .ok_or_else(|| PeerError::NoCertificate.to_string())?;
     let peer = peer_from_leaf(leaf.as_ref()).map_err(|e| e.to_string())?;
     let expires_in = Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0));
+    let expiry = tokio::time::Instant::now() + expires_in;
 
     let service = {
         let peer = peer.clone();
@@ -127,15 +132,26 @@ async fn connection(
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
-    tokio::select! {
+    let expired = tokio::select! {
         result = conn.as_mut() => return result.map_err(|e| format!("connection error: {e}")),
-        _ = tokio::time::sleep(expires_in) => {
+        _ = tokio::time::sleep_until(expiry) => {
             debug!(spiffe_id = %peer.spiffe_id, "peer certificate expired; closing connection");
+            true
         }
-        _ = shutdown.wait_for(|stop| *stop) => {}
-    }
+        _ = shutdown.wait_for(|stop| *stop) => false,
+    };
+    // In-flight requests and streams finish; no new request is read. At
+    // expiry they get a few seconds; at shutdown the drain deadline bounds
+    // them (the process exits when it passes).
     conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    if expired {
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    } else {
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = tokio::time::sleep_until(expiry) => {}
+        }
+    }
     Ok(())
 }
 

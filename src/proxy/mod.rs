@@ -15,6 +15,7 @@ pub mod listener;
 mod protocol;
 mod reply;
 pub mod session;
+mod trace;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{TokenError, UserAuth};
+use trace::Trace;
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
 const IDENTITY_HEADER_PREFIXES: &[&str] = &[
@@ -154,6 +156,8 @@ struct RequestFacts<'a> {
     user: Option<&'a Arc<User>>,
     /// The policy sets this request is decided with, taken once.
     policies: &'a Policies,
+    /// W3C trace context: the caller's trace continued, or a new one.
+    trace: &'a Trace,
 }
 
 impl Gateway {
@@ -213,12 +217,14 @@ impl Gateway {
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
         let user = self.user_of(headers);
+        let trace = Trace::from_headers(headers);
         let mut facts = RequestFacts {
             peer,
             session_id: session.as_ref().ok().copied().flatten(),
             protocol_version: version.as_ref().ok().copied().flatten(),
             user: None,
             policies: &policies,
+            trace: &trace,
         };
         if parts.uri.path() != self.path {
             return self.refuse_unparsed(ProxyError::NotFound, &facts).await;
@@ -289,8 +295,11 @@ impl Gateway {
             let correlation_id = self.ids.next();
             let verdict = self.decide(message, facts);
             let allowed = verdict.allowed;
-            self.metrics
-                .decision(allowed, message.method.as_deref().unwrap_or("response"));
+            self.metrics.decision(
+                allowed,
+                message.method.as_deref().unwrap_or("response"),
+                &facts.peer.spiffe_id,
+            );
             self.audit_decision(message, facts, verdict, &correlation_id)
                 .await;
             if !allowed {
@@ -397,6 +406,7 @@ impl Gateway {
                     protocol_version: ctx.protocol_version.as_deref(),
                     user: ctx.user.as_ref(),
                     policies: &policies,
+                    trace: &ctx.trace,
                 };
                 self.refuse_unparsed(ProxyError::Session(refusal), &facts)
                     .await
@@ -414,6 +424,7 @@ impl Gateway {
             session_id: facts.session_id.map(str::to_owned),
             protocol_version: facts.protocol_version.map(str::to_owned),
             user: facts.user.cloned(),
+            trace: facts.trace.clone(),
             lists,
             extra_answers: Vec::new(),
             input_requests_possible: false,
@@ -519,6 +530,11 @@ impl Gateway {
             req.headers_mut().remove(header::AUTHORIZATION);
         }
         req.headers_mut()
+            .insert(trace::TRACEPARENT, facts.trace.header());
+        if !facts.trace.continued() {
+            req.headers_mut().remove(trace::TRACESTATE);
+        }
+        req.headers_mut()
             .insert(header::HOST, self.upstream_authority.clone());
         if let Some(name) = &self.caller_id_header
             && let Ok(value) = HeaderValue::from_str(&facts.peer.spiffe_id)
@@ -596,6 +612,8 @@ impl Gateway {
             policy_version: facts.policies.enforced.version().to_owned(),
             shadow: verdict.shadow,
             user: facts.user.map(|u| AuditUser::from(&**u)),
+            trace_id: Some(facts.trace.trace_id.clone()),
+            span_id: Some(facts.trace.span_id.clone()),
             protocol_version: message
                 .protocol_version
                 .as_deref()
@@ -643,6 +661,8 @@ impl Gateway {
             policy_version: facts.policies.enforced.version().to_owned(),
             shadow: None,
             user: facts.user.map(|u| AuditUser::from(&**u)),
+            trace_id: Some(facts.trace.trace_id.clone()),
+            span_id: Some(facts.trace.span_id.clone()),
             protocol_version: facts.protocol_version.map(str::to_owned),
             detail: Some(refusal.to_string()),
         }

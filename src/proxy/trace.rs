@@ -1,0 +1,165 @@
+//! W3C Trace Context (`traceparent`) for one request.
+//!
+//! The gateway is a hop in the caller's trace: a valid incoming `traceparent`
+//! keeps its trace id and flags and gets the gateway's own span id as the new
+//! parent for the upstream; `tracestate` passes through unchanged. Without a
+//! valid `traceparent` the gateway starts a trace (flags `00`, not sampled)
+//! and drops any `tracestate` (the spec forbids reading it then). The trace id
+//! and the gateway's span id go into every audit record of the request, so an
+//! audit line can be joined with the traces of both sides.
+
+use hyper::header::{HeaderMap, HeaderValue};
+use ring::rand::{SecureRandom, SystemRandom};
+
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The gateway's span: 16 lowercase hex digits.
+    pub span_id: String,
+    /// The caller's span, when it sent a valid `traceparent`.
+    pub parent_span_id: Option<String>,
+    flags: String,
+}
+
+impl Trace {
+    /// From the request's headers: continue a valid trace or start one.
+    pub fn from_headers(headers: &HeaderMap) -> Trace {
+        let mut values = headers.get_all(TRACEPARENT).iter();
+        let incoming = match (values.next(), values.next()) {
+            (Some(v), None) => v.to_str().ok().and_then(parse),
+            _ => None,
+        };
+        let span_id = hex(&random::<8>());
+        match incoming {
+            Some((trace_id, parent, flags)) => Trace {
+                trace_id: trace_id.to_owned(),
+                span_id,
+                parent_span_id: Some(parent.to_owned()),
+                flags: flags.to_owned(),
+            },
+            None => Trace {
+                trace_id: hex(&random::<16>()),
+                span_id,
+                parent_span_id: None,
+                flags: "00".to_owned(),
+            },
+        }
+    }
+
+    /// Whether the caller's trace is continued (its `tracestate` may pass).
+    pub fn continued(&self) -> bool {
+        self.parent_span_id.is_some()
+    }
+
+    /// The `traceparent` the upstream gets.
+    pub fn header(&self) -> HeaderValue {
+        let text = format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags);
+        HeaderValue::from_str(&text).expect("hex digits and dashes are a valid header value")
+    }
+}
+
+/// `version-traceid-parentid-flags`, per W3C Trace Context level 1. Version
+/// `00` must have exactly four fields; a higher version may have more (only
+/// the first four are read); version `ff` is invalid, as are all-zero ids
+/// and uppercase hex.
+fn parse(value: &str) -> Option<(&str, &str, &str)> {
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    let mut parts = value.split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let parent = parts.next()?;
+    let flags = parts.next()?;
+    let rest = parts.next();
+    let is_hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let all_zero = |s: &str| s.bytes().all(|b| b == b'0');
+    let ok = is_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || rest.is_none())
+        && is_hex(trace_id, 32)
+        && !all_zero(trace_id)
+        && is_hex(parent, 16)
+        && !all_zero(parent)
+        && is_hex(flags, 2);
+    ok.then_some((trace_id, parent, flags))
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The OS random source; if it ever fails, a fixed id is still a valid
+    // (if unhelpful) trace id, never a reason to fail the request.
+    if SystemRandom::new().fill(&mut out).is_err() || out.iter().all(|b| *b == 0) {
+        out[N - 1] = 1;
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(TRACEPARENT, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    const GOOD: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn a_valid_traceparent_is_continued_with_a_new_span() {
+        let t = Trace::from_headers(&headers(&[GOOD]));
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_ne!(t.span_id, "00f067aa0ba902b7");
+        assert!(t.continued());
+        let sent = t.header();
+        let sent = sent.to_str().unwrap();
+        assert!(sent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && sent.ends_with("-01"));
+        assert_eq!(parse(sent).unwrap().1, t.span_id);
+        // A future version with extra fields is read by its first four.
+        let t = Trace::from_headers(&headers(&[&format!("cc-{}-{}", &GOOD[3..], "extra")]));
+        assert!(t.continued());
+    }
+
+    #[test]
+    fn an_invalid_or_missing_traceparent_starts_a_trace() {
+        for bad in [
+            "",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            let t = Trace::from_headers(&headers(&[bad]));
+            assert!(!t.continued(), "{bad:?} accepted");
+            assert!(parse(t.header().to_str().unwrap()).is_some());
+        }
+        let t = Trace::from_headers(&headers(&[GOOD, GOOD]));
+        assert!(!t.continued(), "two traceparent headers are ambiguous");
+        let a = Trace::from_headers(&HeaderMap::new());
+        let b = Trace::from_headers(&HeaderMap::new());
+        assert_ne!(a.trace_id, b.trace_id);
+    }
+}
