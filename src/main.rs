@@ -4,15 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use spiffe_mcp_gateway::app;
-use spiffe_mcp_gateway::config::{Config, ProcessEnv};
+use spiffe_mcp_gateway::config::{Config, LogFormat, ProcessEnv};
 use spiffe_mcp_gateway::policy::PolicyEngine;
-
-/// Time in-flight requests get to finish after SIGTERM or Ctrl-C.
-const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 
 #[derive(Parser)]
 #[command(version, about = "A SPIFFE-native, zero-trust gateway for MCP")]
@@ -37,15 +33,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let result = match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check { config } => {
+            init_logging(LogFormat::Text, "info");
+            check(&config)
+        }
+        // `serve` logs as its config says, once the config is read.
         Command::Serve { config } => serve(&config),
     };
     match result {
@@ -70,14 +63,34 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs go to stderr (the audit stream is separate: stdout or its file).
+/// `RUST_LOG`, when set, overrides `level`.
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path, &ProcessEnv)?;
+    init_logging(config.log.format, &config.log.level);
+    let drain = config.drain_timeout;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let app = app::build(config).await?;
         wait_for_signal().await;
         tracing::info!("shutting down");
-        app.shutdown(DRAIN_DEADLINE).await;
+        app.shutdown(drain).await;
         Ok(())
     })
 }

@@ -178,6 +178,21 @@ def write_config(
 _ADDR = re.compile(r"listen_addr=(\S+) admin_addr=(\S+)")
 
 
+def _bound_addresses(line: str) -> tuple[str, str] | None:
+    """The listener addresses from the "gateway listening" log line, JSON
+    (the default `log.format`) or text."""
+    if line.startswith("{"):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return None
+        if "listen_addr" in event and "admin_addr" in event:
+            return event["listen_addr"], event["admin_addr"]
+        return None
+    m = _ADDR.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
+    return (m.group(1), m.group(2)) if m else None
+
+
 def start_gateway(run_dir: Path, endpoint: str, upstream_url: str, upstream_id: str, **kw: Any) -> Gateway:
     """Starts the gateway and waits until both listeners are bound (not until ready)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -200,9 +215,9 @@ def start_gateway(run_dir: Path, endpoint: str, upstream_url: str, upstream_id: 
         assert proc.stderr is not None
         for line in iter(proc.stderr.readline, ""):
             lines.append(line)
-            m = _ADDR.search(re.sub(r"\x1b\[[0-9;]*m", "", line))
-            if m and not bound.is_set():
-                addrs.extend(m.groups())
+            found = _bound_addresses(line)
+            if found and not bound.is_set():
+                addrs.extend(found)
                 bound.set()
 
     threading.Thread(target=drain, daemon=True).start()

@@ -33,7 +33,7 @@ def test_tools_list_shows_only_callable_tools(sdk, gateway, svids):
         lambda r: r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID
     )
     hidden = [r for r in records if r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID]
-    assert hidden[-1]["detail"] == "hid 7 of 7 tools the caller may not use"
+    assert hidden[-1]["detail"] == "hid 8 of 8 tools the caller may not use"
 
 
 def test_denied_server_request_never_reaches_the_agent(gateway, upstream, svids):

@@ -54,6 +54,11 @@ def build_server() -> MCPServer:
     def get_weather(city: str) -> str:
         return f"{WEATHER} in {city}"
 
+    @server.tool(description="Answer after `seconds` (an in-flight call for shutdown tests).")
+    async def get_slowly(seconds: float) -> str:
+        await asyncio.sleep(seconds)
+        return f"done after {seconds}s"
+
     @server.tool(description="Delete a repository. Sensitive: a gateway should restrict it.")
     def delete_repository(repo: str) -> str:
         return f"deleted {repo}"
