@@ -1,13 +1,16 @@
 //! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
-//! validates a config and its policies without serving.
+//! validates a config and its policies without serving; `policy test` runs
+//! the test cases of a policy directory ([`cli`]).
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use spiffe_mcp_gateway::app;
+use spiffe_mcp_gateway::cli::{self, CliError, Outcome};
 use spiffe_mcp_gateway::config::{Config, ProcessEnv};
 use spiffe_mcp_gateway::policy::PolicyEngine;
 
@@ -33,26 +36,68 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Test policies, or review who may call what.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the *.test.yaml cases of a policy directory (exit 1 if any fails).
+    Test(cli::policy_test::TestArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The policy tools print their results; logs only for what goes wrong.
+    let default_log = match cli.command {
+        Command::Serve { .. } | Command::Check { .. } => "info",
+        Command::Policy { .. } => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_log)),
         )
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Policy { command } => {
+            return report(match command {
+                PolicyCommand::Test(args) => cli::policy_test::run(&args),
+            });
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a policy tool's result on stdout, or its error on stderr.
+fn report(result: Result<Outcome, CliError>) -> ExitCode {
+    match result {
+        Ok(outcome) => {
+            // Not print!, which panics when stdout is closed early (`| head`).
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(outcome.text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::from(outcome.exit_code),
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(cli::EXIT_BAD_INPUT)
         }
     }
 }
