@@ -1,6 +1,6 @@
 //! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
-//! validates a config and its policies without serving; `policy test` runs
-//! the test cases of a policy directory ([`cli`]).
+//! validates a config and its policies without serving; `policy test` and
+//! `explain` are the policy tooling of [`cli`].
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -36,6 +36,9 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Decide one request with the policies and say why (exits 0 whatever
+    /// the decision).
+    Explain(Box<cli::explain::ExplainArgs>),
     /// Test policies, or review who may call what.
     Policy {
         #[command(subcommand)]
@@ -54,7 +57,7 @@ fn main() -> ExitCode {
     // The policy tools print their results; logs only for what goes wrong.
     let default_log = match cli.command {
         Command::Serve { .. } | Command::Check { .. } => "info",
-        Command::Policy { .. } => "warn",
+        Command::Explain(_) | Command::Policy { .. } => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,6 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config } => serve(&config),
+        Command::Explain(args) => return report(cli::explain::run(&args)),
         Command::Policy { command } => {
             return report(match command {
                 PolicyCommand::Test(args) => cli::policy_test::run(&args),

@@ -1,12 +1,13 @@
 //! The policy tooling on the command line: `policy test` runs the shipped
-//! cases and reports failures. Exit codes: 0 ok, 1 a check failed, 2
-//! unusable input.
+//! cases and reports failures, `explain` decides one request and says why.
+//! Exit codes: 0 ok, 1 a check failed, 2 unusable input.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const AGENT: &str = "spiffe://example.org/ns/demo/sa/agent";
 const AGENT_B: &str = "spiffe://example.org/ns/demo/sa/agent-b";
+const MCP_SERVER: &str = "spiffe://example.org/ns/demo/sa/mcp-server";
 
 /// Exit code, stdout, stderr.
 struct Run {
@@ -165,4 +166,258 @@ fn policy_test_refuses_bad_test_files_and_empty_runs() {
     let run = gateway(&["policy", "test", path(&dir)]);
     assert_eq!(run.code, 2, "{}{}", run.out, run.err);
     assert!(run.err.contains("broken.cedar:2:"), "{}", run.err);
+}
+
+/// `explain` against `dir` with the demo upstream, plus `args`.
+fn explain(dir: &str, args: &[&str]) -> Run {
+    let mut all = vec![
+        "explain",
+        "--policies",
+        dir,
+        "--server",
+        "demo",
+        "--server-spiffe-id",
+        MCP_SERVER,
+    ];
+    all.extend_from_slice(args);
+    gateway(&all)
+}
+
+fn json(run: &Run) -> serde_json::Value {
+    assert_eq!(run.code, 0, "{}{}", run.out, run.err);
+    serde_json::from_str(&run.out).unwrap_or_else(|e| panic!("{e}: {}", run.out))
+}
+
+#[test]
+fn explain_says_allow_forbid_and_default_deny() {
+    let policies = repo("policies");
+    let policies = policies.to_str().unwrap();
+    let run = explain(
+        policies,
+        &[
+            "--principal",
+            AGENT,
+            "--method",
+            "tools/call",
+            "--tool",
+            "echo",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}{}", run.out, run.err);
+    for line in [
+        "decision:",
+        "allow",
+        "reason:",
+        "permit",
+        "[agent-calls-echo-and-getters]",
+        "resource:",
+        "Mcp::Tool::\"demo/echo\"",
+        "policy set:",
+        "sha256:",
+    ] {
+        assert!(run.out.contains(line), "{line}: {}", run.out);
+    }
+    let forbid = json(&explain(
+        policies,
+        &[
+            "--principal",
+            AGENT,
+            "--action",
+            "tools/call",
+            "--tool",
+            "delete_repository",
+            "--arguments",
+            r#"{"repo":"acme/site"}"#,
+            "--time",
+            "2026-01-01T10:00:00Z",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(forbid["allowed"], false);
+    assert_eq!(forbid["reason"], "forbid");
+    assert_eq!(
+        forbid["policy_ids"],
+        serde_json::json!(["nobody-deletes-repos"])
+    );
+    assert_eq!(forbid["errors"], serde_json::Value::Null);
+    assert_eq!(forbid["request"]["arguments"]["repo"], "acme/site");
+    assert_eq!(forbid["request"]["time"], "2026-01-01T10:00:00Z");
+    assert!(
+        forbid["policy_set"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    let deny = json(&explain(
+        policies,
+        &[
+            "--caller",
+            AGENT_B,
+            "--action",
+            "tools/call",
+            "--tool",
+            "echo",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(
+        (&deny["decision"], &deny["reason"], &deny["policy_ids"]),
+        (
+            &serde_json::json!("deny"),
+            &serde_json::json!("default_deny"),
+            &serde_json::json!([])
+        )
+    );
+    let elicit = json(&explain(
+        policies,
+        &[
+            "--principal",
+            MCP_SERVER,
+            "--action",
+            "elicitation/create",
+            "--workload",
+            AGENT,
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(elicit["reason"], "permit");
+    assert_eq!(
+        elicit["request"]["resource"],
+        format!("Mcp::Workload::\"{AGENT}\"")
+    );
+}
+
+#[test]
+fn explain_reports_evaluation_errors_and_users() {
+    let dir = policy_dir(
+        &[
+            (
+                "type ToolArguments = {};",
+                "type ToolArguments = { limit?: Long };",
+            ),
+            (
+                "type UserClaims = {};",
+                "type UserClaims = { groups?: Set<String> };",
+            ),
+        ],
+        &[(
+            "p.cedar",
+            r#"
+@id("eng-may-search")
+permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/search")
+when { context has user && context.user.claims has groups && context.user.claims.groups.contains("eng") };
+
+@id("limit-cap")
+forbid (principal, action == Mcp::Action::"tools/call", resource)
+when { context has arguments && context.arguments has limit && context.arguments.limit > 100 };
+"#,
+        )],
+    );
+    let search = [
+        "--principal",
+        AGENT,
+        "--action",
+        "tools/call",
+        "--tool",
+        "search",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = search.to_vec();
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--format", "json"]);
+        json(&explain(path(&dir), &args))
+    };
+    let eng = r#"{"sub":"alice","iss":"https://idp.example","groups":["eng"]}"#;
+    let sales = r#"{"sub":"bob","iss":"https://idp.example","groups":["sales"]}"#;
+    assert_eq!(with(&[])["reason"], "default_deny");
+    let alice = with(&["--user-claims", eng]);
+    assert_eq!(alice["allowed"], true, "{alice}");
+    assert_eq!(alice["policy_ids"], serde_json::json!(["eng-may-search"]));
+    assert_eq!(alice["request"]["user"]["sub"], "alice");
+    assert_eq!(with(&["--user-claims", sales])["reason"], "default_deny");
+    // A forbid that errors at run time denies, naming the erring policy.
+    let error = with(&["--user-claims", eng, "--arguments", r#"{"limit":"many"}"#]);
+    assert_eq!(error["allowed"], false, "{error}");
+    assert_eq!(error["reason"], "error");
+    assert_eq!(error["policy_ids"], serde_json::json!(["limit-cap"]));
+    assert_eq!(
+        error["errors"]["policy_ids"],
+        serde_json::json!(["limit-cap"])
+    );
+    let mut args = search.to_vec();
+    args.extend_from_slice(&["--user-claims", eng, "--arguments", r#"{"limit":"many"}"#]);
+    let text = explain(path(&dir), &args);
+    assert_eq!(text.code, 0, "{}{}", text.out, text.err);
+    assert!(
+        text.out.contains("error") && text.out.contains("[limit-cap]"),
+        "{}",
+        text.out
+    );
+    assert_eq!(
+        with(&["--user-claims", eng, "--arguments", r#"{"limit":500}"#])["reason"],
+        "forbid"
+    );
+}
+
+#[test]
+fn explain_takes_the_upstream_from_the_config_and_refuses_bad_input() {
+    let config = repo("examples/gateway.yaml");
+    let run = gateway(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--principal",
+        AGENT,
+        "--action",
+        "tools/list",
+        "--format",
+        "json",
+    ]);
+    let report = json(&run);
+    assert_eq!(report["reason"], "permit");
+    assert_eq!(report["request"]["server"], "demo");
+    assert_eq!(report["request"]["server_spiffe_id"], MCP_SERVER);
+    let policies = repo("policies");
+    let policies = policies.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "--principal",
+                AGENT,
+                "--action",
+                "tools/call",
+                "--tool",
+                "echo",
+                "--arguments",
+                "{",
+            ],
+            "--arguments",
+        ),
+        (
+            vec!["--principal", "agent", "--action", "ping"],
+            "--principal",
+        ),
+        (
+            vec![
+                "--principal",
+                AGENT,
+                "--action",
+                "ping",
+                "--user-claims",
+                r#"{"sub":"a"}"#,
+            ],
+            "--user-claims",
+        ),
+        (
+            vec!["--principal", AGENT, "--action", "ping", "--time", "noon"],
+            "--time",
+        ),
+    ] {
+        let run = explain(policies, &args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.out, run.err);
+        assert!(run.err.contains(says), "{args:?}: {}", run.err);
+    }
 }

@@ -1,5 +1,6 @@
 //! Policy tooling on the command line: `policy test` runs declarative test
-//! cases against a policy directory.
+//! cases against a policy directory, `explain` decides one request and says
+//! why.
 //!
 //! Every command decides with the same [`PolicyEngine`] and the same
 //! [`PolicyInput`](crate::policy::PolicyInput) the gateway uses, through the
@@ -10,12 +11,22 @@
 //! Exit codes: 0 success, 1 the check failed (a test case failed, or no
 //! case ran), 2 unusable input ([`CliError`]).
 
+mod engine_log;
+pub mod explain;
 pub mod policy_test;
 mod query;
 
 use std::path::Path;
 
 use crate::policy::{PolicyEngine, PolicyError};
+
+/// Output format of `explain`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+}
 
 /// What a command prints on stdout, and how the process exits.
 #[derive(Debug)]

@@ -56,6 +56,20 @@ impl Query {
     pub(super) fn decide(&self, engine: &PolicyEngine) -> Decision {
         engine.decide(&self.input())
     }
+
+    /// The Cedar resource this query names, e.g. `Mcp::Tool::"demo/echo"`.
+    pub(super) fn resource_entity(&self) -> String {
+        let server = &self.server;
+        match &self.target {
+            OwnedTarget::Server => format!("Mcp::Server::{server:?}"),
+            OwnedTarget::Tool(name) => format!("Mcp::Tool::{:?}", format!("{server}/{name}")),
+            OwnedTarget::Prompt(name) => format!("Mcp::Prompt::{:?}", format!("{server}/{name}")),
+            OwnedTarget::Resource(uri) => {
+                format!("Mcp::Resource::{:?}", format!("{server}/{uri}"))
+            }
+            OwnedTarget::Workload(id) => format!("Mcp::Workload::{id:?}"),
+        }
+    }
 }
 
 impl OwnedTarget {
@@ -125,6 +139,14 @@ pub(super) fn parse_time(text: &str) -> Result<i64, String> {
         .map_err(|e| format!("{text:?} is not an RFC 3339 time: {e}"))?;
     i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
         .map_err(|_| format!("{text:?} is out of range"))
+}
+
+/// Unix milliseconds as RFC 3339 UTC, for output.
+pub(super) fn format_time(unix_ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .ok()
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{unix_ms} ms"))
 }
 
 /// A YAML value as JSON text, or why it has no JSON form. Mapping order is
@@ -201,6 +223,7 @@ mod tests {
             1_764_000_000_500
         );
         assert!(parse_time("2025-11-24").is_err());
+        assert_eq!(format_time(1_764_000_000_000), "2025-11-24T16:00:00Z");
         assert!(check_spiffe_id("spiffe://example.org/ns/demo/sa/agent").is_ok());
         for bad in [
             "alice",
