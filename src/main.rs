@@ -1,6 +1,6 @@
 //! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
-//! validates a config and its policies without serving; `policy test` and
-//! `explain` are the policy tooling of [`cli`].
+//! validates a config and its policies without serving; `policy test`,
+//! `explain` and `policy matrix` are the policy tooling of [`cli`].
 #![forbid(unsafe_code)]
 
 use std::io::Write;
@@ -50,6 +50,9 @@ enum Command {
 enum PolicyCommand {
     /// Run the *.test.yaml cases of a policy directory (exit 1 if any fails).
     Test(cli::policy_test::TestArgs),
+    /// Print who may call which tool, prompt or resource of an inventory;
+    /// with --against OLD_DIR, only what changes.
+    Matrix(cli::matrix::MatrixArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Policy { command } => {
             return report(match command {
                 PolicyCommand::Test(args) => cli::policy_test::run(&args),
+                PolicyCommand::Matrix(args) => cli::matrix::run(&args),
             });
         }
     };

@@ -1,5 +1,6 @@
 //! The policy tooling on the command line: `policy test` runs the shipped
-//! cases and reports failures, `explain` decides one request and says why.
+//! cases and reports failures, `explain` decides one request and says why,
+//! `policy matrix` tabulates who may call what and diffs two policy sets.
 //! Exit codes: 0 ok, 1 a check failed, 2 unusable input.
 
 use std::path::{Path, PathBuf};
@@ -420,4 +421,167 @@ fn explain_takes_the_upstream_from_the_config_and_refuses_bad_input() {
         assert_eq!(run.code, 2, "{args:?}: {}{}", run.out, run.err);
         assert!(run.err.contains(says), "{args:?}: {}", run.err);
     }
+}
+
+fn matrix(args: &[&str]) -> Run {
+    let inventory = repo("examples/matrix/inventory.yaml");
+    let mut all = vec![
+        "policy",
+        "matrix",
+        "--inventory",
+        inventory.to_str().unwrap(),
+        "--time",
+        "2026-01-01T10:00:00Z",
+    ];
+    all.extend_from_slice(args);
+    gateway(&all)
+}
+
+#[test]
+fn matrix_tabulates_the_shipped_policies() {
+    let policies = repo("policies");
+    let run = matrix(&["--policies", policies.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}{}", run.out, run.err);
+    let rows: Vec<Vec<&str>> = run
+        .out
+        .lines()
+        .take(3)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec![
+                "identity",
+                "demo/echo",
+                "demo/get_weather",
+                "demo/delete_repository",
+                "demo/count_roots",
+                "demo/confirm",
+                "demo/ask_roots",
+                "demo/ask_confirm"
+            ],
+            vec![
+                "agent", "allow", "allow", "deny", "allow", "allow", "allow", "allow"
+            ],
+            vec![
+                "agent-b", "deny", "deny", "deny", "deny", "deny", "deny", "deny"
+            ],
+        ]
+    );
+    assert!(
+        run.out.contains(&format!("agent-b = {AGENT_B}")),
+        "{}",
+        run.out
+    );
+    // Columns line up.
+    let header = run.out.lines().next().unwrap();
+    let agent = run.out.lines().nth(1).unwrap();
+    assert_eq!(header.find("demo/echo"), agent.find("allow"), "{}", run.out);
+
+    // The same tools, read from a saved tools/list response.
+    let dir = tempfile::tempdir().unwrap();
+    let inline = std::fs::read_to_string(repo("examples/matrix/inventory.yaml")).unwrap();
+    let tools = inline
+        .lines()
+        .find(|l| l.trim_start().starts_with("tools: ["))
+        .unwrap();
+    let saved = repo("examples/matrix/demo-tools.json");
+    let from = inline.replace(
+        tools,
+        &format!("    tools_from: {:?}", saved.display().to_string()),
+    );
+    std::fs::write(dir.path().join("inv.yaml"), from).unwrap();
+    let run_from = gateway(&[
+        "policy",
+        "matrix",
+        "--inventory",
+        dir.path().join("inv.yaml").to_str().unwrap(),
+        "--policies",
+        policies.to_str().unwrap(),
+    ]);
+    assert_eq!(run_from.code, 0, "{}{}", run_from.out, run_from.err);
+    let table = |text: &str| text.lines().take(3).map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(table(&run_from.out), table(&run.out));
+
+    let json = matrix(&["--policies", policies.to_str().unwrap(), "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&json.out).unwrap();
+    let decisions = report["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 14);
+    let delete = decisions
+        .iter()
+        .find(|d| d["identity"] == AGENT && d["name"] == "delete_repository")
+        .unwrap();
+    assert_eq!(delete["kind"], "tool");
+    assert_eq!(delete["server"], "demo");
+    assert_eq!(delete["allowed"], false);
+    assert_eq!(
+        delete["policy_ids"],
+        serde_json::json!(["nobody-deletes-repos"])
+    );
+}
+
+#[test]
+fn matrix_against_an_older_set_prints_exactly_what_changes() {
+    // Copy of the shipped policies that lets agent-b delete repositories:
+    // a permit, and an exception in the forbid (which would beat it).
+    let demo = shipped("demo.cedar");
+    let forbid = "when { resource.name == \"delete_repository\" };";
+    assert!(demo.contains(forbid), "demo.cedar changed its forbid");
+    let new = demo.replace(
+        forbid,
+        &format!("when {{ resource.name == \"delete_repository\" && principal != Mcp::Workload::\"{AGENT_B}\" }};"),
+    ) + &format!(
+        "\n@id(\"agent-b-deletes-repos\")\npermit (principal == Mcp::Workload::\"{AGENT_B}\", \
+         action == Mcp::Action::\"tools/call\", resource == Mcp::Tool::\"demo/delete_repository\");\n"
+    );
+    let dir = policy_dir(&[], &[("demo.cedar", &new)]);
+    let old = repo("policies");
+    let old = old.to_str().unwrap();
+    let run = matrix(&["--policies", path(&dir), "--against", old]);
+    assert_eq!(run.code, 0, "{}{}", run.out, run.err);
+    let changes: Vec<&str> = run
+        .out
+        .lines()
+        .filter(|l| l.starts_with('+') || l.starts_with('-'))
+        .collect();
+    assert_eq!(
+        changes,
+        [format!(
+            "+ agent-b ({AGENT_B}) may now call demo/delete_repository (by [agent-b-deletes-repos])"
+        )],
+        "{}",
+        run.out
+    );
+    assert!(
+        run.out.contains("1 change: 1 gained, 0 lost"),
+        "{}",
+        run.out
+    );
+
+    let gate = matrix(&[
+        "--policies",
+        path(&dir),
+        "--against",
+        old,
+        "--fail-on-change",
+    ]);
+    assert_eq!(gate.code, 1, "{}{}", gate.out, gate.err);
+    let json = matrix(&[
+        "--policies",
+        old,
+        "--against",
+        path(&dir),
+        "--format",
+        "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&json.out).unwrap();
+    let changes = report["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{report}");
+    assert_eq!(changes[0]["change"], "lost");
+    assert_eq!(changes[0]["identity"], AGENT_B);
+    assert_eq!(changes[0]["new"]["reason"], "forbid");
+    let same = matrix(&["--policies", old, "--against", old, "--fail-on-change"]);
+    assert_eq!(same.code, 0, "{}{}", same.out, same.err);
+    assert!(same.out.contains("no changes"), "{}", same.out);
 }

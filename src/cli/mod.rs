@@ -1,6 +1,7 @@
 //! Policy tooling on the command line: `policy test` runs declarative test
 //! cases against a policy directory, `explain` decides one request and says
-//! why.
+//! why, `policy matrix` tabulates who may call what (or what changed between
+//! two policy directories).
 //!
 //! Every command decides with the same [`PolicyEngine`] and the same
 //! [`PolicyInput`](crate::policy::PolicyInput) the gateway uses, through the
@@ -8,11 +9,14 @@
 //! gateway would decide. They never serve, never contact a Workload API and
 //! never write anywhere but stdout and stderr.
 //!
-//! Exit codes: 0 success, 1 the check failed (a test case failed, or no
-//! case ran), 2 unusable input ([`CliError`]).
+//! Exit codes, for all three: 0 success, 1 the check failed (a test case
+//! failed, no case ran, or `--fail-on-change` saw a change), 2 unusable
+//! input ([`CliError`]).
 
 mod engine_log;
 pub mod explain;
+mod inventory;
+pub mod matrix;
 pub mod policy_test;
 mod query;
 
@@ -20,7 +24,7 @@ use std::path::Path;
 
 use crate::policy::{PolicyEngine, PolicyError};
 
-/// Output format of `explain`.
+/// Output format of `explain` and `policy matrix`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Format {
     #[default]
