@@ -1,12 +1,15 @@
 //! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
-//! validates a config and its policies without serving.
+//! validates a config and its policies without serving; `policy test`,
+//! `explain` and `policy matrix` are the policy tooling of [`cli`].
 #![forbid(unsafe_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use spiffe_mcp_gateway::app;
+use spiffe_mcp_gateway::cli::{self, CliError, Outcome};
 use spiffe_mcp_gateway::config::{Config, LogFormat, ProcessEnv};
 use spiffe_mcp_gateway::policy::PolicyEngine;
 
@@ -29,6 +32,23 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Decide one request with the policies and say why (exits 0 whatever
+    /// the decision).
+    Explain(Box<cli::explain::ExplainArgs>),
+    /// Test policies, or review who may call what.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run the *.test.yaml cases of a policy directory (exit 1 if any fails).
+    Test(cli::policy_test::TestArgs),
+    /// Print who may call which tool, prompt or resource of an inventory;
+    /// with --against OLD_DIR, only what changes.
+    Matrix(cli::matrix::MatrixArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,12 +60,45 @@ fn main() -> ExitCode {
         }
         // `serve` logs as its config says, once the config is read.
         Command::Serve { config } => serve(&config),
+        // The policy tools print their results; logs only for what goes wrong.
+        Command::Explain(args) => {
+            init_logging(LogFormat::Text, "warn");
+            return report(cli::explain::run(&args));
+        }
+        Command::Policy { command } => {
+            init_logging(LogFormat::Text, "warn");
+            return report(match command {
+                PolicyCommand::Test(args) => cli::policy_test::run(&args),
+                PolicyCommand::Matrix(args) => cli::matrix::run(&args),
+            });
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a policy tool's result on stdout, or its error on stderr.
+fn report(result: Result<Outcome, CliError>) -> ExitCode {
+    match result {
+        Ok(outcome) => {
+            // Not print!, which panics when stdout is closed early (`| head`).
+            let mut stdout = std::io::stdout().lock();
+            match stdout
+                .write_all(outcome.text.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                Ok(()) => ExitCode::from(outcome.exit_code),
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(cli::EXIT_BAD_INPUT)
         }
     }
 }
