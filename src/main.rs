@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use spiffe_mcp_gateway::app;
 use spiffe_mcp_gateway::cli::{self, CliError, Outcome};
-use spiffe_mcp_gateway::config::{Config, LogFormat, ProcessEnv};
+use spiffe_mcp_gateway::config::{Config, LogFormat, ProcessEnv, UserKeys};
 use spiffe_mcp_gateway::policy::PolicyEngine;
+use spiffe_mcp_gateway::user_auth::UserAuth;
 
 #[derive(Parser)]
 #[command(version, about = "A SPIFFE-native, zero-trust gateway for MCP")]
@@ -107,6 +108,21 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path, &ProcessEnv)?;
     let policy = PolicyEngine::load_dir(&config.policy_dir)
         .map_err(|e| anyhow::anyhow!("policies in {}: {e}", config.policy_dir.display()))?;
+    if let Some(dir) = &config.policy.shadow_dir {
+        let shadow = PolicyEngine::load_dir(dir)
+            .map_err(|e| anyhow::anyhow!("shadow policies in {}: {e}", dir.display()))?;
+        println!(
+            "ok: {} shadow policies (version {})",
+            shadow.policy_count(),
+            shadow.version()
+        );
+    }
+    // A JWKS file is read now; JWT-SVID bundles only exist at run time.
+    if let Some(auth) = &config.user_auth
+        && matches!(auth.keys, UserKeys::JwksFile(_))
+    {
+        UserAuth::load(auth, &config.workload_api.endpoint)?;
+    }
     println!(
         "ok: config {} and {} policies (version {}) are valid",
         path.display(),

@@ -103,3 +103,48 @@ fn serve_exits_with_a_clear_message_when_policies_do_not_load() {
         "{text}"
     );
 }
+
+#[test]
+fn check_also_loads_the_shadow_set_and_the_jwks_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let shadow = dir.path().join("candidate");
+    std::fs::create_dir(&shadow).unwrap();
+    std::fs::copy(
+        shipped.join("mcp.cedarschema"),
+        shadow.join("mcp.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(shadow.join("bad.cedar"), "forbid (").unwrap();
+    let base = std::fs::read_to_string(examples().join("gateway.yaml"))
+        .unwrap()
+        .replace("\"../policies\"", &format!("{:?}", shipped));
+    let write = |name: &str, extra: &str| {
+        let text = base.replace(
+            &format!("dir: {:?}", shipped),
+            &format!("dir: {:?}\n  shadow_dir: {:?}", shipped, shadow),
+        ) + extra;
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let path = write("shadow.yaml", "");
+    let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("shadow policies") && text.contains("bad.cedar"),
+        "{text}"
+    );
+
+    std::fs::remove_file(shadow.join("bad.cedar")).unwrap();
+    std::fs::write(
+        dir.path().join("jwks.json"),
+        r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#,
+    )
+    .unwrap();
+    let path = write(
+        "users.yaml",
+        "user_auth:\n  jwks_file: jwks.json\n  issuer: https://idp\n  audience: gw\n",
+    );
+    let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok && text.contains("shared secret"), "{text}");
+}
