@@ -8,7 +8,9 @@ import shutil
 import socket
 import subprocess
 import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -23,7 +25,12 @@ SERIES = [
     "mcp_gateway_svid_expiry_timestamp_seconds",
     "mcp_gateway_svid_rotations_total",
     "mcp_gateway_ready 1",
+    'mcp_gateway_policy_reloads_total{result="failure"} 0',
+    "mcp_gateway_policy_reload_failing 0",
+    "mcp_gateway_policies ",
 ]
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_metrics_are_valid_and_complete(gateway, svids):
@@ -41,6 +48,15 @@ def test_metrics_are_valid_and_complete(gateway, svids):
     assert promtool, "promtool not installed (scripts/setup installs the prometheus package)"
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip() == "" and check.stderr.strip() == "", "promtool lint findings: " + check.stdout + check.stderr
+    # Every family exported is documented in the README's metric table.
+    readme = README.read_text(encoding="utf-8")
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) >= 15, families
+    undocumented = [f for f in families if f"`{f}" not in readme]
+    assert not undocumented, f"metrics missing from README: {undocumented}"
+    # No SPIFFE ID labels unless opted in (metrics.caller_labels).
+    assert "spiffe://" not in text
 
 
 def test_health_endpoints(gateway):
@@ -90,6 +106,29 @@ def test_real_prometheus_scrape(gateway, tmp_path):
         jobs = {s["metric"]["job"] for s in result}
         assert jobs == {"gateway"}
         assert any(s["metric"].get("decision") == "allow" for s in result)
+        # The series a dashboard and alerts use, through Prometheus's query API.
+        queries = {
+            "histogram_quantile(0.99, sum by (le) (rate(mcp_gateway_request_duration_seconds_bucket[1m])))": None,
+            'mcp_gateway_upstream_errors_total{kind="upstream_unavailable"}': 0.0,
+            "mcp_gateway_svid_expiry_timestamp_seconds - time() > 0": None,
+            "mcp_gateway_ready": 1.0,
+            'mcp_gateway_policy_reloads_total{result="failure"}': 0.0,
+            "mcp_gateway_policy_reload_failing": 0.0,
+        }
+        for expr, want in queries.items():
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+            deadline = time.monotonic() + 30  # a rate() needs two scrapes
+            while True:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    body = json.load(r)
+                assert body["status"] == "success", (expr, body)
+                series = body["data"]["result"]
+                if series or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert series, f"no series for {expr}"
+            if want is not None:
+                assert float(series[0]["value"][1]) == want, (expr, series)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -28,7 +28,7 @@ from mcp_fixtures import (
 
 AGENT_ID = "spiffe://example.org/ns/demo/sa/agent"
 CALLS = ["list", 'echo:{"text":"hello e2e"}', 'delete_repository:{"repo":"acme/widgets"}']
-TOOLS = {"echo", "get_weather", "delete_repository", "count_roots", "confirm", "ask_roots", "ask_confirm"}
+TOOLS = {"echo", "get_weather", "get_slowly", "delete_repository", "count_roots", "confirm", "ask_roots", "ask_confirm"}
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_tools_list_shows_only_callable_tools(sdk, gateway, svids):
     runner = run_py_agent if sdk == "python" else run_ts_agent
     a, b = svids["agent"], svids["agent-b"]
     run = runner(gateway.url, a.cert, a.key, a.bundle, calls=["list"])
-    assert listed_tools(run) == ["ask_confirm", "ask_roots", "confirm", "count_roots", "echo", "get_weather"]
+    assert listed_tools(run) == ["ask_confirm", "ask_roots", "confirm", "count_roots", "echo", "get_slowly", "get_weather"]
     run_b = runner(gateway.url, b.cert, b.key, b.bundle, calls=["list"])
     assert listed_tools(run_b) == []
     records = gateway.wait_audit(
