@@ -1,0 +1,61 @@
+{{/*
+The gateway's config file (README "Configuration"). Paths are the mounts of
+deployment.yaml; workload_api.socket is left out so SPIFFE_ENDPOINT_SOCKET
+names the socket.
+*/}}
+{{- define "smg.gatewayConfig" -}}
+{{- $c := .Values.config -}}
+{{- $bind := $c.bindAddress -}}
+{{- if contains ":" $bind }}{{ $bind = printf "[%s]" $bind }}{{ end -}}
+listener:
+  address: {{ printf "%s:%d" $bind (int $c.listener.port) | quote }}
+  path: {{ $c.listener.path | quote }}
+admin:
+  address: {{ printf "%s:%d" $bind (int $c.admin.port) | quote }}
+{{- with .Values.workloadApi.svidHint }}
+workload_api:
+  svid_hint: {{ . | quote }}
+{{- end }}
+policy:
+  dir: {{ include "smg.policyDir" . | quote }}
+  {{- if .Values.policies.shadow.enabled }}
+  shadow_dir: {{ include "smg.shadowPolicyDir" . | quote }}
+  {{- end }}
+  watch_interval_ms: {{ int $c.policy.watchIntervalMs }}
+upstream:
+  name: {{ required "config.upstream.name is required" $c.upstream.name | quote }}
+  url: {{ required "config.upstream.url is required" $c.upstream.url | quote }}
+  spiffe_id: {{ required "config.upstream.spiffeId is required" $c.upstream.spiffeId | quote }}
+  {{- if $c.upstream.plaintextLoopback }}
+  plaintext_loopback: true
+  {{- end }}
+  {{- with $c.upstream.callerIdHeader }}
+  caller_id_header: {{ . | quote }}
+  {{- end }}
+{{- if $c.userAuth.enabled }}
+user_auth:
+  {{- if eq $c.userAuth.mode "jwks" }}
+  jwks_file: {{ printf "%s/jwks.json" (include "smg.configDir" .) | quote }}
+  issuer: {{ required "config.userAuth.issuer is required with mode jwks" $c.userAuth.issuer | quote }}
+  {{- else }}
+  jwt_svid: true
+  {{- end }}
+  audience: {{ required "config.userAuth.audience is required" $c.userAuth.audience | quote }}
+  required: {{ $c.userAuth.required }}
+  leeway_seconds: {{ int $c.userAuth.leewaySeconds }}
+{{- end }}
+audit:
+  sink: {{ $c.audit.sink }}
+  {{- if eq $c.audit.sink "file" }}
+  path: {{ $c.audit.path | quote }}
+  {{- end }}
+limits:
+  max_body_bytes: {{ int64 $c.limits.maxBodyBytes }}
+  session_idle_timeout_seconds: {{ int64 $c.limits.sessionIdleTimeoutSeconds }}
+  max_sessions: {{ int64 $c.limits.maxSessions }}
+shutdown:
+  drain_timeout_seconds: {{ int $c.shutdown.drainTimeoutSeconds }}
+log:
+  format: {{ $c.log.format }}
+  level: {{ $c.log.level | quote }}
+{{- end }}
