@@ -58,4 +58,8 @@ shutdown:
 log:
   format: {{ $c.log.format }}
   level: {{ $c.log.level | quote }}
+{{- if $c.metrics.callerLabels }}
+metrics:
+  caller_labels: true
+{{- end }}
 {{- end }}
