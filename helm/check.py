@@ -205,13 +205,7 @@ def extract(args):
             fail("jwks.json has no keys")
         Path(relocate(user["jwks_file"])).write_text(cm["data"]["jwks.json"])
         user["jwks_file"] = relocate(user["jwks_file"])
-    for key in args.strip or []:
-        config.pop(key, None)
     (out / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    if "shadow_dir" in config["policy"]:
-        # `check` loads policy.dir only: a second config checks the shadow set.
-        shadow = dict(config, policy={"dir": config["policy"]["shadow_dir"]})
-        (out / "gateway-shadow.yaml").write_text(yaml.safe_dump(shadow, sort_keys=False))
 
 
 def dashboard(args):
@@ -250,7 +244,6 @@ def main():
     e = sub.add_parser("extract")
     e.add_argument("file")
     e.add_argument("dir")
-    e.add_argument("--strip", action="append", help="leave this top-level config key out")
     e.set_defaults(fn=extract)
     d = sub.add_parser("dashboard")
     d.add_argument("json")
