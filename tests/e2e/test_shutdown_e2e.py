@@ -145,3 +145,17 @@ def test_traceparent_is_continued_or_started_and_audited(gateway, upstream, svid
     assert "tracestate" not in reached[-1]["headers"], "tracestate without a valid traceparent is dropped"
     records = gateway.wait_audit(lambda r: r.get("span_id") == new_parent)
     assert next(r for r in records if r.get("span_id") == new_parent)["trace_id"] == new_trace
+
+
+def test_logs_are_json_lines_with_levels_and_apart_from_audit(gateway):
+    """Default log.format: one JSON object per line on stderr, with a level;
+    the audit stream (here a file) holds only audit records."""
+    import json
+
+    lines = [line for line in gateway.log_lines if line.strip()]
+    assert lines, "the gateway logged nothing"
+    events = [json.loads(line) for line in lines]
+    assert all(e.get("level") in {"TRACE", "DEBUG", "INFO", "WARN", "ERROR"} for e in events), lines[:3]
+    assert any(e.get("message") == "gateway listening" for e in events)
+    for record in gateway.audit():
+        assert "level" not in record and "correlation_id" in record
