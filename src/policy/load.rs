@@ -65,8 +65,9 @@ pub(super) fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
     let schema = parse_schema(schema_file)?;
     let types = entity_types(&schema, &schema_file.name)?;
     let mut loaded = Vec::new();
+    let mut first_file = HashMap::new();
     for (index, file) in policy_files.iter().enumerate() {
-        parse_policies(file, index, &policy_files, &mut loaded)?;
+        parse_policies(file, index, &policy_files, &mut loaded, &mut first_file)?;
     }
     let policies =
         PolicySet::from_policies(loaded.iter().map(|p| p.policy.clone())).map_err(|e| {
@@ -180,11 +181,13 @@ fn entity_types(schema: &Schema, file: &str) -> Result<EntityTypes, PolicyError>
 }
 
 /// Parses one policy file; each policy gets its `@id` as its Cedar id.
+/// `first_file` maps each `@id` seen so far to its file.
 fn parse_policies(
     file: &SourceFile,
     file_index: usize,
     files: &[&SourceFile],
     loaded: &mut Vec<LoadedPolicy>,
+    first_file: &mut HashMap<String, usize>,
 ) -> Result<(), PolicyError> {
     let set = PolicySet::from_str(&file.text).map_err(|e| {
         let (line, column) = primary_location(&e, &file.text).unwrap_or((1, 1));
@@ -232,17 +235,15 @@ fn parse_policies(
                 });
             }
         };
-        if let Some(first) = loaded
-            .iter()
-            .find(|p| AsRef::<str>::as_ref(p.policy.id()) == id)
-        {
+        if let Some(&first) = first_file.get(id) {
             return Err(PolicyError::DuplicateId {
                 file: file.name.clone(),
                 line: line(),
                 id: id.to_owned(),
-                first_file: files[first.file].name.clone(),
+                first_file: files[first].name.clone(),
             });
         }
+        first_file.insert(id.to_owned(), file_index);
         let policy = policy.new_id(PolicyId::new(id));
         loaded.push(LoadedPolicy {
             policy,
@@ -264,13 +265,14 @@ fn validate(
     files: &[&SourceFile],
 ) -> Result<(), PolicyError> {
     let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
-    let file_of = |id: &PolicyId| {
-        loaded
-            .iter()
-            .find(|p| p.policy.id() == id)
-            .map(|p| files[p.file])
-    };
-    let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of(id) {
+    if result.validation_passed() && result.validation_warnings().next().is_none() {
+        return Ok(());
+    }
+    let file_of: HashMap<&PolicyId, &SourceFile> = loaded
+        .iter()
+        .map(|p| (p.policy.id(), files[p.file]))
+        .collect();
+    let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of.get(id) {
         Some(file) => {
             let (line, column) = primary_location(error, &file.text).unwrap_or((1, 1));
             format!("{}:{line}:{column}: {error}", file.name)
