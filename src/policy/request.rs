@@ -236,14 +236,18 @@ fn context(
     {
         put("protocol_version", Value::from(version));
     }
-    if reads.reads("arguments") || reads.reads("arguments_representable") {
-        let mut representable = true;
-        if let Some(raw) = input.arguments {
+    let mut representable = true;
+    if let Some(raw) = input.arguments {
+        if reads.reads("arguments") {
             match args::to_cedar_record(raw) {
                 Some(arguments) => put("arguments", arguments),
                 None => representable = false,
             }
+        } else if reads.reads("arguments_representable") {
+            representable = args::is_representable(raw);
         }
+    }
+    if reads.reads("arguments_representable") {
         put("arguments_representable", Value::from(representable));
     }
     Ok(ast::Context::Value(Arc::new(record)))
