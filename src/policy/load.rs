@@ -11,15 +11,16 @@ use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet,
-    PrincipalConstraint, Schema, ValidationMode, ValidationWarning, Validator,
+    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema,
+    ValidationMode, ValidationWarning, Validator,
 };
 use cedar_policy_core::ast;
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
 
+use super::index::{ActionIndex, Rule};
 use super::request::EntityTypes;
-use super::{ActionEntry, PolicyEngine, PolicyError, ResourceKinds, Target};
+use super::{ActionEntry, PolicyEngine, PolicyError, ResourceKinds};
 
 const SCHEMA_EXT: &str = "cedarschema";
 const POLICY_EXT: &str = "cedar";
@@ -65,8 +66,9 @@ pub(super) fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
     let schema = parse_schema(schema_file)?;
     let types = entity_types(&schema, &schema_file.name)?;
     let mut loaded = Vec::new();
+    let mut first_file = HashMap::new();
     for (index, file) in policy_files.iter().enumerate() {
-        parse_policies(file, index, &policy_files, &mut loaded)?;
+        parse_policies(file, index, &policy_files, &mut loaded, &mut first_file)?;
     }
     let policies =
         PolicySet::from_policies(loaded.iter().map(|p| p.policy.clone())).map_err(|e| {
@@ -81,14 +83,19 @@ pub(super) fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
         &loaded,
         &policy_files,
     )?;
-    let actions = index_actions(&schema, &types, &loaded)?;
+    let rules: Vec<Rule> = loaded
+        .iter()
+        .map(|p| Rule::new(&p.policy, p.policy.id().as_ref(), &types))
+        .collect();
+    let actions = index_actions(&schema, &types, &loaded, &rules)?;
     tracing::info!(policies = loaded.len(), actions = actions.len(), %version, "policy set loaded");
     Ok(PolicyEngine {
         version,
         policy_count: loaded.len(),
         actions,
+        rules,
         types,
-        authorizer: Authorizer::new(),
+        no_slots: Default::default(),
     })
 }
 
@@ -180,11 +187,13 @@ fn entity_types(schema: &Schema, file: &str) -> Result<EntityTypes, PolicyError>
 }
 
 /// Parses one policy file; each policy gets its `@id` as its Cedar id.
+/// `first_file` maps each `@id` seen so far to its file.
 fn parse_policies(
     file: &SourceFile,
     file_index: usize,
     files: &[&SourceFile],
     loaded: &mut Vec<LoadedPolicy>,
+    first_file: &mut HashMap<String, usize>,
 ) -> Result<(), PolicyError> {
     let set = PolicySet::from_str(&file.text).map_err(|e| {
         let (line, column) = primary_location(&e, &file.text).unwrap_or((1, 1));
@@ -232,17 +241,15 @@ fn parse_policies(
                 });
             }
         };
-        if let Some(first) = loaded
-            .iter()
-            .find(|p| AsRef::<str>::as_ref(p.policy.id()) == id)
-        {
+        if let Some(&first) = first_file.get(id) {
             return Err(PolicyError::DuplicateId {
                 file: file.name.clone(),
                 line: line(),
                 id: id.to_owned(),
-                first_file: files[first.file].name.clone(),
+                first_file: files[first].name.clone(),
             });
         }
+        first_file.insert(id.to_owned(), file_index);
         let policy = policy.new_id(PolicyId::new(id));
         loaded.push(LoadedPolicy {
             policy,
@@ -264,13 +271,14 @@ fn validate(
     files: &[&SourceFile],
 ) -> Result<(), PolicyError> {
     let result = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
-    let file_of = |id: &PolicyId| {
-        loaded
-            .iter()
-            .find(|p| p.policy.id() == id)
-            .map(|p| files[p.file])
-    };
-    let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of(id) {
+    if result.validation_passed() && result.validation_warnings().next().is_none() {
+        return Ok(());
+    }
+    let file_of: HashMap<&PolicyId, &SourceFile> = loaded
+        .iter()
+        .map(|p| (p.policy.id(), files[p.file]))
+        .collect();
+    let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of.get(id) {
         Some(file) => {
             let (line, column) = primary_location(error, &file.text).unwrap_or((1, 1));
             format!("{}:{line}:{column}: {error}", file.name)
@@ -310,11 +318,12 @@ fn validate(
 }
 
 /// Builds the per-action index: which resource kinds the action applies
-/// to, and which policies can apply to it, in general and per principal.
+/// to, and which policies can apply to it, by principal and resource.
 fn index_actions(
     schema: &Schema,
     types: &EntityTypes,
     loaded: &[LoadedPolicy],
+    rules: &[Rule],
 ) -> Result<HashMap<Box<str>, ActionEntry>, PolicyError> {
     let index_error = |e: &dyn std::fmt::Display| PolicyError::Index {
         message: e.to_string(),
@@ -322,6 +331,8 @@ fn index_actions(
     let action_entities = schema.action_entities().map_err(|e| index_error(&e))?;
     let has_groups = schema.action_groups().next().is_some();
     let mut actions = HashMap::new();
+    // Each method's uid with the groups it is in.
+    let mut methods: Vec<(&EntityUid, HashSet<&EntityUid>)> = Vec::new();
     for uid in schema.actions() {
         if uid.type_name().to_string() != ACTION_TYPE {
             continue;
@@ -330,89 +341,44 @@ fn index_actions(
         if resources == ResourceKinds::default() {
             continue; // an action group, not a method
         }
-        let ancestors: HashSet<&EntityUid> = action_entities
-            .ancestors(uid)
-            .into_iter()
-            .flatten()
-            .collect();
-        let applies = |p: &&LoadedPolicy| match p.policy.action_constraint() {
-            ActionConstraint::Any => true,
-            ActionConstraint::Eq(a) => &a == uid,
-            ActionConstraint::In(list) => list.iter().any(|a| a == uid || ancestors.contains(a)),
-        };
-        let (general, by_principal) = index_principals(loaded.iter().filter(applies), types)?;
+        let core_uid: &ast::EntityUID = uid.as_ref();
         let entry = ActionEntry {
-            uid: uid.clone(),
+            uid: ast::EntityUIDEntry::known(core_uid.clone(), None),
             resources,
             entity: if has_groups {
                 action_entity(&action_entities, uid)
             } else {
                 None
             },
-            general,
-            by_principal,
+            index: ActionIndex::default(),
         };
         actions.insert(uid.id().unescaped().into(), entry);
+        let groups = action_entities.ancestors(uid).into_iter().flatten();
+        methods.push((uid, groups.collect()));
     }
-    Ok(actions)
-}
-
-/// Splits the policies of one action into those for any principal and, per
-/// Workload named in a policy's principal scope, those plus its own.
-fn index_principals<'a>(
-    policies: impl Iterator<Item = &'a LoadedPolicy>,
-    types: &EntityTypes,
-) -> Result<(PolicySet, HashMap<Box<str>, PolicySet>), PolicyError> {
-    let mut general = Vec::new();
-    let mut specific: HashMap<Box<str>, Vec<Policy>> = HashMap::new();
-    for loaded in policies {
-        let named = match loaded.policy.principal_constraint() {
-            PrincipalConstraint::Eq(uid)
-            | PrincipalConstraint::In(uid)
-            | PrincipalConstraint::IsIn(_, uid)
-                if uid.type_name().as_ref() == &types.workload =>
-            {
-                Some(uid)
-            }
-            _ => None,
+    for (position, (policy, rule)) in loaded.iter().zip(rules).enumerate() {
+        let position = u32::try_from(position).map_err(|e| index_error(&e))?;
+        let constraint = policy.policy.action_constraint();
+        let applies = |(uid, groups): &&(&EntityUid, HashSet<&EntityUid>)| match &constraint {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(a) => a == *uid,
+            ActionConstraint::In(list) => list.iter().any(|a| a == *uid || groups.contains(a)),
         };
-        match named {
-            Some(uid) => specific
-                .entry(uid.id().unescaped().into())
-                .or_default()
-                .push(loaded.policy.clone()),
-            None => general.push(loaded.policy.clone()),
+        for (uid, _) in methods.iter().filter(applies) {
+            if let Some(entry) = actions.get_mut(uid.id().unescaped()) {
+                entry.index.insert(position, rule);
+            }
         }
     }
-    let set = |policies: Vec<Policy>| {
-        PolicySet::from_policies(policies).map_err(|e| PolicyError::Index {
-            message: e.to_string(),
-        })
-    };
-    let mut by_principal = HashMap::with_capacity(specific.len());
-    for (principal, mut own) in specific {
-        own.extend(general.iter().cloned());
-        by_principal.insert(principal, set(own)?);
-    }
-    Ok((set(general)?, by_principal))
+    Ok(actions)
 }
 
 /// The target kinds whose entity type the action lists as a resource.
 fn resource_kinds(schema: &Schema, action: &EntityUid, types: &EntityTypes) -> ResourceKinds {
     let mut kinds = ResourceKinds::default();
     for name in schema.resources_for_action(action).into_iter().flatten() {
-        let name: &ast::EntityType = name.as_ref();
-        let target = [
-            (&types.server, Target::Server),
-            (&types.tool, Target::Tool("")),
-            (&types.prompt, Target::Prompt("")),
-            (&types.resource, Target::Resource("")),
-            (&types.workload, Target::Workload("")),
-        ];
-        for (type_name, target) in target {
-            if name == type_name {
-                kinds.insert(target.kind());
-            }
+        if let Some(kind) = types.kind(name.as_ref()) {
+            kinds.insert(kind);
         }
     }
     kinds

@@ -56,16 +56,22 @@
 //! reason `error` and the erroring policies' ids.
 //!
 //! # Cost
-//! Cedar has no policy slicing: it evaluates every policy it is given. So
-//! policies are indexed at load by action (action groups resolved) and by
-//! principal (policies whose scope names one `Mcp::Workload`); a decision
-//! evaluates only the policies that can apply to its action and principal.
-//! Per message, `request` builds two small entities and the context without
-//! re-evaluating or re-closing them (see there); nothing is parsed but the
-//! tool arguments. About 7 us per decision with the demo policies, most of
-//! it Cedar's evaluator (`benches/decision.rs`).
+//! Cedar has no policy slicing: its authorizer evaluates every policy it
+//! is given, so a decision would cost more with every policy loaded. Here
+//! a decision does what Cedar's authorizer does over the whole set, for
+//! the policies that can apply only (see `index`): they are looked up by
+//! action, principal and resource; their scopes are matched here, exactly
+//! as Cedar would over the entities this module builds; Cedar's evaluator
+//! (`cedar-policy-core`) evaluates the `when`/`unless` conditions of those
+//! whose scope matched, and nothing else. The request is built only when
+//! such a condition exists, with the context attributes the conditions may
+//! read (see `request`). The property test in `equivalence_tests` checks
+//! the decisions against `cedar_policy::Authorizer` over the whole set.
+//! Figures: `benches/decision.rs`.
+//!
 
 mod args;
+mod index;
 mod load;
 mod request;
 mod user;
@@ -73,18 +79,19 @@ mod user;
 pub use user::{User, UserError};
 
 #[cfg(test)]
+mod equivalence_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use cedar_policy::{
-    AuthorizationError, Authorizer, Decision as CedarDecision, EntityUid, PolicyId, PolicySet,
-    Response,
-};
-use cedar_policy_core::ast;
+use cedar_policy_core::ast::{self, Effect, EntityUIDEntry, Literal, SlotEnv, Value, ValueKind};
+use cedar_policy_core::evaluator::Evaluator;
+use cedar_policy_core::extensions::Extensions;
 
-use request::EntityTypes;
+use index::{ActionIndex, Candidates, ContextReads, EntityRef, Rule};
+use request::{EntityTypes, Resource};
 
 /// One message to decide, borrowed from the parsed request.
 #[derive(Debug, Clone, Copy)]
@@ -154,22 +161,32 @@ pub struct PolicyEngine {
     version: String,
     policy_count: usize,
     actions: HashMap<Box<str>, ActionEntry>,
+    /// Every policy; the indexes hold positions in it.
+    rules: Vec<Rule>,
     types: EntityTypes,
-    authorizer: Authorizer,
+    /// Static policies have no slots: one empty environment for all.
+    no_slots: SlotEnv,
 }
 
 /// Everything one action needs at decision time, built at load.
 struct ActionEntry {
-    uid: EntityUid,
+    uid: EntityUIDEntry,
     /// Resource kinds the schema lets this action apply to.
     resources: ResourceKinds,
     /// The action entity with its groups, only when the schema has action
     /// groups (`action in Mcp::Action::"group"` needs it in the store).
     entity: Option<ast::Entity>,
-    /// Policies that can apply to this action for any principal.
-    general: PolicySet,
-    /// `general` plus the policies whose scope names this principal.
-    by_principal: HashMap<Box<str>, PolicySet>,
+    /// The policies that can apply to this action, by principal and
+    /// resource.
+    index: ActionIndex,
+}
+
+/// The satisfied and the erroring policies of one decision.
+#[derive(Default)]
+struct Outcome<'a> {
+    permits: Vec<&'a str>,
+    forbids: Vec<&'a str>,
+    errors: Vec<&'a str>,
 }
 
 /// A set of [`Target`] kinds, one bit each.
@@ -265,40 +282,28 @@ impl Decision {
         }
     }
 
-    /// Maps Cedar's response; any evaluation error denies (fail closed).
-    fn from_response(response: &Response) -> Decision {
-        let diagnostics = response.diagnostics();
-        let mut errored: Vec<String> = diagnostics
-            .errors()
-            .map(|error| match error {
-                AuthorizationError::PolicyEvaluationError(e) => {
-                    tracing::debug!(policy = %e.policy_id(), error = %e, "policy evaluation error");
-                    policy_id(e.policy_id())
-                }
-            })
-            .collect();
-        if !errored.is_empty() {
-            errored.sort_unstable();
-            return Decision::deny(DecisionReason::Error, errored);
-        }
-        let mut ids: Vec<String> = diagnostics.reason().map(policy_id).collect();
-        ids.sort_unstable();
-        match response.decision() {
-            CedarDecision::Allow => Decision {
+    /// Cedar's decision over the evaluated policies, labelled: any
+    /// evaluation error denies (fail closed), then a forbid overrides the
+    /// permits, and without a permit the message is denied by default.
+    fn from_outcome(outcome: Outcome<'_>) -> Decision {
+        let ids = |mut ids: Vec<&str>| {
+            ids.sort_unstable();
+            ids.into_iter().map(str::to_owned).collect()
+        };
+        if !outcome.errors.is_empty() {
+            Decision::deny(DecisionReason::Error, ids(outcome.errors))
+        } else if !outcome.forbids.is_empty() {
+            Decision::deny(DecisionReason::Forbidden, ids(outcome.forbids))
+        } else if !outcome.permits.is_empty() {
+            Decision {
                 allowed: true,
-                policy_ids: ids,
+                policy_ids: ids(outcome.permits),
                 reason: DecisionReason::Permitted,
-            },
-            CedarDecision::Deny if ids.is_empty() => Decision::deny(DecisionReason::NoPermit, ids),
-            CedarDecision::Deny => Decision::deny(DecisionReason::Forbidden, ids),
+            }
+        } else {
+            Decision::deny(DecisionReason::NoPermit, Vec::new())
         }
     }
-}
-
-/// The `@id` (engine policy ids are the `@id` values). `Display` would
-/// escape and is several times slower.
-fn policy_id(id: &PolicyId) -> String {
-    AsRef::<str>::as_ref(id).to_owned()
 }
 
 impl Target<'_> {
@@ -320,12 +325,6 @@ impl ResourceKinds {
 
     fn contains(self, other: ResourceKinds) -> bool {
         self.0 & other.0 == other.0 && other.0 != 0
-    }
-}
-
-impl ActionEntry {
-    fn policies_for(&self, principal: &str) -> &PolicySet {
-        self.by_principal.get(principal).unwrap_or(&self.general)
     }
 }
 
@@ -358,15 +357,108 @@ impl PolicyEngine {
             tracing::debug!(action = input.action, target = ?input.target, "resource kind not declared for this action");
             return Decision::deny(DecisionReason::Error, Vec::new());
         }
-        let built = request::build(&self.types, input, &action.uid, action.entity.as_ref());
+        let time = match request::check(input) {
+            Ok(time) => time,
+            Err(message) => return cannot_build(input, &message),
+        };
+        let resource = Resource::of(input);
+        let scope = (
+            EntityRef {
+                kind: Target::Workload("").kind(),
+                id: input.principal,
+                server: None,
+            },
+            resource.entity(),
+        );
+        let candidates = action.index.candidates(input.principal, &scope.1);
+        let (mut reads, mut conditions, mut matched) = (ContextReads::default(), false, false);
+        for rule in self.matching(&candidates, &scope) {
+            matched = true;
+            conditions |= rule.conditions.is_some();
+            reads = reads.union(rule.reads);
+        }
+        if !matched {
+            // What Cedar answers when no policy applies.
+            return Decision::deny(DecisionReason::NoPermit, Vec::new());
+        }
+        if !conditions {
+            // Only scopes to decide: nothing for Cedar to evaluate.
+            return Decision::from_outcome(self.evaluate(&candidates, &scope, None));
+        }
+        let entry = (&action.uid, action.entity.as_ref());
+        let built = request::build(&self.types, input, &resource, entry, time, reads);
         let (request, entities) = match built {
             Ok(built) => built,
-            Err(message) => {
-                tracing::debug!(action = input.action, %message, "cannot build Cedar request");
-                return Decision::deny(DecisionReason::Error, Vec::new());
-            }
+            Err(message) => return cannot_build(input, &message),
         };
-        let policies = action.policies_for(input.principal);
-        Decision::from_response(&self.authorizer.is_authorized(&request, policies, &entities))
+        let evaluator = Evaluator::new(request, &entities, Extensions::all_available());
+        Decision::from_outcome(self.evaluate(&candidates, &scope, Some(&evaluator)))
     }
+
+    /// The candidates whose scope matches the principal and resource.
+    fn matching<'a>(
+        &'a self,
+        candidates: &'a Candidates<'a>,
+        (principal, resource): &'a (EntityRef<'a>, EntityRef<'a>),
+    ) -> impl Iterator<Item = &'a Rule> {
+        candidates
+            .iter()
+            .map(|rule| &self.rules[rule])
+            .filter(|rule| rule.scope_matches(principal, resource))
+    }
+
+    /// Evaluates the policies whose scope matches as Cedar's authorizer
+    /// does: satisfied, not, or an error. Without conditions a policy is
+    /// satisfied; `evaluator` is `None` only when none has conditions.
+    fn evaluate<'a>(
+        &'a self,
+        candidates: &'a Candidates<'a>,
+        scope: &'a (EntityRef<'a>, EntityRef<'a>),
+        evaluator: Option<&Evaluator<'_>>,
+    ) -> Outcome<'a> {
+        let mut outcome = Outcome::default();
+        for rule in self.matching(candidates, scope) {
+            let result = match (&rule.conditions, evaluator) {
+                (None, _) => Ok(true),
+                (Some(conditions), Some(evaluator)) => self.satisfied(rule, conditions, evaluator),
+                (Some(_), None) => Err(()),
+            };
+            match (result, rule.effect) {
+                (Ok(true), Effect::Permit) => outcome.permits.push(&rule.id),
+                (Ok(true), Effect::Forbid) => outcome.forbids.push(&rule.id),
+                (Ok(false), _) => {}
+                (Err(()), _) => outcome.errors.push(&rule.id),
+            }
+        }
+        outcome
+    }
+
+    /// Cedar's evaluation of a policy's conditions: a boolean or an error.
+    fn satisfied(
+        &self,
+        rule: &Rule,
+        conditions: &ast::Expr,
+        evaluator: &Evaluator<'_>,
+    ) -> Result<bool, ()> {
+        match evaluator.interpret(conditions, &self.no_slots) {
+            Ok(Value {
+                value: ValueKind::Lit(Literal::Bool(satisfied)),
+                ..
+            }) => Ok(satisfied),
+            // Cedar's `scope && conditions` makes this a type error.
+            Ok(other) => {
+                tracing::debug!(policy = %rule.id, value = %other, "policy conditions are not a boolean");
+                Err(())
+            }
+            Err(error) => {
+                tracing::debug!(policy = %rule.id, %error, "policy evaluation error");
+                Err(())
+            }
+        }
+    }
+}
+
+fn cannot_build(input: &PolicyInput<'_>, message: &str) -> Decision {
+    tracing::debug!(action = input.action, %message, "cannot build Cedar request");
+    Decision::deny(DecisionReason::Error, Vec::new())
 }

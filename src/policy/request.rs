@@ -1,31 +1,35 @@
 //! Per-message Cedar inputs: the principal and resource entities, the
 //! context, and the request, built from plain values.
 //!
-//! This is the one place that uses `cedar-policy-core` (pinned to the exact
-//! version `cedar-policy` uses) rather than `cedar-policy`'s public API. The
-//! public constructors evaluate every attribute as a restricted expression
-//! and recompute the transitive closure of the entity store on every call:
-//! that was ~8 of the ~14 us of a decision. The entities built here have a
-//! hierarchy known in advance (a workload has no parents; a tool, prompt or
-//! resource has exactly its server, which has none; an action entity comes
-//! from the schema with its closure computed), so the closure is asserted,
-//! not recomputed, and attributes are stored as values. The result is
-//! converted into the public types for the authorizer.
+//! Built with `cedar-policy-core` (pinned to the exact version
+//! `cedar-policy` uses) rather than `cedar-policy`'s public API, and handed
+//! to Cedar's evaluator as they are. The public constructors evaluate every
+//! attribute as a restricted expression and recompute the transitive
+//! closure of the entity store on every call: that was ~8 of the ~14 us of
+//! a decision. The entities built here have a hierarchy known in advance (a
+//! workload has no parents; a tool, prompt or resource has exactly its
+//! server, which has none; an action entity comes from the schema with its
+//! closure computed), so the closure is asserted, not recomputed, and
+//! attributes are stored as values. The context holds only the attributes
+//! the policies at hand may read ([`ContextReads`]): parsing the tool
+//! arguments and making a `datetime` are the costly ones.
 //!
 //! Must never build an entity whose ancestors are not closed, nor two
 //! entities with the same uid.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use cedar_policy::{Context, Entities, EntityUid, Request};
-use cedar_policy_core::ast::{self, Eid, EntityUID, ExtensionFunction, Name, PartialValue, Value};
-use cedar_policy_core::entities::{self as core_entities, NoEntitiesSchema, TCComputation};
+use cedar_policy_core::ast::{
+    self, Eid, EntityUID, EntityUIDEntry, ExtensionFunction, Name, PartialValue, Value,
+};
+use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
-use super::args;
-use super::{PolicyInput, Target};
+use super::index::{ContextReads, EntityRef};
+use super::{PolicyInput, ResourceKinds, Target, args};
 
 /// The entity types the gateway builds, parsed once at load.
 pub(super) struct EntityTypes {
@@ -36,26 +40,102 @@ pub(super) struct EntityTypes {
     pub(super) resource: ast::EntityType,
 }
 
+/// A message's resource entity id and the server it belongs to, computed
+/// once for the index lookup and the entity.
+pub(super) struct Resource<'a> {
+    kind: ResourceKinds,
+    /// `<server>/<name>` for tools, prompts and resources.
+    id: Cow<'a, str>,
+    server: Option<&'a str>,
+}
+
+/// The decision time as the RFC 3339 text Cedar's `datetime` reads,
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+#[derive(Clone, Copy)]
+pub(super) struct Time([u8; 24]);
+
+impl EntityTypes {
+    /// The target kind built with entity type `name`, if any.
+    pub(super) fn kind(&self, name: &ast::EntityType) -> Option<ResourceKinds> {
+        let kinds = [
+            (&self.server, Target::Server),
+            (&self.tool, Target::Tool("")),
+            (&self.prompt, Target::Prompt("")),
+            (&self.resource, Target::Resource("")),
+            (&self.workload, Target::Workload("")),
+        ];
+        kinds
+            .into_iter()
+            .find(|(type_name, _)| *type_name == name)
+            .map(|(_, target)| target.kind())
+    }
+}
+
+impl<'a> Resource<'a> {
+    pub(super) fn of(input: &PolicyInput<'a>) -> Resource<'a> {
+        let (id, server) = match input.target {
+            Target::Server => (Cow::Borrowed(input.server), None),
+            Target::Workload(id) => (Cow::Borrowed(id), None),
+            Target::Tool(name) | Target::Prompt(name) | Target::Resource(name) => {
+                let mut id = String::with_capacity(input.server.len() + 1 + name.len());
+                id.push_str(input.server);
+                id.push('/');
+                id.push_str(name);
+                (Cow::Owned(id), Some(input.server))
+            }
+        };
+        Resource {
+            kind: input.target.kind(),
+            id,
+            server,
+        }
+    }
+
+    pub(super) fn entity(&self) -> EntityRef<'_> {
+        EntityRef {
+            kind: self.kind,
+            id: &self.id,
+            server: self.server,
+        }
+    }
+}
+
+/// Refuses what no request can be built from (an ID that is not a SPIFFE
+/// ID, a time Cedar cannot represent), before the index is consulted, so
+/// that the refusal does not depend on which policies exist.
+pub(super) fn check(input: &PolicyInput<'_>) -> Result<Time, String> {
+    let not_spiffe = |id: &str| format!("not a SPIFFE ID: {id:?}");
+    split_spiffe_id(input.principal).ok_or_else(|| not_spiffe(input.principal))?;
+    if let Target::Workload(id) = input.target {
+        split_spiffe_id(id).ok_or_else(|| not_spiffe(id))?;
+    }
+    Time::at(input.now_unix_ms)
+}
+
 /// Builds the request and its entity store: the principal, the resource
 /// (unless it is the principal itself) and, when the schema has action
-/// groups, the action entity.
+/// groups, the action entity. The context holds what `reads` asks for of
+/// the costly attributes, and everything else.
 pub(super) fn build(
     types: &EntityTypes,
     input: &PolicyInput<'_>,
-    action_uid: &EntityUid,
-    action_entity: Option<&ast::Entity>,
-) -> Result<(Request, Entities), String> {
+    resource: &Resource<'_>,
+    action: (&EntityUIDEntry, Option<&ast::Entity>),
+    time: Time,
+    reads: ContextReads,
+) -> Result<(ast::Request, Entities), String> {
     let principal = workload(types, input.principal)?;
     let principal_uid = principal.uid().clone();
     let resource = match input.target {
         Target::Workload(id) if id == input.principal => None,
-        _ => Some(resource(types, input)?),
+        _ => Some(resource_entity(types, input, resource)?),
     };
     let resource_uid = resource
         .as_ref()
         .map_or_else(|| principal_uid.clone(), |r| r.uid().clone());
+    let (action_uid, action_entity) = action;
     let entities = [Some(principal), resource, action_entity.cloned()];
-    let entities = core_entities::Entities::from_entities(
+    let entities = Entities::from_entities(
         entities.into_iter().flatten(),
         None::<&NoEntitiesSchema>,
         // Closed by construction, see the module doc.
@@ -63,15 +143,13 @@ pub(super) fn build(
         Extensions::all_available(),
     )
     .map_err(|e| e.to_string())?;
-    let request = Request::new(
-        EntityUid::from(principal_uid),
+    let request = ast::Request::new_unchecked(
+        EntityUIDEntry::known(principal_uid, None),
         action_uid.clone(),
-        EntityUid::from(resource_uid),
-        context(input)?,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
-    Ok((request, Entities::from(entities)))
+        EntityUIDEntry::known(resource_uid, None),
+        Some(context(input, time, reads)?),
+    );
+    Ok((request, entities))
 }
 
 /// `Mcp::Workload::"<id>"` with `trust_domain` and `path`.
@@ -84,7 +162,11 @@ fn workload(types: &EntityTypes, spiffe_id: &str) -> Result<ast::Entity, String>
 
 /// The resource entity; tools, prompts and resources are children of their
 /// server (`<server>/<name>`).
-fn resource(types: &EntityTypes, input: &PolicyInput<'_>) -> Result<ast::Entity, String> {
+fn resource_entity(
+    types: &EntityTypes,
+    input: &PolicyInput<'_>,
+    resource: &Resource<'_>,
+) -> Result<ast::Entity, String> {
     let (entity_type, attr, value) = match input.target {
         Target::Server => {
             let attrs = [("spiffe_id", input.server_spiffe_id)];
@@ -95,12 +177,13 @@ fn resource(types: &EntityTypes, input: &PolicyInput<'_>) -> Result<ast::Entity,
         Target::Prompt(name) => (&types.prompt, "name", name),
         Target::Resource(uri) => (&types.resource, "uri", uri),
     };
-    let mut id = String::with_capacity(input.server.len() + 1 + value.len());
-    id.push_str(input.server);
-    id.push('/');
-    id.push_str(value);
     let server = EntityUID::from_components(types.server.clone(), Eid::new(input.server), None);
-    Ok(entity(entity_type, &id, [(attr, value)], Some(server)))
+    Ok(entity(
+        entity_type,
+        &resource.id,
+        [(attr, value)],
+        Some(server),
+    ))
 }
 
 /// An entity with string attributes and at most one parent (which has no
@@ -123,68 +206,103 @@ fn entity<const N: usize>(
 }
 
 /// `time`, `upstream_spiffe_id`, `session_id?`, `protocol_version?`,
-/// `user?`, `arguments?`, `arguments_representable`.
-fn context(input: &PolicyInput<'_>) -> Result<Context, String> {
+/// `user?`, `arguments?`, `arguments_representable`: those a candidate
+/// policy may read (see [`ContextReads`]); no policy can tell the others
+/// absent.
+fn context(
+    input: &PolicyInput<'_>,
+    time: Time,
+    reads: ContextReads,
+) -> Result<ast::Context, String> {
     let mut record = BTreeMap::new();
-    record.insert(SmolStr::new_static("time"), datetime(input.now_unix_ms)?);
-    record.insert(
-        SmolStr::new_static("upstream_spiffe_id"),
-        Value::from(input.server_spiffe_id),
-    );
-    if let Some(user) = input.user {
-        record.insert(SmolStr::new_static("user"), user.value().clone());
+    let mut put = |name: &'static str, value: Value| {
+        record.insert(SmolStr::new_static(name), value);
+    };
+    if reads.reads("time") {
+        put("time", time.value()?);
     }
-    if let Some(session_id) = input.session_id {
-        record.insert(SmolStr::new_static("session_id"), Value::from(session_id));
+    if reads.reads("upstream_spiffe_id") {
+        put("upstream_spiffe_id", Value::from(input.server_spiffe_id));
     }
-    if let Some(version) = input.protocol_version {
-        record.insert(
-            SmolStr::new_static("protocol_version"),
-            Value::from(version),
-        );
+    if let Some(user) = input.user.filter(|_| reads.reads("user")) {
+        put("user", user.value().clone());
+    }
+    if let Some(session_id) = input.session_id.filter(|_| reads.reads("session_id")) {
+        put("session_id", Value::from(session_id));
+    }
+    if let Some(version) = input
+        .protocol_version
+        .filter(|_| reads.reads("protocol_version"))
+    {
+        put("protocol_version", Value::from(version));
     }
     let mut representable = true;
     if let Some(raw) = input.arguments {
-        match args::to_cedar_record(raw) {
-            Some(arguments) => {
-                record.insert(SmolStr::new_static("arguments"), arguments);
+        if reads.reads("arguments") {
+            match args::to_cedar_record(raw) {
+                Some(arguments) => put("arguments", arguments),
+                None => representable = false,
             }
-            None => representable = false,
+        } else if reads.reads("arguments_representable") {
+            representable = args::is_representable(raw);
         }
     }
-    record.insert(
-        SmolStr::new_static("arguments_representable"),
-        Value::from(representable),
-    );
-    Ok(Context::from(ast::Context::Value(Arc::new(record))))
+    if reads.reads("arguments_representable") {
+        put("arguments_representable", Value::from(representable));
+    }
+    Ok(ast::Context::Value(Arc::new(record)))
 }
 
-/// A Cedar `datetime` for a Unix time in milliseconds, made by Cedar's own
-/// `datetime` constructor (its value type is private) from the RFC 3339 text.
-fn datetime(unix_ms: i64) -> Result<Value, String> {
-    static CONSTRUCTOR: std::sync::LazyLock<Option<&'static ExtensionFunction>> =
-        std::sync::LazyLock::new(|| {
-            let name: Name = "datetime".parse().ok()?;
-            Extensions::all_available().func(&name).ok()
-        });
-    let constructor =
-        CONSTRUCTOR.ok_or_else(|| "Cedar's datetime extension is not available".to_owned())?;
-    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
-        .map_err(|e| e.to_string())?;
-    let text = format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        at.year(),
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second(),
-        at.millisecond()
-    );
-    match constructor.call(&[Value::from(text.as_str())]) {
-        Ok(PartialValue::Value(v)) => Ok(v),
-        Ok(PartialValue::Residual(_)) => Err("datetime is not concrete".to_owned()),
-        Err(e) => Err(e.to_string()),
+impl Time {
+    /// The text for a Unix time in milliseconds; Cedar reads years 0000 to
+    /// 9999 only.
+    fn at(unix_ms: i64) -> Result<Time, String> {
+        let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+            .map_err(|e| e.to_string())?;
+        let year = u32::try_from(at.year())
+            .ok()
+            .filter(|year| *year <= 9999)
+            .ok_or_else(|| format!("time out of range: {unix_ms} ms"))?;
+        let mut text = *b"0000-00-00T00:00:00.000Z";
+        let fields = [
+            (0, 4, year),
+            (5, 2, u32::from(u8::from(at.month()))),
+            (8, 2, u32::from(at.day())),
+            (11, 2, u32::from(at.hour())),
+            (14, 2, u32::from(at.minute())),
+            (17, 2, u32::from(at.second())),
+            (20, 3, u32::from(at.millisecond())),
+        ];
+        for (start, width, mut value) in fields {
+            for digit in text[start..start + width].iter_mut().rev() {
+                // value % 10 < 10: the cast cannot truncate.
+                *digit = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        }
+        Ok(Time(text))
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits and separators are ever written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// A Cedar `datetime`, made by Cedar's own `datetime` constructor (its
+    /// value type is private) from the text.
+    fn value(self) -> Result<Value, String> {
+        static CONSTRUCTOR: std::sync::LazyLock<Option<&'static ExtensionFunction>> =
+            std::sync::LazyLock::new(|| {
+                let name: Name = "datetime".parse().ok()?;
+                Extensions::all_available().func(&name).ok()
+            });
+        let constructor =
+            CONSTRUCTOR.ok_or_else(|| "Cedar's datetime extension is not available".to_owned())?;
+        match constructor.call(&[Value::from(self.as_str())]) {
+            Ok(PartialValue::Value(v)) => Ok(v),
+            Ok(PartialValue::Residual(_)) => Err("datetime is not concrete".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

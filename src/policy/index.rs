@@ -1,0 +1,344 @@
+//! The policy index: which policies apply to a message, found by looking
+//! up its action, principal and resource instead of evaluating every policy.
+//!
+//! Cedar evaluates every policy it is given, as the expression
+//! `principal && action && resource && conditions` (scope first, left to
+//! right), so its cost grows with the policy set. Here a decision does what
+//! that evaluation would, in three steps:
+//!
+//! 1. Lookup. Each policy is filed at load, for every action it applies to
+//!    (action groups resolved by `load`), under the workload its principal
+//!    scope names (or "any principal") and under the resource its resource
+//!    scope names: an exact entity (`==`, `in`, `is .. in`), every tool,
+//!    prompt and resource of a server (`in Mcp::Server::"s"`), an entity
+//!    type (`is`), or "any resource". A lookup yields the policies filed
+//!    under keys the message has: a superset of those whose scope matches.
+//! 2. Scope. [`EntityScope::matches`] decides the principal and resource
+//!    scopes exactly as Cedar would over the entities `request` builds: a
+//!    workload has no parents; a tool, prompt or resource has exactly its
+//!    server, which has none. Cedar's scope tests cannot fail, so a policy
+//!    whose scope does not match is false, never an error.
+//! 3. Conditions. Cedar's evaluator evaluates the `when`/`unless`
+//!    conditions (`like` included) of the policies whose scope matched;
+//!    none is read here.
+//!
+//! Must never drop a policy that could apply: only the scope is read, and a
+//! scope on an entity type the gateway never builds is filed under "any"
+//! and matched (as never equal) rather than guessed about. The property
+//! test in `tests` compares decisions with Cedar's over the whole set.
+
+use std::collections::HashMap;
+
+use cedar_policy::{EntityUid, Policy, PrincipalConstraint, ResourceConstraint};
+use cedar_policy_core::ast::{self, Effect, ExprKind, Var};
+
+use super::request::EntityTypes;
+use super::{ResourceKinds, Target};
+
+/// Positions of rules, by entity id.
+type ById = HashMap<Box<str>, Vec<u32>>;
+
+/// One policy as a decision evaluates it.
+pub(super) struct Rule {
+    /// The `@id`.
+    pub(super) id: Box<str>,
+    pub(super) effect: Effect,
+    pub(super) principal: EntityScope,
+    pub(super) resource: EntityScope,
+    /// The `when` and `unless` clauses as one expression, as Cedar holds
+    /// them; `None` when there are none (the policy applies on its scope).
+    pub(super) conditions: Option<ast::Expr>,
+    pub(super) reads: ContextReads,
+}
+
+/// A principal or resource scope. Entity types are the target kinds the
+/// gateway builds; `None` is a type it never builds, which no entity of a
+/// request has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum EntityScope {
+    Any,
+    Eq(Option<ResourceKinds>, Box<str>),
+    In(Option<ResourceKinds>, Box<str>),
+    Is(Option<ResourceKinds>),
+    IsIn(Option<ResourceKinds>, Option<ResourceKinds>, Box<str>),
+}
+
+/// A request's principal or resource, as scopes see it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct EntityRef<'a> {
+    pub(super) kind: ResourceKinds,
+    /// The entity id, e.g. `demo/get_weather` for a tool of `demo`.
+    pub(super) id: &'a str,
+    /// The server a tool, prompt or resource is `in`: its only ancestor.
+    pub(super) server: Option<&'a str>,
+}
+
+/// The context attributes a policy's conditions may read, one bit each;
+/// a decision builds only those its policies may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct ContextReads(u8);
+
+/// The policies of one action, by principal and then by resource.
+#[derive(Default)]
+pub(super) struct ActionIndex {
+    /// Policies whose principal scope names no single workload.
+    any_principal: ResourceIndex,
+    /// Policies whose principal scope names this workload (`==`, `in`,
+    /// `is .. in`).
+    by_principal: HashMap<Box<str>, ResourceIndex>,
+}
+
+/// Positions in the engine's rules, by resource scope.
+#[derive(Default)]
+struct ResourceIndex {
+    /// No resource scope, or one on a type the gateway never builds.
+    any: Vec<u32>,
+    /// `resource is T`.
+    by_kind: Vec<(ResourceKinds, Vec<u32>)>,
+    /// `resource == U`, `resource in U`, `resource is T in U`: they can
+    /// match when the resource is U. By U's kind, then U's id.
+    by_uid: Vec<(ResourceKinds, ById)>,
+    /// `resource in Mcp::Server::"s"` (and `is T in` it): they can also
+    /// match a tool, prompt or resource of server `s`.
+    in_server: ById,
+}
+
+/// The lists of policies a lookup found, four (see
+/// [`ResourceIndex::lookup`]) from each principal bucket; no policy is in
+/// two of them.
+pub(super) struct Candidates<'a> {
+    lists: [&'a [u32]; 8],
+}
+
+impl Rule {
+    pub(super) fn new(policy: &Policy, id: &str, types: &EntityTypes) -> Rule {
+        let (principal, resource) = EntityScope::of(policy, types);
+        let policy: &ast::Policy = policy.as_ref();
+        let conditions = policy.non_scope_constraints().cloned();
+        Rule {
+            id: id.into(),
+            effect: policy.effect(),
+            principal,
+            resource,
+            reads: conditions
+                .as_ref()
+                .map_or(ContextReads::default(), ContextReads::of),
+            conditions,
+        }
+    }
+
+    /// Whether the scope matches: Cedar's `principal && resource` scope
+    /// tests (the action is settled by the index).
+    pub(super) fn scope_matches(
+        &self,
+        principal: &EntityRef<'_>,
+        resource: &EntityRef<'_>,
+    ) -> bool {
+        self.principal.matches(principal) && self.resource.matches(resource)
+    }
+}
+
+impl EntityScope {
+    /// The principal and resource scopes of `policy`.
+    fn of(policy: &Policy, types: &EntityTypes) -> (EntityScope, EntityScope) {
+        let kind = |name: &cedar_policy::EntityTypeName| types.kind(name.as_ref());
+        let id = |uid: &EntityUid| Box::from(uid.id().unescaped());
+        let principal = match policy.principal_constraint() {
+            PrincipalConstraint::Any => EntityScope::Any,
+            PrincipalConstraint::Eq(u) => EntityScope::Eq(kind(u.type_name()), id(&u)),
+            PrincipalConstraint::In(u) => EntityScope::In(kind(u.type_name()), id(&u)),
+            PrincipalConstraint::Is(t) => EntityScope::Is(kind(&t)),
+            PrincipalConstraint::IsIn(t, u) => {
+                EntityScope::IsIn(kind(&t), kind(u.type_name()), id(&u))
+            }
+        };
+        let resource = match policy.resource_constraint() {
+            ResourceConstraint::Any => EntityScope::Any,
+            ResourceConstraint::Eq(u) => EntityScope::Eq(kind(u.type_name()), id(&u)),
+            ResourceConstraint::In(u) => EntityScope::In(kind(u.type_name()), id(&u)),
+            ResourceConstraint::Is(t) => EntityScope::Is(kind(&t)),
+            ResourceConstraint::IsIn(t, u) => {
+                EntityScope::IsIn(kind(&t), kind(u.type_name()), id(&u))
+            }
+        };
+        (principal, resource)
+    }
+
+    /// Cedar's `==`, `in`, `is` and `is .. in` for an entity whose only
+    /// possible ancestor is its server.
+    pub(super) fn matches(&self, entity: &EntityRef<'_>) -> bool {
+        let is = |kind: &Option<ResourceKinds>| *kind == Some(entity.kind);
+        let eq = |kind: &Option<ResourceKinds>, id: &str| is(kind) && id == entity.id;
+        let within = |kind: &Option<ResourceKinds>, id: &str| {
+            eq(kind, id) || (*kind == Some(Target::Server.kind()) && entity.server == Some(id))
+        };
+        match self {
+            EntityScope::Any => true,
+            EntityScope::Eq(kind, id) => eq(kind, id),
+            EntityScope::In(kind, id) => within(kind, id),
+            EntityScope::Is(kind) => is(kind),
+            EntityScope::IsIn(type_kind, kind, id) => is(type_kind) && within(kind, id),
+        }
+    }
+
+    /// The uid this scope names, if it names one the gateway builds, and
+    /// whether entities under it (`in`) match too.
+    fn named(&self) -> Option<(ResourceKinds, &str, bool)> {
+        match self {
+            EntityScope::Eq(Some(kind), id) => Some((*kind, id, false)),
+            EntityScope::In(Some(kind), id) | EntityScope::IsIn(_, Some(kind), id) => {
+                Some((*kind, id, true))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ContextReads {
+    /// Every attribute the gateway builds.
+    const ATTRIBUTES: [&str; 7] = [
+        "time",
+        "upstream_spiffe_id",
+        "session_id",
+        "protocol_version",
+        "user",
+        "arguments",
+        "arguments_representable",
+    ];
+    const ALL: ContextReads = ContextReads(u8::MAX);
+
+    /// The bit of one attribute; a name the gateway does not build stands
+    /// for all, so that the reader and the builder cannot disagree.
+    pub(super) fn attribute(name: &str) -> ContextReads {
+        match Self::ATTRIBUTES.iter().position(|a| *a == name) {
+            Some(bit) => ContextReads(1 << bit),
+            None => ContextReads::ALL,
+        }
+    }
+
+    /// What `conditions` may read of the context. `context` met anywhere
+    /// but directly under `.attr`, `has attr` or `has attr.more` may read
+    /// it all (`context == {..}`); an attribute read by name is the only
+    /// one read.
+    fn of(conditions: &ast::Expr) -> ContextReads {
+        let is_context = |e: &ast::Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
+        let mut reads = ContextReads::default();
+        let (mut seen, mut named) = (0usize, 0usize);
+        for e in conditions.subexpressions() {
+            let attr = match e.expr_kind() {
+                ExprKind::Var(Var::Context) => {
+                    seen += 1;
+                    continue;
+                }
+                ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                    if is_context(expr) =>
+                {
+                    attr
+                }
+                ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => attrs.first(),
+                _ => continue,
+            };
+            named += 1;
+            reads = reads.union(ContextReads::attribute(attr));
+        }
+        if seen > named {
+            ContextReads::ALL
+        } else {
+            reads
+        }
+    }
+
+    pub(super) fn union(self, other: ContextReads) -> ContextReads {
+        ContextReads(self.0 | other.0)
+    }
+
+    /// Whether `name` may be read.
+    pub(super) fn reads(self, name: &str) -> bool {
+        self.0 & ContextReads::attribute(name).0 != 0
+    }
+}
+
+impl ActionIndex {
+    /// Files rule number `position` under what its scope names.
+    pub(super) fn insert(&mut self, position: u32, rule: &Rule) {
+        let bucket = match rule.principal.named() {
+            Some((kind, id, _)) if kind == Target::Workload("").kind() => {
+                self.by_principal.entry(id.into()).or_default()
+            }
+            _ => &mut self.any_principal,
+        };
+        bucket.insert(position, &rule.resource);
+    }
+
+    /// The policies that may apply to a message from `principal` on
+    /// `resource`: all whose scope matches, and others.
+    pub(super) fn candidates<'a>(
+        &'a self,
+        principal: &str,
+        resource: &EntityRef<'_>,
+    ) -> Candidates<'a> {
+        let [a, b, c, d] = self.any_principal.lookup(resource);
+        let [e, f, g, h] = match self.by_principal.get(principal) {
+            Some(own) => own.lookup(resource),
+            None => [&[][..]; 4],
+        };
+        Candidates {
+            lists: [a, b, c, d, e, f, g, h],
+        }
+    }
+}
+
+impl ResourceIndex {
+    fn insert(&mut self, position: u32, scope: &EntityScope) {
+        if let EntityScope::Is(Some(kind)) = scope {
+            return slot(&mut self.by_kind, *kind).push(position);
+        }
+        let Some((kind, id, within)) = scope.named() else {
+            return self.any.push(position);
+        };
+        let by_id = slot(&mut self.by_uid, kind);
+        by_id.entry(id.into()).or_default().push(position);
+        // Only a server has entities under it; see the module doc.
+        if within && kind == Target::Server.kind() {
+            self.in_server.entry(id.into()).or_default().push(position);
+        }
+    }
+
+    /// The four lists that may apply to `resource`: any resource, its
+    /// kind, its uid, its server. A rule filed twice (an `in` on a server)
+    /// is in one of them only: the resource is that server or one of its
+    /// children, never both.
+    fn lookup(&self, resource: &EntityRef<'_>) -> [&[u32]; 4] {
+        let by_kind = self.by_kind.iter().find(|(k, _)| *k == resource.kind);
+        let by_uid = self.by_uid.iter().find(|(k, _)| *k == resource.kind);
+        let in_server = resource.server.and_then(|s| self.in_server.get(s));
+        [
+            &self.any,
+            by_kind.map_or(&[], |(_, rules)| rules),
+            by_uid
+                .and_then(|(_, by_id)| by_id.get(resource.id))
+                .map_or(&[], Vec::as_slice),
+            in_server.map_or(&[], Vec::as_slice),
+        ]
+    }
+}
+
+/// The entry for `kind` in a short list keyed by kind, added if missing.
+fn slot<T: Default>(list: &mut Vec<(ResourceKinds, T)>, kind: ResourceKinds) -> &mut T {
+    let at = match list.iter().position(|(k, _)| *k == kind) {
+        Some(at) => at,
+        None => {
+            list.push((kind, T::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[at].1
+}
+
+impl Candidates<'_> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.lists
+            .iter()
+            .flat_map(|rules| rules.iter().map(|&rule| rule as usize))
+    }
+}
