@@ -326,7 +326,10 @@ impl RequestSpec {
         };
         let user = self.user.map(|claims| {
             let json = *claims.get(&CLAIMS);
-            (json, User::from_claims_json(json, None).expect("test claims"))
+            (
+                json,
+                User::from_claims_json(json, None).expect("test claims"),
+            )
         });
         Owned {
             principal,
