@@ -823,3 +823,32 @@ when { context.time.toTime() < duration("6h") };
     assert_eq!(got.reason, DecisionReason::Forbidden, "{got:?}");
     assert_eq!(got.policy_ids, ["no-tools-at-night"]);
 }
+
+#[test]
+fn large_sets_are_validated_in_parts_with_the_same_errors() {
+    // Two parts on any machine with two threads; one part otherwise.
+    let mut text = String::new();
+    for i in 0..2_100 {
+        text.push_str(&format!(
+            "@id(\"p{i}\") permit (principal, action == Mcp::Action::\"ping\", resource);\n"
+        ));
+    }
+    text.push_str(
+        "@id(\"late\") permit (principal, action == Mcp::Action::\"ping\", resource)\n\
+         when { resource.name == \"x\" };\n",
+    );
+    let schema = shipped_schema();
+    let PolicyError::Validation { errors, .. } =
+        load_err(&[("mcp.cedarschema", &schema), ("many.cedar", &text)])
+    else {
+        panic!("a validation error");
+    };
+    assert!(!errors.is_empty());
+    for error in &errors {
+        assert!(error.starts_with("many.cedar:2102:"), "{errors:?}");
+        assert!(error.contains("policy `late`"), "{errors:?}");
+    }
+    text.truncate(text.find("@id(\"late\")").unwrap());
+    let engine = load(&[("mcp.cedarschema", &schema), ("many.cedar", &text)]);
+    assert_eq!(engine.policy_count(), 2_100);
+}
