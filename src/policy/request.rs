@@ -206,6 +206,11 @@ fn entity<const N: usize>(
 }
 
 /// `time`, `upstream_spiffe_id`, `session_id?`, `protocol_version?`,
+/// Tool arguments longer than this (as JSON text) are not converted: they
+/// are left out of the context and `arguments_representable` is false, so
+/// one huge call cannot make every policy evaluation slow.
+pub(super) const MAX_ARGUMENTS_BYTES: usize = 64 * 1024;
+
 /// `user?`, `arguments?`, `arguments_representable`: those a candidate
 /// policy may read (see [`ContextReads`]); no policy can tell the others
 /// absent.
@@ -238,7 +243,10 @@ fn context(
     }
     let mut representable = true;
     if let Some(raw) = input.arguments {
-        if reads.reads("arguments") {
+        if raw.len() > MAX_ARGUMENTS_BYTES {
+            // Too large to give to policies: left out, as unrepresentable.
+            representable = false;
+        } else if reads.reads("arguments") {
             match args::to_cedar_record(raw) {
                 Some(arguments) => put("arguments", arguments),
                 None => representable = false,

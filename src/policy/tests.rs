@@ -852,3 +852,43 @@ fn large_sets_are_validated_in_parts_with_the_same_errors() {
     let engine = load(&[("mcp.cedarschema", &schema), ("many.cedar", &text)]);
     assert_eq!(engine.policy_count(), 2_100);
 }
+
+#[test]
+fn oversized_arguments_are_left_out_as_unrepresentable() {
+    let schema = schema_with_tool_arguments("text?: String");
+    let policies = r#"
+@id("echo")
+permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");
+@id("no-opaque-arguments")
+forbid (principal, action == Mcp::Action::"tools/call", resource)
+unless { context.arguments_representable };
+@id("no-secret-text")
+forbid (principal, action == Mcp::Action::"tools/call", resource)
+when { context has arguments && context.arguments has text && context.arguments.text like "*secret*" };
+"#;
+    let engine = load(&[("mcp.cedarschema", &schema), ("p.cedar", policies)]);
+    let decide = |args: &str| {
+        engine.decide(&PolicyInput {
+            principal: AGENT,
+            action: "tools/call",
+            server: "demo",
+            server_spiffe_id: MCP_SERVER,
+            target: Target::Tool("echo"),
+            arguments: Some(args),
+            session_id: None,
+            protocol_version: None,
+            user: None,
+            now_unix_ms: NOW_MS,
+        })
+    };
+    assert!(decide(r#"{"text":"hi"}"#).allowed);
+    assert_eq!(
+        decide(r#"{"text":"a secret"}"#).policy_ids,
+        ["no-secret-text"]
+    );
+    let pad = "x".repeat(super::request::MAX_ARGUMENTS_BYTES);
+    let big = format!(r#"{{"text":"secret {pad}"}}"#);
+    let got = decide(&big);
+    assert!(!got.allowed);
+    assert_eq!(got.policy_ids, ["no-opaque-arguments"], "{got:?}");
+}
