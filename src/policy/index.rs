@@ -88,9 +88,19 @@ pub(super) struct ActionIndex {
     by_principal: HashMap<Box<str>, ResourceIndex>,
 }
 
+/// Positions in the engine's rules: a few as they are, more by resource
+/// scope.
+enum ResourceIndex {
+    /// At most [`ResourceIndex::FEW`]: their scopes are matched one by one,
+    /// cheaper than lookups and than a hundred thousand small maps for a
+    /// policy per agent.
+    Few(Vec<u32>),
+    Many(Box<ByResource>),
+}
+
 /// Positions in the engine's rules, by resource scope.
 #[derive(Default)]
-struct ResourceIndex {
+struct ByResource {
     /// No resource scope, or one on a type the gateway never builds.
     any: Vec<u32>,
     /// `resource is T`.
@@ -260,14 +270,15 @@ impl ContextReads {
 
 impl ActionIndex {
     /// Files rule number `position` under what its scope names.
-    pub(super) fn insert(&mut self, position: u32, rule: &Rule) {
+    pub(super) fn insert(&mut self, position: u32, rules: &[Rule]) {
+        let rule = &rules[position as usize];
         let bucket = match rule.principal.named() {
             Some((kind, id, _)) if kind == Target::Workload("").kind() => {
                 self.by_principal.entry(id.into()).or_default()
             }
             _ => &mut self.any_principal,
         };
-        bucket.insert(position, &rule.resource);
+        bucket.insert(position, rules);
     }
 
     /// The policies that may apply to a message from `principal` on
@@ -288,7 +299,45 @@ impl ActionIndex {
     }
 }
 
+impl Default for ResourceIndex {
+    fn default() -> ResourceIndex {
+        ResourceIndex::Few(Vec::new())
+    }
+}
+
 impl ResourceIndex {
+    /// Small under test, so that the generated sets of the property test
+    /// take both paths.
+    const FEW: usize = if cfg!(test) { 2 } else { 8 };
+
+    fn insert(&mut self, position: u32, rules: &[Rule]) {
+        let scope = |position: u32| &rules[position as usize].resource;
+        match self {
+            ResourceIndex::Few(positions) if positions.len() < Self::FEW => {
+                positions.push(position);
+            }
+            ResourceIndex::Few(positions) => {
+                let mut many = ByResource::default();
+                for position in positions.iter().copied().chain([position]) {
+                    many.insert(position, scope(position));
+                }
+                *self = ResourceIndex::Many(Box::new(many));
+            }
+            ResourceIndex::Many(many) => many.insert(position, scope(position)),
+        }
+    }
+
+    /// The four lists that may apply to `resource` (see
+    /// [`ByResource::lookup`]).
+    fn lookup(&self, resource: &EntityRef<'_>) -> [&[u32]; 4] {
+        match self {
+            ResourceIndex::Few(positions) => [positions, &[], &[], &[]],
+            ResourceIndex::Many(many) => many.lookup(resource),
+        }
+    }
+}
+
+impl ByResource {
     fn insert(&mut self, position: u32, scope: &EntityScope) {
         if let EntityScope::Is(Some(kind)) = scope {
             return slot(&mut self.by_kind, *kind).push(position);
