@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 
 use cedar_policy::{EntityUid, Policy, PrincipalConstraint, ResourceConstraint};
-use cedar_policy_core::ast::{self, Effect, ExprKind, Var};
+use cedar_policy_core::ast::{self, BinaryOp, Effect, ExprKind, Var};
 
 use super::request::EntityTypes;
 use super::{ResourceKinds, Target};
@@ -48,7 +48,7 @@ pub(super) struct Rule {
     /// The `when` and `unless` clauses as one expression, as Cedar holds
     /// them; `None` when there are none (the policy applies on its scope).
     pub(super) conditions: Option<ast::Expr>,
-    pub(super) reads: ContextReads,
+    pub(super) reads: Reads,
 }
 
 /// A principal or resource scope. Entity types are the target kinds the
@@ -73,8 +73,17 @@ pub(super) struct EntityRef<'a> {
     pub(super) server: Option<&'a str>,
 }
 
-/// The context attributes a policy's conditions may read, one bit each;
-/// a decision builds only those its policies may read.
+/// What a policy's conditions may read of a request: context attributes,
+/// and the attributes, tags or ancestors of the principal or the resource.
+/// A decision builds only what its policies may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Reads {
+    pub(super) context: ContextReads,
+    pub(super) principal: bool,
+    pub(super) resource: bool,
+}
+
+/// The context attributes a policy's conditions may read, one bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct ContextReads(u8);
 
@@ -130,9 +139,7 @@ impl Rule {
             effect: policy.effect(),
             principal,
             resource,
-            reads: conditions
-                .as_ref()
-                .map_or(ContextReads::default(), ContextReads::of),
+            reads: conditions.as_ref().map_or(Reads::default(), Reads::of),
             conditions,
         }
     }
@@ -204,6 +211,83 @@ impl EntityScope {
     }
 }
 
+impl Reads {
+    /// What `conditions` may read. Of the context: `context` met anywhere
+    /// but directly under `.attr`, `has attr` or `has attr.more` may read
+    /// it all (`context == {..}`); an attribute read by name is the only one
+    /// read. Of an entity: Cedar's evaluator reads the entity store for
+    /// `.attr`, `has`, `getTag`, `hasTag` and the left of `in`; on
+    /// `principal` or `resource` that reads the one, on anything else but
+    /// the context (an entity literal, an `if`) perhaps both.
+    fn of(conditions: &ast::Expr) -> Reads {
+        let mut reads = Reads::default();
+        let (mut seen, mut named) = (0usize, 0usize);
+        for e in conditions.subexpressions() {
+            let subject = match e.expr_kind() {
+                ExprKind::Var(Var::Context) => {
+                    seen += 1;
+                    continue;
+                }
+                ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr } => {
+                    if is_context(expr) {
+                        named += 1;
+                        reads.context = reads.context.union(ContextReads::attribute(attr));
+                    }
+                    expr
+                }
+                ExprKind::ExtHasAttr { expr, attrs } => {
+                    if is_context(expr) {
+                        named += 1;
+                        let attr = attrs.first();
+                        reads.context = reads.context.union(ContextReads::attribute(attr));
+                    }
+                    expr
+                }
+                ExprKind::BinaryApp {
+                    op: BinaryOp::In | BinaryOp::GetTag | BinaryOp::HasTag,
+                    arg1,
+                    ..
+                } => arg1,
+                _ => continue,
+            };
+            match subject.expr_kind() {
+                ExprKind::Var(Var::Principal) => reads.principal = true,
+                ExprKind::Var(Var::Resource) => reads.resource = true,
+                // Records only (see `request`), or the action entity, which
+                // is built whenever the schema has action groups.
+                _ if within_context(subject) => {}
+                ExprKind::Var(Var::Action) => {}
+                _ => (reads.principal, reads.resource) = (true, true),
+            }
+        }
+        if seen > named {
+            reads.context = ContextReads::ALL;
+        }
+        reads
+    }
+
+    pub(super) fn union(self, other: Reads) -> Reads {
+        Reads {
+            context: self.context.union(other.context),
+            principal: self.principal || other.principal,
+            resource: self.resource || other.resource,
+        }
+    }
+}
+
+fn is_context(e: &ast::Expr) -> bool {
+    matches!(e.expr_kind(), ExprKind::Var(Var::Context))
+}
+
+/// `context` or an attribute of an attribute .. of it.
+fn within_context(e: &ast::Expr) -> bool {
+    match e.expr_kind() {
+        ExprKind::Var(Var::Context) => true,
+        ExprKind::GetAttr { expr, .. } => within_context(expr),
+        _ => false,
+    }
+}
+
 impl ContextReads {
     /// Every attribute the gateway builds.
     const ATTRIBUTES: [&str; 7] = [
@@ -223,38 +307,6 @@ impl ContextReads {
         match Self::ATTRIBUTES.iter().position(|a| *a == name) {
             Some(bit) => ContextReads(1 << bit),
             None => ContextReads::ALL,
-        }
-    }
-
-    /// What `conditions` may read of the context. `context` met anywhere
-    /// but directly under `.attr`, `has attr` or `has attr.more` may read
-    /// it all (`context == {..}`); an attribute read by name is the only
-    /// one read.
-    fn of(conditions: &ast::Expr) -> ContextReads {
-        let is_context = |e: &ast::Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
-        let mut reads = ContextReads::default();
-        let (mut seen, mut named) = (0usize, 0usize);
-        for e in conditions.subexpressions() {
-            let attr = match e.expr_kind() {
-                ExprKind::Var(Var::Context) => {
-                    seen += 1;
-                    continue;
-                }
-                ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
-                    if is_context(expr) =>
-                {
-                    attr
-                }
-                ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => attrs.first(),
-                _ => continue,
-            };
-            named += 1;
-            reads = reads.union(ContextReads::attribute(attr));
-        }
-        if seen > named {
-            ContextReads::ALL
-        } else {
-            reads
         }
     }
 
