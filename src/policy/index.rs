@@ -8,24 +8,26 @@
 //!
 //! 1. Lookup. Each policy is filed at load, for every action it applies to
 //!    (action groups resolved by `load`), under the workload its principal
-//!    scope names (or "any principal") and under the resource its resource
-//!    scope names: an exact entity (`==`, `in`, `is .. in`), every tool,
-//!    prompt and resource of a server (`in Mcp::Server::"s"`), an entity
-//!    type (`is`), or "any resource". A lookup yields the policies filed
-//!    under keys the message has: a superset of those whose scope matches.
+//!    scope names (or "any principal"). A bucket of a few policies stays a
+//!    list; a larger one is filed by the resource its resource scope names:
+//!    an exact entity (`==`, `in`, `is .. in`), every tool, prompt and
+//!    resource of a server (`in Mcp::Server::"s"`), an entity type (`is`),
+//!    or "any resource". A lookup yields the policies filed under keys the
+//!    message has: a superset of those whose scope matches.
 //! 2. Scope. [`EntityScope::matches`] decides the principal and resource
 //!    scopes exactly as Cedar would over the entities `request` builds: a
 //!    workload has no parents; a tool, prompt or resource has exactly its
 //!    server, which has none. Cedar's scope tests cannot fail, so a policy
 //!    whose scope does not match is false, never an error.
 //! 3. Conditions. Cedar's evaluator evaluates the `when`/`unless`
-//!    conditions (`like` included) of the policies whose scope matched;
-//!    none is read here.
+//!    conditions (`like` included) of the policies whose scope matched,
+//!    over a request holding what those conditions may read ([`Reads`]).
 //!
 //! Must never drop a policy that could apply: only the scope is read, and a
 //! scope on an entity type the gateway never builds is filed under "any"
 //! and matched (as never equal) rather than guessed about. The property
-//! test in `tests` compares decisions with Cedar's over the whole set.
+//! test in `equivalence_tests` compares decisions with Cedar's over the
+//! whole set.
 
 use std::collections::HashMap;
 

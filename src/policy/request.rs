@@ -18,6 +18,7 @@
 //! entities with the same uid.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -49,10 +50,21 @@ pub(super) struct Resource<'a> {
     server: Option<&'a str>,
 }
 
-/// The decision time as the RFC 3339 text Cedar's `datetime` reads,
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// The decision time, in Unix milliseconds and as the RFC 3339 text
+/// Cedar's `datetime` reads, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 #[derive(Clone, Copy)]
-pub(super) struct Time([u8; 24]);
+pub(super) struct Time {
+    unix_ms: i64,
+    text: [u8; 24],
+}
+
+thread_local! {
+    /// The last `datetime` made on this thread and its Unix millisecond:
+    /// Cedar's constructor parses the text with regular expressions, and
+    /// decisions within the same millisecond need the same (immutable)
+    /// value.
+    static LAST_TIME: RefCell<Option<(i64, Value)>> = const { RefCell::new(None) };
+}
 
 impl EntityTypes {
     /// The entity type the gateway builds for `target`.
@@ -299,17 +311,35 @@ impl Time {
                 value /= 10;
             }
         }
-        Ok(Time(text))
+        Ok(Time { unix_ms, text })
     }
 
     fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
     /// A Cedar `datetime`, made by Cedar's own `datetime` constructor (its
-    /// value type is private) from the text.
+    /// value type is private) from the text, or the one this thread made
+    /// last for the same millisecond.
     fn value(self) -> Result<Value, String> {
+        let cached = |last: &RefCell<Option<(i64, Value)>>| match &*last.try_borrow().ok()? {
+            Some((ms, value)) if *ms == self.unix_ms => Some(value.clone()),
+            _ => None,
+        };
+        if let Some(value) = LAST_TIME.with(cached) {
+            return Ok(value);
+        }
+        let value = self.construct()?;
+        LAST_TIME.with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((self.unix_ms, value.clone()));
+            }
+        });
+        Ok(value)
+    }
+
+    fn construct(self) -> Result<Value, String> {
         static CONSTRUCTOR: std::sync::LazyLock<Option<&'static ExtensionFunction>> =
             std::sync::LazyLock::new(|| {
                 let name: Name = "datetime".parse().ok()?;
