@@ -40,7 +40,7 @@ const PRINCIPAL_SCOPES: [&str; 7] = [
 /// Conditions every action's context and principal can take.
 /// (No literal `true`: `unless { true }` is impossible, a load error.)
 /// The last one fails at run time (datetime overflow) in session `s2`.
-const COMMON: [&str; 15] = [
+const COMMON: [&str; 16] = [
     r#"context has session_id && context.session_id == "never""#,
     r#"principal.path like "/ns/demo/*""#,
     r#"principal.trust_domain == "example.org""#,
@@ -55,6 +55,7 @@ const COMMON: [&str; 15] = [
     "context has protocol_version",
     r#"(if context has user then context else context).upstream_spiffe_id like "*mcp-server""#,
     "resource == resource",
+    r#"Mcp::Workload::"spiffe://example.org/ns/demo/sa/agent-a" has path"#,
     r#"context has session_id && context.session_id == "s2" && context.time.offset(duration("106751991167d")) > context.time"#,
 ];
 
@@ -140,6 +141,7 @@ const FAMILIES: [Family; 10] = [
         conditions: &[
             r#"resource.path like "/ns/demo/*""#,
             "resource == principal",
+            "resource has trust_domain",
         ],
     },
     Family {
@@ -221,15 +223,18 @@ const TOOLS: &[Target<'static>] = &[
 ];
 const SERVERS: &[Target<'static>] = &[Target::Server];
 const RESOURCES: &[Target<'static>] = &[Target::Resource("file:a"), Target::Resource("http:b")];
+/// [`ITSELF`] stands for the caller's own identity.
 const WORKLOADS: &[Target<'static>] = &[
     Target::Workload(AGENT_A),
     Target::Workload(AGENT_B),
     Target::Workload(SERVER),
+    Target::Workload(ITSELF),
 ];
+const ITSELF: &str = "itself";
 const SERVERS_AND_WORKLOADS: &[Target<'static>] = &[
     Target::Server,
     Target::Workload(AGENT_A),
-    Target::Workload(SERVER),
+    Target::Workload(ITSELF),
 ];
 const SERVER_NAMES: [&str; 2] = ["demo", "other"];
 
@@ -298,7 +303,15 @@ impl PolicySpec {
             self.action.get(family.actions),
             self.resource.get(family.resources),
         );
-        let all: Vec<&str> = family.conditions.iter().chain(&COMMON).copied().collect();
+        // The family's own conditions, about the resource, as likely as
+        // the common ones.
+        let own = family.conditions.iter().cycle().take(COMMON.len());
+        let own = if family.conditions.is_empty() {
+            None
+        } else {
+            Some(own)
+        };
+        let all: Vec<&str> = own.into_iter().flatten().chain(&COMMON).copied().collect();
         let mut used = Vec::new();
         for (unless, condition) in &self.conditions {
             // `when { c } unless { c }` is impossible, a load error.
@@ -320,8 +333,7 @@ impl RequestSpec {
         let (method, targets) = *self.method.get(&METHODS);
         let principal = *self.principal.get(&PRINCIPALS);
         let target = match *self.target.get(targets) {
-            // Sometimes a server->client request to the caller itself.
-            Target::Workload(SERVER) if principal == SERVER => Target::Workload(principal),
+            Target::Workload(ITSELF) => Target::Workload(principal),
             target => target,
         };
         let user = self.user.map(|claims| {

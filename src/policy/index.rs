@@ -8,29 +8,31 @@
 //!
 //! 1. Lookup. Each policy is filed at load, for every action it applies to
 //!    (action groups resolved by `load`), under the workload its principal
-//!    scope names (or "any principal") and under the resource its resource
-//!    scope names: an exact entity (`==`, `in`, `is .. in`), every tool,
-//!    prompt and resource of a server (`in Mcp::Server::"s"`), an entity
-//!    type (`is`), or "any resource". A lookup yields the policies filed
-//!    under keys the message has: a superset of those whose scope matches.
+//!    scope names (or "any principal"). A bucket of a few policies stays a
+//!    list; a larger one is filed by the resource its resource scope names:
+//!    an exact entity (`==`, `in`, `is .. in`), every tool, prompt and
+//!    resource of a server (`in Mcp::Server::"s"`), an entity type (`is`),
+//!    or "any resource". A lookup yields the policies filed under keys the
+//!    message has: a superset of those whose scope matches.
 //! 2. Scope. [`EntityScope::matches`] decides the principal and resource
 //!    scopes exactly as Cedar would over the entities `request` builds: a
 //!    workload has no parents; a tool, prompt or resource has exactly its
 //!    server, which has none. Cedar's scope tests cannot fail, so a policy
 //!    whose scope does not match is false, never an error.
 //! 3. Conditions. Cedar's evaluator evaluates the `when`/`unless`
-//!    conditions (`like` included) of the policies whose scope matched;
-//!    none is read here.
+//!    conditions (`like` included) of the policies whose scope matched,
+//!    over a request holding what those conditions may read ([`Reads`]).
 //!
 //! Must never drop a policy that could apply: only the scope is read, and a
 //! scope on an entity type the gateway never builds is filed under "any"
 //! and matched (as never equal) rather than guessed about. The property
-//! test in `tests` compares decisions with Cedar's over the whole set.
+//! test in `equivalence_tests` compares decisions with Cedar's over the
+//! whole set.
 
 use std::collections::HashMap;
 
 use cedar_policy::{EntityUid, Policy, PrincipalConstraint, ResourceConstraint};
-use cedar_policy_core::ast::{self, Effect, ExprKind, Var};
+use cedar_policy_core::ast::{self, BinaryOp, Effect, ExprKind, Var};
 
 use super::request::EntityTypes;
 use super::{ResourceKinds, Target};
@@ -48,7 +50,7 @@ pub(super) struct Rule {
     /// The `when` and `unless` clauses as one expression, as Cedar holds
     /// them; `None` when there are none (the policy applies on its scope).
     pub(super) conditions: Option<ast::Expr>,
-    pub(super) reads: ContextReads,
+    pub(super) reads: Reads,
 }
 
 /// A principal or resource scope. Entity types are the target kinds the
@@ -73,8 +75,17 @@ pub(super) struct EntityRef<'a> {
     pub(super) server: Option<&'a str>,
 }
 
-/// The context attributes a policy's conditions may read, one bit each;
-/// a decision builds only those its policies may read.
+/// What a policy's conditions may read of a request: context attributes,
+/// and the attributes, tags or ancestors of the principal or the resource.
+/// A decision builds only what its policies may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Reads {
+    pub(super) context: ContextReads,
+    pub(super) principal: bool,
+    pub(super) resource: bool,
+}
+
+/// The context attributes a policy's conditions may read, one bit each.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct ContextReads(u8);
 
@@ -88,9 +99,19 @@ pub(super) struct ActionIndex {
     by_principal: HashMap<Box<str>, ResourceIndex>,
 }
 
+/// Positions in the engine's rules: a few as they are, more by resource
+/// scope.
+enum ResourceIndex {
+    /// At most [`ResourceIndex::FEW`]: their scopes are matched one by one,
+    /// cheaper than lookups and than a hundred thousand small maps for a
+    /// policy per agent.
+    Few(Vec<u32>),
+    Many(Box<ByResource>),
+}
+
 /// Positions in the engine's rules, by resource scope.
 #[derive(Default)]
-struct ResourceIndex {
+struct ByResource {
     /// No resource scope, or one on a type the gateway never builds.
     any: Vec<u32>,
     /// `resource is T`.
@@ -120,9 +141,7 @@ impl Rule {
             effect: policy.effect(),
             principal,
             resource,
-            reads: conditions
-                .as_ref()
-                .map_or(ContextReads::default(), ContextReads::of),
+            reads: conditions.as_ref().map_or(Reads::default(), Reads::of),
             conditions,
         }
     }
@@ -194,6 +213,83 @@ impl EntityScope {
     }
 }
 
+impl Reads {
+    /// What `conditions` may read. Of the context: `context` met anywhere
+    /// but directly under `.attr`, `has attr` or `has attr.more` may read
+    /// it all (`context == {..}`); an attribute read by name is the only one
+    /// read. Of an entity: Cedar's evaluator reads the entity store for
+    /// `.attr`, `has`, `getTag`, `hasTag` and the left of `in`; on
+    /// `principal` or `resource` that reads the one, on anything else but
+    /// the context (an entity literal, an `if`) perhaps both.
+    fn of(conditions: &ast::Expr) -> Reads {
+        let mut reads = Reads::default();
+        let (mut seen, mut named) = (0usize, 0usize);
+        for e in conditions.subexpressions() {
+            let subject = match e.expr_kind() {
+                ExprKind::Var(Var::Context) => {
+                    seen += 1;
+                    continue;
+                }
+                ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr } => {
+                    if is_context(expr) {
+                        named += 1;
+                        reads.context = reads.context.union(ContextReads::attribute(attr));
+                    }
+                    expr
+                }
+                ExprKind::ExtHasAttr { expr, attrs } => {
+                    if is_context(expr) {
+                        named += 1;
+                        let attr = attrs.first();
+                        reads.context = reads.context.union(ContextReads::attribute(attr));
+                    }
+                    expr
+                }
+                ExprKind::BinaryApp {
+                    op: BinaryOp::In | BinaryOp::GetTag | BinaryOp::HasTag,
+                    arg1,
+                    ..
+                } => arg1,
+                _ => continue,
+            };
+            match subject.expr_kind() {
+                ExprKind::Var(Var::Principal) => reads.principal = true,
+                ExprKind::Var(Var::Resource) => reads.resource = true,
+                // Records only (see `request`), or the action entity, which
+                // is built whenever the schema has action groups.
+                _ if within_context(subject) => {}
+                ExprKind::Var(Var::Action) => {}
+                _ => (reads.principal, reads.resource) = (true, true),
+            }
+        }
+        if seen > named {
+            reads.context = ContextReads::ALL;
+        }
+        reads
+    }
+
+    pub(super) fn union(self, other: Reads) -> Reads {
+        Reads {
+            context: self.context.union(other.context),
+            principal: self.principal || other.principal,
+            resource: self.resource || other.resource,
+        }
+    }
+}
+
+fn is_context(e: &ast::Expr) -> bool {
+    matches!(e.expr_kind(), ExprKind::Var(Var::Context))
+}
+
+/// `context` or an attribute of an attribute .. of it.
+fn within_context(e: &ast::Expr) -> bool {
+    match e.expr_kind() {
+        ExprKind::Var(Var::Context) => true,
+        ExprKind::GetAttr { expr, .. } => within_context(expr),
+        _ => false,
+    }
+}
+
 impl ContextReads {
     /// Every attribute the gateway builds.
     const ATTRIBUTES: [&str; 7] = [
@@ -216,38 +312,6 @@ impl ContextReads {
         }
     }
 
-    /// What `conditions` may read of the context. `context` met anywhere
-    /// but directly under `.attr`, `has attr` or `has attr.more` may read
-    /// it all (`context == {..}`); an attribute read by name is the only
-    /// one read.
-    fn of(conditions: &ast::Expr) -> ContextReads {
-        let is_context = |e: &ast::Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
-        let mut reads = ContextReads::default();
-        let (mut seen, mut named) = (0usize, 0usize);
-        for e in conditions.subexpressions() {
-            let attr = match e.expr_kind() {
-                ExprKind::Var(Var::Context) => {
-                    seen += 1;
-                    continue;
-                }
-                ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
-                    if is_context(expr) =>
-                {
-                    attr
-                }
-                ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => attrs.first(),
-                _ => continue,
-            };
-            named += 1;
-            reads = reads.union(ContextReads::attribute(attr));
-        }
-        if seen > named {
-            ContextReads::ALL
-        } else {
-            reads
-        }
-    }
-
     pub(super) fn union(self, other: ContextReads) -> ContextReads {
         ContextReads(self.0 | other.0)
     }
@@ -260,14 +324,15 @@ impl ContextReads {
 
 impl ActionIndex {
     /// Files rule number `position` under what its scope names.
-    pub(super) fn insert(&mut self, position: u32, rule: &Rule) {
+    pub(super) fn insert(&mut self, position: u32, rules: &[Rule]) {
+        let rule = &rules[position as usize];
         let bucket = match rule.principal.named() {
             Some((kind, id, _)) if kind == Target::Workload("").kind() => {
                 self.by_principal.entry(id.into()).or_default()
             }
             _ => &mut self.any_principal,
         };
-        bucket.insert(position, &rule.resource);
+        bucket.insert(position, rules);
     }
 
     /// The policies that may apply to a message from `principal` on
@@ -288,7 +353,45 @@ impl ActionIndex {
     }
 }
 
+impl Default for ResourceIndex {
+    fn default() -> ResourceIndex {
+        ResourceIndex::Few(Vec::new())
+    }
+}
+
 impl ResourceIndex {
+    /// Small under test, so that the generated sets of the property test
+    /// take both paths.
+    const FEW: usize = if cfg!(test) { 2 } else { 8 };
+
+    fn insert(&mut self, position: u32, rules: &[Rule]) {
+        let scope = |position: u32| &rules[position as usize].resource;
+        match self {
+            ResourceIndex::Few(positions) if positions.len() < Self::FEW => {
+                positions.push(position);
+            }
+            ResourceIndex::Few(positions) => {
+                let mut many = ByResource::default();
+                for position in positions.iter().copied().chain([position]) {
+                    many.insert(position, scope(position));
+                }
+                *self = ResourceIndex::Many(Box::new(many));
+            }
+            ResourceIndex::Many(many) => many.insert(position, scope(position)),
+        }
+    }
+
+    /// The four lists that may apply to `resource` (see
+    /// [`ByResource::lookup`]).
+    fn lookup(&self, resource: &EntityRef<'_>) -> [&[u32]; 4] {
+        match self {
+            ResourceIndex::Few(positions) => [positions, &[], &[], &[]],
+            ResourceIndex::Many(many) => many.lookup(resource),
+        }
+    }
+}
+
+impl ByResource {
     fn insert(&mut self, position: u32, scope: &EntityScope) {
         if let EntityScope::Is(Some(kind)) = scope {
             return slot(&mut self.by_kind, *kind).push(position);

@@ -392,7 +392,7 @@ fn index_actions(
         let groups = action_entities.ancestors(uid).into_iter().flatten();
         methods.push((uid, groups.collect()));
     }
-    for (position, (policy, rule)) in loaded.iter().zip(rules).enumerate() {
+    for (position, policy) in loaded.iter().enumerate() {
         let position = u32::try_from(position).map_err(|e| index_error(&e))?;
         let constraint = policy.policy.action_constraint();
         let applies = |(uid, groups): &&(&EntityUid, HashSet<&EntityUid>)| match &constraint {
@@ -402,7 +402,7 @@ fn index_actions(
         };
         for (uid, _) in methods.iter().filter(applies) {
             if let Some(entry) = actions.get_mut(uid.id().unescaped()) {
-                entry.index.insert(position, rule);
+                entry.index.insert(position, rules);
             }
         }
     }

@@ -90,7 +90,7 @@ use cedar_policy_core::ast::{self, Effect, EntityUIDEntry, Literal, SlotEnv, Val
 use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
 
-use index::{ActionIndex, Candidates, ContextReads, EntityRef, Rule};
+use index::{ActionIndex, Candidates, EntityRef, Reads, Rule};
 use request::{EntityTypes, Resource};
 
 /// One message to decide, borrowed from the parsed request.
@@ -371,7 +371,7 @@ impl PolicyEngine {
             resource.entity(),
         );
         let candidates = action.index.candidates(input.principal, &scope.1);
-        let (mut reads, mut conditions, mut matched) = (ContextReads::default(), false, false);
+        let (mut reads, mut conditions, mut matched) = (Reads::default(), false, false);
         for rule in self.matching(&candidates, &scope) {
             matched = true;
             conditions |= rule.conditions.is_some();

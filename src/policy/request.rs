@@ -18,6 +18,7 @@
 //! entities with the same uid.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
@@ -28,7 +29,7 @@ use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
 use smol_str::SmolStr;
 
-use super::index::{ContextReads, EntityRef};
+use super::index::{ContextReads, EntityRef, Reads};
 use super::{PolicyInput, ResourceKinds, Target, args};
 
 /// The entity types the gateway builds, parsed once at load.
@@ -49,12 +50,34 @@ pub(super) struct Resource<'a> {
     server: Option<&'a str>,
 }
 
-/// The decision time as the RFC 3339 text Cedar's `datetime` reads,
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// The decision time, in Unix milliseconds and as the RFC 3339 text
+/// Cedar's `datetime` reads, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 #[derive(Clone, Copy)]
-pub(super) struct Time([u8; 24]);
+pub(super) struct Time {
+    unix_ms: i64,
+    text: [u8; 24],
+}
+
+thread_local! {
+    /// The last `datetime` made on this thread and its Unix millisecond:
+    /// Cedar's constructor parses the text with regular expressions, and
+    /// decisions within the same millisecond need the same (immutable)
+    /// value.
+    static LAST_TIME: RefCell<Option<(i64, Value)>> = const { RefCell::new(None) };
+}
 
 impl EntityTypes {
+    /// The entity type the gateway builds for `target`.
+    pub(super) fn of(&self, target: Target<'_>) -> &ast::EntityType {
+        match target {
+            Target::Server => &self.server,
+            Target::Tool(_) => &self.tool,
+            Target::Prompt(_) => &self.prompt,
+            Target::Resource(_) => &self.resource,
+            Target::Workload(_) => &self.workload,
+        }
+    }
+
     /// The target kind built with entity type `name`, if any.
     pub(super) fn kind(&self, name: &ast::EntityType) -> Option<ResourceKinds> {
         let kinds = [
@@ -112,29 +135,38 @@ pub(super) fn check(input: &PolicyInput<'_>) -> Result<Time, String> {
     Time::at(input.now_unix_ms)
 }
 
-/// Builds the request and its entity store: the principal, the resource
-/// (unless it is the principal itself) and, when the schema has action
-/// groups, the action entity. The context holds what `reads` asks for of
-/// the costly attributes, and everything else.
+/// Builds the request and its entity store: the principal and the
+/// resource (one entity when the resource is the principal) when the
+/// policies at hand may read them (see [`Reads`]), and, when the schema has
+/// action groups, the action entity. The context holds the attributes the
+/// policies may read.
 pub(super) fn build(
     types: &EntityTypes,
     input: &PolicyInput<'_>,
     resource: &Resource<'_>,
     action: (&EntityUIDEntry, Option<&ast::Entity>),
     time: Time,
-    reads: ContextReads,
+    reads: Reads,
 ) -> Result<(ast::Request, Entities), String> {
-    let principal = workload(types, input.principal)?;
-    let principal_uid = principal.uid().clone();
-    let resource = match input.target {
-        Target::Workload(id) if id == input.principal => None,
-        _ => Some(resource_entity(types, input, resource)?),
+    let principal_uid = uid(&types.workload, input.principal);
+    let itself = matches!(input.target, Target::Workload(id) if id == input.principal);
+    let resource_uid = if itself {
+        principal_uid.clone()
+    } else {
+        uid(types.of(input.target), &resource.id)
     };
-    let resource_uid = resource
-        .as_ref()
-        .map_or_else(|| principal_uid.clone(), |r| r.uid().clone());
+    let principal = if reads.principal || (itself && reads.resource) {
+        Some(workload(principal_uid.clone(), input.principal)?)
+    } else {
+        None
+    };
+    let resource = if reads.resource && !itself {
+        Some(resource_entity(types, input, resource_uid.clone())?)
+    } else {
+        None
+    };
     let (action_uid, action_entity) = action;
-    let entities = [Some(principal), resource, action_entity.cloned()];
+    let entities = [principal, resource, action_entity.cloned()];
     let entities = Entities::from_entities(
         entities.into_iter().flatten(),
         None::<&NoEntitiesSchema>,
@@ -147,17 +179,24 @@ pub(super) fn build(
         EntityUIDEntry::known(principal_uid, None),
         action_uid.clone(),
         EntityUIDEntry::known(resource_uid, None),
-        Some(context(input, time, reads)?),
+        Some(context(input, time, reads.context)?),
     );
     Ok((request, entities))
 }
 
+fn uid(entity_type: &ast::EntityType, id: &str) -> EntityUID {
+    EntityUID::from_components(entity_type.clone(), Eid::new(id), None)
+}
+
 /// `Mcp::Workload::"<id>"` with `trust_domain` and `path`.
-fn workload(types: &EntityTypes, spiffe_id: &str) -> Result<ast::Entity, String> {
+fn workload(uid: EntityUID, spiffe_id: &str) -> Result<ast::Entity, String> {
     let (trust_domain, path) =
         split_spiffe_id(spiffe_id).ok_or_else(|| format!("not a SPIFFE ID: {spiffe_id:?}"))?;
-    let attrs = [("trust_domain", trust_domain), ("path", path)];
-    Ok(entity(&types.workload, spiffe_id, attrs, None))
+    Ok(entity(
+        uid,
+        [("trust_domain", trust_domain), ("path", path)],
+        None,
+    ))
 }
 
 /// The resource entity; tools, prompts and resources are children of their
@@ -165,36 +204,28 @@ fn workload(types: &EntityTypes, spiffe_id: &str) -> Result<ast::Entity, String>
 fn resource_entity(
     types: &EntityTypes,
     input: &PolicyInput<'_>,
-    resource: &Resource<'_>,
+    uid: EntityUID,
 ) -> Result<ast::Entity, String> {
-    let (entity_type, attr, value) = match input.target {
+    let (attr, value) = match input.target {
         Target::Server => {
             let attrs = [("spiffe_id", input.server_spiffe_id)];
-            return Ok(entity(&types.server, input.server, attrs, None));
+            return Ok(entity(uid, attrs, None));
         }
-        Target::Workload(id) => return workload(types, id),
-        Target::Tool(name) => (&types.tool, "name", name),
-        Target::Prompt(name) => (&types.prompt, "name", name),
-        Target::Resource(uri) => (&types.resource, "uri", uri),
+        Target::Workload(id) => return workload(uid, id),
+        Target::Tool(name) | Target::Prompt(name) => ("name", name),
+        Target::Resource(uri) => ("uri", uri),
     };
-    let server = EntityUID::from_components(types.server.clone(), Eid::new(input.server), None);
-    Ok(entity(
-        entity_type,
-        &resource.id,
-        [(attr, value)],
-        Some(server),
-    ))
+    let server = self::uid(&types.server, input.server);
+    Ok(entity(uid, [(attr, value)], Some(server)))
 }
 
 /// An entity with string attributes and at most one parent (which has no
 /// ancestors, so the closure is the parent itself).
 fn entity<const N: usize>(
-    entity_type: &ast::EntityType,
-    id: &str,
+    uid: EntityUID,
     attrs: [(&'static str, &str); N],
     parent: Option<EntityUID>,
 ) -> ast::Entity {
-    let uid = EntityUID::from_components(entity_type.clone(), Eid::new(id), None);
     let attrs = attrs.map(|(k, v)| (SmolStr::new_static(k), PartialValue::Value(Value::from(v))));
     ast::Entity::new_with_attr_partial_value(
         uid,
@@ -288,17 +319,35 @@ impl Time {
                 value /= 10;
             }
         }
-        Ok(Time(text))
+        Ok(Time { unix_ms, text })
     }
 
     fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(&self.text).unwrap_or_default()
     }
 
     /// A Cedar `datetime`, made by Cedar's own `datetime` constructor (its
-    /// value type is private) from the text.
+    /// value type is private) from the text, or the one this thread made
+    /// last for the same millisecond.
     fn value(self) -> Result<Value, String> {
+        let cached = |last: &RefCell<Option<(i64, Value)>>| match &*last.try_borrow().ok()? {
+            Some((ms, value)) if *ms == self.unix_ms => Some(value.clone()),
+            _ => None,
+        };
+        if let Some(value) = LAST_TIME.with(cached) {
+            return Ok(value);
+        }
+        let value = self.construct()?;
+        LAST_TIME.with(|last| {
+            if let Ok(mut last) = last.try_borrow_mut() {
+                *last = Some((self.unix_ms, value.clone()));
+            }
+        });
+        Ok(value)
+    }
+
+    fn construct(self) -> Result<Value, String> {
         static CONSTRUCTOR: std::sync::LazyLock<Option<&'static ExtensionFunction>> =
             std::sync::LazyLock::new(|| {
                 let name: Name = "datetime".parse().ok()?;

@@ -508,6 +508,51 @@ fn action_groups_in_the_schema_work() {
 }
 
 #[test]
+fn entities_are_built_for_what_conditions_read() {
+    let policies = r#"
+        @id("own-path") permit (principal, action == Mcp::Action::"elicitation/create", resource)
+            when { resource.path like "/ns/demo/*" };
+        @id("demo-getters") permit (principal, action == Mcp::Action::"tools/call", resource)
+            when { resource.name like "get_*" && principal.path like "/ns/demo/*" };
+        @id("literal") permit (principal, action == Mcp::Action::"tools/list", resource)
+            when { Mcp::Workload::"spiffe://example.org/ns/demo/sa/agent" has path };
+    "#;
+    let engine = load(&[
+        ("mcp.cedarschema", &shipped_schema()),
+        ("p.cedar", policies),
+    ]);
+    let cases = [
+        // The resource is the caller itself: one entity, read as the resource.
+        Case::new(
+            "to itself",
+            MCP_SERVER,
+            "elicitation/create",
+            Target::Workload(MCP_SERVER),
+        )
+        .permit(&["own-path"]),
+        Case::new(
+            "to the agent",
+            MCP_SERVER,
+            "elicitation/create",
+            Target::Workload(AGENT),
+        )
+        .permit(&["own-path"]),
+        Case::new("both read", AGENT, "tools/call", Target::Tool("get_x"))
+            .permit(&["demo-getters"]),
+        // An entity named by a literal is in the store when it is the principal.
+        Case::new("literal is the caller", AGENT, "tools/list", Target::Server)
+            .permit(&["literal"]),
+        Case::new(
+            "literal is not the caller",
+            AGENT_B,
+            "tools/list",
+            Target::Server,
+        ),
+    ];
+    run_table(&engine, &cases);
+}
+
+#[test]
 fn principal_index_keeps_general_policies() {
     let policies = r#"
         @id("agent-pings") permit (principal == Mcp::Workload::"spiffe://example.org/ns/demo/sa/agent",
