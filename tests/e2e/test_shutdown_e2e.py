@@ -24,17 +24,7 @@ from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent
 from test_gateway_e2e import call, tool_calls
-
-
-def wait_for(what, pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+from test_policy_reload_e2e import wait_for
 
 
 def readyz(gw) -> int | None:
