@@ -57,17 +57,35 @@
 //!
 //! # Cost
 //! Cedar has no policy slicing: its authorizer evaluates every policy it
-//! is given, so a decision would cost more with every policy loaded. Here
-//! a decision does what Cedar's authorizer does over the whole set, for
-//! the policies that can apply only (see `index`): they are looked up by
-//! action, principal and resource; their scopes are matched here, exactly
-//! as Cedar would over the entities this module builds; Cedar's evaluator
-//! (`cedar-policy-core`) evaluates the `when`/`unless` conditions of those
-//! whose scope matched, and nothing else. The request is built only when
-//! such a condition exists, with the context attributes the conditions may
-//! read (see `request`). The property test in `equivalence_tests` checks
-//! the decisions against `cedar_policy::Authorizer` over the whole set.
-//! Figures: `benches/decision.rs`.
+//! is given (over a whole set: about 9 us a decision at 10 policies,
+//! 0.7 ms at 1,000, 127 ms at 100,000). A decision here does what that
+//! authorizer does over the whole set, for the policies that can apply
+//! only:
+//! - `index` looks them up by action, principal and resource, and matches
+//!   their scopes exactly as Cedar would over the entities built here;
+//! - Cedar's evaluator (`cedar-policy-core`) evaluates the `when`/`unless`
+//!   conditions of those whose scope matched, and nothing else; with no
+//!   such conditions, no Cedar request is built at all;
+//! - `request` builds only what those conditions may read: the principal
+//!   and resource entities, the context attributes (the tool arguments
+//!   parsed, or only checked to be representable; the `datetime` reused
+//!   for the same millisecond on a thread).
+//!
+//! The property test in `equivalence_tests` holds the decisions to
+//! `cedar_policy::Authorizer`'s over the whole set.
+//!
+//! `cargo bench --bench decision` on two shared CPUs: a decision costs
+//! the same at 10, 1,000 and 100,000 policies. Medians: 3.0 us for the
+//! demo's allowed tool call, 3.4 us when no agent policy matches (three
+//! conditions evaluated), 4.3 us when one does (four). The p99 of the
+//! quietest round of 20,000 decisions is 4.1, 4.2 to 4.9 and 5.2 to 6.2 us:
+//! above the 5 us target once four conditions apply, and the p99 over
+//! all rounds is 5 to 20 us, as busy as the machine is. What remains is
+//! Cedar's: building its entities and request (about 1.3 us) and its
+//! evaluator (about 0.3 us per condition). Loading 100,000 policies takes
+//! 14 to 17 s (Cedar's parser about 4 s, strict validation in parts on
+//! every thread most of the rest) and holds about 80 MB: do it off the
+//! request path, on a blocking thread, and swap the new engine in whole.
 //!
 
 mod args;
