@@ -9,6 +9,11 @@
 # keeps the per-request cost the performance budget counts on. The builder is
 # Debian 12 (bookworm) like the final stage, so the binary links against the
 # glibc it runs with. Pin both images by digest for a release build.
+#
+# Without a container engine, image/build.sh assembles the same final image
+# (the release binary, the glibc and libgcc it links from Debian 12's
+# packages, a nonroot passwd entry; only what the binary needs, so smaller
+# than distroless cc) and tests/e2e/test_image_e2e.py runs the gateway in it.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

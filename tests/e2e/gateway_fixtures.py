@@ -193,14 +193,25 @@ def _bound_addresses(line: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
-def start_gateway(run_dir: Path, endpoint: str, upstream_url: str, upstream_id: str, **kw: Any) -> Gateway:
-    """Starts the gateway and waits until both listeners are bound (not until ready)."""
+def start_gateway(
+    run_dir: Path,
+    endpoint: str,
+    upstream_url: str,
+    upstream_id: str,
+    *,
+    command: list[str] | None = None,
+    **kw: Any,
+) -> Gateway:
+    """Starts the gateway and waits until both listeners are bound (not until ready).
+
+    `command`: what runs the gateway instead of the binary itself (e.g. the
+    binary inside the container image); `serve --config <file>` is appended."""
     run_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(run_dir, endpoint, upstream_url, upstream_id, **kw)
     env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
     env.pop("SPIFFE_ENDPOINT_SOCKET", None)
     proc = subprocess.Popen(
-        [str(gateway_bin()), "serve", "--config", str(config)],
+        [*(command or [str(gateway_bin())]), "serve", "--config", str(config)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
