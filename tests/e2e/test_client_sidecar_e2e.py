@@ -1,0 +1,250 @@
+"""The client-sidecar role end to end: an agent with no TLS configuration at
+all talks plain HTTP to the sidecar's loopback listener
+(`listener.plaintext_loopback: true`); the sidecar holds the agent's SVID
+(Workload API, hint "agent"), decides with its own policies, and forwards
+over mTLS with that SVID to the central gateway, which reaches the real
+server-everything through the server sidecar:
+
+    agent --plain, 127.0.0.1--> client sidecar --mTLS (agent's SVID)--> gateway
+          --mTLS--> server sidecar --plain, 127.0.0.1--> server-everything
+
+The central gateway sees the agent's SPIFFE ID and refuses the forbidden tool
+by policy. Attacks on the loopback listener: a non-loopback bind is refused
+at start; a foreign Host (DNS rebinding) or Origin (a cross-origin page) is
+refused with 403 and audited, and reaches nothing.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+
+import pytest
+
+from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID
+from everything_fixtures import (  # noqa: F401 (fixtures)
+    EVERYTHING_ID,
+    EXAMPLE_POLICIES,
+    central,
+    everything,
+    everything_entry,
+    server_sidecar,
+    tool_records,
+)
+from gateway_fixtures import Gateway, gateway_bin, start_gateway, write_config
+from mcp_fixtures import run_py_agent, run_ts_agent
+from raw_http import post
+from test_gateway_e2e import assert_denied, call
+from test_sessions_e2e import session_headers
+
+ECHO = 'echo:{"message":"no TLS on this side"}'
+GET_ENV = "get-env"
+PLAIN = ["  plaintext_loopback: true"]
+INITIALIZE = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+).encode()
+
+
+def start_client_sidecar(run_dir, spire, central: Gateway, policy_dir) -> Gateway:
+    gw = start_gateway(
+        run_dir,
+        spire.endpoint,
+        central.url,
+        GATEWAY_ID,
+        hint="agent",
+        name="gateway",
+        policy_dir=policy_dir,
+        listener_extra=PLAIN,
+    )
+    try:
+        gw.wait_ready()
+    except Exception:
+        gw.stop()
+        raise
+    return gw
+
+
+@pytest.fixture(scope="module")
+def client_sidecar(spire, central, tmp_path_factory):
+    """The client sidecar beside the agent: the agent's SVID, the shipped
+    client-sidecar policies, the central gateway as its mTLS upstream."""
+    gw = start_client_sidecar(
+        tmp_path_factory.mktemp("client-sidecar"), spire, central, EXAMPLE_POLICIES / "client-sidecar"
+    )
+    yield gw
+    gw.stop()
+
+
+def plain_url(gw: Gateway, host: str = "127.0.0.1") -> str:
+    return f"http://{host}:{gw.port}/mcp"
+
+
+def plain_post(gw: Gateway, body: bytes, headers: dict[str, str]) -> tuple[int, dict, dict[str, str]]:
+    """A POST on the loopback listener with exactly these headers (Host
+    included); returns status, the JSON-RPC answer (JSON or last SSE event)
+    and the response headers (lowercase names)."""
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/mcp", skip_host=True, skip_accept_encoding=True)
+        base = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for k, v in {**base, **headers}.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        raw = resp.read()
+        resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+        if "text/event-stream" in resp_headers.get("content-type", ""):
+            data = [line[5:].strip() for line in raw.decode().splitlines() if line.startswith("data:")]
+            return resp.status, json.loads(data[-1]), resp_headers
+        return resp.status, json.loads(raw) if raw else {}, resp_headers
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("sdk", ["python", "typescript"])
+def test_agent_without_tls_reaches_echo_and_is_refused_get_env(sdk, client_sidecar, central, server_sidecar):
+    """The real SDK client, given only an http:// URL (no certificate, key or
+    CA): echo is answered by server-everything three hops away; get-env is
+    refused by the central gateway's forbid policy, whose audit record names
+    the agent's SPIFFE ID, which only the client sidecar's mTLS could have
+    given it. The sidecar's own audit shows both calls passed its policy as
+    the agent, and the server sidecar never saw get-env."""
+    seen_at_server_sidecar = len(tool_records(server_sidecar, GET_ENV))
+    runner = run_py_agent if sdk == "python" else run_ts_agent
+    run = runner(plain_url(client_sidecar), calls=[ECHO, GET_ENV])
+    assert run.negotiated, run.stdout + run.stderr
+    assert run.protocol_version == "2025-11-25", run.negotiated
+    assert run.negotiated["server_info"]["name"] == "mcp-servers/everything", run.negotiated
+
+    echo = call(run, ECHO)
+    assert echo["ok"] is True, echo
+    assert "Echo: no TLS on this side" in json.dumps(echo["result"]), echo
+
+    # The refusal comes from the central gateway: its correlation id is there.
+    deny = assert_denied(call(run, GET_ENV), central)
+    assert deny["caller"] == AGENT_ID, deny
+    assert deny["policy_ids"] == ["nobody-reads-the-environment"], deny
+    assert deny["upstream_spiffe_id"] == EVERYTHING_ID, deny
+    echo_at_central = [r for r in tool_records(central, "echo") if r["decision"] == "allow"]
+    assert echo_at_central and echo_at_central[-1]["caller"] == AGENT_ID
+
+    # At the client sidecar the caller is the agent too (its own SVID), and
+    # both calls were allowed by the shipped client-sidecar policy.
+    for tool in ("echo", GET_ENV):
+        local = tool_records(client_sidecar, tool)
+        assert local and local[-1]["decision"] == "allow", (tool, local)
+        assert local[-1]["caller"] == AGENT_ID and local[-1]["upstream_spiffe_id"] == GATEWAY_ID, local[-1]
+        assert local[-1]["policy_ids"] == ["agent-uses-the-gateway"], local[-1]
+
+    server_sidecar.wait_audit(lambda r: r.get("target") == "echo" and r["caller"] == GATEWAY_ID)
+    assert len(tool_records(server_sidecar, GET_ENV)) == seen_at_server_sidecar, "get-env reached the server sidecar"
+
+
+def test_session_opened_through_the_sidecar_belongs_to_the_agent(client_sidecar, central, svids):
+    """The client certificate the central gateway verified is the agent's
+    SVID: a session opened by a plain request through the sidecar is bound at
+    the central gateway to the agent's SPIFFE ID, so agent-b, presenting its
+    own SVID there, cannot use it (404, session_not_owned)."""
+    status, body, headers = plain_post(client_sidecar, INITIALIZE, {"Host": f"127.0.0.1:{client_sidecar.port}"})
+    assert status == 200 and body["result"]["serverInfo"]["name"] == "mcp-servers/everything", body
+    sid = headers.get("mcp-session-id")
+    assert sid, headers
+    resp = post(central.port, svids["agent-b"], b'{"jsonrpc":"2.0","id":"hj","method":"tools/list"}', session_headers(sid))
+    assert resp.status == 404 and resp.json()["error"]["code"] == -32065, resp
+    central.wait_audit(
+        lambda r: r["caller"] == AGENT_B_ID and r["reason"] == "session_not_owned" and r["session_id"] == sid
+    )
+
+
+REBINDING = [
+    ("rebound name", {"Host": "evil.example:{port}"}, "foreign_host"),
+    ("rebound name without port", {"Host": "evil.example"}, "foreign_host"),
+    ("name under localhost", {"Host": "evil.localhost:{port}"}, "foreign_host"),
+    ("any-interface IP", {"Host": "0.0.0.0:{port}"}, "foreign_host"),
+    ("cross-origin page", {"Host": "127.0.0.1:{port}", "Origin": "http://evil.example"}, "foreign_origin"),
+    ("rebound page, its own origin", {"Host": "evil.example:{port}", "Origin": "http://evil.example:{port}"}, "foreign_host"),
+    ("sandboxed page", {"Host": "localhost:{port}", "Origin": "null"}, "foreign_origin"),
+]
+
+
+@pytest.mark.parametrize("case,headers,reason", REBINDING, ids=[c[0] for c in REBINDING])
+def test_browser_requests_are_refused(client_sidecar, central, case, headers, reason):
+    """What a web page can make a browser send to a loopback port: a Host
+    that is not a loopback name (DNS rebinding) or a foreign Origin. 403,
+    -32064 with a clear message, an audit record naming the reason, and
+    nothing reaches the central gateway."""
+    headers = {k: v.format(port=client_sidecar.port) for k, v in headers.items()}
+    seen = len(central.audit())
+    status, body, _ = plain_post(client_sidecar, INITIALIZE, headers)
+    assert status == 403, (status, body)
+    assert body["error"]["code"] == -32064, body
+    assert ("Host" if reason == "foreign_host" else "Origin") in body["error"]["message"], body
+    correlation = body["error"]["data"]["correlation_id"]
+    records = client_sidecar.wait_audit(lambda r: r["correlation_id"] == correlation)
+    record = next(r for r in records if r["correlation_id"] == correlation)
+    assert record["decision"] == "deny" and record["reason"] == reason, record
+    assert record["caller"] == AGENT_ID, record
+    assert len(central.audit()) == seen, "a refused request reached the central gateway"
+
+
+def test_local_origin_and_names_are_served(client_sidecar):
+    """The guard refuses browsers, not local clients: Host localhost or a
+    loopback IP, and a page served from a loopback origin, pass."""
+    for headers in (
+        {"Host": f"localhost:{client_sidecar.port}"},
+        {"Host": f"127.0.0.1:{client_sidecar.port}", "Origin": "http://localhost:3000"},
+    ):
+        status, body, _ = plain_post(client_sidecar, INITIALIZE, headers)
+        assert status == 200 and "result" in body, (headers, status, body)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "[::]:0"])
+def test_non_loopback_bind_is_refused_at_start(spire, central, tmp_path, address):
+    """`plaintext_loopback` on an address other than a loopback IP: the
+    process exits before binding anything, naming the field."""
+    config = write_config(tmp_path, spire.endpoint, central.url, GATEWAY_ID, hint="agent", name="gateway")
+    text = config.read_text().replace('  address: "127.0.0.1:0"\n', f'  address: "{address}"\n  plaintext_loopback: true\n', 1)
+    config.write_text(text)
+    proc = subprocess.run(
+        [str(gateway_bin()), "serve", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode != 0, proc.stderr
+    assert "listener.address" in proc.stderr and "loopback" in proc.stderr, proc.stderr
+    assert "gateway listening" not in proc.stderr, proc.stderr
+
+
+def test_deny_by_default_at_the_client_sidecar(spire, central, tmp_path):
+    """A client sidecar whose policy directory has the schema and no policy:
+    the agent cannot even open a session, and the central gateway hears
+    nothing of it."""
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "mcp.cedarschema").write_text((EXAMPLE_POLICIES / "client-sidecar" / "mcp.cedarschema").read_text())
+    gw = start_client_sidecar(tmp_path / "run", spire, central, policy_dir)
+    try:
+        seen = len(central.audit())
+        run = run_ts_agent(plain_url(gw), calls=[ECHO])
+        assert run.negotiated is None and run.connect_error, run.stdout + run.stderr
+        assert run.connect_error["code"] == -32060, run.connect_error
+        records = gw.wait_audit(lambda r: r.get("method") == "initialize")
+        init = next(r for r in records if r.get("method") == "initialize")
+        assert init["decision"] == "deny" and init["reason"] == "default_deny", init
+        assert init["caller"] == AGENT_ID, init
+        assert len(central.audit()) == seen, "a request refused by the sidecar reached the gateway"
+    finally:
+        gw.stop()
