@@ -16,9 +16,12 @@ refused with 403 and audited, and reaches nothing.
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
+import os
 import subprocess
+import time
 
 import pytest
 
@@ -248,3 +251,54 @@ def test_deny_by_default_at_the_client_sidecar(spire, central, tmp_path):
         assert len(central.audit()) == seen, "a request refused by the sidecar reached the gateway"
     finally:
         gw.stop()
+
+
+def test_identity_follows_the_sidecars_svid_past_its_first_expiry(spire, central, tmp_path):
+    """The caller identity and the client certificate are the sidecar's
+    current SVID, not the one it started with: with a 60 s SVID (SPIRE
+    rotates at about half of it), an agent without TLS is served before the
+    rotation and again after the first SVID's notAfter, without a restart;
+    the central gateway, which accepts no expired certificate, sees the
+    agent's SPIFFE ID both times."""
+    # A second entry for the agent's SPIFFE ID (another selector, so SPIRE
+    # accepts it), with a short TTL; its hint picks it.
+    entry = spire.register(AGENT_ID, "agent-short-lived", ttl=60, selector=f"unix:gid:{os.getgid()}")
+    gw = start_gateway(
+        tmp_path / "run",
+        spire.endpoint,
+        central.url,
+        GATEWAY_ID,
+        hint="agent-short-lived",
+        name="gateway",
+        policy_dir=EXAMPLE_POLICIES / "client-sidecar",
+        listener_extra=PLAIN,
+    )
+    try:
+        gw.wait_ready()
+        first_not_after = gw.metric("mcp_gateway_svid_expiry_timestamp_seconds")
+        assert 0 < first_not_after - time.time() <= 61, first_not_after
+        before = run_py_agent(plain_url(gw), calls=[ECHO])
+        assert call(before, ECHO)["ok"] is True, before.stdout + before.stderr
+
+        # Rotation and expiry are events in the sidecar and in time; poll for both.
+        deadline = time.monotonic() + 150
+        while time.time() < first_not_after + 2 or gw.metric("mcp_gateway_svid_rotations_total") < 1:
+            assert time.monotonic() < deadline, "no rotation, or the first SVID never expired"
+            assert gw.proc.poll() is None, gw.log()
+            time.sleep(0.5)
+        assert gw.metric("mcp_gateway_svid_expiry_timestamp_seconds") > first_not_after
+
+        after = run_py_agent(plain_url(gw), calls=[ECHO])
+        assert call(after, ECHO)["ok"] is True, after.stdout + after.stderr
+        late = [
+            r
+            for r in tool_records(central, "echo")
+            if r["decision"] == "allow"
+            and dt.datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp() > first_not_after
+        ]
+        assert late and all(r["caller"] == AGENT_ID for r in late), late[-3:]
+        local = [r for r in tool_records(gw, "echo") if r["decision"] == "allow"]
+        assert len(local) == 2 and all(r["caller"] == AGENT_ID for r in local), local
+    finally:
+        gw.stop()
+        spire.delete_entry(entry)
