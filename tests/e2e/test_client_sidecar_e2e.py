@@ -302,3 +302,39 @@ def test_identity_follows_the_sidecars_svid_past_its_first_expiry(spire, central
     finally:
         gw.stop()
         spire.delete_entry(entry)
+
+
+def h2c_post(gw: Gateway, authority: str, body: bytes) -> tuple[str, int, dict]:
+    """curl, HTTP/2 with prior knowledge (h2c), with this `:authority` (curl
+    sends a Host header as `:authority` over HTTP/2)."""
+    proc = subprocess.run(
+        [
+            "curl", "-sS", "--http2-prior-knowledge", "--max-time", "10",
+            "-H", f"Host: {authority}",
+            "-H", "Content-Type: application/json",
+            "-H", "Accept: application/json, text/event-stream",
+            "--data-binary", "@-",
+            "-w", "\\n%{http_version} %{http_code}",
+            plain_url(gw),
+        ],
+        input=body, capture_output=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    text, _, tail = proc.stdout.decode().rpartition("\n")
+    version, code = tail.split()
+    data = [line[5:].strip() for line in text.splitlines() if line.startswith("data:")]
+    return version, int(code), json.loads(data[-1] if data else text)
+
+
+def test_http2_prior_knowledge_authority_is_checked(client_sidecar, central):
+    """Over HTTP/2 (h2c) the host is `:authority`: a loopback one is served,
+    a rebound name is refused (403, foreign_host) and reaches nothing."""
+    version, status, body = h2c_post(client_sidecar, f"127.0.0.1:{client_sidecar.port}", INITIALIZE)
+    assert (version, status) == ("2", 200) and "result" in body, (version, status, body)
+    seen = len(central.audit())
+    version, status, body = h2c_post(client_sidecar, f"evil.example:{client_sidecar.port}", INITIALIZE)
+    assert (version, status) == ("2", 403) and body["error"]["code"] == -32064, (version, status, body)
+    correlation = body["error"]["data"]["correlation_id"]
+    records = client_sidecar.wait_audit(lambda r: r["correlation_id"] == correlation)
+    assert next(r for r in records if r["correlation_id"] == correlation)["reason"] == "foreign_host"
+    assert len(central.audit()) == seen
