@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID
+from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID, SERVER_ID
 from everything_fixtures import (  # noqa: F401 (fixtures)
     EVERYTHING_ID,
     EXAMPLE_POLICIES,
@@ -37,7 +37,7 @@ from everything_fixtures import (  # noqa: F401 (fixtures)
 )
 from gateway_fixtures import Gateway, gateway_bin, start_gateway, write_config
 from mcp_fixtures import run_py_agent, run_ts_agent
-from raw_http import post
+from raw_http import PROBE, PROBE_HEADERS, post
 from test_gateway_e2e import assert_denied, call
 from test_sessions_e2e import session_headers
 
@@ -338,3 +338,45 @@ def test_http2_prior_knowledge_authority_is_checked(client_sidecar, central):
     records = client_sidecar.wait_audit(lambda r: r["correlation_id"] == correlation)
     assert next(r for r in records if r["correlation_id"] == correlation)["reason"] == "foreign_host"
     assert len(central.audit()) == seen
+
+
+@pytest.fixture(scope="module")
+def sidecar_to_recording_upstream(spire, upstream, tmp_path_factory):
+    """A client sidecar (agent's SVID, the demo policies) straight in front
+    of the recording MCP server of conftest, which logs the client
+    certificate and headers of every request it receives."""
+    gw = start_gateway(
+        tmp_path_factory.mktemp("client-sidecar-recorded"),
+        spire.endpoint,
+        upstream.url,
+        SERVER_ID,
+        hint="agent",
+        listener_extra=PLAIN,
+    )
+    try:
+        gw.wait_ready()
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_upstream_sees_the_agents_certificate_and_no_spoofed_headers(sidecar_to_recording_upstream, upstream):
+    """What leaves the sidecar: a TLS connection whose client certificate
+    carries the agent's SPIFFE ID (and only it), and none of the identity
+    headers the local caller sent."""
+    gw = sidecar_to_recording_upstream
+    seen = len(upstream.requests())
+    spoofed = {
+        "X-Forwarded-Client-Cert": "URI=spiffe://example.org/ns/demo/sa/admin",
+        "X-Spiffe-Id": "spiffe://example.org/ns/demo/sa/admin",
+        "Forwarded": "for=10.0.0.1",
+        "X-Forwarded-For": "10.0.0.1",
+        "X-Real-IP": "10.0.0.1",
+    }
+    status, body, _ = plain_post(gw, PROBE, {"Host": f"localhost:{gw.port}", **dict(PROBE_HEADERS), **spoofed})
+    assert status == 200 and "result" in body, (status, body)
+    new = upstream.requests()[seen:]
+    assert new, "the allowed probe did not reach the upstream"
+    for req in new:
+        assert req["tls"] is not None and req["peer_cert_uri_sans"] == [AGENT_ID], req
+        assert not set(req["headers"]) & {k.lower() for k in spoofed}, req["headers"]
