@@ -282,9 +282,15 @@ def test_identity_follows_the_sidecars_svid_past_its_first_expiry(spire, central
 
         # Rotation and expiry are events in the sidecar and in time; poll for both.
         deadline = time.monotonic() + 150
-        while time.time() < first_not_after + 2 or gw.metric("mcp_gateway_svid_rotations_total") < 1:
-            assert time.monotonic() < deadline, "no rotation, or the first SVID never expired"
+        while gw.metric("mcp_gateway_svid_rotations_total") < 1:
+            assert time.monotonic() < deadline, "no rotation"
             assert gw.proc.poll() is None, gw.log()
+            time.sleep(0.5)
+        # A session opened after the rotation, before the first SVID expires
+        # (see the known limit in docs/client-sidecar.md).
+        straddling = open_session(gw) if time.time() < first_not_after - 3 else None
+        while time.time() < first_not_after + 2:
+            assert time.monotonic() < deadline, "the first SVID never expired"
             time.sleep(0.5)
         assert gw.metric("mcp_gateway_svid_expiry_timestamp_seconds") > first_not_after
 
@@ -299,9 +305,36 @@ def test_identity_follows_the_sidecars_svid_past_its_first_expiry(spire, central
         assert late and all(r["caller"] == AGENT_ID for r in late), late[-3:]
         local = [r for r in tool_records(gw, "echo") if r["decision"] == "allow"]
         assert len(local) == 2 and all(r["caller"] == AGENT_ID for r in local), local
+        if straddling is not None:
+            status, body, _ = plain_post(gw, LIST, session_in(gw, straddling))
+            if status == 404:
+                pytest.xfail(
+                    "known limit: a session opened over the upstream connection still holding the "
+                    f"previous SVID ended with that SVID ({body})"
+                )
+            assert status == 200 and "result" in body, (status, body)
     finally:
         gw.stop()
         spire.delete_entry(entry)
+
+
+LIST = b'{"jsonrpc":"2.0","id":"l","method":"tools/list"}'
+
+
+def session_in(gw: Gateway, sid: str) -> dict[str, str]:
+    return {"Host": f"127.0.0.1:{gw.port}", "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-11-25"}
+
+
+def open_session(gw: Gateway) -> str:
+    """initialize + initialized + one tools/list through the sidecar; the session id."""
+    status, body, headers = plain_post(gw, INITIALIZE, {"Host": f"127.0.0.1:{gw.port}"})
+    assert status == 200 and "result" in body, (status, body)
+    sid = headers["mcp-session-id"]
+    status, _, _ = plain_post(gw, b'{"jsonrpc":"2.0","method":"notifications/initialized"}', session_in(gw, sid))
+    assert status == 202, status
+    status, body, _ = plain_post(gw, LIST, session_in(gw, sid))
+    assert status == 200 and "result" in body, (status, body)
+    return sid
 
 
 def h2c_post(gw: Gateway, authority: str, body: bytes) -> tuple[str, int, dict]:
