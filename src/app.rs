@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
-use crate::proxy::{Gateway, listener};
+use crate::proxy::{Gateway, listener, loopback};
 
 /// A running gateway.
 pub struct App {
@@ -58,6 +58,11 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         .await
         .with_context(|| format!("binding admin.address {}", config.admin.address))?;
     let listen_addr = listener.local_addr()?;
+    // Checked in config already; checked again on the bound socket, since a
+    // plain listener anywhere but loopback would hand out the SVID to anyone.
+    if config.listener.plaintext_loopback && !listen_addr.ip().is_loopback() {
+        anyhow::bail!("listener.address: plain HTTP bound {listen_addr}, which is not loopback");
+    }
     let admin_addr = admin_listener.local_addr()?;
 
     let gateway = Arc::new(Gateway::new(
@@ -76,18 +81,33 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let (shutdown, watcher) = watch::channel(false);
     let (stop_accepting, accepting) = watch::channel(false);
     let connections = TaskTracker::new();
-    let listener_task = tokio::spawn(listener::serve(
-        listener,
-        Arc::clone(&gateway),
-        accepting,
-        connections.clone(),
-    ));
+    let listener_task = if config.listener.plaintext_loopback {
+        tokio::spawn(loopback::serve(
+            listener,
+            Arc::clone(&gateway),
+            accepting,
+            connections.clone(),
+        ))
+    } else {
+        tokio::spawn(listener::serve(
+            listener,
+            Arc::clone(&gateway),
+            accepting,
+            connections.clone(),
+        ))
+    };
     let tasks = vec![
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher)),
     ];
-    info!(%listen_addr, %admin_addr, upstream = %config.upstream.url, "gateway listening");
+    info!(
+        %listen_addr,
+        %admin_addr,
+        upstream = %config.upstream.url,
+        plaintext_loopback = config.listener.plaintext_loopback,
+        "gateway listening"
+    );
     Ok(App {
         listen_addr,
         admin_addr,

@@ -117,6 +117,9 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// The HTTP path agents POST MCP messages to, e.g. `/mcp`.
     pub path: String,
+    /// Client sidecar: plain HTTP on a loopback IP instead of mTLS; the
+    /// caller is this process's own SVID (see `proxy::loopback`).
+    pub plaintext_loopback: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +206,8 @@ struct RawListener {
     address: String,
     #[serde(default = "default_path")]
     path: String,
+    #[serde(default)]
+    plaintext_loopback: bool,
 }
 
 fn default_path() -> String {
@@ -301,10 +306,7 @@ impl Config {
 
 impl RawConfig {
     fn validate(self, base: &Path, env: &dyn Env) -> anyhow::Result<Config> {
-        let listener = ListenerConfig {
-            address: parse_addr("listener.address", &self.listener.address)?,
-            path: validate_path("listener.path", self.listener.path)?,
-        };
+        let listener = self.listener.validate()?;
         let admin = AdminConfig {
             address: parse_addr("admin.address", &self.admin.address)?,
         };
@@ -313,6 +315,12 @@ impl RawConfig {
         }
         let workload_api = self.workload_api.validate(env)?;
         let upstream = self.upstream.validate()?;
+        if listener.plaintext_loopback && upstream.plaintext {
+            bail!(
+                "listener.plaintext_loopback: a client sidecar forwards over mTLS with its SVID; \
+                 it cannot be combined with upstream.plaintext_loopback"
+            );
+        }
         let audit = match (self.audit.sink, self.audit.path) {
             (RawAuditSink::Stdout, None) => AuditSink::Stdout,
             (RawAuditSink::Stdout, Some(_)) => bail!("audit.path: only valid with `sink: file`"),
@@ -429,6 +437,23 @@ impl RawUserAuth {
             issuer,
             required: self.required,
             leeway,
+        })
+    }
+}
+
+impl RawListener {
+    fn validate(self) -> anyhow::Result<ListenerConfig> {
+        let address = parse_addr("listener.address", &self.address)?;
+        if self.plaintext_loopback && !address.ip().is_loopback() {
+            bail!(
+                "listener.address: {address} is not a loopback IP; a plain-HTTP listener \
+                 (`plaintext_loopback: true`) may only bind 127.0.0.0/8 or ::1"
+            );
+        }
+        Ok(ListenerConfig {
+            address,
+            path: validate_path("listener.path", self.path)?,
+            plaintext_loopback: self.plaintext_loopback,
         })
     }
 }

@@ -49,6 +49,14 @@ impl TlsConfigs {
     }
 }
 
+impl TlsConfigs {
+    /// The SVID this process holds now (the one its listener and upstream
+    /// connections present), or `None` while the source has none.
+    pub fn svid(&self) -> Option<Arc<X509Svid>> {
+        self.source.try_svid()
+    }
+}
+
 /// Readiness and TLS configs, published once the first SVID has arrived.
 #[derive(Clone)]
 pub struct Identity {

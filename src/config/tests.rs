@@ -240,3 +240,63 @@ fn policy_watch_shadow_and_user_auth() {
         assert!(format!("{err:#}").contains(field), "{replacement}: {err:#}");
     }
 }
+
+/// The client-sidecar listener: plain HTTP only on a loopback IP, off by
+/// default, and never with a plain upstream too (no identity on either side).
+#[test]
+fn plaintext_listener_only_on_a_loopback_ip() {
+    assert!(!parse(GOOD).unwrap().listener.plaintext_loopback);
+    let plain = |addr: &str| {
+        GOOD.replace(
+            r#"listener: { address: "127.0.0.1:8443" }"#,
+            &format!(r#"listener: {{ address: "{addr}", plaintext_loopback: true }}"#),
+        )
+    };
+    for addr in ["127.0.0.1:8080", "127.0.0.2:0", "[::1]:8080"] {
+        let c = parse(&plain(addr)).unwrap_or_else(|e| panic!("{addr}: {e:#}"));
+        assert!(c.listener.plaintext_loopback, "{addr}");
+    }
+    for addr in [
+        "0.0.0.0:8080",
+        "[::]:8080",
+        "10.0.0.5:8080",
+        "192.168.1.2:8080",
+        "[::ffff:127.0.0.1]:8080",
+    ] {
+        let msg = format!("{:#}", parse(&plain(addr)).unwrap_err());
+        assert!(
+            msg.contains("listener.address") && msg.contains("loopback"),
+            "{addr}: {msg}"
+        );
+    }
+    let by_name = format!("{:#}", parse(&plain("localhost:8080")).unwrap_err());
+    assert!(by_name.contains("listener.address"), "{by_name}");
+    // The same addresses stay valid for the mTLS listener.
+    let mtls = GOOD.replace("127.0.0.1:8443", "0.0.0.0:8443");
+    assert!(!parse(&mtls).unwrap().listener.plaintext_loopback);
+}
+
+#[test]
+fn plaintext_listener_needs_an_mtls_upstream() {
+    let both = GOOD
+        .replace(
+            r#"listener: { address: "127.0.0.1:8443" }"#,
+            r#"listener: { address: "127.0.0.1:8443", plaintext_loopback: true }"#,
+        )
+        .replace("https://127.0.0.1:9443/mcp", "http://127.0.0.1:9443/mcp")
+        .replace(
+            "spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"",
+            "spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n  plaintext_loopback: true",
+        );
+    let msg = format!("{:#}", parse(&both).unwrap_err());
+    assert!(msg.contains("listener.plaintext_loopback"), "{msg}");
+}
+
+#[test]
+fn plaintext_listener_must_be_a_boolean() {
+    let text = GOOD.replace(
+        r#"listener: { address: "127.0.0.1:8443" }"#,
+        r#"listener: { address: "127.0.0.1:8443", plaintext_loopback: "yes" }"#,
+    );
+    assert!(parse(&text).is_err());
+}

@@ -71,6 +71,13 @@ pub enum ProxyError {
     BatchNotAllowed,
     #[error("user token refused: {0}")]
     UserToken(String),
+    /// Loopback listener: a `Host` that is not a loopback name or IP (DNS
+    /// rebinding).
+    #[error("Host is not a loopback name or IP; this listener serves local clients only")]
+    ForeignHost,
+    /// Loopback listener: a browser `Origin` that is not loopback.
+    #[error("Origin is not a loopback origin; cross-origin requests are refused")]
+    ForeignOrigin,
 }
 
 impl ProxyError {
@@ -105,6 +112,9 @@ impl ProxyError {
             ProxyError::Session(_) => (StatusCode::NOT_FOUND, CODE_SESSION),
             ProxyError::BatchNotAllowed => (StatusCode::BAD_REQUEST, CODE_INVALID_REQUEST),
             ProxyError::UserToken(_) => (StatusCode::UNAUTHORIZED, CODE_USER_TOKEN),
+            ProxyError::ForeignHost | ProxyError::ForeignOrigin => {
+                (StatusCode::FORBIDDEN, CODE_BAD_TRANSPORT)
+            }
         }
     }
 
@@ -129,6 +139,8 @@ impl ProxyError {
             ProxyError::Session(r) => r.audit_reason(),
             ProxyError::BatchNotAllowed => "batch_not_allowed",
             ProxyError::UserToken(_) => "user_token",
+            ProxyError::ForeignHost => "foreign_host",
+            ProxyError::ForeignOrigin => "foreign_origin",
         }
     }
 

@@ -12,6 +12,7 @@
 mod error;
 mod inspect;
 pub mod listener;
+pub mod loopback;
 mod protocol;
 mod reply;
 pub mod session;
@@ -207,6 +208,30 @@ impl Gateway {
             .request_duration
             .observe(started.elapsed().as_secs_f64());
         response
+    }
+
+    /// Refuses a request before it is routed (the loopback listener's guard
+    /// against browsers): audited and counted like every refusal, never
+    /// forwarded.
+    pub(crate) async fn refuse_request(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: &Peer,
+        refusal: ProxyError,
+    ) -> Response<ReplyBody> {
+        let (parts, body) = req.into_parts();
+        linger(body);
+        let policies = self.policies.current();
+        let trace = Trace::from_headers(&parts.headers);
+        let facts = RequestFacts {
+            peer,
+            session_id: None,
+            protocol_version: None,
+            user: None,
+            policies: &policies,
+            trace: &trace,
+        };
+        self.refuse_unparsed(refusal, &facts).await
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
