@@ -9,6 +9,14 @@
 //! session resumption and tickets stay off (the spiffe-rustls default): every
 //! handshake re-checks the peer against the current bundle.
 //!
+//! Federation: the Workload API delivers the bundles of federated trust
+//! domains beside the gateway's own; spiffe-rustls verifies a caller against
+//! the bundle of the caller's own trust domain (taken from its SPIFFE ID,
+//! then proved by the chain), so a partner's certificate never validates
+//! against another domain's roots, and a trust domain without a bundle is
+//! refused at the handshake. Which federated callers may do what is policy
+//! (`principal.trust_domain`). The number of bundles held is exported.
+//!
 //! This module must never hand out a config built without an SVID, and never
 //! report ready while the source has no usable SVID.
 
@@ -17,7 +25,7 @@ use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
 use spiffe::x509_source::SvidPicker;
-use spiffe::{X509Source, X509Svid};
+use spiffe::{X509BundleSet, X509Source, X509Svid};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -153,8 +161,10 @@ fn watch_rotations(source: X509Source, metrics: Metrics) {
         if let Some(svid) = &current {
             record_svid(svid, &metrics);
         }
+        let mut domains = record_bundles(&source, &metrics, Vec::new());
         while updates.changed().await.is_ok() {
             metrics.identity_updates.inc();
+            domains = record_bundles(&source, &metrics, domains);
             let Some(svid) = source.try_svid() else {
                 warn!("the Workload API withdrew the SVID; handshakes now fail");
                 continue;
@@ -179,6 +189,27 @@ fn record_svid(svid: &X509Svid, metrics: &Metrics) {
     }
 }
 
+/// Exports the number of trust bundles and logs the trust domains when the
+/// set changes; returns the sorted set for the next comparison.
+fn record_bundles(source: &X509Source, metrics: &Metrics, before: Vec<String>) -> Vec<String> {
+    let Ok(set) = source.bundle_set() else {
+        return before;
+    };
+    let domains = trust_domains(&set);
+    metrics.trust_bundles.set(domains.len() as i64);
+    if domains != before {
+        info!(trust_domains = ?domains, "trust bundles from the Workload API");
+    }
+    domains
+}
+
+/// The trust domains of a bundle set, sorted.
+fn trust_domains(set: &X509BundleSet) -> Vec<String> {
+    let mut domains: Vec<String> = set.iter().map(|(td, _)| td.to_string()).collect();
+    domains.sort_unstable();
+    domains
+}
+
 fn leaf_der(svid: &X509Svid) -> &[u8] {
     svid.leaf().as_ref()
 }
@@ -193,4 +224,21 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use spiffe::{TrustDomain, X509Bundle};
+
+    use super::*;
+
+    #[test]
+    fn trust_domains_lists_own_and_federated_bundles_sorted() {
+        let mut set = X509BundleSet::new();
+        assert!(trust_domains(&set).is_empty());
+        for td in ["partner.test", "example.org", "partner.test"] {
+            set.add_bundle(X509Bundle::new(TrustDomain::new(td).unwrap()));
+        }
+        assert_eq!(trust_domains(&set), ["example.org", "partner.test"]);
+    }
 }
