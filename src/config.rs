@@ -117,6 +117,17 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// The HTTP path agents POST MCP messages to, e.g. `/mcp`.
     pub path: String,
+    /// Callers without a client certificate may authenticate each request
+    /// with a JWT-SVID (`Authorization: Bearer`); `None` (the default):
+    /// mTLS only.
+    pub jwt_svid_callers: Option<JwtSvidCallersConfig>,
+}
+
+/// `listener.jwt_svid_callers`: JWT-SVIDs as the caller credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSvidCallersConfig {
+    /// The `aud` a token must carry; `None`: the gateway's own SPIFFE ID.
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,6 +214,15 @@ struct RawListener {
     address: String,
     #[serde(default = "default_path")]
     path: String,
+    #[serde(default)]
+    jwt_svid_callers: Option<RawJwtSvidCallers>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtSvidCallers {
+    #[serde(default)]
+    audience: Option<String>,
 }
 
 fn default_path() -> String {
@@ -304,6 +324,11 @@ impl RawConfig {
         let listener = ListenerConfig {
             address: parse_addr("listener.address", &self.listener.address)?,
             path: validate_path("listener.path", self.listener.path)?,
+            jwt_svid_callers: self
+                .listener
+                .jwt_svid_callers
+                .map(RawJwtSvidCallers::validate)
+                .transpose()?,
         };
         let admin = AdminConfig {
             address: parse_addr("admin.address", &self.admin.address)?,
@@ -350,6 +375,14 @@ impl RawConfig {
         };
         let policy = self.policy.validate(base)?;
         let user_auth = self.user_auth.map(|u| u.validate(base)).transpose()?;
+        if listener.jwt_svid_callers.is_some() && user_auth.is_some() {
+            // Both read `Authorization: Bearer`: on a connection without a
+            // certificate one header would have to be the caller's identity
+            // and the end user's at once. Refused rather than guessed.
+            bail!(
+                "listener.jwt_svid_callers: cannot be combined with user_auth (both use the Authorization header)"
+            );
+        }
         Ok(Config {
             listener,
             admin,
@@ -393,6 +426,21 @@ impl RawPolicy {
             shadow_dir,
             watch_interval,
         })
+    }
+}
+
+impl RawJwtSvidCallers {
+    fn validate(self) -> anyhow::Result<JwtSvidCallersConfig> {
+        let audience = match self.audience {
+            None => None,
+            Some(a) if a.trim().is_empty() || a.trim() != a => {
+                bail!(
+                    "listener.jwt_svid_callers.audience: must be non-empty, without surrounding spaces"
+                )
+            }
+            Some(a) => Some(a),
+        };
+        Ok(JwtSvidCallersConfig { audience })
     }
 }
 

@@ -32,6 +32,8 @@ use tracing::{info, warn};
 use crate::config::{UpstreamConfig, WorkloadApiConfig};
 use crate::metrics::Metrics;
 
+mod optional_client_auth;
+
 /// ALPN protocols offered by the listener: HTTP/2 preferred, HTTP/1.1 otherwise.
 const LISTENER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// ALPN offered to the upstream.
@@ -43,6 +45,8 @@ pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
     pub upstream: Arc<ClientConfig>,
     source: X509Source,
+    /// The gateway's own SPIFFE ID (the default JWT-SVID caller audience).
+    pub spiffe_id: Arc<str>,
 }
 
 impl TlsConfigs {
@@ -70,11 +74,22 @@ impl Identity {
         upstream: &UpstreamConfig,
         metrics: Metrics,
     ) -> Identity {
+        Identity::spawn_with(workload, upstream, metrics, ClientCerts::Required)
+    }
+
+    /// As [`Identity::spawn`], with the listener's client-certificate mode
+    /// (`Optional` only for `listener.jwt_svid_callers`).
+    pub fn spawn_with(
+        workload: WorkloadApiConfig,
+        upstream: &UpstreamConfig,
+        metrics: Metrics,
+        client_certs: ClientCerts,
+    ) -> Identity {
         let (tx, rx) = watch::channel(None);
         let expected = upstream.spiffe_id.to_string();
         tokio::spawn(async move {
             let source = connect(&workload).await;
-            match build_configs(source, &expected) {
+            match build_configs(source, &expected, client_certs) {
                 Ok(configs) => {
                     watch_rotations(configs.source.clone(), metrics);
                     let _ = tx.send(Some(configs));
@@ -135,13 +150,41 @@ async fn connect(workload: &WorkloadApiConfig) -> X509Source {
     }
 }
 
+/// Why TLS configs could not be built from the source.
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    #[error(transparent)]
+    Spiffe(#[from] spiffe_rustls::Error),
+    #[error("listener TLS config: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Whether the listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// mTLS only: a handshake without a client certificate fails.
+    Required,
+    /// A handshake without a client certificate succeeds (the caller must
+    /// then present a JWT-SVID per request); a certificate that is sent is
+    /// verified exactly as with `Required`.
+    Optional,
+}
+
 fn build_configs(
     source: X509Source,
     upstream_id: &str,
-) -> Result<TlsConfigs, spiffe_rustls::Error> {
-    let server = spiffe_rustls::mtls_server(source.clone())
+    client_certs: ClientCerts,
+) -> Result<TlsConfigs, ConfigError> {
+    let mut server = spiffe_rustls::mtls_server(source.clone())
         .with_alpn_protocols(LISTENER_ALPN)
         .build()?;
+    if client_certs == ClientCerts::Optional {
+        server = optional_client_auth::server_config(&server, source.clone())?;
+    }
+    let spiffe_id = source
+        .try_svid()
+        .map(|svid| Arc::from(svid.spiffe_id().to_string()))
+        .ok_or(spiffe_rustls::Error::NoSvid)?;
     let upstream = spiffe_rustls::mtls_client(source.clone())
         .authorize(spiffe_rustls::exact([upstream_id])?)
         .with_alpn_protocols(UPSTREAM_ALPN)
@@ -150,6 +193,7 @@ fn build_configs(
         server: Arc::new(server),
         upstream: Arc::new(upstream),
         source,
+        spiffe_id,
     })
 }
 

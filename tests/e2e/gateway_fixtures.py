@@ -136,12 +136,15 @@ def write_config(
     session_idle_timeout: int | None = None,
     policy_extra: list[str] | None = None,
     extra_yaml: str = "",
+    listener_extra: list[str] | None = None,
 ) -> Path:
     """`policy_extra`: more lines under `policy:` (indented by the caller);
-    `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block)."""
+    `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block);
+    `listener_extra`: more lines under `listener:` (indented by the caller)."""
     lines = [
         "listener:",
         '  address: "127.0.0.1:0"',
+        *(listener_extra or []),
         "admin:",
         '  address: "127.0.0.1:0"',
         "workload_api:",

@@ -189,6 +189,7 @@ class Spire:
         selector: str | None = None,
         entry_id: str | None = None,
         federates_with: list[str] | None = None,
+        jwt_ttl: int | None = None,
     ) -> str:
         """Creates a workload entry under this agent; returns its entry ID.
 
@@ -196,6 +197,7 @@ class Spire:
         selector: default ``unix:uid:<current uid>``.
         federates_with: trust domains (``spiffe://partner.test``) whose
         bundles the workload also receives (``entry create -federatesWith``).
+        jwt_ttl: JWT-SVID lifetime in seconds (``-jwtSVIDTTL``).
         """
         args = [
             "-parentID", self.agent_id,
@@ -211,6 +213,8 @@ class Spire:
             args += ["-entryID", entry_id]
         for td in federates_with or []:
             args += ["-federatesWith", td]
+        if jwt_ttl is not None:
+            args += ["-jwtSVIDTTL", str(int(jwt_ttl))]
         out = self.server("entry", "create", *args, "-output", "json")
         result = json.loads(out)["results"][0]
         if result.get("status", {}).get("code", 0) != 0:
