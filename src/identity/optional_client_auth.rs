@@ -26,7 +26,19 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
 };
-use spiffe::{SpiffeId, X509Source};
+use spiffe::{SpiffeId, TrustDomain, X509Bundle, X509Source};
+
+/// Where the X.509 bundles come from: the live source, or a fixed set in
+/// unit tests.
+trait Bundles: Send + Sync + std::fmt::Debug {
+    fn bundle(&self, trust_domain: &TrustDomain) -> Option<Arc<X509Bundle>>;
+}
+
+impl Bundles for X509Source {
+    fn bundle(&self, trust_domain: &TrustDomain) -> Option<Arc<X509Bundle>> {
+        self.try_bundle_for_trust_domain(trust_domain)
+    }
+}
 
 /// A listener config like `mtls`, but with the client certificate optional.
 pub(super) fn server_config(
@@ -34,10 +46,7 @@ pub(super) fn server_config(
     source: X509Source,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(OptionalSvidVerifier {
-        source,
-        provider: Arc::clone(&provider),
-    });
+    let verifier = Arc::new(OptionalSvidVerifier::new(source, Arc::clone(&provider)));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -51,11 +60,18 @@ pub(super) fn server_config(
 
 #[derive(Debug)]
 struct OptionalSvidVerifier {
-    source: X509Source,
+    bundles: Box<dyn Bundles>,
     provider: Arc<CryptoProvider>,
 }
 
 impl OptionalSvidVerifier {
+    fn new(bundles: impl Bundles + 'static, provider: Arc<CryptoProvider>) -> Self {
+        OptionalSvidVerifier {
+            bundles: Box::new(bundles),
+            provider,
+        }
+    }
+
     fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
         &self.provider.signature_verification_algorithms
     }
@@ -64,8 +80,8 @@ impl OptionalSvidVerifier {
     fn verifier_for(&self, id: &SpiffeId) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
         let td = id.trust_domain();
         let bundle = self
-            .source
-            .try_bundle_for_trust_domain(td)
+            .bundles
+            .bundle(td)
             .ok_or_else(|| general(format!("no trust bundle for trust domain {td}")))?;
         let mut roots = RootCertStore::empty();
         for authority in bundle.authorities() {
@@ -175,7 +191,10 @@ fn general(reason: String) -> rustls::Error {
 
 #[cfg(test)]
 mod tests {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
 
     use super::*;
 
@@ -243,6 +262,110 @@ mod tests {
             "partner.test"
         );
         assert!(check_leaf(b"garbage").is_err());
+    }
+
+    /// A test CA for one trust domain.
+    struct TestCa {
+        der: Vec<u8>,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    fn test_ca(name: &str) -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        TestCa {
+            der,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// An X509-SVID-shaped leaf for `id`, signed by `ca`.
+    fn svid(id: &str, ca: &TestCa) -> Vec<u8> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
+    }
+
+    /// A fixed bundle set, as the Workload API would deliver it.
+    #[derive(Debug)]
+    struct Fixed(Vec<Arc<X509Bundle>>);
+
+    impl Bundles for Fixed {
+        fn bundle(&self, trust_domain: &TrustDomain) -> Option<Arc<X509Bundle>> {
+            self.0
+                .iter()
+                .find(|b| b.trust_domain() == trust_domain)
+                .cloned()
+        }
+    }
+
+    fn bundle(td: &str, ca: &TestCa) -> Arc<X509Bundle> {
+        let td = TrustDomain::new(td).unwrap();
+        Arc::new(X509Bundle::from_x509_authorities(td, &[ca.der.as_slice()]).unwrap())
+    }
+
+    /// Each leaf is checked against the bundle of its own trust domain only,
+    /// and a trust domain without a bundle is refused; no certificate at all
+    /// is allowed through the handshake (the request then needs a token).
+    #[test]
+    fn a_certificate_is_verified_with_its_own_trust_domains_bundle() {
+        let example = test_ca("example.org root");
+        let partner = test_ca("partner.test root");
+        let stranger = test_ca("stranger.test root");
+        let bundles = Fixed(vec![
+            bundle("example.org", &example),
+            bundle("partner.test", &partner),
+        ]);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = OptionalSvidVerifier::new(bundles, provider);
+        assert!(verifier.offer_client_auth());
+        assert!(!verifier.client_auth_mandatory());
+
+        let agent = "spiffe://example.org/ns/demo/sa/agent";
+        let partner_agent = "spiffe://partner.test/ns/demo/sa/agent";
+        let cases: &[(&str, Vec<u8>, bool)] = &[
+            ("own domain", svid(agent, &example), true),
+            ("federated domain", svid(partner_agent, &partner), true),
+            (
+                "partner ID under the example.org root",
+                svid(partner_agent, &example),
+                false,
+            ),
+            (
+                "example.org ID under the partner root",
+                svid(agent, &partner),
+                false,
+            ),
+            (
+                "trust domain without a bundle",
+                svid("spiffe://stranger.test/ns/demo/sa/agent", &stranger),
+                false,
+            ),
+            (
+                "example.org ID under an unknown root",
+                svid(agent, &stranger),
+                false,
+            ),
+        ];
+        for (name, der, ok) in cases {
+            let got = verifier.verify_client_cert(
+                &CertificateDer::from(der.as_slice()),
+                &[],
+                UnixTime::now(),
+            );
+            assert_eq!(got.is_ok(), *ok, "{name}: {got:?}");
+        }
     }
 
     #[test]
