@@ -27,6 +27,7 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
+import time
 
 import pytest
 
@@ -112,8 +113,7 @@ def federated(spire, partner, partner_svid):
         spire.server("bundle", "delete", "-id", f"spiffe://{PARTNER_TD}")
 
 
-@pytest.fixture(scope="module")
-def fed_gateway(federated, spire, upstream, tmp_path_factory):
+def start_fed_gateway(spire, upstream, tmp_path_factory, **kw):
     policies = tmp_path_factory.mktemp("fed-policies")
     shutil.copytree(POLICY_DIR, policies, dirs_exist_ok=True)
     (policies / "partner.cedar").write_text(PARTNER_POLICY, encoding="utf-8")
@@ -124,9 +124,20 @@ def fed_gateway(federated, spire, upstream, tmp_path_factory):
         SERVER_ID,
         hint="fed-gateway",
         policy_dir=policies,
+        **kw,
     )
     try:
         gw.wait_ready()
+    except Exception:
+        gw.stop()
+        raise
+    return gw
+
+
+@pytest.fixture(scope="module")
+def fed_gateway(federated, spire, upstream, tmp_path_factory):
+    gw = start_fed_gateway(spire, upstream, tmp_path_factory)
+    try:
         yield gw
     finally:
         gw.stop()
@@ -208,3 +219,33 @@ def test_forged_cross_domain_certificates_are_refused(fed_gateway, spire, partne
     for case, (cert, key) in forged.items():
         assert refused_at_handshake(gw.port, ca, cert, key), case
     assert gw.metric("mcp_gateway_tls_handshake_failures_total") >= failures + len(forged)
+
+
+def test_partner_jwt_svid_caller_is_verified_with_the_federated_jwt_bundle(
+    federated, spire, partner, partner_svid, upstream, tmp_path, tmp_path_factory
+):
+    """listener.jwt_svid_callers and federation together: a partner agent
+    without a client certificate presents a JWT-SVID from the partner SPIRE
+    (audience: the gateway's SPIFFE ID); the gateway verifies it with the
+    partner JWT bundle it received from its own Workload API, and policy
+    decides on `principal.trust_domain` as for a certificate."""
+    gw = start_fed_gateway(spire, upstream, tmp_path_factory, listener_extra=["  jwt_svid_callers: {}"])
+    try:
+        ca = example_bundle_seen_by_partner(partner, tmp_path)
+        token = partner.fetch_jwt(PARTNER_AGENT_ID, FED_GATEWAY_ID)
+        headers = [f"Authorization: Bearer {token}"]
+        # JWT bundles load in the background: refused (never allowed) until then.
+        deadline = time.monotonic() + 30
+        while True:
+            run = run_py_agent(gw.url, None, None, ca, calls=[ECHO, WEATHER], headers=headers)
+            if not run.connect_error and call(run, ECHO)["ok"]:
+                break
+            assert time.monotonic() < deadline, run.stdout + run.stderr
+            time.sleep(0.2)
+        denied = assert_denied(call(run, WEATHER), gw)
+        assert denied["caller"] == PARTNER_AGENT_ID, denied
+        records = gw.wait_audit(lambda r: r.get("target") == "echo" and r["caller"] == PARTNER_AGENT_ID)
+        echo = [r for r in records if r.get("target") == "echo" and r["caller"] == PARTNER_AGENT_ID][-1]
+        assert echo["decision"] == "allow" and echo["policy_ids"] == ["partner-may-echo"], echo
+    finally:
+        gw.stop()

@@ -6,7 +6,7 @@ client certificate: the handshake authenticates the gateway only, and every
 request carries `Authorization: Bearer <JWT-SVID>`. The caller is the
 token's subject, decided by the same policies (`Mcp::Workload::"<sub>"`).
 
-- The demo agent's JWT-SVID on the real Python MCP SDK: `echo` allowed,
+- The demo agent's JWT-SVID on the real Python and TypeScript MCP SDKs: `echo` allowed,
   `delete_repository` denied; the token never reaches the upstream.
 - A session opened with one identity's token is refused to another's.
 - No token, garbage, a wrong audience, an expired token: 401 with the
@@ -30,7 +30,7 @@ import pytest
 
 from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID, SERVER_ID
 from gateway_fixtures import start_gateway
-from mcp_fixtures import run_py_agent
+from mcp_fixtures import run_py_agent, run_ts_agent
 from raw_http import PROBE, PROBE_HEADERS, Resp
 from test_federation_e2e import refused_at_handshake
 from test_gateway_e2e import DELETE, ECHO, assert_denied, bad_leaves, call, tool_calls
@@ -107,16 +107,20 @@ def test_off_by_default_no_certificate_no_handshake(gateway, ca):
     assert refused_at_handshake(gateway.port, ca, None, None)
 
 
-def test_sdk_client_without_certificate_allowed_and_denied(jwt_gateway, agent_token, upstream, ca):
+@pytest.mark.parametrize("sdk", ["python", "typescript"])
+def test_sdk_client_without_certificate_allowed_and_denied(sdk, jwt_gateway, agent_token, upstream, ca):
     gw = jwt_gateway
     before = len(tool_calls(upstream, "echo"))
-    run = run_py_agent(gw.url, None, None, ca, calls=[ECHO, DELETE], headers=[f"Authorization: Bearer {agent_token}"])
+    run_agent = run_py_agent if sdk == "python" else run_ts_agent
+    run = run_agent(gw.url, None, None, ca, calls=[ECHO, DELETE], headers=[f"Authorization: Bearer {agent_token}"])
     assert not run.connect_error, run.stdout + run.stderr
     assert call(run, ECHO)["ok"] is True, run.stdout
     denied = assert_denied(call(run, DELETE), gw)
     assert denied["caller"] == AGENT_ID and denied["policy_ids"] == ["nobody-deletes-repos"], denied
     assert len(tool_calls(upstream, "echo")) == before + 1
     assert not tool_calls(upstream, "delete_repository")
+    if sdk == "typescript":  # 2025-11-25: a session, owned by the token's subject
+        assert run.negotiated["session_id"], run.stdout
     records = gw.wait_audit(lambda r: r.get("target") == "echo" and r["caller"] == AGENT_ID)
     assert [r for r in records if r.get("target") == "echo"][-1]["decision"] == "allow"
     # The token is for the gateway: never passed on.
