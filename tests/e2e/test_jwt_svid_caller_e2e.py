@@ -146,8 +146,11 @@ def test_a_session_belongs_to_the_token_identity(spire, jwt_gateway, agent_token
 
 def test_bad_or_missing_tokens_are_refused_with_401_and_audited(spire, jwt_gateway, agent_token, upstream, ca):
     gw = jwt_gateway
-    spire.register(SHORT_ID, "jwt-short", jwt_ttl=5)
-    short = spire.fetch_jwt(SHORT_ID, GATEWAY_ID)
+    entry = spire.register(SHORT_ID, "jwt-short", jwt_ttl=8)
+    try:
+        short = spire.fetch_jwt(SHORT_ID, GATEWAY_ID)
+    finally:
+        spire.delete_entry(entry)  # the token stays valid until its exp
     expires = claims(short)["exp"]
     # Control: accepted while valid (the policies permit this workload
     # nothing, so it is denied, not refused: a 403, never a 401).
