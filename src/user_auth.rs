@@ -286,14 +286,24 @@ impl CallerTokens {
             ));
         }
         #[derive(serde::Deserialize)]
-        struct Expiry {
+        struct Verified {
+            sub: String,
             exp: i64,
         }
-        let expiry: Expiry = serde_json::from_str(claims.get())
-            .map_err(|_| TokenError::Claims("`exp` is not an integer".to_owned()))?;
+        // Read back from the verified claims: the subject that picked the
+        // bundle must be the one that was signed.
+        let verified: Verified = serde_json::from_str(claims.get())
+            .map_err(|_| TokenError::Claims("`sub` or `exp` unusable".to_owned()))?;
+        if verified.sub != subject.to_string() {
+            return Err(TokenError::Claims("`sub` is ambiguous".to_owned()));
+        }
+        // RFC 7519 4.1.4: not accepted on or after `exp`.
+        if verified.exp <= crate::identity::unix_now() {
+            return Err(TokenError::Invalid("ExpiredSignature".to_owned()));
+        }
         Ok(TokenCaller {
             spiffe_id: subject,
-            expires: expiry.exp,
+            expires: verified.exp,
         })
     }
 }
