@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Starts a local SPIRE server and agent (trust domain example.org) with all
-# state under RUN_DIR, for the demo and the end-to-end tests.
+# Starts a local SPIRE server and agent (trust domain example.org unless
+# SPIRE_TRUST_DOMAIN says otherwise) with all state under RUN_DIR, for the demo
+# and the end-to-end tests. Several instances can run side by side, each in
+# its own RUN_DIR (own sockets, own free port): e.g. a second trust domain
+# for federation tests.
 #
 #   spire/start.sh RUN_DIR          start server + agent, wait until healthy
 #   spire/start.sh --stop RUN_DIR   stop the agent and server started there
@@ -22,10 +25,11 @@
 #   SPIRE_START_TIMEOUT  seconds to wait for each process (default 60)
 #   SPIRE_LOG_LEVEL      DEBUG|INFO|WARN|ERROR (default INFO)
 #   SPIRE_SERVER_PORT    server port on 127.0.0.1 (default: a free port)
+#   SPIRE_TRUST_DOMAIN   trust domain of this instance (default example.org)
 set -euo pipefail
 
 script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-trust_domain=example.org
+trust_domain=${SPIRE_TRUST_DOMAIN:-example.org}
 
 die() {
   echo "spire/start.sh: $*" >&2
@@ -130,7 +134,7 @@ make_upstream_ca() {
   (umask 077 && openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$key" 2>/dev/null) ||
     die "openssl could not generate the upstream CA key"
   openssl req -x509 -new -key "$key" -sha256 -days 30 \
-    -subj "/O=spiffe-mcp-gateway test/CN=upstream test root" \
+    -subj "/O=spiffe-mcp-gateway test/CN=$trust_domain upstream test root" \
     -addext "basicConstraints=critical,CA:TRUE" \
     -addext "keyUsage=critical,keyCertSign,cRLSign" \
     -addext "subjectKeyIdentifier=hash" \
@@ -153,6 +157,9 @@ case $run_dir in
 esac
 # Unix socket paths are limited to 108 bytes on Linux (104 on macOS).
 ((${#run_dir} + 12 <= 100)) || die "RUN_DIR path too long for unix sockets (${#run_dir} chars): $run_dir"
+
+# A SPIFFE trust domain name: lowercase letters, digits, '.', '-', '_'.
+[[ $trust_domain =~ ^[a-z0-9._-]+$ ]] || die "SPIRE_TRUST_DOMAIN must match [a-z0-9._-]+, got '$trust_domain'"
 
 timeout=${SPIRE_START_TIMEOUT:-60}
 log_level=${SPIRE_LOG_LEVEL:-INFO}

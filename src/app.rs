@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Admin};
 use crate::audit::AuditLog;
 use crate::config::Config;
-use crate::identity::Identity;
+use crate::identity::{ClientCerts, Identity};
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::proxy::{Gateway, listener, loopback};
@@ -45,10 +45,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
     let audit =
         AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
-    let identity = Identity::spawn(
+    let client_certs = match config.listener.jwt_svid_callers {
+        Some(_) => ClientCerts::Optional,
+        None => ClientCerts::Required,
+    };
+    let identity = Identity::spawn_with(
         config.workload_api.clone(),
         &config.upstream,
         metrics.clone(),
+        client_certs,
     );
 
     let listener = TcpListener::bind(config.listener.address)

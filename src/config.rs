@@ -120,6 +120,17 @@ pub struct ListenerConfig {
     /// Client sidecar: plain HTTP on a loopback IP instead of mTLS; the
     /// caller is this process's own SVID (see `proxy::loopback`).
     pub plaintext_loopback: bool,
+    /// Callers without a client certificate may authenticate each request
+    /// with a JWT-SVID (`Authorization: Bearer`); `None` (the default):
+    /// mTLS only.
+    pub jwt_svid_callers: Option<JwtSvidCallersConfig>,
+}
+
+/// `listener.jwt_svid_callers`: JWT-SVIDs as the caller credential.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSvidCallersConfig {
+    /// The `aud` a token must carry; `None`: the gateway's own SPIFFE ID.
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +219,14 @@ struct RawListener {
     path: String,
     #[serde(default)]
     plaintext_loopback: bool,
+    jwt_svid_callers: Option<RawJwtSvidCallers>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtSvidCallers {
+    #[serde(default)]
+    audience: Option<String>,
 }
 
 fn default_path() -> String {
@@ -358,6 +377,14 @@ impl RawConfig {
         };
         let policy = self.policy.validate(base)?;
         let user_auth = self.user_auth.map(|u| u.validate(base)).transpose()?;
+        if listener.jwt_svid_callers.is_some() && user_auth.is_some() {
+            // Both read `Authorization: Bearer`: on a connection without a
+            // certificate one header would have to be the caller's identity
+            // and the end user's at once. Refused rather than guessed.
+            bail!(
+                "listener.jwt_svid_callers: cannot be combined with user_auth (both use the Authorization header)"
+            );
+        }
         Ok(Config {
             listener,
             admin,
@@ -401,6 +428,21 @@ impl RawPolicy {
             shadow_dir,
             watch_interval,
         })
+    }
+}
+
+impl RawJwtSvidCallers {
+    fn validate(self) -> anyhow::Result<JwtSvidCallersConfig> {
+        let audience = match self.audience {
+            None => None,
+            Some(a) if a.trim().is_empty() || a.trim() != a => {
+                bail!(
+                    "listener.jwt_svid_callers.audience: must be non-empty, without surrounding spaces"
+                )
+            }
+            Some(a) => Some(a),
+        };
+        Ok(JwtSvidCallersConfig { audience })
     }
 }
 
@@ -450,10 +492,20 @@ impl RawListener {
                  (`plaintext_loopback: true`) may only bind 127.0.0.0/8 or ::1"
             );
         }
+        if self.plaintext_loopback && self.jwt_svid_callers.is_some() {
+            bail!(
+                "listener.jwt_svid_callers: not with `plaintext_loopback: true` (the plain \
+                 listener's caller is this process's own SVID, never a token)"
+            );
+        }
         Ok(ListenerConfig {
             address,
             path: validate_path("listener.path", self.path)?,
             plaintext_loopback: self.plaintext_loopback,
+            jwt_svid_callers: self
+                .jwt_svid_callers
+                .map(RawJwtSvidCallers::validate)
+                .transpose()?,
         })
     }
 }

@@ -9,6 +9,14 @@
 //! session resumption and tickets stay off (the spiffe-rustls default): every
 //! handshake re-checks the peer against the current bundle.
 //!
+//! Federation: the Workload API delivers the bundles of federated trust
+//! domains beside the gateway's own; spiffe-rustls verifies a caller against
+//! the bundle of the caller's own trust domain (taken from its SPIFFE ID,
+//! then proved by the chain), so a partner's certificate never validates
+//! against another domain's roots, and a trust domain without a bundle is
+//! refused at the handshake. Which federated callers may do what is policy
+//! (`principal.trust_domain`). The number of bundles held is exported.
+//!
 //! This module must never hand out a config built without an SVID, and never
 //! report ready while the source has no usable SVID.
 
@@ -17,12 +25,14 @@ use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
 use spiffe::x509_source::SvidPicker;
-use spiffe::{X509Source, X509Svid};
+use spiffe::{X509BundleSet, X509Source, X509Svid};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::config::{UpstreamConfig, WorkloadApiConfig};
 use crate::metrics::Metrics;
+
+mod optional_client_auth;
 
 /// ALPN protocols offered by the listener: HTTP/2 preferred, HTTP/1.1 otherwise.
 const LISTENER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -35,6 +45,8 @@ pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
     pub upstream: Arc<ClientConfig>,
     source: X509Source,
+    /// The gateway's own SPIFFE ID (the default JWT-SVID caller audience).
+    pub spiffe_id: Arc<str>,
 }
 
 impl TlsConfigs {
@@ -70,11 +82,22 @@ impl Identity {
         upstream: &UpstreamConfig,
         metrics: Metrics,
     ) -> Identity {
+        Identity::spawn_with(workload, upstream, metrics, ClientCerts::Required)
+    }
+
+    /// As [`Identity::spawn`], with the listener's client-certificate mode
+    /// (`Optional` only for `listener.jwt_svid_callers`).
+    pub fn spawn_with(
+        workload: WorkloadApiConfig,
+        upstream: &UpstreamConfig,
+        metrics: Metrics,
+        client_certs: ClientCerts,
+    ) -> Identity {
         let (tx, rx) = watch::channel(None);
         let expected = upstream.spiffe_id.to_string();
         tokio::spawn(async move {
             let source = connect(&workload).await;
-            match build_configs(source, &expected) {
+            match build_configs(source, &expected, client_certs) {
                 Ok(configs) => {
                     watch_rotations(configs.source.clone(), metrics);
                     let _ = tx.send(Some(configs));
@@ -135,13 +158,41 @@ async fn connect(workload: &WorkloadApiConfig) -> X509Source {
     }
 }
 
+/// Why TLS configs could not be built from the source.
+#[derive(Debug, thiserror::Error)]
+enum ConfigError {
+    #[error(transparent)]
+    Spiffe(#[from] spiffe_rustls::Error),
+    #[error("listener TLS config: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Whether the listener requires a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientCerts {
+    /// mTLS only: a handshake without a client certificate fails.
+    Required,
+    /// A handshake without a client certificate succeeds (the caller must
+    /// then present a JWT-SVID per request); a certificate that is sent is
+    /// verified exactly as with `Required`.
+    Optional,
+}
+
 fn build_configs(
     source: X509Source,
     upstream_id: &str,
-) -> Result<TlsConfigs, spiffe_rustls::Error> {
-    let server = spiffe_rustls::mtls_server(source.clone())
+    client_certs: ClientCerts,
+) -> Result<TlsConfigs, ConfigError> {
+    let mut server = spiffe_rustls::mtls_server(source.clone())
         .with_alpn_protocols(LISTENER_ALPN)
         .build()?;
+    if client_certs == ClientCerts::Optional {
+        server = optional_client_auth::server_config(&server, source.clone())?;
+    }
+    let spiffe_id = source
+        .try_svid()
+        .map(|svid| Arc::from(svid.spiffe_id().to_string()))
+        .ok_or(spiffe_rustls::Error::NoSvid)?;
     let upstream = spiffe_rustls::mtls_client(source.clone())
         .authorize(spiffe_rustls::exact([upstream_id])?)
         .with_alpn_protocols(UPSTREAM_ALPN)
@@ -150,6 +201,7 @@ fn build_configs(
         server: Arc::new(server),
         upstream: Arc::new(upstream),
         source,
+        spiffe_id,
     })
 }
 
@@ -161,8 +213,10 @@ fn watch_rotations(source: X509Source, metrics: Metrics) {
         if let Some(svid) = &current {
             record_svid(svid, &metrics);
         }
+        let mut domains = record_bundles(&source, &metrics, Vec::new());
         while updates.changed().await.is_ok() {
             metrics.identity_updates.inc();
+            domains = record_bundles(&source, &metrics, domains);
             let Some(svid) = source.try_svid() else {
                 warn!("the Workload API withdrew the SVID; handshakes now fail");
                 continue;
@@ -187,6 +241,27 @@ fn record_svid(svid: &X509Svid, metrics: &Metrics) {
     }
 }
 
+/// Exports the number of trust bundles and logs the trust domains when the
+/// set changes; returns the sorted set for the next comparison.
+fn record_bundles(source: &X509Source, metrics: &Metrics, before: Vec<String>) -> Vec<String> {
+    let Ok(set) = source.bundle_set() else {
+        return before;
+    };
+    let domains = trust_domains(&set);
+    metrics.trust_bundles.set(domains.len() as i64);
+    if domains != before {
+        info!(trust_domains = ?domains, "trust bundles from the Workload API");
+    }
+    domains
+}
+
+/// The trust domains of a bundle set, sorted.
+fn trust_domains(set: &X509BundleSet) -> Vec<String> {
+    let mut domains: Vec<String> = set.iter().map(|(td, _)| td.to_string()).collect();
+    domains.sort_unstable();
+    domains
+}
+
 fn leaf_der(svid: &X509Svid) -> &[u8] {
     svid.leaf().as_ref()
 }
@@ -201,4 +276,21 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use spiffe::{TrustDomain, X509Bundle};
+
+    use super::*;
+
+    #[test]
+    fn trust_domains_lists_own_and_federated_bundles_sorted() {
+        let mut set = X509BundleSet::new();
+        assert!(trust_domains(&set).is_empty());
+        for td in ["partner.test", "example.org", "partner.test"] {
+            set.add_bundle(X509Bundle::new(TrustDomain::new(td).unwrap()));
+        }
+        assert_eq!(trust_domains(&set), ["example.org", "partner.test"]);
+    }
 }

@@ -60,6 +60,9 @@ pub struct Metrics {
     /// Decisions by caller SPIFFE ID: only when `metrics.caller_labels` is
     /// set, since every distinct caller is a new series.
     caller_decisions: Option<IntCounterVec>,
+    /// Trust domains with an X.509 bundle (own plus federated): a count, not
+    /// a label per domain, since the Workload API decides the set.
+    pub trust_bundles: IntGauge,
 }
 
 impl Metrics {
@@ -184,9 +187,17 @@ impl Metrics {
                 )
                 .expect("static metric definition")
             }),
+            trust_bundles: IntGauge::new(
+                "mcp_gateway_trust_bundles",
+                "Trust domains the gateway holds an X.509 bundle for (its own and federated ones).",
+            )
+            .expect("static metric definition"),
             registry,
         };
         m.register_all();
+        m.registry
+            .register(Box::new(m.trust_bundles.clone()))
+            .expect("metric names are unique");
         if let Some(c) = &m.caller_decisions {
             m.registry
                 .register(Box::new(c.clone()))

@@ -37,7 +37,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgo
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::value::RawValue;
 
-use crate::config::{UserAuthConfig, UserKeys};
+use crate::config::{JwtSvidCallersConfig, UserAuthConfig, UserKeys};
 use crate::policy::User;
 
 /// Verifies end-user tokens. Built once at start.
@@ -85,22 +85,7 @@ impl UserAuth {
         let path = match &config.keys {
             UserKeys::JwksFile(path) => path,
             UserKeys::JwtSvid => {
-                let source = Arc::new(OnceLock::new());
-                let slot = Arc::clone(&source);
-                let endpoint = workload_api.to_owned();
-                tokio::spawn(async move {
-                    match JwtSource::builder().endpoint(&endpoint).build().await {
-                        Ok(s) => {
-                            tracing::info!(
-                                "JWT bundles received; end-user JWT-SVIDs can be verified"
-                            );
-                            let _ = slot.set(s);
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "JWT bundles unavailable; every end-user token is refused")
-                        }
-                    }
-                });
+                let source = spawn_jwt_source(workload_api, "end-user");
                 return Ok(UserAuth {
                     keys: Keys::JwtSvid {
                         source,
@@ -155,14 +140,7 @@ impl UserAuth {
                 Ok(None)
             };
         };
-        let token = std::str::from_utf8(value)
-            .ok()
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(TokenError::Malformed)?;
+        let token = bearer(value)?;
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let user = match &self.keys {
@@ -181,33 +159,152 @@ impl UserAuth {
                 audience,
                 leeway,
             } => {
-                let source = source.get().ok_or(TokenError::NoBundle)?;
-                let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
-                let subject = unverified_subject(token)?;
-                let trust_domain = subject.trust_domain();
-                let bundle = source
-                    .try_bundle_for_trust_domain(trust_domain)
-                    .ok_or(TokenError::NoBundle)?;
-                let authority = bundle
-                    .find_jwt_authority(kid)
-                    .ok_or(TokenError::UnknownKey)?;
-                let jwk: Jwk = serde_json::from_slice(authority.jwk_json())
-                    .map_err(|e| TokenError::Invalid(format!("bundle key: {e}")))?;
-                let algorithm = algorithm_for(&jwk).map_err(TokenError::Invalid)?;
-                let key = DecodingKey::from_jwk(&jwk)
-                    .map_err(|e| TokenError::Invalid(format!("bundle key: {e}")))?;
-                let mut validation = Validation::new(algorithm);
-                validation.leeway = *leeway;
-                validation.validate_nbf = true;
-                validation.set_audience(&[audience]);
-                validation.set_required_spec_claims(&["exp", "aud", "sub"]);
-                let claims = decode(token, &key, &validation)?;
-                let issuer = format!("spiffe://{trust_domain}");
+                let (subject, claims) = verify_jwt_svid(source, token, &header, audience, *leeway)?;
+                let issuer = format!("spiffe://{}", subject.trust_domain());
                 User::from_claims_json(claims.get(), Some(&issuer))
             }
         };
         user.map(|u| Some(Arc::new(u)))
             .map_err(|e| TokenError::Claims(e.to_string()))
+    }
+}
+
+/// Connects a `JwtSource` in the background; the slot stays empty (every
+/// token refused, `NoBundle`) until the first JWT bundles arrive.
+fn spawn_jwt_source(workload_api: &str, what: &'static str) -> Arc<OnceLock<JwtSource>> {
+    let source = Arc::new(OnceLock::new());
+    let slot = Arc::clone(&source);
+    let endpoint = workload_api.to_owned();
+    tokio::spawn(async move {
+        match JwtSource::builder().endpoint(&endpoint).build().await {
+            Ok(s) => {
+                tracing::info!("JWT bundles received; {what} JWT-SVIDs can be verified");
+                let _ = slot.set(s);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "JWT bundles unavailable; every {what} token is refused")
+            }
+        }
+    });
+    source
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+fn bearer(value: &[u8]) -> Result<&str, TokenError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or(TokenError::Malformed)
+}
+
+/// Verifies a JWT-SVID against the JWT bundle of its subject's trust domain
+/// (the `kid` authority in it): signature, `aud`, `exp` (and `nbf` when
+/// present) with `leeway` seconds. Returns the subject and the claims.
+fn verify_jwt_svid(
+    source: &OnceLock<JwtSource>,
+    token: &str,
+    header: &jsonwebtoken::Header,
+    audience: &str,
+    leeway: u64,
+) -> Result<(SpiffeId, Box<RawValue>), TokenError> {
+    let source = source.get().ok_or(TokenError::NoBundle)?;
+    let kid = header.kid.as_deref().ok_or(TokenError::UnknownKey)?;
+    let subject = unverified_subject(token)?;
+    let bundle = source
+        .try_bundle_for_trust_domain(subject.trust_domain())
+        .ok_or(TokenError::NoBundle)?;
+    let authority = bundle
+        .find_jwt_authority(kid)
+        .ok_or(TokenError::UnknownKey)?;
+    let jwk: Jwk = serde_json::from_slice(authority.jwk_json())
+        .map_err(|e| TokenError::Invalid(format!("bundle key: {e}")))?;
+    let algorithm = algorithm_for(&jwk).map_err(TokenError::Invalid)?;
+    let key =
+        DecodingKey::from_jwk(&jwk).map_err(|e| TokenError::Invalid(format!("bundle key: {e}")))?;
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = leeway;
+    validation.validate_nbf = true;
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+    let claims = decode(token, &key, &validation)?;
+    Ok((subject, claims))
+}
+
+/// Verifies the JWT-SVID a caller without a client certificate presents on
+/// each request (`listener.jwt_svid_callers`). The workload is then the
+/// token's `sub`; no end user is involved (the config refuses `user_auth`
+/// beside it).
+pub struct CallerTokens {
+    source: Arc<OnceLock<JwtSource>>,
+    /// `None`: the gateway's own SPIFFE ID, given per request.
+    audience: Option<String>,
+}
+
+/// A caller authenticated by a JWT-SVID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenCaller {
+    pub spiffe_id: SpiffeId,
+    /// The token's `exp`, Unix seconds.
+    pub expires: i64,
+}
+
+impl CallerTokens {
+    /// Connects the JWT bundle source in the background (never blocks).
+    pub fn start(config: &JwtSvidCallersConfig, workload_api: &str) -> CallerTokens {
+        CallerTokens {
+            source: spawn_jwt_source(workload_api, "caller"),
+            audience: config.audience.clone(),
+        }
+    }
+
+    /// The caller of a request from its `Authorization` header values; no
+    /// header, a second one, or any failed check is a refusal. `own_id` is
+    /// the audience unless one is configured. No clock leeway: a token is
+    /// refused from its `exp` on.
+    pub fn verify(
+        &self,
+        authorization: hyper::header::GetAll<'_, hyper::header::HeaderValue>,
+        own_id: &str,
+    ) -> Result<TokenCaller, TokenError> {
+        let mut values = authorization.iter();
+        let value = values.next().ok_or(TokenError::Missing)?;
+        if values.next().is_some() {
+            return Err(TokenError::Malformed);
+        }
+        let token = bearer(value.as_bytes())?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let audience = self.audience.as_deref().unwrap_or(own_id);
+        let (subject, claims) = verify_jwt_svid(&self.source, token, &header, audience, 0)?;
+        if subject.path().is_empty() {
+            return Err(TokenError::Claims(
+                "`sub` needs a path (a workload, not a trust domain)".to_owned(),
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct Verified {
+            sub: String,
+            exp: i64,
+        }
+        // Read back from the verified claims: the subject that picked the
+        // bundle must be the one that was signed.
+        let verified: Verified = serde_json::from_str(claims.get())
+            .map_err(|_| TokenError::Claims("`sub` or `exp` unusable".to_owned()))?;
+        if verified.sub != subject.to_string() {
+            return Err(TokenError::Claims("`sub` is ambiguous".to_owned()));
+        }
+        // RFC 7519 4.1.4: not accepted on or after `exp`.
+        if verified.exp <= crate::identity::unix_now() {
+            return Err(TokenError::Invalid("ExpiredSignature".to_owned()));
+        }
+        Ok(TokenCaller {
+            spiffe_id: subject,
+            expires: verified.exp,
+        })
     }
 }
 

@@ -300,3 +300,81 @@ fn plaintext_listener_must_be_a_boolean() {
     );
     assert!(parse(&text).is_err());
 }
+
+#[test]
+fn jwt_svid_callers_is_off_by_default_and_opt_in_per_listener() {
+    assert_eq!(parse(GOOD).unwrap().listener.jwt_svid_callers, None);
+    let with = |block: &str| {
+        GOOD.replace(
+            r#"listener: { address: "127.0.0.1:8443" }"#,
+            &format!(r#"listener: {{ address: "127.0.0.1:8443", jwt_svid_callers: {block} }}"#),
+        )
+    };
+    let on = parse(&with("{}")).unwrap().listener.jwt_svid_callers;
+    assert_eq!(on, Some(JwtSvidCallersConfig { audience: None }));
+    let aud = parse(&with("{ audience: \"spiffe://example.org/gw\" }")).unwrap();
+    assert_eq!(
+        aud.listener.jwt_svid_callers.unwrap().audience.as_deref(),
+        Some("spiffe://example.org/gw")
+    );
+    for (bad, names) in [
+        ("{ audience: \"\" }", "listener.jwt_svid_callers.audience"),
+        (
+            "{ audience: \" gw\" }",
+            "listener.jwt_svid_callers.audience",
+        ),
+        ("{ audiences: [gw] }", "audiences"),
+    ] {
+        let err = format!("{:#}", parse(&with(bad)).unwrap_err());
+        assert!(err.contains(names), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn jwt_svid_callers_and_user_auth_are_refused_together() {
+    let text = GOOD.replace(
+        r#"listener: { address: "127.0.0.1:8443" }"#,
+        r#"listener: { address: "127.0.0.1:8443", jwt_svid_callers: {} }"#,
+    ) + "user_auth: { jwt_svid: true, audience: gw }\n";
+    let err = format!("{:#}", parse(&text).unwrap_err());
+    assert!(
+        err.contains("listener.jwt_svid_callers") && err.contains("user_auth"),
+        "{err}"
+    );
+}
+
+/// The gateway configs in docs/federation.md and docs/jwt-svid.md parse.
+#[test]
+fn federation_and_jwt_svid_doc_examples_parse() {
+    for (doc, text) in [
+        ("federation.md", include_str!("../../docs/federation.md")),
+        ("jwt-svid.md", include_str!("../../docs/jwt-svid.md")),
+    ] {
+        let yaml = text
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_else(|| panic!("{doc}: no yaml block"));
+        let config = parse(yaml).unwrap_or_else(|e| panic!("{doc}: {e:#}"));
+        assert_eq!(
+            config.listener.jwt_svid_callers.is_some(),
+            doc == "jwt-svid.md",
+            "{doc}"
+        );
+    }
+}
+
+/// A plain loopback listener's caller is the process's own SVID: a caller
+/// token there would be a second, contradictory identity source.
+#[test]
+fn plaintext_listener_refuses_jwt_svid_callers() {
+    let text = GOOD.replace(
+        r#"listener: { address: "127.0.0.1:8443" }"#,
+        r#"listener: { address: "127.0.0.1:8443", plaintext_loopback: true, jwt_svid_callers: {} }"#,
+    );
+    let msg = format!("{:#}", parse(&text).unwrap_err());
+    assert!(
+        msg.contains("listener.jwt_svid_callers") && msg.contains("plaintext_loopback"),
+        "{msg}"
+    );
+}

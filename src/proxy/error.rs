@@ -23,8 +23,8 @@ pub const CODE_TOO_LARGE: i32 = -32063;
 pub const CODE_BAD_TRANSPORT: i32 = -32064;
 /// JSON-RPC code for a session id this caller may not use (HTTP 404).
 pub const CODE_SESSION: i32 = -32065;
-/// JSON-RPC code for an end-user token that is missing or fails
-/// verification (HTTP 401).
+/// JSON-RPC code for a bearer token that is missing or fails verification
+/// (HTTP 401): an end-user token, or a JWT-SVID caller credential.
 pub const CODE_USER_TOKEN: i32 = -32066;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
@@ -78,6 +78,10 @@ pub enum ProxyError {
     /// Loopback listener: a browser `Origin` that is not loopback.
     #[error("Origin is not a loopback origin; cross-origin requests are refused")]
     ForeignOrigin,
+    /// A connection without a client certificate whose request carries no
+    /// valid JWT-SVID (`listener.jwt_svid_callers`).
+    #[error("caller token refused: {0}")]
+    CallerToken(String),
 }
 
 impl ProxyError {
@@ -115,6 +119,7 @@ impl ProxyError {
             ProxyError::ForeignHost | ProxyError::ForeignOrigin => {
                 (StatusCode::FORBIDDEN, CODE_BAD_TRANSPORT)
             }
+            ProxyError::CallerToken(_) => (StatusCode::UNAUTHORIZED, CODE_USER_TOKEN),
         }
     }
 
@@ -141,6 +146,7 @@ impl ProxyError {
             ProxyError::UserToken(_) => "user_token",
             ProxyError::ForeignHost => "foreign_host",
             ProxyError::ForeignOrigin => "foreign_origin",
+            ProxyError::CallerToken(_) => "caller_token",
         }
     }
 

@@ -8,6 +8,12 @@
 //! Never from headers. While the gateway has no SVID, connections are closed
 //! before any handshake. A connection is closed when the peer certificate it
 //! was authenticated with expires: no connection outlives its credential.
+//!
+//! With `listener.jwt_svid_callers` the client certificate is optional: a
+//! connection with one is authenticated by it exactly as above (a bearer
+//! token never overrides it); one without must present a JWT-SVID on every
+//! request (`Gateway::handle_token_caller`). Off by default: no certificate,
+//! no handshake.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +31,21 @@ use crate::proxy::Gateway;
 
 /// Time allowed for a client to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection without a client certificate is closed after this long (its
+/// requests are each authenticated by their own JWT-SVID, so this only
+/// bounds how long one connection lives).
+const TOKEN_CONNECTION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// How the requests of one connection are authenticated.
+#[derive(Clone)]
+enum Caller {
+    /// By the verified client certificate, once for the connection.
+    Certificate(Peer),
+    /// By a JWT-SVID on each request; the gateway's own SPIFFE ID (the
+    /// default audience).
+    Token(Arc<str>),
+}
 
 /// The authenticated peer of one connection.
 #[derive(Debug, Clone)]
@@ -111,31 +132,46 @@ async fn connection(
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(|e| format!("handshake failed: {e}"))?;
-    let leaf = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .ok_or_else(|| PeerError::NoCertificate.to_string())?;
-    let peer = peer_from_leaf(leaf.as_ref()).map_err(|e| e.to_string())?;
-    let expires_in = Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0));
-    let expiry = tokio::time::Instant::now() + expires_in;
-
-    let service = {
-        let peer = peer.clone();
-        service_fn(move |req| {
-            let gateway = Arc::clone(&gateway);
-            let peer = peer.clone();
-            async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, &peer).await) }
-        })
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    // Without a certificate (only with listener.jwt_svid_callers, whose TLS
+    // config makes it optional) each request must carry a JWT-SVID instead.
+    let caller = match leaf {
+        Some(leaf) => {
+            Caller::Certificate(peer_from_leaf(leaf.as_ref()).map_err(|e| e.to_string())?)
+        }
+        None if gateway.accepts_token_callers() => Caller::Token(Arc::clone(&configs.spiffe_id)),
+        None => return Err(PeerError::NoCertificate.to_string()),
     };
+    let expires_in = match &caller {
+        Caller::Certificate(peer) => {
+            Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0))
+        }
+        Caller::Token(_) => TOKEN_CONNECTION_LIFETIME,
+    };
+    let expiry = tokio::time::Instant::now() + expires_in;
+    let peer_id = match &caller {
+        Caller::Certificate(peer) => Arc::clone(&peer.spiffe_id),
+        Caller::Token(_) => Arc::from("(JWT-SVID per request)"),
+    };
+
+    let service = service_fn(move |req| {
+        let gateway = Arc::clone(&gateway);
+        let caller = caller.clone();
+        async move {
+            let response = match &caller {
+                Caller::Certificate(peer) => gateway.handle(req, peer).await,
+                Caller::Token(own_id) => gateway.handle_token_caller(req, own_id).await,
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let expired = tokio::select! {
         result = conn.as_mut() => return result.map_err(|e| format!("connection error: {e}")),
         _ = tokio::time::sleep_until(expiry) => {
-            debug!(spiffe_id = %peer.spiffe_id, "peer certificate expired; closing connection");
+            debug!(spiffe_id = %peer_id, "peer credential expired; closing connection");
             true
         }
         _ = shutdown.wait_for(|stop| *stop) => false,

@@ -45,7 +45,7 @@ use crate::mcp::{self, Message};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
-use crate::user_auth::{TokenError, UserAuth};
+use crate::user_auth::{CallerTokens, TokenError, UserAuth};
 use trace::Trace;
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
@@ -95,6 +95,9 @@ pub struct Gateway {
     caller_id_header: Option<HeaderName>,
     /// End-user token verification, if configured.
     user_auth: Option<UserAuth>,
+    /// JWT-SVID callers on connections without a client certificate
+    /// (`listener.jwt_svid_callers`), if configured.
+    jwt_callers: Option<CallerTokens>,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -193,6 +196,11 @@ impl Gateway {
                 .as_ref()
                 .map(|u| UserAuth::load(u, &config.workload_api.endpoint))
                 .transpose()?,
+            jwt_callers: config
+                .listener
+                .jwt_svid_callers
+                .as_ref()
+                .map(|c| CallerTokens::start(c, &config.workload_api.endpoint)),
         })
     }
 
@@ -232,6 +240,57 @@ impl Gateway {
             trace: &trace,
         };
         self.refuse_unparsed(refusal, &facts).await
+    }
+
+    /// Whether connections without a client certificate are served (each
+    /// request then needs a JWT-SVID).
+    pub fn accepts_token_callers(&self) -> bool {
+        self.jwt_callers.is_some()
+    }
+
+    /// Entry point for every HTTP request on a connection without a client
+    /// certificate (`listener.jwt_svid_callers` only): the caller is the
+    /// subject of the request's JWT-SVID, verified before anything else;
+    /// then the request takes the same path as on an mTLS connection.
+    /// `own_id`: the gateway's SPIFFE ID, the audience unless configured.
+    pub async fn handle_token_caller(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        own_id: &str,
+    ) -> Response<ReplyBody> {
+        let started = Instant::now();
+        let verified = match &self.jwt_callers {
+            Some(tokens) => tokens.verify(req.headers().get_all(header::AUTHORIZATION), own_id),
+            None => Err(TokenError::Missing),
+        };
+        let response = match verified {
+            Ok(caller) => {
+                let peer = Peer {
+                    spiffe_id: Arc::from(caller.spiffe_id.to_string()),
+                    not_after: caller.expires,
+                };
+                self.route(req, &peer).await
+            }
+            Err(refusal) => self.refuse_token_caller(req, refusal).await,
+        };
+        self.metrics
+            .request_duration
+            .observe(started.elapsed().as_secs_f64());
+        response
+    }
+
+    /// No identity could be established: 401, audited with an empty caller.
+    async fn refuse_token_caller(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        refusal: TokenError,
+    ) -> Response<ReplyBody> {
+        let anonymous = Peer {
+            spiffe_id: Arc::from(""),
+            not_after: 0,
+        };
+        let refusal = ProxyError::CallerToken(refusal.to_string());
+        self.refuse_request(req, &anonymous, refusal).await
     }
 
     async fn route(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
@@ -550,7 +609,7 @@ impl Gateway {
         *req.method_mut() = method;
         *req.uri_mut() = self.upstream_uri.clone();
         *req.headers_mut() = upstream_headers(headers);
-        if self.user_auth.is_some() {
+        if self.user_auth.is_some() || self.jwt_callers.is_some() {
             // The token's audience is the gateway: never passed through.
             req.headers_mut().remove(header::AUTHORIZATION);
         }

@@ -184,3 +184,30 @@ fn unusable_key_sets_are_refused_at_load() {
     .unwrap();
     assert!(err.to_string().contains("duplicate key id"), "{err}");
 }
+
+/// A caller token is refused without a single `Bearer` header, and every
+/// token is refused before the JWT bundles arrive (never accepted early).
+#[tokio::test]
+async fn caller_tokens_refuse_without_one_bearer_or_before_bundles() {
+    use hyper::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+    let config = JwtSvidCallersConfig { audience: None };
+    let tokens = CallerTokens::start(&config, "unix:///nonexistent/agent.sock");
+    let own = "spiffe://example.org/ns/demo/sa/gateway";
+    let check = |values: &[&str]| {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        tokens.verify(headers.get_all(AUTHORIZATION), own)
+    };
+    let token = Signer::new("k1").sign(&claims("spiffe://example.org/ns/demo/sa/agent"));
+    let with_bearer = format!("Bearer {token}");
+    assert_eq!(check(&[]), Err(TokenError::Missing));
+    assert_eq!(check(&["Basic dXNlcjpwdw=="]), Err(TokenError::Malformed));
+    assert_eq!(check(&["Bearer "]), Err(TokenError::Malformed));
+    assert_eq!(
+        check(&[&with_bearer, &with_bearer]),
+        Err(TokenError::Malformed)
+    );
+    assert_eq!(check(&[&with_bearer]), Err(TokenError::NoBundle));
+}

@@ -120,12 +120,18 @@ class Spire:
     # ---- lifecycle -------------------------------------------------------
 
     @classmethod
-    def start(cls, run_dir: str | os.PathLike, *, timeout: float = 60) -> "Spire":
-        """Builds SPIRE if needed, runs spire/start.sh RUN_DIR, waits until healthy."""
+    def start(
+        cls, run_dir: str | os.PathLike, *, timeout: float = 60, trust_domain: str = TRUST_DOMAIN
+    ) -> "Spire":
+        """Builds SPIRE if needed, runs spire/start.sh RUN_DIR, waits until healthy.
+
+        trust_domain: another one (e.g. "partner.test") runs a second,
+        independent SPIRE beside the first (own run dir, sockets and port)."""
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env["SPIRE_BIN_DIR"] = str(spire_bin_dir())
+        env["SPIRE_TRUST_DOMAIN"] = trust_domain
         env.setdefault("SPIRE_START_TIMEOUT", str(int(timeout)))
         try:
             proc = subprocess.run(
@@ -182,11 +188,16 @@ class Spire:
         *,
         selector: str | None = None,
         entry_id: str | None = None,
+        federates_with: list[str] | None = None,
+        jwt_ttl: int | None = None,
     ) -> str:
         """Creates a workload entry under this agent; returns its entry ID.
 
         ttl: X509-SVID lifetime in seconds (default: the server's 1h).
         selector: default ``unix:uid:<current uid>``.
+        federates_with: trust domains (``spiffe://partner.test``) whose
+        bundles the workload also receives (``entry create -federatesWith``).
+        jwt_ttl: JWT-SVID lifetime in seconds (``-jwtSVIDTTL``).
         """
         args = [
             "-parentID", self.agent_id,
@@ -200,6 +211,10 @@ class Spire:
             args += ["-dns", name]
         if entry_id:
             args += ["-entryID", entry_id]
+        for td in federates_with or []:
+            args += ["-federatesWith", td]
+        if jwt_ttl is not None:
+            args += ["-jwtSVIDTTL", str(int(jwt_ttl))]
         out = self.server("entry", "create", *args, "-output", "json")
         result = json.loads(out)["results"][0]
         if result.get("status", {}).get("code", 0) != 0:
@@ -232,6 +247,22 @@ class Spire:
         if proc.returncode != 0:
             raise SpireError(f"{' '.join(args[:n])} failed: {proc.stdout}{proc.stderr}")
         return proc.stdout
+
+    # ---- federation ------------------------------------------------------
+
+    def bundle_spiffe(self) -> str:
+        """This trust domain's bundle in SPIFFE format (a JWKS with the X.509
+        roots and the JWT signing keys), as a federated peer receives it."""
+        return self.server("bundle", "show", "-format", "spiffe")
+
+    def federate_with(self, other: "Spire") -> None:
+        """Stores other's bundle as a federated bundle on this server
+        (``spire-server bundle set -format spiffe -id spiffe://<other td>``):
+        the static form of a federation relationship. Entries created with
+        ``federates_with=["spiffe://<other td>"]`` then carry it to workloads."""
+        path = self.run_dir / f"federated-{other.trust_domain}.json"
+        path.write_text(other.bundle_spiffe(), encoding="utf-8")
+        self.server("bundle", "set", "-id", f"spiffe://{other.trust_domain}", "-path", str(path), "-format", "spiffe")
 
     # ---- SVIDs -----------------------------------------------------------
 
