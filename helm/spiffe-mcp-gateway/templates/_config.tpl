@@ -10,6 +10,16 @@ names the socket.
 listener:
   address: {{ printf "%s:%d" $bind (int $c.listener.port) | quote }}
   path: {{ $c.listener.path | quote }}
+  {{- if $c.listener.jwtSvidCallers.enabled }}
+  {{- if $c.userAuth.enabled }}
+  {{- fail "config.listener.jwtSvidCallers and config.userAuth cannot both be enabled: both read the Authorization header" }}
+  {{- end }}
+  jwt_svid_callers:
+    {{- with $c.listener.jwtSvidCallers.audience }}
+    audience: {{ . | quote }}
+    {{- else }} {}
+    {{- end }}
+  {{- end }}
 admin:
   address: {{ printf "%s:%d" $bind (int $c.admin.port) | quote }}
 {{- with .Values.workloadApi.svidHint }}
