@@ -85,7 +85,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let tasks = vec![
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
-        tokio::spawn(admin::serve(admin_listener, admin, watcher)),
+        tokio::spawn(admin::serve(admin_listener, admin, watcher.clone())),
+        tokio::spawn(probe_upstream(Arc::clone(&gateway), watcher)),
     ];
     info!(%listen_addr, %admin_addr, upstream = %config.upstream.url, "gateway listening");
     Ok(App {
@@ -109,6 +110,20 @@ async fn sweep_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tick.tick() => gateway.sweep_sessions().await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Probes the upstream's health until shutdown (at once, then every
+/// `upstream.health_check_interval_seconds`); returns at once when off.
+async fn probe_upstream(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(every) = gateway.probe_upstream().await else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
     }

@@ -144,6 +144,41 @@ pub struct UpstreamConfig {
     /// If set, the gateway sends the verified caller SPIFFE ID to the
     /// upstream in this header (a caller-sent header of that name is dropped).
     pub caller_id_header: Option<HeaderName>,
+    /// Timeouts, pooling and the health probe of the connection.
+    pub connection: UpstreamConnection,
+}
+
+/// How the gateway connects to an upstream: timeouts, pool, health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConnection {
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// From sending a request until the upstream's response head (this
+    /// includes connecting).
+    pub request_timeout: Duration,
+    /// A response body (SSE stream or JSON) that sends no byte this long
+    /// is ended.
+    pub stream_idle_timeout: Duration,
+    /// An idle pooled connection is closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per upstream (0: no reuse).
+    pub pool_max_idle: usize,
+    /// How often a connection (TCP + mTLS with the identity check) is tried
+    /// to export `mcp_gateway_upstream_up`; `None`: only real calls count.
+    pub health_check_interval: Option<Duration>,
+}
+
+impl Default for UpstreamConnection {
+    fn default() -> Self {
+        UpstreamConnection {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 64,
+            health_check_interval: Some(Duration::from_secs(10)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +292,12 @@ struct RawUpstream {
     #[serde(default)]
     plaintext_loopback: bool,
     caller_id_header: Option<String>,
+    connect_timeout_seconds: Option<u64>,
+    request_timeout_seconds: Option<u64>,
+    stream_idle_timeout_seconds: Option<u64>,
+    pool_idle_timeout_seconds: Option<u64>,
+    pool_max_idle_connections: Option<usize>,
+    health_check_interval_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -457,6 +498,7 @@ impl RawWorkloadApi {
 
 impl RawUpstream {
     fn validate(self) -> anyhow::Result<UpstreamConfig> {
+        let connection = self.connection()?;
         if self.name.is_empty() || self.name.contains('/') || self.name.contains('"') {
             bail!("upstream.name: must be non-empty and contain no '/' or '\"'");
         }
@@ -494,6 +536,68 @@ impl RawUpstream {
             spiffe_id,
             plaintext,
             caller_id_header,
+            connection,
+        })
+    }
+
+    /// Timeouts, pool and probe: each within bounds, and a request timeout
+    /// no shorter than the connect timeout it includes.
+    fn connection(&self) -> anyhow::Result<UpstreamConnection> {
+        let d = UpstreamConnection::default();
+        let secs = |field: &str, value: Option<u64>, default: Duration, max: u64| match value {
+            None => Ok(default),
+            Some(0) => Err(anyhow!("upstream.{field}: must be greater than 0")),
+            Some(n) if n > max => Err(anyhow!("upstream.{field}: at most {max}")),
+            Some(n) => Ok(Duration::from_secs(n)),
+        };
+        let connect_timeout = secs(
+            "connect_timeout_seconds",
+            self.connect_timeout_seconds,
+            d.connect_timeout,
+            300,
+        )?;
+        let request_timeout = secs(
+            "request_timeout_seconds",
+            self.request_timeout_seconds,
+            d.request_timeout,
+            3600,
+        )?;
+        if request_timeout < connect_timeout {
+            bail!(
+                "upstream.request_timeout_seconds: must be at least connect_timeout_seconds \
+                 (the request timeout includes connecting)"
+            );
+        }
+        let stream_idle_timeout = secs(
+            "stream_idle_timeout_seconds",
+            self.stream_idle_timeout_seconds,
+            d.stream_idle_timeout,
+            86_400,
+        )?;
+        let pool_idle_timeout = secs(
+            "pool_idle_timeout_seconds",
+            self.pool_idle_timeout_seconds,
+            d.pool_idle_timeout,
+            3600,
+        )?;
+        let pool_max_idle = match self.pool_max_idle_connections {
+            None => d.pool_max_idle,
+            Some(n) if n > 10_000 => bail!("upstream.pool_max_idle_connections: at most 10000"),
+            Some(n) => n,
+        };
+        let health_check_interval = match self.health_check_interval_seconds {
+            None => d.health_check_interval,
+            Some(0) => None,
+            Some(n) if n > 3600 => bail!("upstream.health_check_interval_seconds: at most 3600"),
+            Some(n) => Some(Duration::from_secs(n)),
+        };
+        Ok(UpstreamConnection {
+            connect_timeout,
+            request_timeout,
+            stream_idle_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            health_check_interval,
         })
     }
 }

@@ -240,3 +240,93 @@ fn policy_watch_shadow_and_user_auth() {
         assert!(format!("{err:#}").contains(field), "{replacement}: {err:#}");
     }
 }
+
+#[test]
+fn upstream_connection_defaults_are_sane() {
+    let c = parse(GOOD).unwrap().upstream.connection;
+    assert_eq!(c, UpstreamConnection::default());
+    assert_eq!(c.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.request_timeout, Duration::from_secs(60));
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.health_check_interval, Some(Duration::from_secs(10)));
+}
+
+#[test]
+fn upstream_connection_settings_parse() {
+    let text = GOOD.replace(
+        "  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n",
+        "  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"
+  connect_timeout_seconds: 2
+  request_timeout_seconds: 5
+  stream_idle_timeout_seconds: 7
+  pool_idle_timeout_seconds: 30
+  pool_max_idle_connections: 0
+  health_check_interval_seconds: 0
+",
+    );
+    let c = parse(&text).unwrap().upstream.connection;
+    assert_eq!(c.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.request_timeout, Duration::from_secs(5));
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(7));
+    assert_eq!(c.pool_idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.pool_max_idle, 0);
+    assert_eq!(c.health_check_interval, None, "0 turns the probe off");
+}
+
+#[test]
+fn bad_upstream_connection_settings_are_refused_by_name() {
+    let cases = [
+        (
+            "connect_timeout_seconds: 0",
+            "upstream.connect_timeout_seconds",
+        ),
+        (
+            "connect_timeout_seconds: 301",
+            "upstream.connect_timeout_seconds",
+        ),
+        (
+            "request_timeout_seconds: 0",
+            "upstream.request_timeout_seconds",
+        ),
+        (
+            "request_timeout_seconds: 3601",
+            "upstream.request_timeout_seconds",
+        ),
+        // Shorter than the default 10 s connect timeout it includes.
+        (
+            "request_timeout_seconds: 5",
+            "upstream.request_timeout_seconds",
+        ),
+        (
+            "stream_idle_timeout_seconds: 0",
+            "upstream.stream_idle_timeout_seconds",
+        ),
+        (
+            "stream_idle_timeout_seconds: 86401",
+            "upstream.stream_idle_timeout_seconds",
+        ),
+        (
+            "pool_idle_timeout_seconds: 0",
+            "upstream.pool_idle_timeout_seconds",
+        ),
+        (
+            "pool_max_idle_connections: 10001",
+            "upstream.pool_max_idle_connections",
+        ),
+        (
+            "health_check_interval_seconds: 3601",
+            "upstream.health_check_interval_seconds",
+        ),
+        ("request_timeout_seconds: -1", "request_timeout_seconds"),
+        ("request_timeout_seconds: 1.5", "request_timeout_seconds"),
+    ];
+    for (line, field) in cases {
+        let text = GOOD.replace(
+            "  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n",
+            &format!("  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n  {line}\n"),
+        );
+        let err = parse(&text).expect_err(line);
+        let msg = format!("{err:#}");
+        assert!(msg.contains(field), "{line}: {msg:?} does not name {field}");
+    }
+}

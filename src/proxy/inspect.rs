@@ -40,7 +40,7 @@ use crate::policy::{self, PolicyInput, Target, User};
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
-use crate::proxy::{Gateway, protocol};
+use crate::proxy::{Gateway, ProxyError, protocol};
 
 /// Largest SSE event the gateway will hold while deciding on it.
 const MAX_EVENT_BYTES: usize = 4 << 20;
@@ -108,6 +108,9 @@ pub struct ReplyContext {
     /// Answers the gateway adds to the upstream's reply: the errors for the
     /// denied elements of a partly forwarded batch.
     pub extra_answers: Vec<Vec<u8>>,
+    /// The id (raw JSON) of the one request this reply answers, if any: an
+    /// SSE reply that goes idle before answering it gets an error for it.
+    pub awaiting: Option<String>,
 }
 
 /// Whether a reply to these messages may carry 2026-07-28 input requests.
@@ -171,7 +174,7 @@ impl Gateway {
         let rewrite = (resp.status().is_success() && ctx.rewrites_responses())
             || !ctx.extra_answers.is_empty();
         if !rewrite {
-            return reply::from_upstream(resp);
+            return self.upstream_reply(resp);
         }
         self.filter_json_reply(resp, &ctx).await
     }
@@ -182,6 +185,8 @@ impl Gateway {
         resp: Response<Incoming>,
         ctx: ReplyContext,
     ) -> Response<ReplyBody> {
+        // The pump bounds the silences itself, so it can answer the
+        // awaited request when the upstream goes quiet.
         let (parts, body) = reply::from_upstream(resp).into_parts();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let gateway = Arc::clone(self);
@@ -206,7 +211,16 @@ impl Gateway {
         }
         let mut parser = SseParser::new(MAX_EVENT_BYTES);
         let mut events = Vec::new();
-        while let Some(frame) = body.frame().await {
+        let mut answered = ctx.awaiting.is_none();
+        loop {
+            let Ok(frame) = tokio::time::timeout(self.stream_idle_timeout, body.frame()).await
+            else {
+                self.end_idle_stream(&tx, &ctx, answered).await;
+                return;
+            };
+            let Some(frame) = frame else {
+                return;
+            };
             let data = match frame {
                 Ok(frame) => match frame.into_data() {
                     Ok(data) => data,
@@ -224,7 +238,7 @@ impl Gateway {
                 return;
             }
             for event in events.drain(..) {
-                if let Some(bytes) = self.inspect_event(event, &ctx).await
+                if let Some(bytes) = self.inspect_event(event, &ctx, &mut answered).await
                     && tx.send(Ok(Frame::data(bytes))).await.is_err()
                 {
                     return; // the agent went away; dropping the body ends the upstream stream
@@ -233,8 +247,52 @@ impl Gateway {
         }
     }
 
+    /// The upstream's SSE stream sent nothing for `stream_idle_timeout`: it
+    /// is ended (dropping it closes the upstream stream). A request still
+    /// unanswered gets a timeout error first, so the agent's SDK does not
+    /// wait on a stream that is gone.
+    async fn end_idle_stream(
+        &self,
+        tx: &mpsc::Sender<Result<Frame<Bytes>, hyper::Error>>,
+        ctx: &ReplyContext,
+        answered: bool,
+    ) {
+        warn!(
+            upstream = %self.upstream_label,
+            idle_seconds = self.stream_idle_timeout.as_secs(),
+            "upstream SSE stream idle too long; ending it"
+        );
+        self.upstream_metrics.stream_idle.inc();
+        let refusal = ProxyError::UpstreamStreamIdle;
+        let correlation_id = self.ids.next();
+        let reason = refusal.audit_reason();
+        self.audit_way_back_as(ctx, &correlation_id, reason, Outcome::UpstreamError)
+            .await;
+        if answered {
+            return;
+        }
+        let (_, code) = refusal.status_and_code();
+        let error = jsonrpc_error(
+            ctx.awaiting.as_deref(),
+            code,
+            &refusal.to_string(),
+            &correlation_id,
+        );
+        let mut event = Vec::with_capacity(error.len() + 24);
+        event.extend_from_slice(b"event: message\ndata: ");
+        event.extend_from_slice(&error);
+        event.extend_from_slice(b"\n\n");
+        let _ = tx.send(Ok(Frame::data(Bytes::from(event)))).await;
+    }
+
     /// One SSE event: the bytes to pass on, or `None` to withhold it.
-    async fn inspect_event(&self, event: SseEvent, ctx: &ReplyContext) -> Option<Bytes> {
+    /// Sets `answered` when the event answers the request the reply is for.
+    async fn inspect_event(
+        &self,
+        event: SseEvent,
+        ctx: &ReplyContext,
+        answered: &mut bool,
+    ) -> Option<Bytes> {
         // Keep-alives, id-only blocks and the empty priming event of a
         // resumable stream carry no message.
         if !event.has_data || event.data.trim().is_empty() {
@@ -253,6 +311,12 @@ impl Gateway {
                 return None;
             }
         };
+        if message.kind == Kind::Response
+            && let (Some(id), Some(awaiting)) = (&message.id, ctx.awaiting.as_deref())
+            && id.raw_json() == awaiting
+        {
+            *answered = true;
+        }
         match (message.kind, message.method.as_deref()) {
             (Kind::Request, Some(method)) if method != "ping" => {
                 if self.decide_server_request(&message, method, ctx).await {
@@ -336,6 +400,7 @@ impl Gateway {
         ctx: &ReplyContext,
     ) -> Response<ReplyBody> {
         let (mut parts, body) = resp.into_parts();
+        let body = self.idle_bounded(body);
         let bytes = match Limited::new(body, MAX_LIST_REPLY_BYTES).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
@@ -531,6 +596,20 @@ impl Gateway {
         true
     }
 
+    /// The audit record of an upstream failure on the way back.
+    async fn audit_way_back_as(
+        &self,
+        ctx: &ReplyContext,
+        correlation_id: &str,
+        reason: &'static str,
+        decision: Outcome,
+    ) {
+        let mut record = self.way_back_record(ctx, None, reason, None);
+        record.correlation_id = correlation_id.to_owned();
+        record.decision = decision;
+        self.audit.record(record).await;
+    }
+
     /// An audit record for something done on the way back.
     async fn audit_way_back(
         &self,
@@ -539,7 +618,18 @@ impl Gateway {
         reason: &'static str,
         detail: Option<String>,
     ) {
-        let record = Record {
+        let record = self.way_back_record(ctx, what, reason, detail);
+        self.audit.record(record).await;
+    }
+
+    fn way_back_record(
+        &self,
+        ctx: &ReplyContext,
+        what: Option<&str>,
+        reason: &'static str,
+        detail: Option<String>,
+    ) -> Record {
+        Record {
             time: now_rfc3339(),
             correlation_id: self.ids.next(),
             request_id: None,
@@ -564,8 +654,7 @@ impl Gateway {
             user: ctx.user.as_deref().map(AuditUser::from),
             trace_id: Some(ctx.trace.trace_id.clone()),
             span_id: Some(ctx.trace.span_id.clone()),
-        };
-        self.audit.record(record).await;
+        }
     }
 }
 

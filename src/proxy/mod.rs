@@ -20,7 +20,7 @@ pub mod upstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -30,18 +30,18 @@ use hyper::{Method, Request, Response, Uri};
 use tracing::{debug, warn};
 
 pub use error::{
-    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
+    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY, CODE_UPSTREAM_TIMEOUT,
     CODE_UPSTREAM_UNAVAILABLE, ProxyError,
 };
 use listener::Peer;
 use reply::{ReplyBody, error_response};
-use upstream::{ConnectError, UpstreamClient};
+use upstream::{ConnectError, IdleBody, Prober, UpstreamClient, UpstreamConnector};
 
 use crate::audit::{AuditLog, AuditUser, Outcome, Record, ShadowRecord, now_rfc3339};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::mcp::{self, Message};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{TokenError, UserAuth};
@@ -94,6 +94,15 @@ pub struct Gateway {
     caller_id_header: Option<HeaderName>,
     /// End-user token verification, if configured.
     user_auth: Option<UserAuth>,
+    /// Bound on the wait for the upstream's response head.
+    request_timeout: Duration,
+    /// Bound on each silence within an upstream response body.
+    stream_idle_timeout: Duration,
+    upstream_metrics: UpstreamMetrics,
+    /// The upstream's name for logs on the response path (cheap to clone).
+    upstream_label: Arc<str>,
+    /// The periodic health probe, if configured.
+    prober: Option<Prober>,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -172,8 +181,22 @@ impl Gateway {
         let authority = upstream_uri
             .authority()
             .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
+        let conn = &config.upstream.connection;
+        let connector = UpstreamConnector::new(
+            identity.clone(),
+            config.upstream.plaintext,
+            conn.connect_timeout,
+        );
+        let prober = conn
+            .health_check_interval
+            .map(|every| Prober::new(connector.clone(), upstream_uri.clone(), every));
         Ok(Gateway {
-            client: upstream::client(identity.clone(), config.upstream.plaintext),
+            client: upstream::client(connector, conn),
+            request_timeout: conn.request_timeout,
+            stream_idle_timeout: conn.stream_idle_timeout,
+            upstream_metrics: metrics.upstream(&config.upstream.name),
+            upstream_label: Arc::from(config.upstream.name.as_str()),
+            prober,
             identity,
             metrics,
             policies,
@@ -333,6 +356,7 @@ impl Gateway {
             && messages[0].method.as_deref() == Some("initialize");
         let mut ctx = self.reply_context(facts, inspect::pending_lists(&messages));
         ctx.extra_answers = answers;
+        ctx.awaiting = reply_id.clone();
         ctx.input_requests_possible =
             inspect::input_requests_possible(&messages, facts.protocol_version);
         drop(messages);
@@ -428,6 +452,7 @@ impl Gateway {
             lists,
             extra_answers: Vec::new(),
             input_requests_possible: false,
+            awaiting: None,
         }
     }
 
@@ -488,7 +513,7 @@ impl Gateway {
                     {
                         self.sessions.remove(id);
                     }
-                    return reply::from_upstream(resp);
+                    return self.upstream_reply(resp);
                 }
                 // The GET stream carries server-to-client requests: inspect it.
                 self.inspect_reply(resp, self.reply_context(facts, Vec::new()))
@@ -541,19 +566,71 @@ impl Gateway {
         {
             req.headers_mut().insert(name.clone(), value);
         }
-        match self.client.request(req).await {
-            Ok(resp) => Ok(resp),
+        let started = Instant::now();
+        let refusal =
+            match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let m = &self.upstream_metrics;
+                    m.request_duration.observe(started.elapsed().as_secs_f64());
+                    m.up.set(1);
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, upstream = %self.upstream_name, "upstream call failed");
+                    // Could not connect, or the connection failed: down until a
+                    // call or the probe gets through again.
+                    self.upstream_metrics.up.set(0);
+                    classify_upstream_error(&e)
+                }
+                Err(_) => {
+                    // The upstream accepted the call but is slow: it stays up.
+                    warn!(
+                        upstream = %self.upstream_name,
+                        timeout_seconds = self.request_timeout.as_secs(),
+                        "upstream gave no response head in time"
+                    );
+                    ProxyError::UpstreamTimeout
+                }
+            };
+        self.metrics.upstream_error(refusal.audit_reason());
+        let correlation_id = self.ids.next();
+        let record = self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
+        self.audit.record(record).await;
+        Err(error_response(&refusal, reply_id, &correlation_id))
+    }
+
+    /// The upstream's reply with hop-by-hop headers removed and its body
+    /// bounded by `stream_idle_timeout_seconds` between frames.
+    fn upstream_reply(&self, resp: Response<Incoming>) -> Response<ReplyBody> {
+        reply::from_upstream(resp.map(|body| self.idle_bounded(body)))
+    }
+
+    /// An upstream body that ends if it stays silent too long.
+    fn idle_bounded(&self, body: Incoming) -> IdleBody<Incoming> {
+        IdleBody::new(
+            body,
+            self.stream_idle_timeout,
+            self.upstream_metrics.stream_idle.clone(),
+            Arc::clone(&self.upstream_label),
+        )
+    }
+
+    /// One health probe, if configured: connects (mTLS, identity checked)
+    /// and sets `mcp_gateway_upstream_up`. Returns the probe interval.
+    pub async fn probe_upstream(&self) -> Option<Duration> {
+        let prober = self.prober.as_ref()?;
+        let up = prober.probe().await;
+        let was = self.upstream_metrics.up.get();
+        match &up {
+            Ok(()) => self.upstream_metrics.up.set(1),
             Err(e) => {
-                let refusal = classify_upstream_error(&e);
-                warn!(error = %e, upstream = %self.upstream_name, "upstream call failed");
-                self.metrics.upstream_error(refusal.audit_reason());
-                let correlation_id = self.ids.next();
-                let record =
-                    self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
-                self.audit.record(record).await;
-                Err(error_response(&refusal, reply_id, &correlation_id))
+                if was != 0 {
+                    warn!(error = %e, upstream = %self.upstream_name, "upstream health probe failed");
+                }
+                self.upstream_metrics.up.set(0);
             }
         }
+        Some(prober.interval)
     }
 
     /// Tells the upstream a session is over (idle, expired, or refused).
@@ -844,6 +921,8 @@ fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError 
         if let Some(connect) = err.downcast_ref::<ConnectError>() {
             return if connect.is_identity() {
                 ProxyError::UpstreamIdentity
+            } else if matches!(connect, ConnectError::Timeout) {
+                ProxyError::UpstreamTimeout
             } else {
                 ProxyError::UpstreamUnavailable
             };

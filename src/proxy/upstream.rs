@@ -7,6 +7,11 @@
 //! (checked in `config`). Connections are pooled by hyper; ALPN picks HTTP/2
 //! or HTTP/1.1. The TLS config is read from [`Identity`] for every new
 //! connection, so rotations apply without a restart.
+//!
+//! Every wait on the upstream is bounded (`upstream.*_timeout_seconds`):
+//! connecting, the response head, and each gap between bytes of a response
+//! body ([`IdleBody`]). [`Prober`] tries a connection now and then so that
+//! `mcp_gateway_upstream_up` tells a down upstream before a caller finds out.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,19 +19,22 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::Uri;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::IntCounter;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
+use tracing::warn;
 
+use crate::config::UpstreamConnection;
 use crate::identity::Identity;
-
-/// Time allowed for TCP connect plus TLS handshake to the upstream.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
 pub type UpstreamClient = Client<UpstreamConnector, http_body_util::Full<bytes::Bytes>>;
@@ -58,14 +66,12 @@ impl ConnectError {
     }
 }
 
-/// Builds the pooled HTTP client for the upstream.
-pub fn client(identity: Identity, plaintext: bool) -> UpstreamClient {
-    let connector = UpstreamConnector {
-        identity,
-        plaintext,
-    };
+/// Builds the pooled HTTP client for one upstream (hyper keeps one pool per
+/// client, so each upstream has its own).
+pub fn client(connector: UpstreamConnector, conn: &UpstreamConnection) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(conn.pool_idle_timeout)
+        .pool_max_idle_per_host(conn.pool_max_idle)
         .build(connector)
 }
 
@@ -73,6 +79,18 @@ pub fn client(identity: Identity, plaintext: bool) -> UpstreamClient {
 pub struct UpstreamConnector {
     identity: Identity,
     plaintext: bool,
+    /// TCP connect plus TLS handshake.
+    timeout: Duration,
+}
+
+impl UpstreamConnector {
+    pub fn new(identity: Identity, plaintext: bool, timeout: Duration) -> UpstreamConnector {
+        UpstreamConnector {
+            identity,
+            plaintext,
+            timeout,
+        }
+    }
 }
 
 impl tower_service::Service<Uri> for UpstreamConnector {
@@ -87,7 +105,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            tokio::time::timeout(CONNECT_TIMEOUT, this.connect(uri))
+            tokio::time::timeout(this.timeout, this.connect(uri))
                 .await
                 .map_err(|_| ConnectError::Timeout)?
         })
@@ -180,5 +198,223 @@ impl Write for UpstreamStream {
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// Tries a connection to the upstream, the same way a call would (TCP, then
+/// mTLS with the exact SPIFFE ID check), and drops it. Only the outcome is
+/// used: it feeds `mcp_gateway_upstream_up` between calls.
+pub struct Prober {
+    connector: UpstreamConnector,
+    uri: Uri,
+    pub interval: Duration,
+}
+
+impl Prober {
+    pub fn new(connector: UpstreamConnector, uri: Uri, interval: Duration) -> Prober {
+        Prober {
+            connector,
+            uri,
+            interval,
+        }
+    }
+
+    /// Whether a connection with a verified upstream identity was made.
+    pub async fn probe(&self) -> Result<(), ConnectError> {
+        let mut connector = self.connector.clone();
+        tower_service::Service::call(&mut connector, self.uri.clone())
+            .await
+            .map(drop)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that ends when no frame arrives for
+    /// `idle`: a stalled SSE stream or body must not hold the agent's
+    /// request (and a gateway task) forever. The end is counted and logged;
+    /// a body cut short of its `Content-Length` is seen as truncated by the
+    /// agent's HTTP stack.
+    pub struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Sleep,
+        idle: Duration,
+        expired: Option<IntCounter>,
+        upstream: Arc<str>,
+    }
+}
+
+impl<B> IdleBody<B> {
+    /// `expired` is counted once if the body goes idle.
+    pub fn new(inner: B, idle: Duration, expired: IntCounter, upstream: Arc<str>) -> IdleBody<B> {
+        IdleBody {
+            inner,
+            timer: tokio::time::sleep(idle),
+            idle,
+            expired: Some(expired),
+            upstream,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for IdleBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        if this.expired.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + *this.idle;
+                this.timer.as_mut().reset(deadline);
+                return Poll::Ready(frame);
+            }
+            Poll::Pending => {}
+        }
+        if this.timer.poll(cx).is_ready() {
+            if let Some(counter) = this.expired.take() {
+                counter.inc();
+            }
+            warn!(
+                upstream = %this.upstream,
+                idle_seconds = this.idle.as_secs(),
+                "upstream response idle too long; ending it"
+            );
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A cut-short body must not promise its full length.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = self.inner.size_hint().upper() {
+            hint.set_upper(upper);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body that yields each frame after its delay, then ends, or (with
+    /// `hang`) never ends.
+    struct Paced {
+        frames: VecDeque<(Duration, &'static str)>,
+        timer: Pin<Box<Sleep>>,
+        hang: bool,
+    }
+
+    impl Paced {
+        fn new(frames: &[(u64, &'static str)], hang: bool) -> Paced {
+            let frames: VecDeque<_> = frames
+                .iter()
+                .map(|(ms, s)| (Duration::from_millis(*ms), *s))
+                .collect();
+            let first = frames.front().map_or(Duration::from_secs(3600), |f| f.0);
+            Paced {
+                frames,
+                timer: Box::pin(tokio::time::sleep(first)),
+                hang,
+            }
+        }
+    }
+
+    impl Body for Paced {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.frames.is_empty() && !self.hang {
+                return Poll::Ready(None);
+            }
+            if self.frames.is_empty() || self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (_, data) = self.frames.pop_front().expect("checked non-empty");
+            let next = self
+                .frames
+                .front()
+                .map_or(Duration::from_secs(3600), |f| f.0);
+            self.timer.as_mut().reset(Instant::now() + next);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(data.as_bytes())))))
+        }
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("t", "t").unwrap()
+    }
+
+    async fn read_all<B: Body<Data = Bytes>>(body: B) -> Vec<u8>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_keeps_sending_is_not_cut_even_past_the_idle_time() {
+        // 10 frames 300 ms apart: 3 s in all, with a 1 s idle limit.
+        let frames: Vec<_> = (0..10).map(|_| (300, "x")).collect();
+        let idle = counter();
+        let body = IdleBody::new(
+            Paced::new(&frames, false),
+            Duration::from_secs(1),
+            idle.clone(),
+            Arc::from("demo"),
+        );
+        assert_eq!(read_all(body).await, b"xxxxxxxxxx");
+        assert_eq!(idle.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_goes_quiet_is_ended_after_the_idle_time_and_counted() {
+        let idle = counter();
+        let started = Instant::now();
+        let body = IdleBody::new(
+            Paced::new(&[(100, "a"), (200, "b")], true),
+            Duration::from_secs(2),
+            idle.clone(),
+            Arc::from("demo"),
+        );
+        assert_eq!(read_all(body).await, b"ab");
+        // Ended 2 s after the last frame (at 300 ms), not before.
+        assert_eq!(started.elapsed(), Duration::from_millis(2300));
+        assert_eq!(idle.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_is_ended_after_the_idle_time() {
+        let idle = counter();
+        let started = Instant::now();
+        let body = IdleBody::new(
+            Paced::new(&[], true),
+            Duration::from_secs(5),
+            idle.clone(),
+            Arc::from("demo"),
+        );
+        assert!(read_all(body).await.is_empty());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(idle.get(), 1);
     }
 }

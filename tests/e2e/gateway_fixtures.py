@@ -136,9 +136,11 @@ def write_config(
     session_idle_timeout: int | None = None,
     policy_extra: list[str] | None = None,
     extra_yaml: str = "",
+    upstream_extra: list[str] | None = None,
 ) -> Path:
     """`policy_extra`: more lines under `policy:` (indented by the caller);
-    `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block)."""
+    `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block);
+    `upstream_extra`: more lines under `upstream:` (indented by the caller)."""
     lines = [
         "listener:",
         '  address: "127.0.0.1:0"',
@@ -162,6 +164,7 @@ def write_config(
         lines.append("  plaintext_loopback: true")
     if caller_id_header:
         lines.append(f'  caller_id_header: "{caller_id_header}"')
+    lines += upstream_extra or []
     lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"']
     limits = []
     if max_body_bytes is not None:
