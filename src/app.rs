@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
+use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, listener};
 
 /// A running gateway.
@@ -86,8 +87,14 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher.clone())),
-        tokio::spawn(probe_upstream(Arc::clone(&gateway), watcher)),
     ];
+    let mut tasks = tasks;
+    for up in gateway.upstreams() {
+        tasks.push(tokio::spawn(probe_upstream(
+            Arc::clone(up),
+            watcher.clone(),
+        )));
+    }
     info!(%listen_addr, %admin_addr, upstream = %config.upstream.url, "gateway listening");
     Ok(App {
         listen_addr,
@@ -115,11 +122,11 @@ async fn sweep_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Probes the upstream's health until shutdown (at once, then every
+/// Probes an upstream's health until shutdown (at once, then every
 /// `upstream.health_check_interval_seconds`); returns at once when off.
-async fn probe_upstream(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+async fn probe_upstream(upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let Some(every) = gateway.probe_upstream().await else {
+        let Some(every) = upstream.probe().await else {
             return;
         };
         tokio::select! {

@@ -47,7 +47,13 @@ pub struct Config {
     pub workload_api: WorkloadApiConfig,
     pub policy_dir: PathBuf,
     pub policy: PolicyConfig,
+    /// The one upstream, or the first of `upstreams`.
     pub upstream: UpstreamConfig,
+    /// Every upstream (at least one; `upstream` is the first).
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Set by the `upstreams:` list form: each upstream is served on
+    /// `<listener.path>/<name>`; otherwise the one upstream on the path.
+    pub route_by_name: bool,
     /// End-user tokens (`context.user`); `None`: requests have no user.
     pub user_auth: Option<UserAuthConfig>,
     pub audit: AuditSink,
@@ -197,7 +203,10 @@ struct RawConfig {
     #[serde(default)]
     workload_api: RawWorkloadApi,
     policy: RawPolicy,
-    upstream: RawUpstream,
+    #[serde(default)]
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    upstreams: Option<Vec<RawUpstream>>,
     #[serde(default)]
     user_auth: Option<RawUserAuth>,
     #[serde(default)]
@@ -353,7 +362,8 @@ impl RawConfig {
             bail!("admin.address: must differ from listener.address");
         }
         let workload_api = self.workload_api.validate(env)?;
-        let upstream = self.upstream.validate()?;
+        let (upstreams, route_by_name) = validate_upstreams(self.upstream, self.upstreams)?;
+        let upstream = upstreams[0].clone();
         let audit = match (self.audit.sink, self.audit.path) {
             (RawAuditSink::Stdout, None) => AuditSink::Stdout,
             (RawAuditSink::Stdout, Some(_)) => bail!("audit.path: only valid with `sink: file`"),
@@ -398,6 +408,8 @@ impl RawConfig {
             policy_dir: policy.dir.clone(),
             policy,
             upstream,
+            upstreams,
+            route_by_name,
             user_auth,
             audit,
             max_body_bytes,
@@ -601,6 +613,64 @@ impl RawUpstream {
         })
     }
 }
+
+/// Exactly one of `upstream:` and `upstreams:`. In the list, each name is
+/// unique and fits a URL path segment and a Cedar entity id, each SPIFFE ID
+/// is unique (an upstream is told apart by it: as the principal of the
+/// requests it sends the agent, and in audit), and at most one upstream is
+/// plain HTTP on loopback (it has no SPIFFE ID check to tell it apart).
+fn validate_upstreams(
+    one: Option<RawUpstream>,
+    list: Option<Vec<RawUpstream>>,
+) -> anyhow::Result<(Vec<UpstreamConfig>, bool)> {
+    let raw = match (one, list) {
+        (Some(u), None) => return Ok((vec![u.validate()?], false)),
+        (Some(_), Some(_)) => bail!("upstream, upstreams: set one of the two, not both"),
+        (None, None) => bail!("upstreams: required (or a single `upstream:`)"),
+        (None, Some(list)) if list.is_empty() => bail!("upstreams: must not be empty"),
+        (None, Some(list)) if list.len() > MAX_UPSTREAMS => {
+            bail!("upstreams: at most {MAX_UPSTREAMS}")
+        }
+        (None, Some(list)) => list,
+    };
+    let mut out: Vec<UpstreamConfig> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let name = r.name.clone();
+        let at = || format!("upstreams[{i}] ({name:?})");
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid_name {
+            bail!(
+                "{}.name: 1-64 of [A-Za-z0-9._-] (it is a URL path segment)",
+                at()
+            );
+        }
+        let u = r.validate().with_context(at)?;
+        if out.iter().any(|o| o.name == u.name) {
+            bail!("{}.name: another upstream has this name", at());
+        }
+        if out.iter().any(|o| o.spiffe_id == u.spiffe_id) {
+            bail!("{}.spiffe_id: another upstream has this SPIFFE ID", at());
+        }
+        if u.plaintext && out.iter().any(|o| o.plaintext) {
+            bail!(
+                "{}.plaintext_loopback: at most one plain-HTTP upstream",
+                at()
+            );
+        }
+        out.push(u);
+    }
+    Ok((out, true))
+}
+
+/// Upper bound on `upstreams:` entries (each has a pool, a session table
+/// and a probe task).
+const MAX_UPSTREAMS: usize = 256;
 
 fn is_loopback(url: &url::Url) -> bool {
     match url.host() {

@@ -330,3 +330,90 @@ fn bad_upstream_connection_settings_are_refused_by_name() {
         assert!(msg.contains(field), "{line}: {msg:?} does not name {field}");
     }
 }
+
+const LIST: &str = r#"
+listener: { address: "127.0.0.1:8443" }
+admin: { address: "127.0.0.1:9090" }
+workload_api: { socket: "unix:///tmp/agent.sock" }
+policy: { dir: policies }
+upstreams:
+  - name: github
+    url: "https://10.0.0.1:9443/mcp"
+    spiffe_id: "spiffe://example.org/ns/tools/sa/github"
+    request_timeout_seconds: 30
+  - name: jira
+    url: "https://10.0.0.2:9443/mcp"
+    spiffe_id: "spiffe://example.org/ns/tools/sa/jira"
+    caller_id_header: x-caller
+"#;
+
+#[test]
+fn an_upstream_list_routes_by_name() {
+    let c = parse(LIST).unwrap();
+    assert!(c.route_by_name);
+    let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["github", "jira"]);
+    assert_eq!(c.upstream.name, "github", "`upstream` is the first");
+    assert_eq!(
+        c.upstreams[0].connection.request_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        c.upstreams[1].connection.request_timeout,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        c.upstreams[1].caller_id_header.as_ref().map(|h| h.as_str()),
+        Some("x-caller")
+    );
+    let single = parse(GOOD).unwrap();
+    assert!(!single.route_by_name);
+    assert_eq!(single.upstreams.len(), 1);
+}
+
+#[test]
+fn bad_upstream_lists_are_refused_by_name() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "both forms",
+            LIST.replace(
+                "upstreams:",
+                "upstream: { name: a, url: \"https://10.0.0.3/mcp\", spiffe_id: \"spiffe://example.org/a\" }\nupstreams:",
+            ),
+            "not both",
+        ),
+        (
+            "neither",
+            LIST[..LIST.find("upstreams:").unwrap()].to_owned(),
+            "upstreams: required",
+        ),
+        ("empty", LIST[..LIST.find("upstreams:").unwrap()].to_owned() + "upstreams: []\n", "must not be empty"),
+        ("duplicate name", LIST.replace("name: jira", "name: github"), "upstreams[1] (\"github\").name: another upstream has this name"),
+        (
+            "duplicate SPIFFE ID",
+            LIST.replace("sa/jira", "sa/github"),
+            "upstreams[1] (\"jira\").spiffe_id: another upstream has this SPIFFE ID",
+        ),
+        ("name with a slash", LIST.replace("name: jira", "name: \"ji/ra\""), "upstreams[1] (\"ji/ra\").name"),
+        ("name with a quote", LIST.replace("name: jira", "name: 'ji\"ra'"), ".name"),
+        ("name with a space", LIST.replace("name: jira", "name: \"ji ra\""), ".name"),
+        ("dot-dot name", LIST.replace("name: jira", "name: \"..\""), ".name"),
+        ("empty name", LIST.replace("name: jira", "name: \"\""), ".name"),
+        ("long name", LIST.replace("name: jira", &format!("name: {}", "a".repeat(65))), ".name"),
+        ("entry error names the entry", LIST.replace("https://10.0.0.2", "ftp://10.0.0.2"), "upstreams[1] (\"jira\")"),
+        ("unknown field in an entry", LIST.replace("caller_id_header", "weight: 1\n    caller_id_header"), "weight"),
+        (
+            "two plaintext upstreams",
+            LIST.replace("https://10.0.0.1:9443", "http://127.0.0.1:9443")
+                .replace("https://10.0.0.2:9443", "http://127.0.0.1:9444")
+                .replace("request_timeout_seconds: 30", "plaintext_loopback: true")
+                .replace("caller_id_header: x-caller", "plaintext_loopback: true"),
+            "at most one plain-HTTP upstream",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let err = parse(&text).expect_err(name);
+        let msg = format!("{err:#}");
+        assert!(msg.contains(expected), "{name}: {msg:?} lacks {expected:?}");
+    }
+}

@@ -67,6 +67,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("no such upstream")]
+    UnknownUpstream,
     #[error("unsupported MCP protocol version {0:?}")]
     UnsupportedVersion(String),
     #[error("{0} header does not match the request body")]
@@ -102,6 +104,7 @@ impl ProxyError {
             }
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, CODE_BAD_TRANSPORT),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, CODE_BAD_TRANSPORT),
+            ProxyError::UnknownUpstream => (StatusCode::NOT_FOUND, CODE_BAD_TRANSPORT),
             ProxyError::UnsupportedVersion(_) => {
                 (StatusCode::BAD_REQUEST, CODE_UNSUPPORTED_VERSION)
             }
@@ -136,6 +139,7 @@ impl ProxyError {
             ProxyError::UpstreamStreamIdle => "upstream_stream_idle",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::NotFound => "not_found",
+            ProxyError::UnknownUpstream => "unknown_upstream",
             ProxyError::UnsupportedVersion(_) => "unsupported_protocol_version",
             ProxyError::HeaderMismatch(_) => "header_mismatch",
             ProxyError::DuplicateHeader(_) => "duplicate_header",

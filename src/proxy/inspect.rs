@@ -40,6 +40,7 @@ use crate::policy::{self, PolicyInput, Target, User};
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
+use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, ProxyError, protocol};
 
 /// Largest SSE event the gateway will hold while deciding on it.
@@ -96,6 +97,8 @@ impl ListKind {
 
 /// Everything the way back needs to know about the request it answers.
 pub struct ReplyContext {
+    /// The upstream the reply comes from.
+    pub upstream: Arc<Upstream>,
     pub peer: Peer,
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
@@ -174,7 +177,7 @@ impl Gateway {
         let rewrite = (resp.status().is_success() && ctx.rewrites_responses())
             || !ctx.extra_answers.is_empty();
         if !rewrite {
-            return self.upstream_reply(resp);
+            return ctx.upstream.reply(resp);
         }
         self.filter_json_reply(resp, &ctx).await
     }
@@ -213,7 +216,8 @@ impl Gateway {
         let mut events = Vec::new();
         let mut answered = ctx.awaiting.is_none();
         loop {
-            let Ok(frame) = tokio::time::timeout(self.stream_idle_timeout, body.frame()).await
+            let Ok(frame) =
+                tokio::time::timeout(ctx.upstream.stream_idle_timeout, body.frame()).await
             else {
                 self.end_idle_stream(&tx, &ctx, answered).await;
                 return;
@@ -258,11 +262,11 @@ impl Gateway {
         answered: bool,
     ) {
         warn!(
-            upstream = %self.upstream_label,
-            idle_seconds = self.stream_idle_timeout.as_secs(),
+            upstream = %ctx.upstream.name,
+            idle_seconds = ctx.upstream.stream_idle_timeout.as_secs(),
             "upstream SSE stream idle too long; ending it"
         );
-        self.upstream_metrics.stream_idle.inc();
+        ctx.upstream.metrics.stream_idle.inc();
         let refusal = ProxyError::UpstreamStreamIdle;
         let correlation_id = self.ids.next();
         let reason = refusal.audit_reason();
@@ -365,9 +369,9 @@ impl Gateway {
         );
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.upstream_uri.clone();
+        *req.uri_mut() = ctx.upstream.uri.clone();
         let h = req.headers_mut();
-        h.insert(header::HOST, self.upstream_authority.clone());
+        h.insert(header::HOST, ctx.upstream.authority.clone());
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -387,7 +391,7 @@ impl Gateway {
                 h.insert(name, v);
             }
         }
-        match self.client.request(req).await {
+        match ctx.upstream.client.request(req).await {
             Ok(resp) => debug!(status = %resp.status(), "refusal sent to the upstream"),
             Err(e) => warn!(error = %e, "sending a refusal to the upstream failed"),
         }
@@ -400,7 +404,7 @@ impl Gateway {
         ctx: &ReplyContext,
     ) -> Response<ReplyBody> {
         let (mut parts, body) = resp.into_parts();
-        let body = self.idle_bounded(body);
+        let body = ctx.upstream.idle_bounded(body);
         let bytes = match Limited::new(body, MAX_LIST_REPLY_BYTES).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
@@ -509,10 +513,10 @@ impl Gateway {
     ) -> (bool, String) {
         let policies = self.policies.current();
         let input = PolicyInput {
-            principal: &self.upstream_id,
+            principal: &ctx.upstream.spiffe_id,
             action: method,
-            server: &self.upstream_name,
-            server_spiffe_id: &self.upstream_id,
+            server: &ctx.upstream.name,
+            server_spiffe_id: &ctx.upstream.spiffe_id,
             target: Target::Workload(&ctx.peer.spiffe_id),
             arguments: None,
             session_id: ctx.session_id.as_deref(),
@@ -522,16 +526,16 @@ impl Gateway {
         };
         let (decision, shadow) = super::decide_with(&policies, &input, &self.metrics);
         self.metrics
-            .decision(decision.allowed, method, &self.upstream_id);
+            .decision(decision.allowed, method, &ctx.upstream.spiffe_id);
         let correlation_id = self.ids.next();
         let record = Record {
             time: now_rfc3339(),
             correlation_id: correlation_id.clone(),
             request_id: request_id
                 .and_then(|id| serde_json::value::RawValue::from_string(id.to_owned()).ok()),
-            caller: self.upstream_id.clone(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
+            caller: ctx.upstream.spiffe_id.clone(),
+            upstream: ctx.upstream.name.clone(),
+            upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
             session_id: ctx.session_id.clone(),
             method: Some(method.to_owned()),
             target_kind: Some("workload"),
@@ -576,8 +580,8 @@ impl Gateway {
                 .decide(&PolicyInput {
                     principal: &ctx.peer.spiffe_id,
                     action,
-                    server: &self.upstream_name,
-                    server_spiffe_id: &self.upstream_id,
+                    server: &ctx.upstream.name,
+                    server_spiffe_id: &ctx.upstream.spiffe_id,
                     target: kind.target(name),
                     arguments: None,
                     session_id: ctx.session_id.as_deref(),
@@ -634,8 +638,8 @@ impl Gateway {
             correlation_id: self.ids.next(),
             request_id: None,
             caller: ctx.peer.spiffe_id.to_string(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
+            upstream: ctx.upstream.name.clone(),
+            upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
             session_id: ctx.session_id.clone(),
             method: what.map(|w| format!("{}/list", w.trim_end_matches('s'))),
             target_kind: None,

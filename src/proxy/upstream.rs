@@ -1,8 +1,10 @@
-//! The connection to the one upstream MCP server.
+//! The connections to the upstream MCP servers, one [`Upstream`] each.
 //!
-//! mTLS with the gateway's own SVID; the upstream must present exactly the
-//! SPIFFE ID in the config (spiffe-rustls `exact` authorizer), otherwise the
-//! handshake fails and the call is refused with `UpstreamIdentity`. Plain
+//! mTLS with the gateway's own SVID; each upstream must present exactly the
+//! SPIFFE ID in its own config entry (spiffe-rustls `exact` authorizer, one
+//! client config per upstream), otherwise the handshake fails and the call
+//! is refused with `UpstreamIdentity`: an upstream presenting another
+//! upstream's ID is refused like any other wrong ID. Plain
 //! HTTP is possible only to a loopback address declared as such in the config
 //! (checked in `config`). Connections are pooled by hyper; ALPN picks HTTP/2
 //! or HTTP/1.1. The TLS config is read from [`Identity`] for every new
@@ -19,22 +21,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use hyper::Uri;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntCounter;
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::config::UpstreamConnection;
-use crate::identity::Identity;
+use crate::config::{UpstreamConfig, UpstreamConnection};
+use crate::identity::{Identity, TlsConfigs};
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::proxy::protocol;
+use crate::proxy::reply::{self, ReplyBody};
+use crate::proxy::session::Sessions;
 
 pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
 pub type UpstreamClient = Client<UpstreamConnector, http_body_util::Full<bytes::Bytes>>;
@@ -75,12 +84,166 @@ pub fn client(connector: UpstreamConnector, conn: &UpstreamConnection) -> Upstre
         .build(connector)
 }
 
+/// One configured upstream: where it is, who it must be, its pool, its
+/// timeouts, its sessions and its metrics. Built once at start.
+pub struct Upstream {
+    /// The name policies use: `Mcp::Server::"<name>"`.
+    pub name: String,
+    pub spiffe_id: String,
+    pub uri: Uri,
+    pub authority: HeaderValue,
+    pub client: UpstreamClient,
+    /// Header carrying the verified caller ID to the upstream, if configured.
+    pub caller_id_header: Option<HeaderName>,
+    /// Bound on the wait for the response head.
+    pub request_timeout: Duration,
+    /// Bound on each silence within a response body.
+    pub stream_idle_timeout: Duration,
+    pub metrics: UpstreamMetrics,
+    /// The name for logs on the response path (cheap to clone).
+    pub label: Arc<str>,
+    /// The periodic health probe, if configured.
+    pub prober: Option<Prober>,
+    /// Sessions opened on this upstream: a session id is only ever looked
+    /// up in the table of the upstream it was issued by.
+    pub sessions: Sessions,
+}
+
+impl Upstream {
+    /// `primary`: the upstream whose client config [`Identity`] builds;
+    /// every other one gets its own, for its own SPIFFE ID.
+    pub fn new(
+        config: &UpstreamConfig,
+        identity: Identity,
+        primary: bool,
+        metrics: &Metrics,
+        sessions: Sessions,
+    ) -> anyhow::Result<Upstream> {
+        let uri: Uri = config.url.as_str().parse()?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
+        let conn = &config.connection;
+        let spiffe_id = config.spiffe_id.to_string();
+        let mut connector =
+            UpstreamConnector::new(identity, config.plaintext, conn.connect_timeout);
+        if !primary {
+            connector.own_id = Some(Arc::new(OwnClientConfig {
+                spiffe_id: spiffe_id.clone(),
+                built: ArcSwapOption::empty(),
+            }));
+        }
+        let prober = conn
+            .health_check_interval
+            .map(|every| Prober::new(connector.clone(), uri.clone(), every));
+        Ok(Upstream {
+            name: config.name.clone(),
+            spiffe_id,
+            authority: HeaderValue::from_str(authority.as_str())?,
+            uri,
+            client: client(connector, conn),
+            caller_id_header: config.caller_id_header.clone(),
+            request_timeout: conn.request_timeout,
+            stream_idle_timeout: conn.stream_idle_timeout,
+            metrics: metrics.upstream(&config.name),
+            label: Arc::from(config.name.as_str()),
+            prober,
+            sessions,
+        })
+    }
+}
+
+impl Upstream {
+    /// The upstream's reply with hop-by-hop headers removed and its body
+    /// bounded by `stream_idle_timeout_seconds` between frames.
+    pub fn reply(&self, resp: Response<Incoming>) -> Response<ReplyBody> {
+        reply::from_upstream(resp.map(|body| self.idle_bounded(body)))
+    }
+
+    /// An upstream body that ends if it stays silent too long.
+    pub fn idle_bounded(&self, body: Incoming) -> IdleBody<Incoming> {
+        IdleBody::new(
+            body,
+            self.stream_idle_timeout,
+            self.metrics.stream_idle.clone(),
+            Arc::clone(&self.label),
+        )
+    }
+
+    /// One health probe, if configured: connects (mTLS, identity checked)
+    /// and sets `mcp_gateway_upstream_up`. Returns the probe interval.
+    pub async fn probe(&self) -> Option<Duration> {
+        let prober = self.prober.as_ref()?;
+        let result = prober.probe().await;
+        let was = self.metrics.up.get();
+        match &result {
+            Ok(()) => self.metrics.up.set(1),
+            Err(e) => {
+                if was != 0 {
+                    warn!(error = %e, upstream = %self.name, "upstream health probe failed");
+                }
+                self.metrics.up.set(0);
+            }
+        }
+        Some(prober.interval)
+    }
+
+    /// Tells the upstream a session is over (idle, expired, or refused).
+    /// Best effort: the session is already gone from the gateway.
+    pub async fn end_session(&self, id: &str) {
+        let Ok(value) = HeaderValue::from_str(id) else {
+            return;
+        };
+        let mut req = Request::new(http_body_util::Full::new(Bytes::new()));
+        *req.method_mut() = Method::DELETE;
+        *req.uri_mut() = self.uri.clone();
+        req.headers_mut()
+            .insert(header::HOST, self.authority.clone());
+        req.headers_mut().insert(protocol::SESSION_HEADER, value);
+        if let Err(e) = self.client.request(req).await {
+            debug!(error = %e, upstream = %self.name, "ending an upstream session failed");
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct UpstreamConnector {
     identity: Identity,
     plaintext: bool,
     /// TCP connect plus TLS handshake.
     timeout: Duration,
+    /// For a non-primary upstream: its own client config, accepting only
+    /// its SPIFFE ID.
+    own_id: Option<Arc<OwnClientConfig>>,
+}
+
+/// A client config for one SPIFFE ID, built from the identity's current
+/// TLS configs and rebuilt if those are ever replaced. Read on each new
+/// connection, not on each request.
+struct OwnClientConfig {
+    spiffe_id: String,
+    /// (the identity's server config it was built beside, the client config)
+    built: ArcSwapOption<(Arc<rustls::ServerConfig>, Arc<ClientConfig>)>,
+}
+
+impl OwnClientConfig {
+    fn get(&self, configs: &TlsConfigs) -> Result<Arc<ClientConfig>, ConnectError> {
+        if let Some(built) = self.built.load_full()
+            && Arc::ptr_eq(&built.0, &configs.server)
+        {
+            return Ok(Arc::clone(&built.1));
+        }
+        let client = Arc::new(
+            configs
+                .client_for(&self.spiffe_id)
+                .map_err(|_| ConnectError::NoIdentity)?,
+        );
+        self.built.store(Some(Arc::new((
+            Arc::clone(&configs.server),
+            Arc::clone(&client),
+        ))));
+        Ok(client)
+    }
 }
 
 impl UpstreamConnector {
@@ -89,6 +252,7 @@ impl UpstreamConnector {
             identity,
             plaintext,
             timeout,
+            own_id: None,
         }
     }
 }
@@ -128,10 +292,14 @@ impl UpstreamConnector {
             return Ok(UpstreamStream::Plain(TokioIo::new(tcp)));
         }
         let configs = self.identity.current().ok_or(ConnectError::NoIdentity)?;
+        let tls_config = match &self.own_id {
+            None => Arc::clone(&configs.upstream),
+            Some(own) => own.get(&configs)?,
+        };
         // The server name is not used for verification (identity is the
         // SPIFFE ID); it only goes into SNI.
         let name = ServerName::try_from(host).map_err(|_| ConnectError::BadUri)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&configs.upstream))
+        let tls = tokio_rustls::TlsConnector::from(tls_config)
             .connect(name, tcp)
             .await
             .map_err(ConnectError::Tls)?;
