@@ -275,10 +275,7 @@ impl Gateway {
                 _ => Err(ProxyError::NotFound),
             };
         }
-        let name = path
-            .strip_prefix(self.path.as_str())
-            .and_then(|rest| rest.strip_prefix('/'))
-            .ok_or(ProxyError::NotFound)?;
+        let name = routed_name(&self.path, path).ok_or(ProxyError::NotFound)?;
         self.upstreams
             .iter()
             .find(|up| up.name == name)
@@ -715,6 +712,15 @@ impl Gateway {
             detail: Some(refusal.to_string()),
         }
     }
+}
+
+/// The upstream name in `<prefix>/<name>` (a listener path ending in `/`
+/// takes no second one). Only the form: whether the name exists is the
+/// caller's question.
+fn routed_name<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(prefix.trim_end_matches('/'))?
+        .strip_prefix('/')
+        .filter(|name| !name.is_empty())
 }
 
 /// The elements of a batch not in `denied`, as a new batch of their original
