@@ -391,9 +391,11 @@ impl Gateway {
                 h.insert(name, v);
             }
         }
-        match ctx.upstream.client.request(req).await {
-            Ok(resp) => debug!(status = %resp.status(), "refusal sent to the upstream"),
-            Err(e) => warn!(error = %e, "sending a refusal to the upstream failed"),
+        let sent = ctx.upstream.client.request(req);
+        match tokio::time::timeout(ctx.upstream.request_timeout, sent).await {
+            Ok(Ok(resp)) => debug!(status = %resp.status(), "refusal sent to the upstream"),
+            Ok(Err(e)) => warn!(error = %e, "sending a refusal to the upstream failed"),
+            Err(_) => warn!("sending a refusal to the upstream timed out"),
         }
     }
 

@@ -611,12 +611,21 @@ impl Gateway {
         &self.upstreams
     }
 
-    /// Ends idle and expired sessions, here and at the upstream.
+    /// Ends idle and expired sessions, here and at the upstream. The
+    /// sessions are gone from the gateway at once; telling each upstream
+    /// runs in its own task, so a slow upstream delays no other.
     pub async fn sweep_sessions(&self) {
         for up in &self.upstreams {
-            for id in up.sessions.sweep() {
-                up.end_session(&id).await;
+            let ended = up.sessions.sweep();
+            if ended.is_empty() {
+                continue;
             }
+            let up = Arc::clone(up);
+            tokio::spawn(async move {
+                for id in ended {
+                    up.end_session(&id).await;
+                }
+            });
         }
     }
 

@@ -189,7 +189,8 @@ impl Upstream {
     }
 
     /// Tells the upstream a session is over (idle, expired, or refused).
-    /// Best effort: the session is already gone from the gateway.
+    /// Best effort, bounded by the request timeout: the session is already
+    /// gone from the gateway.
     pub async fn end_session(&self, id: &str) {
         let Ok(value) = HeaderValue::from_str(id) else {
             return;
@@ -200,8 +201,12 @@ impl Upstream {
         req.headers_mut()
             .insert(header::HOST, self.authority.clone());
         req.headers_mut().insert(protocol::SESSION_HEADER, value);
-        if let Err(e) = self.client.request(req).await {
-            debug!(error = %e, upstream = %self.name, "ending an upstream session failed");
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, upstream = %self.name, "ending an upstream session failed");
+            }
+            Err(_) => debug!(upstream = %self.name, "ending an upstream session timed out"),
         }
     }
 }

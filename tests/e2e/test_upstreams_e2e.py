@@ -28,6 +28,7 @@ from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post
 from test_gateway_e2e import call, tool_calls
+from test_policy_reload_e2e import wait_for
 
 BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
 ECHO = 'echo:{"text":"hi"}'
@@ -230,3 +231,37 @@ def test_each_upstream_must_present_its_own_spiffe_id(spire, svids, beta_svid, p
         gw.stop()
         alpha.stop()
         impostor.stop()
+
+
+def test_an_idle_session_is_ended_at_its_own_upstream(spire, svids, beta_svid, policies, tmp_path):
+    """Sessions on alpha and beta go idle: each upstream gets the DELETE for
+    its own session id only (the sweep runs every 10 s)."""
+    s, b, a = svids["mcp-server"], beta_svid, svids["agent"]
+    alpha = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "alpha.jsonl")
+    beta = start_upstream(cert=b.cert, key=b.key, ca=b.bundle, request_log=tmp_path / "beta.jsonl")
+    gw = start_gateway(
+        tmp_path / "gw", spire.endpoint, "", "", policy_dir=policies,
+        upstreams=entries(alpha.url, beta.url), session_idle_timeout=1,
+    )  # fmt: skip
+    try:
+        gw.wait_ready()
+        sids = {}
+        for name in ("alpha", "beta"):
+            init = {
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+            }  # fmt: skip
+            r = post(gw.port, a, json.dumps(init).encode(), path=f"/mcp/{name}")
+            assert r.status == 200 and r.header("mcp-session-id"), r
+            sids[name] = r.header("mcp-session-id")
+
+        def deletes(up) -> list[str]:
+            return [q["headers"].get("mcp-session-id") for q in up.requests() if q["http_method"] == "DELETE"]
+
+        wait_for("DELETEs at both upstreams", lambda: deletes(alpha) and deletes(beta), timeout=30)
+        assert deletes(alpha) == [sids["alpha"]], deletes(alpha)
+        assert deletes(beta) == [sids["beta"]], deletes(beta)
+    finally:
+        gw.stop()
+        alpha.stop()
+        beta.stop()
