@@ -23,9 +23,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
@@ -406,17 +407,17 @@ impl Gateway {
         ctx: &ReplyContext,
     ) -> Response<ReplyBody> {
         let (mut parts, body) = resp.into_parts();
-        let body = ctx.upstream.idle_bounded(body);
-        let bytes = match Limited::new(body, MAX_LIST_REPLY_BYTES).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                warn!(error = %e, "reading a list reply failed");
-                self.metrics.upstream_error("upstream_unavailable");
-                return reply::error_response(
-                    &super::ProxyError::UpstreamUnavailable,
-                    None,
-                    &self.ids.next(),
-                );
+        let limit = MAX_LIST_REPLY_BYTES;
+        let bytes = match read_reply(body, limit, ctx.upstream.stream_idle_timeout).await {
+            Ok(bytes) => bytes,
+            Err(refusal) => {
+                warn!(upstream = %ctx.upstream.name, error = %refusal, "reading a reply to rewrite failed");
+                self.metrics.upstream_error(refusal.audit_reason());
+                let correlation_id = self.ids.next();
+                let reason = refusal.audit_reason();
+                self.audit_way_back_as(ctx, &correlation_id, reason, Outcome::UpstreamError)
+                    .await;
+                return reply::error_response(&refusal, ctx.awaiting.as_deref(), &correlation_id);
             }
         };
         let body = match serde_json::from_slice::<Value>(&bytes) {
@@ -727,6 +728,29 @@ fn rebuild_event(event: &SseEvent, value: &Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// Reads an upstream reply whole: at most `limit` bytes, and no silence
+/// longer than `idle` (a reply cut short is an error, never passed on).
+async fn read_reply<B>(mut body: B, limit: usize, idle: Duration) -> Result<Bytes, ProxyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut out = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::UpstreamStreamIdle),
+            Ok(None) => return Ok(Bytes::from(out)),
+            Ok(Some(Err(_))) => return Err(ProxyError::UpstreamUnavailable),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ProxyError::UpstreamUnavailable);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
 /// A response body fed by the event task.
 struct ChannelBody {
     rx: mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>,
@@ -753,6 +777,46 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// One frame, then silence forever.
+    struct Stall(Option<&'static str>);
+
+    impl Body for Stall {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(s) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(s.as_bytes()))))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_stalls_is_an_error_not_a_truncated_body() {
+        let started = tokio::time::Instant::now();
+        let err = read_reply(Stall(Some("{\"jsonrpc\":")), 1024, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamStreamIdle), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_read_whole_within_its_limit() {
+        let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
+        let got = read_reply(body, 7, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(&got[..], b"{\"a\":1}");
+        let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
+        let err = read_reply(body, 6, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamUnavailable), "{err}");
+    }
 
     #[test]
     fn a_filtered_page_keeps_its_cursor_and_everything_else() {
