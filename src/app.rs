@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::identity::{ClientCerts, Identity};
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
+use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, listener, loopback};
 
 /// A running gateway.
@@ -104,8 +105,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let tasks = vec![
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
-        tokio::spawn(admin::serve(admin_listener, admin, watcher)),
+        tokio::spawn(admin::serve(admin_listener, admin, watcher.clone())),
     ];
+    let mut tasks = tasks;
+    for up in gateway.upstreams() {
+        tasks.push(tokio::spawn(probe_upstream(
+            Arc::clone(up),
+            watcher.clone(),
+        )));
+    }
     info!(
         %listen_addr,
         %admin_addr,
@@ -134,6 +142,20 @@ async fn sweep_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tick.tick() => gateway.sweep_sessions().await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Probes an upstream's health until shutdown (at once, then every
+/// `upstream.health_check_interval_seconds`); returns at once when off.
+async fn probe_upstream(upstream: Arc<Upstream>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(every) = upstream.probe().await else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
             _ = shutdown.changed() => return,
         }
     }

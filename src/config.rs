@@ -47,7 +47,13 @@ pub struct Config {
     pub workload_api: WorkloadApiConfig,
     pub policy_dir: PathBuf,
     pub policy: PolicyConfig,
+    /// The one upstream, or the first of `upstreams`.
     pub upstream: UpstreamConfig,
+    /// Every upstream (at least one; `upstream` is the first).
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Set by the `upstreams:` list form: each upstream is served on
+    /// `<listener.path>/<name>`; otherwise the one upstream on the path.
+    pub route_by_name: bool,
     /// End-user tokens (`context.user`); `None`: requests have no user.
     pub user_auth: Option<UserAuthConfig>,
     pub audit: AuditSink,
@@ -158,6 +164,41 @@ pub struct UpstreamConfig {
     /// If set, the gateway sends the verified caller SPIFFE ID to the
     /// upstream in this header (a caller-sent header of that name is dropped).
     pub caller_id_header: Option<HeaderName>,
+    /// Timeouts, pooling and the health probe of the connection.
+    pub connection: UpstreamConnection,
+}
+
+/// How the gateway connects to an upstream: timeouts, pool, health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConnection {
+    /// TCP connect plus TLS handshake.
+    pub connect_timeout: Duration,
+    /// From sending a request until the upstream's response head (this
+    /// includes connecting).
+    pub request_timeout: Duration,
+    /// A response body (SSE stream or JSON) that sends no byte this long
+    /// is ended.
+    pub stream_idle_timeout: Duration,
+    /// An idle pooled connection is closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per upstream (0: no reuse).
+    pub pool_max_idle: usize,
+    /// How often a connection (TCP + mTLS with the identity check) is tried
+    /// to export `mcp_gateway_upstream_up`; `None`: only real calls count.
+    pub health_check_interval: Option<Duration>,
+}
+
+impl Default for UpstreamConnection {
+    fn default() -> Self {
+        UpstreamConnection {
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(300),
+            pool_idle_timeout: Duration::from_secs(60),
+            pool_max_idle: 64,
+            health_check_interval: Some(Duration::from_secs(10)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +217,10 @@ struct RawConfig {
     #[serde(default)]
     workload_api: RawWorkloadApi,
     policy: RawPolicy,
-    upstream: RawUpstream,
+    #[serde(default)]
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    upstreams: Option<Vec<RawUpstream>>,
     #[serde(default)]
     user_auth: Option<RawUserAuth>,
     #[serde(default)]
@@ -281,6 +325,12 @@ struct RawUpstream {
     #[serde(default)]
     plaintext_loopback: bool,
     caller_id_header: Option<String>,
+    connect_timeout_seconds: Option<u64>,
+    request_timeout_seconds: Option<u64>,
+    stream_idle_timeout_seconds: Option<u64>,
+    pool_idle_timeout_seconds: Option<u64>,
+    pool_max_idle_connections: Option<usize>,
+    health_check_interval_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -333,11 +383,12 @@ impl RawConfig {
             bail!("admin.address: must differ from listener.address");
         }
         let workload_api = self.workload_api.validate(env)?;
-        let upstream = self.upstream.validate()?;
-        if listener.plaintext_loopback && upstream.plaintext {
+        let (upstreams, route_by_name) = validate_upstreams(self.upstream, self.upstreams)?;
+        let upstream = upstreams[0].clone();
+        if listener.plaintext_loopback && upstreams.iter().any(|u| u.plaintext) {
             bail!(
                 "listener.plaintext_loopback: a client sidecar forwards over mTLS with its SVID; \
-                 it cannot be combined with upstream.plaintext_loopback"
+                 it cannot be combined with a plaintext_loopback upstream"
             );
         }
         let audit = match (self.audit.sink, self.audit.path) {
@@ -392,6 +443,8 @@ impl RawConfig {
             policy_dir: policy.dir.clone(),
             policy,
             upstream,
+            upstreams,
+            route_by_name,
             user_auth,
             audit,
             max_body_bytes,
@@ -534,6 +587,7 @@ impl RawWorkloadApi {
 
 impl RawUpstream {
     fn validate(self) -> anyhow::Result<UpstreamConfig> {
+        let connection = self.connection()?;
         if self.name.is_empty() || self.name.contains('/') || self.name.contains('"') {
             bail!("upstream.name: must be non-empty and contain no '/' or '\"'");
         }
@@ -571,9 +625,129 @@ impl RawUpstream {
             spiffe_id,
             plaintext,
             caller_id_header,
+            connection,
+        })
+    }
+
+    /// Timeouts, pool and probe: each within bounds, and a request timeout
+    /// no shorter than the connect timeout it includes.
+    fn connection(&self) -> anyhow::Result<UpstreamConnection> {
+        let d = UpstreamConnection::default();
+        let secs = |field: &str, value: Option<u64>, default: Duration, max: u64| match value {
+            None => Ok(default),
+            Some(0) => Err(anyhow!("upstream.{field}: must be greater than 0")),
+            Some(n) if n > max => Err(anyhow!("upstream.{field}: at most {max}")),
+            Some(n) => Ok(Duration::from_secs(n)),
+        };
+        let connect_timeout = secs(
+            "connect_timeout_seconds",
+            self.connect_timeout_seconds,
+            d.connect_timeout,
+            300,
+        )?;
+        let request_timeout = secs(
+            "request_timeout_seconds",
+            self.request_timeout_seconds,
+            d.request_timeout,
+            3600,
+        )?;
+        if request_timeout < connect_timeout {
+            bail!(
+                "upstream.request_timeout_seconds: must be at least connect_timeout_seconds \
+                 (the request timeout includes connecting)"
+            );
+        }
+        let stream_idle_timeout = secs(
+            "stream_idle_timeout_seconds",
+            self.stream_idle_timeout_seconds,
+            d.stream_idle_timeout,
+            86_400,
+        )?;
+        let pool_idle_timeout = secs(
+            "pool_idle_timeout_seconds",
+            self.pool_idle_timeout_seconds,
+            d.pool_idle_timeout,
+            3600,
+        )?;
+        let pool_max_idle = match self.pool_max_idle_connections {
+            None => d.pool_max_idle,
+            Some(n) if n > 10_000 => bail!("upstream.pool_max_idle_connections: at most 10000"),
+            Some(n) => n,
+        };
+        let health_check_interval = match self.health_check_interval_seconds {
+            None => d.health_check_interval,
+            Some(0) => None,
+            Some(n) if n > 3600 => bail!("upstream.health_check_interval_seconds: at most 3600"),
+            Some(n) => Some(Duration::from_secs(n)),
+        };
+        Ok(UpstreamConnection {
+            connect_timeout,
+            request_timeout,
+            stream_idle_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            health_check_interval,
         })
     }
 }
+
+/// Exactly one of `upstream:` and `upstreams:`. In the list, each name is
+/// unique and fits a URL path segment and a Cedar entity id, each SPIFFE ID
+/// is unique (an upstream is told apart by it: as the principal of the
+/// requests it sends the agent, and in audit), and at most one upstream is
+/// plain HTTP on loopback (it has no SPIFFE ID check to tell it apart).
+fn validate_upstreams(
+    one: Option<RawUpstream>,
+    list: Option<Vec<RawUpstream>>,
+) -> anyhow::Result<(Vec<UpstreamConfig>, bool)> {
+    let raw = match (one, list) {
+        (Some(u), None) => return Ok((vec![u.validate()?], false)),
+        (Some(_), Some(_)) => bail!("upstream, upstreams: set one of the two, not both"),
+        (None, None) => bail!("upstreams: required (or a single `upstream:`)"),
+        (None, Some(list)) if list.is_empty() => bail!("upstreams: must not be empty"),
+        (None, Some(list)) if list.len() > MAX_UPSTREAMS => {
+            bail!("upstreams: at most {MAX_UPSTREAMS}")
+        }
+        (None, Some(list)) => list,
+    };
+    let mut out: Vec<UpstreamConfig> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let name = r.name.clone();
+        let at = || format!("upstreams[{i}] ({name:?})");
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid_name {
+            bail!(
+                "{}.name: 1-64 of [A-Za-z0-9._-] (it is a URL path segment)",
+                at()
+            );
+        }
+        let u = r.validate().with_context(at)?;
+        if out.iter().any(|o| o.name == u.name) {
+            bail!("{}.name: another upstream has this name", at());
+        }
+        if out.iter().any(|o| o.spiffe_id == u.spiffe_id) {
+            bail!("{}.spiffe_id: another upstream has this SPIFFE ID", at());
+        }
+        if u.plaintext && out.iter().any(|o| o.plaintext) {
+            bail!(
+                "{}.plaintext_loopback: at most one plain-HTTP upstream",
+                at()
+            );
+        }
+        out.push(u);
+    }
+    Ok((out, true))
+}
+
+/// Upper bound on `upstreams:` entries (each has a pool, a session table
+/// and a probe task).
+const MAX_UPSTREAMS: usize = 256;
 
 fn is_loopback(url: &url::Url) -> bool {
     match url.host() {

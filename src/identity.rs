@@ -50,6 +50,15 @@ pub struct TlsConfigs {
 }
 
 impl TlsConfigs {
+    /// A client config from the same source that accepts exactly
+    /// `spiffe_id`: for an upstream other than the one `upstream` is for.
+    pub fn client_for(&self, spiffe_id: &str) -> Result<ClientConfig, spiffe_rustls::Error> {
+        spiffe_rustls::mtls_client(self.source.clone())
+            .authorize(spiffe_rustls::exact([spiffe_id])?)
+            .with_alpn_protocols(UPSTREAM_ALPN)
+            .build()
+    }
+
     /// Whether the source currently holds a usable SVID that has not expired.
     pub fn is_usable(&self) -> bool {
         self.source.is_healthy()

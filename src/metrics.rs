@@ -5,8 +5,8 @@
 //! Nothing here may block the request path: counters are atomics.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Methods counted under their own label value; anything else is `other`.
@@ -63,6 +63,23 @@ pub struct Metrics {
     /// Trust domains with an X.509 bundle (own plus federated): a count, not
     /// a label per domain, since the Workload API decides the set.
     pub trust_bundles: IntGauge,
+    /// Per upstream (names come from the config: a bounded set).
+    upstream_up: IntGaugeVec,
+    upstream_request_duration: HistogramVec,
+}
+
+/// One upstream's series, resolved once so the request path does no label
+/// lookup.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// 1 after a connection or response, 0 after a failure to connect.
+    pub up: IntGauge,
+    /// Time from sending a request to the response head.
+    pub request_duration: Histogram,
+    /// Response bodies ended for going idle.
+    pub stream_idle: IntCounter,
+    /// Requests that got no response head in time.
+    pub timeout: IntCounter,
 }
 
 impl Metrics {
@@ -192,12 +209,38 @@ impl Metrics {
                 "Trust domains the gateway holds an X.509 bundle for (its own and federated ones).",
             )
             .expect("static metric definition"),
+            upstream_up: IntGaugeVec::new(
+                Opts::new(
+                    "mcp_gateway_upstream_up",
+                    "1 when the last connection attempt or call to the upstream succeeded, 0 when it could not connect.",
+                ),
+                &["upstream"],
+            )
+            .expect("static metric definition"),
+            upstream_request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "mcp_gateway_upstream_request_duration_seconds",
+                    "Time from sending a request to the upstream to its response head.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    5.0, 10.0, 30.0, 60.0,
+                ]),
+                &["upstream"],
+            )
+            .expect("static metric definition"),
             registry,
         };
         m.register_all();
         m.registry
             .register(Box::new(m.trust_bundles.clone()))
             .expect("metric names are unique");
+        for c in [
+            Box::new(m.upstream_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.upstream_request_duration.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
         if let Some(c) = &m.caller_decisions {
             m.registry
                 .register(Box::new(c.clone()))
@@ -205,7 +248,12 @@ impl Metrics {
         }
         // Export the error series at 0 from the start, so a rate() or an
         // alert on them works before the first error.
-        for kind in ["upstream_unavailable", "upstream_identity"] {
+        for kind in [
+            "upstream_unavailable",
+            "upstream_identity",
+            "upstream_timeout",
+            "upstream_stream_idle",
+        ] {
             m.upstream_errors.with_label_values(&[kind]);
         }
         for result in ["success", "failure"] {
@@ -270,6 +318,20 @@ impl Metrics {
         self.upstream_errors.with_label_values(&[kind]).inc();
     }
 
+    /// The series of one configured upstream (created, so exported, now).
+    pub fn upstream(&self, name: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            up: self.upstream_up.with_label_values(&[name]),
+            request_duration: self.upstream_request_duration.with_label_values(&[name]),
+            stream_idle: self
+                .upstream_errors
+                .with_label_values(&["upstream_stream_idle"]),
+            timeout: self
+                .upstream_errors
+                .with_label_values(&["upstream_timeout"]),
+        }
+    }
+
     pub fn refused(&self, reason: &'static str) {
         self.refused.with_label_values(&[reason]).inc();
     }
@@ -316,6 +378,28 @@ mod tests {
         assert!(
             !text.contains("spiffe://"),
             "no SPIFFE ID labels unless opted in"
+        );
+    }
+
+    #[test]
+    fn upstream_series_exist_from_the_start_and_are_shared() {
+        let m = Metrics::new();
+        let demo = m.upstream("demo");
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"mcp_gateway_upstream_up{upstream="demo"} 0"#));
+        assert!(text.contains(r#"mcp_gateway_upstream_errors_total{kind="upstream_timeout"} 0"#));
+        demo.up.set(1);
+        demo.request_duration.observe(0.002);
+        demo.stream_idle.inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains(r#"mcp_gateway_upstream_up{upstream="demo"} 1"#));
+        assert!(
+            text.contains(
+                r#"mcp_gateway_upstream_request_duration_seconds_count{upstream="demo"} 1"#
+            )
+        );
+        assert!(
+            text.contains(r#"mcp_gateway_upstream_errors_total{kind="upstream_stream_idle"} 1"#)
         );
     }
 

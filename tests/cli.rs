@@ -21,7 +21,7 @@ fn examples() -> std::path::PathBuf {
 
 #[test]
 fn check_accepts_the_example_configs() {
-    for name in ["gateway.yaml", "sidecar.yaml"] {
+    for name in ["gateway.yaml", "sidecar.yaml", "upstreams.yaml"] {
         let path = examples().join(name);
         let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
         assert!(ok, "{name}: {text}");

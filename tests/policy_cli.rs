@@ -585,3 +585,44 @@ fn matrix_against_an_older_set_prints_exactly_what_changes() {
     assert_eq!(same.code, 0, "{}{}", same.out, same.err);
     assert!(same.out.contains("no changes"), "{}", same.out);
 }
+
+#[test]
+fn explain_with_an_upstreams_config_takes_the_named_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(repo("examples/upstreams.yaml"))
+        .unwrap()
+        .replace(
+            "\"../policies\"",
+            &format!("{:?}", repo("policies").display().to_string()),
+        );
+    let path = dir.path().join("upstreams.yaml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap();
+    let base = [
+        "explain",
+        "--config",
+        path,
+        "--principal",
+        AGENT,
+        "--action",
+        "tools/call",
+        "--tool",
+        "echo",
+        "--format",
+        "json",
+    ];
+    let jira = json(&gateway(&[&base[..], &["--server", "jira"]].concat()));
+    assert_eq!(jira["request"]["server"], "jira");
+    assert_eq!(
+        jira["request"]["server_spiffe_id"],
+        "spiffe://example.org/ns/tools/sa/jira-mcp"
+    );
+    assert_eq!(jira["request"]["resource"], "Mcp::Tool::\"jira/echo\"");
+    // Without --server: the first entry.
+    let first = json(&gateway(&base));
+    assert_eq!(first["request"]["server"], "github");
+    assert_eq!(
+        first["request"]["server_spiffe_id"],
+        "spiffe://example.org/ns/tools/sa/github-mcp"
+    );
+}

@@ -27,7 +27,8 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
     /// Gateway config file: decide with its policy.dir, upstream.name and
-    /// upstream.spiffe_id.
+    /// upstream.spiffe_id (with `upstreams:`, the entry --server names, else
+    /// the first).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Upstream name, as policies name it (Mcp::Server::"NAME"); overrides
@@ -192,10 +193,17 @@ impl Source {
             (None, Some(path)) => {
                 let config = Config::load(path, &NoSocketNeeded)
                     .map_err(|e| CliError::Config(format!("{e:#}")))?;
+                // With `upstreams:`, --server picks the entry (and so its
+                // SPIFFE ID); otherwise the first.
+                let chosen = args
+                    .server
+                    .as_deref()
+                    .and_then(|name| config.upstreams.iter().find(|u| u.name == name))
+                    .unwrap_or(&config.upstream);
                 (
-                    config.policy_dir,
-                    Some(config.upstream.name),
-                    Some(config.upstream.spiffe_id.to_string()),
+                    config.policy_dir.clone(),
+                    Some(chosen.name.clone()),
+                    Some(chosen.spiffe_id.to_string()),
                 )
             }
             // clap requires one of the two.

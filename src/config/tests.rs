@@ -378,3 +378,180 @@ fn plaintext_listener_refuses_jwt_svid_callers() {
         "{msg}"
     );
 }
+
+#[test]
+fn upstream_connection_defaults_are_sane() {
+    let c = parse(GOOD).unwrap().upstream.connection;
+    assert_eq!(c, UpstreamConnection::default());
+    assert_eq!(c.connect_timeout, Duration::from_secs(10));
+    assert_eq!(c.request_timeout, Duration::from_secs(60));
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(300));
+    assert_eq!(c.health_check_interval, Some(Duration::from_secs(10)));
+}
+
+#[test]
+fn upstream_connection_settings_parse() {
+    let text = GOOD.replace(
+        "  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n",
+        "  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"
+  connect_timeout_seconds: 2
+  request_timeout_seconds: 5
+  stream_idle_timeout_seconds: 7
+  pool_idle_timeout_seconds: 30
+  pool_max_idle_connections: 0
+  health_check_interval_seconds: 0
+",
+    );
+    let c = parse(&text).unwrap().upstream.connection;
+    assert_eq!(c.connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.request_timeout, Duration::from_secs(5));
+    assert_eq!(c.stream_idle_timeout, Duration::from_secs(7));
+    assert_eq!(c.pool_idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.pool_max_idle, 0);
+    assert_eq!(c.health_check_interval, None, "0 turns the probe off");
+}
+
+#[test]
+fn bad_upstream_connection_settings_are_refused_by_name() {
+    let cases = [
+        (
+            "connect_timeout_seconds: 0",
+            "upstream.connect_timeout_seconds",
+        ),
+        (
+            "connect_timeout_seconds: 301",
+            "upstream.connect_timeout_seconds",
+        ),
+        (
+            "request_timeout_seconds: 0",
+            "upstream.request_timeout_seconds",
+        ),
+        (
+            "request_timeout_seconds: 3601",
+            "upstream.request_timeout_seconds",
+        ),
+        // Shorter than the default 10 s connect timeout it includes.
+        (
+            "request_timeout_seconds: 5",
+            "upstream.request_timeout_seconds",
+        ),
+        (
+            "stream_idle_timeout_seconds: 0",
+            "upstream.stream_idle_timeout_seconds",
+        ),
+        (
+            "stream_idle_timeout_seconds: 86401",
+            "upstream.stream_idle_timeout_seconds",
+        ),
+        (
+            "pool_idle_timeout_seconds: 0",
+            "upstream.pool_idle_timeout_seconds",
+        ),
+        (
+            "pool_max_idle_connections: 10001",
+            "upstream.pool_max_idle_connections",
+        ),
+        (
+            "health_check_interval_seconds: 3601",
+            "upstream.health_check_interval_seconds",
+        ),
+        ("request_timeout_seconds: -1", "request_timeout_seconds"),
+        ("request_timeout_seconds: 1.5", "request_timeout_seconds"),
+    ];
+    for (line, field) in cases {
+        let text = GOOD.replace(
+            "  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n",
+            &format!("  spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n  {line}\n"),
+        );
+        let err = parse(&text).expect_err(line);
+        let msg = format!("{err:#}");
+        assert!(msg.contains(field), "{line}: {msg:?} does not name {field}");
+    }
+}
+
+const LIST: &str = r#"
+listener: { address: "127.0.0.1:8443" }
+admin: { address: "127.0.0.1:9090" }
+workload_api: { socket: "unix:///tmp/agent.sock" }
+policy: { dir: policies }
+upstreams:
+  - name: github
+    url: "https://10.0.0.1:9443/mcp"
+    spiffe_id: "spiffe://example.org/ns/tools/sa/github"
+    request_timeout_seconds: 30
+  - name: jira
+    url: "https://10.0.0.2:9443/mcp"
+    spiffe_id: "spiffe://example.org/ns/tools/sa/jira"
+    caller_id_header: x-caller
+"#;
+
+#[test]
+fn an_upstream_list_routes_by_name() {
+    let c = parse(LIST).unwrap();
+    assert!(c.route_by_name);
+    let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["github", "jira"]);
+    assert_eq!(c.upstream.name, "github", "`upstream` is the first");
+    assert_eq!(
+        c.upstreams[0].connection.request_timeout,
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        c.upstreams[1].connection.request_timeout,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        c.upstreams[1].caller_id_header.as_ref().map(|h| h.as_str()),
+        Some("x-caller")
+    );
+    let single = parse(GOOD).unwrap();
+    assert!(!single.route_by_name);
+    assert_eq!(single.upstreams.len(), 1);
+}
+
+#[test]
+fn bad_upstream_lists_are_refused_by_name() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "both forms",
+            LIST.replace(
+                "upstreams:",
+                "upstream: { name: a, url: \"https://10.0.0.3/mcp\", spiffe_id: \"spiffe://example.org/a\" }\nupstreams:",
+            ),
+            "not both",
+        ),
+        (
+            "neither",
+            LIST[..LIST.find("upstreams:").unwrap()].to_owned(),
+            "upstreams: required",
+        ),
+        ("empty", LIST[..LIST.find("upstreams:").unwrap()].to_owned() + "upstreams: []\n", "must not be empty"),
+        ("duplicate name", LIST.replace("name: jira", "name: github"), "upstreams[1] (\"github\").name: another upstream has this name"),
+        (
+            "duplicate SPIFFE ID",
+            LIST.replace("sa/jira", "sa/github"),
+            "upstreams[1] (\"jira\").spiffe_id: another upstream has this SPIFFE ID",
+        ),
+        ("name with a slash", LIST.replace("name: jira", "name: \"ji/ra\""), "upstreams[1] (\"ji/ra\").name"),
+        ("name with a quote", LIST.replace("name: jira", "name: 'ji\"ra'"), ".name"),
+        ("name with a space", LIST.replace("name: jira", "name: \"ji ra\""), ".name"),
+        ("dot-dot name", LIST.replace("name: jira", "name: \"..\""), ".name"),
+        ("empty name", LIST.replace("name: jira", "name: \"\""), ".name"),
+        ("long name", LIST.replace("name: jira", &format!("name: {}", "a".repeat(65))), ".name"),
+        ("entry error names the entry", LIST.replace("https://10.0.0.2", "ftp://10.0.0.2"), "upstreams[1] (\"jira\")"),
+        ("unknown field in an entry", LIST.replace("caller_id_header", "weight: 1\n    caller_id_header"), "weight"),
+        (
+            "two plaintext upstreams",
+            LIST.replace("https://10.0.0.1:9443", "http://127.0.0.1:9443")
+                .replace("https://10.0.0.2:9443", "http://127.0.0.1:9444")
+                .replace("request_timeout_seconds: 30", "plaintext_loopback: true")
+                .replace("caller_id_header: x-caller", "plaintext_loopback: true"),
+            "at most one plain-HTTP upstream",
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let err = parse(&text).expect_err(name);
+        let msg = format!("{err:#}");
+        assert!(msg.contains(expected), "{name}: {msg:?} lacks {expected:?}");
+    }
+}

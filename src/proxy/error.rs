@@ -26,6 +26,10 @@ pub const CODE_SESSION: i32 = -32065;
 /// JSON-RPC code for a bearer token that is missing or fails verification
 /// (HTTP 401): an end-user token, or a JWT-SVID caller credential.
 pub const CODE_USER_TOKEN: i32 = -32066;
+/// JSON-RPC code for an upstream that did not answer in time: no
+/// connection within `connect_timeout_seconds` or no response head within
+/// `request_timeout_seconds` (HTTP 504).
+pub const CODE_UPSTREAM_TIMEOUT: i32 = -32067;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
 /// MCP 2026-07-28: unsupported protocol version.
@@ -55,10 +59,16 @@ pub enum ProxyError {
     UpstreamUnavailable,
     #[error("upstream identity rejected")]
     UpstreamIdentity,
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    #[error("upstream stream idle too long")]
+    UpstreamStreamIdle,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("not found")]
     NotFound,
+    #[error("no such upstream")]
+    UnknownUpstream,
     #[error("unsupported MCP protocol version {0:?}")]
     UnsupportedVersion(String),
     #[error("{0} header does not match the request body")]
@@ -100,8 +110,12 @@ impl ProxyError {
             ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
             ProxyError::UpstreamUnavailable => (StatusCode::BAD_GATEWAY, CODE_UPSTREAM_UNAVAILABLE),
             ProxyError::UpstreamIdentity => (StatusCode::BAD_GATEWAY, CODE_UPSTREAM_IDENTITY),
+            ProxyError::UpstreamTimeout | ProxyError::UpstreamStreamIdle => {
+                (StatusCode::GATEWAY_TIMEOUT, CODE_UPSTREAM_TIMEOUT)
+            }
             ProxyError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, CODE_BAD_TRANSPORT),
             ProxyError::NotFound => (StatusCode::NOT_FOUND, CODE_BAD_TRANSPORT),
+            ProxyError::UnknownUpstream => (StatusCode::NOT_FOUND, CODE_BAD_TRANSPORT),
             ProxyError::UnsupportedVersion(_) => {
                 (StatusCode::BAD_REQUEST, CODE_UNSUPPORTED_VERSION)
             }
@@ -136,8 +150,11 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamIdentity => "upstream_identity",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamStreamIdle => "upstream_stream_idle",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::NotFound => "not_found",
+            ProxyError::UnknownUpstream => "unknown_upstream",
             ProxyError::UnsupportedVersion(_) => "unsupported_protocol_version",
             ProxyError::HeaderMismatch(_) => "header_mismatch",
             ProxyError::DuplicateHeader(_) => "duplicate_header",
@@ -156,7 +173,53 @@ impl ProxyError {
     pub fn answers_the_call(&self) -> bool {
         matches!(
             self,
-            ProxyError::Denied | ProxyError::UpstreamUnavailable | ProxyError::UpstreamIdentity
+            ProxyError::Denied
+                | ProxyError::UpstreamUnavailable
+                | ProxyError::UpstreamIdentity
+                | ProxyError::UpstreamTimeout
+                | ProxyError::UpstreamStreamIdle
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_have_distinct_codes_statuses_and_reasons() {
+        let cases = [
+            (
+                ProxyError::UpstreamUnavailable,
+                StatusCode::BAD_GATEWAY,
+                CODE_UPSTREAM_UNAVAILABLE,
+                "upstream_unavailable",
+            ),
+            (
+                ProxyError::UpstreamIdentity,
+                StatusCode::BAD_GATEWAY,
+                CODE_UPSTREAM_IDENTITY,
+                "upstream_identity",
+            ),
+            (
+                ProxyError::UpstreamTimeout,
+                StatusCode::GATEWAY_TIMEOUT,
+                CODE_UPSTREAM_TIMEOUT,
+                "upstream_timeout",
+            ),
+            (
+                ProxyError::UpstreamStreamIdle,
+                StatusCode::GATEWAY_TIMEOUT,
+                CODE_UPSTREAM_TIMEOUT,
+                "upstream_stream_idle",
+            ),
+        ];
+        for (refusal, status, code, reason) in cases {
+            assert_eq!(refusal.status_and_code(), (status, code), "{refusal}");
+            assert_eq!(refusal.audit_reason(), reason);
+            // A call-level failure: answered under the request's id.
+            assert!(refusal.answers_the_call(), "{refusal}");
+        }
+        assert_ne!(CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE);
     }
 }

@@ -23,9 +23,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response};
@@ -40,7 +41,8 @@ use crate::policy::{self, PolicyInput, Target, User};
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
-use crate::proxy::{Gateway, protocol};
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{Gateway, ProxyError, protocol};
 
 /// Largest SSE event the gateway will hold while deciding on it.
 const MAX_EVENT_BYTES: usize = 4 << 20;
@@ -96,6 +98,8 @@ impl ListKind {
 
 /// Everything the way back needs to know about the request it answers.
 pub struct ReplyContext {
+    /// The upstream the reply comes from.
+    pub upstream: Arc<Upstream>,
     pub peer: Peer,
     pub session_id: Option<String>,
     pub protocol_version: Option<String>,
@@ -108,6 +112,9 @@ pub struct ReplyContext {
     /// Answers the gateway adds to the upstream's reply: the errors for the
     /// denied elements of a partly forwarded batch.
     pub extra_answers: Vec<Vec<u8>>,
+    /// The id (raw JSON) of the one request this reply answers, if any: an
+    /// SSE reply that goes idle before answering it gets an error for it.
+    pub awaiting: Option<String>,
 }
 
 /// Whether a reply to these messages may carry 2026-07-28 input requests.
@@ -171,7 +178,7 @@ impl Gateway {
         let rewrite = (resp.status().is_success() && ctx.rewrites_responses())
             || !ctx.extra_answers.is_empty();
         if !rewrite {
-            return reply::from_upstream(resp);
+            return ctx.upstream.reply(resp);
         }
         self.filter_json_reply(resp, &ctx).await
     }
@@ -182,6 +189,8 @@ impl Gateway {
         resp: Response<Incoming>,
         ctx: ReplyContext,
     ) -> Response<ReplyBody> {
+        // The pump bounds the silences itself, so it can answer the
+        // awaited request when the upstream goes quiet.
         let (parts, body) = reply::from_upstream(resp).into_parts();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let gateway = Arc::clone(self);
@@ -206,7 +215,17 @@ impl Gateway {
         }
         let mut parser = SseParser::new(MAX_EVENT_BYTES);
         let mut events = Vec::new();
-        while let Some(frame) = body.frame().await {
+        let mut answered = ctx.awaiting.is_none();
+        loop {
+            let Ok(frame) =
+                tokio::time::timeout(ctx.upstream.stream_idle_timeout, body.frame()).await
+            else {
+                self.end_idle_stream(&tx, &ctx, answered).await;
+                return;
+            };
+            let Some(frame) = frame else {
+                return;
+            };
             let data = match frame {
                 Ok(frame) => match frame.into_data() {
                     Ok(data) => data,
@@ -224,7 +243,7 @@ impl Gateway {
                 return;
             }
             for event in events.drain(..) {
-                if let Some(bytes) = self.inspect_event(event, &ctx).await
+                if let Some(bytes) = self.inspect_event(event, &ctx, &mut answered).await
                     && tx.send(Ok(Frame::data(bytes))).await.is_err()
                 {
                     return; // the agent went away; dropping the body ends the upstream stream
@@ -233,8 +252,52 @@ impl Gateway {
         }
     }
 
+    /// The upstream's SSE stream sent nothing for `stream_idle_timeout`: it
+    /// is ended (dropping it closes the upstream stream). A request still
+    /// unanswered gets a timeout error first, so the agent's SDK does not
+    /// wait on a stream that is gone.
+    async fn end_idle_stream(
+        &self,
+        tx: &mpsc::Sender<Result<Frame<Bytes>, hyper::Error>>,
+        ctx: &ReplyContext,
+        answered: bool,
+    ) {
+        warn!(
+            upstream = %ctx.upstream.name,
+            idle_seconds = ctx.upstream.stream_idle_timeout.as_secs(),
+            "upstream SSE stream idle too long; ending it"
+        );
+        ctx.upstream.metrics.stream_idle.inc();
+        let refusal = ProxyError::UpstreamStreamIdle;
+        let correlation_id = self.ids.next();
+        let reason = refusal.audit_reason();
+        self.audit_way_back_as(ctx, &correlation_id, reason, Outcome::UpstreamError)
+            .await;
+        if answered {
+            return;
+        }
+        let (_, code) = refusal.status_and_code();
+        let error = jsonrpc_error(
+            ctx.awaiting.as_deref(),
+            code,
+            &refusal.to_string(),
+            &correlation_id,
+        );
+        let mut event = Vec::with_capacity(error.len() + 24);
+        event.extend_from_slice(b"event: message\ndata: ");
+        event.extend_from_slice(&error);
+        event.extend_from_slice(b"\n\n");
+        let _ = tx.send(Ok(Frame::data(Bytes::from(event)))).await;
+    }
+
     /// One SSE event: the bytes to pass on, or `None` to withhold it.
-    async fn inspect_event(&self, event: SseEvent, ctx: &ReplyContext) -> Option<Bytes> {
+    /// Sets `answered` when the event answers the request the reply is for.
+    async fn inspect_event(
+        &self,
+        event: SseEvent,
+        ctx: &ReplyContext,
+        answered: &mut bool,
+    ) -> Option<Bytes> {
         // Keep-alives, id-only blocks and the empty priming event of a
         // resumable stream carry no message.
         if !event.has_data || event.data.trim().is_empty() {
@@ -253,6 +316,12 @@ impl Gateway {
                 return None;
             }
         };
+        if message.kind == Kind::Response
+            && let (Some(id), Some(awaiting)) = (&message.id, ctx.awaiting.as_deref())
+            && id.raw_json() == awaiting
+        {
+            *answered = true;
+        }
         match (message.kind, message.method.as_deref()) {
             (Kind::Request, Some(method)) if method != "ping" => {
                 if self.decide_server_request(&message, method, ctx).await {
@@ -301,9 +370,9 @@ impl Gateway {
         );
         let mut req = Request::new(Full::new(Bytes::from(body)));
         *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.upstream_uri.clone();
+        *req.uri_mut() = ctx.upstream.uri.clone();
         let h = req.headers_mut();
-        h.insert(header::HOST, self.upstream_authority.clone());
+        h.insert(header::HOST, ctx.upstream.authority.clone());
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -323,9 +392,11 @@ impl Gateway {
                 h.insert(name, v);
             }
         }
-        match self.client.request(req).await {
-            Ok(resp) => debug!(status = %resp.status(), "refusal sent to the upstream"),
-            Err(e) => warn!(error = %e, "sending a refusal to the upstream failed"),
+        let sent = ctx.upstream.client.request(req);
+        match tokio::time::timeout(ctx.upstream.request_timeout, sent).await {
+            Ok(Ok(resp)) => debug!(status = %resp.status(), "refusal sent to the upstream"),
+            Ok(Err(e)) => warn!(error = %e, "sending a refusal to the upstream failed"),
+            Err(_) => warn!("sending a refusal to the upstream timed out"),
         }
     }
 
@@ -336,16 +407,17 @@ impl Gateway {
         ctx: &ReplyContext,
     ) -> Response<ReplyBody> {
         let (mut parts, body) = resp.into_parts();
-        let bytes = match Limited::new(body, MAX_LIST_REPLY_BYTES).collect().await {
-            Ok(c) => c.to_bytes(),
-            Err(e) => {
-                warn!(error = %e, "reading a list reply failed");
-                self.metrics.upstream_error("upstream_unavailable");
-                return reply::error_response(
-                    &super::ProxyError::UpstreamUnavailable,
-                    None,
-                    &self.ids.next(),
-                );
+        let limit = MAX_LIST_REPLY_BYTES;
+        let bytes = match read_reply(body, limit, ctx.upstream.stream_idle_timeout).await {
+            Ok(bytes) => bytes,
+            Err(refusal) => {
+                warn!(upstream = %ctx.upstream.name, error = %refusal, "reading a reply to rewrite failed");
+                self.metrics.upstream_error(refusal.audit_reason());
+                let correlation_id = self.ids.next();
+                let reason = refusal.audit_reason();
+                self.audit_way_back_as(ctx, &correlation_id, reason, Outcome::UpstreamError)
+                    .await;
+                return reply::error_response(&refusal, ctx.awaiting.as_deref(), &correlation_id);
             }
         };
         let body = match serde_json::from_slice::<Value>(&bytes) {
@@ -444,10 +516,10 @@ impl Gateway {
     ) -> (bool, String) {
         let policies = self.policies.current();
         let input = PolicyInput {
-            principal: &self.upstream_id,
+            principal: &ctx.upstream.spiffe_id,
             action: method,
-            server: &self.upstream_name,
-            server_spiffe_id: &self.upstream_id,
+            server: &ctx.upstream.name,
+            server_spiffe_id: &ctx.upstream.spiffe_id,
             target: Target::Workload(&ctx.peer.spiffe_id),
             arguments: None,
             session_id: ctx.session_id.as_deref(),
@@ -457,16 +529,16 @@ impl Gateway {
         };
         let (decision, shadow) = super::decide_with(&policies, &input, &self.metrics);
         self.metrics
-            .decision(decision.allowed, method, &self.upstream_id);
+            .decision(decision.allowed, method, &ctx.upstream.spiffe_id);
         let correlation_id = self.ids.next();
         let record = Record {
             time: now_rfc3339(),
             correlation_id: correlation_id.clone(),
             request_id: request_id
                 .and_then(|id| serde_json::value::RawValue::from_string(id.to_owned()).ok()),
-            caller: self.upstream_id.clone(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
+            caller: ctx.upstream.spiffe_id.clone(),
+            upstream: ctx.upstream.name.clone(),
+            upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
             session_id: ctx.session_id.clone(),
             method: Some(method.to_owned()),
             target_kind: Some("workload"),
@@ -511,8 +583,8 @@ impl Gateway {
                 .decide(&PolicyInput {
                     principal: &ctx.peer.spiffe_id,
                     action,
-                    server: &self.upstream_name,
-                    server_spiffe_id: &self.upstream_id,
+                    server: &ctx.upstream.name,
+                    server_spiffe_id: &ctx.upstream.spiffe_id,
                     target: kind.target(name),
                     arguments: None,
                     session_id: ctx.session_id.as_deref(),
@@ -531,6 +603,20 @@ impl Gateway {
         true
     }
 
+    /// The audit record of an upstream failure on the way back.
+    async fn audit_way_back_as(
+        &self,
+        ctx: &ReplyContext,
+        correlation_id: &str,
+        reason: &'static str,
+        decision: Outcome,
+    ) {
+        let mut record = self.way_back_record(ctx, None, reason, None);
+        record.correlation_id = correlation_id.to_owned();
+        record.decision = decision;
+        self.audit.record(record).await;
+    }
+
     /// An audit record for something done on the way back.
     async fn audit_way_back(
         &self,
@@ -539,13 +625,24 @@ impl Gateway {
         reason: &'static str,
         detail: Option<String>,
     ) {
-        let record = Record {
+        let record = self.way_back_record(ctx, what, reason, detail);
+        self.audit.record(record).await;
+    }
+
+    fn way_back_record(
+        &self,
+        ctx: &ReplyContext,
+        what: Option<&str>,
+        reason: &'static str,
+        detail: Option<String>,
+    ) -> Record {
+        Record {
             time: now_rfc3339(),
             correlation_id: self.ids.next(),
             request_id: None,
             caller: ctx.peer.spiffe_id.to_string(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
+            upstream: ctx.upstream.name.clone(),
+            upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
             session_id: ctx.session_id.clone(),
             method: what.map(|w| format!("{}/list", w.trim_end_matches('s'))),
             target_kind: None,
@@ -564,8 +661,7 @@ impl Gateway {
             user: ctx.user.as_deref().map(AuditUser::from),
             trace_id: Some(ctx.trace.trace_id.clone()),
             span_id: Some(ctx.trace.span_id.clone()),
-        };
-        self.audit.record(record).await;
+        }
     }
 }
 
@@ -632,6 +728,29 @@ fn rebuild_event(event: &SseEvent, value: &Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// Reads an upstream reply whole: at most `limit` bytes, and no silence
+/// longer than `idle` (a reply cut short is an error, never passed on).
+async fn read_reply<B>(mut body: B, limit: usize, idle: Duration) -> Result<Bytes, ProxyError>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut out = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::UpstreamStreamIdle),
+            Ok(None) => return Ok(Bytes::from(out)),
+            Ok(Some(Err(_))) => return Err(ProxyError::UpstreamUnavailable),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ProxyError::UpstreamUnavailable);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+}
+
 /// A response body fed by the event task.
 struct ChannelBody {
     rx: mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>,
@@ -658,6 +777,46 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// One frame, then silence forever.
+    struct Stall(Option<&'static str>);
+
+    impl Body for Stall {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            match self.0.take() {
+                Some(s) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(s.as_bytes()))))),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_stalls_is_an_error_not_a_truncated_body() {
+        let started = tokio::time::Instant::now();
+        let err = read_reply(Stall(Some("{\"jsonrpc\":")), 1024, Duration::from_secs(3))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamStreamIdle), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn a_reply_is_read_whole_within_its_limit() {
+        let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
+        let got = read_reply(body, 7, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(&got[..], b"{\"a\":1}");
+        let body = Full::new(Bytes::from_static(b"{\"a\":1}"));
+        let err = read_reply(body, 6, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProxyError::UpstreamUnavailable), "{err}");
+    }
 
     #[test]
     fn a_filtered_page_keeps_its_cursor_and_everything_else() {

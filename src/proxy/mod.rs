@@ -6,6 +6,10 @@
 //! bytes parsed and decided on. Responses (JSON or SSE) stream back as they
 //! arrive; nothing buffers a response body whole.
 //!
+//! The path picks the upstream (one, or one of `upstreams:` by
+//! `<path>/<name>`); policies, audit and the session table are that
+//! upstream's.
+//!
 //! This module must never take identity from a header, forward a message
 //! that was not decided, or put policy text in a reply.
 
@@ -27,16 +31,16 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, Uri};
-use tracing::{debug, warn};
+use hyper::{Method, Request, Response};
+use tracing::warn;
 
 pub use error::{
-    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
+    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY, CODE_UPSTREAM_TIMEOUT,
     CODE_UPSTREAM_UNAVAILABLE, ProxyError,
 };
 use listener::Peer;
 use reply::{ReplyBody, error_response};
-use upstream::{ConnectError, UpstreamClient};
+use upstream::{ConnectError, Upstream};
 
 use crate::audit::{AuditLog, AuditUser, Outcome, Record, ShadowRecord, now_rfc3339};
 use crate::config::Config;
@@ -82,22 +86,19 @@ pub struct Gateway {
     pub metrics: Metrics,
     policies: Arc<PolicyStore>,
     audit: AuditLog,
-    client: UpstreamClient,
-    upstream_name: String,
-    upstream_id: String,
-    upstream_uri: Uri,
-    upstream_authority: HeaderValue,
     path: String,
     max_body: usize,
     ids: CorrelationIds,
-    sessions: session::Sessions,
-    /// Header carrying the verified caller ID to the upstream, if configured.
-    caller_id_header: Option<HeaderName>,
     /// End-user token verification, if configured.
     user_auth: Option<UserAuth>,
     /// JWT-SVID callers on connections without a client certificate
     /// (`listener.jwt_svid_callers`), if configured.
     jwt_callers: Option<CallerTokens>,
+    /// Every configured upstream, in config order.
+    upstreams: Vec<Arc<Upstream>>,
+    /// `upstreams:` form: upstream `<name>` is served on `<path>/<name>`;
+    /// otherwise the one upstream on `path`.
+    route_by_name: bool,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -162,6 +163,9 @@ struct RequestFacts<'a> {
     policies: &'a Policies,
     /// W3C trace context: the caller's trace continued, or a new one.
     trace: &'a Trace,
+    /// The upstream the request's path names; `None` only for a path that
+    /// names none (refused).
+    upstream: Option<&'a Upstream>,
 }
 
 impl Gateway {
@@ -172,25 +176,22 @@ impl Gateway {
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Gateway> {
-        let upstream_uri: Uri = config.upstream.url.as_str().parse()?;
-        let authority = upstream_uri
-            .authority()
-            .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let sessions = session::Sessions::new(config.session_idle_timeout, config.max_sessions);
+            let upstream = Upstream::new(u, identity.clone(), i == 0, &metrics, sessions)?;
+            upstreams.push(Arc::new(upstream));
+        }
         Ok(Gateway {
-            client: upstream::client(identity.clone(), config.upstream.plaintext),
+            upstreams,
+            route_by_name: config.route_by_name,
             identity,
             metrics,
             policies,
             audit,
-            upstream_name: config.upstream.name.clone(),
-            upstream_id: config.upstream.spiffe_id.to_string(),
-            upstream_authority: HeaderValue::from_str(authority.as_str())?,
-            upstream_uri,
             path: config.listener.path.clone(),
             max_body: config.max_body_bytes,
             ids: CorrelationIds::new(),
-            sessions: session::Sessions::new(config.session_idle_timeout, config.max_sessions),
-            caller_id_header: config.upstream.caller_id_header.clone(),
             user_auth: config
                 .user_auth
                 .as_ref()
@@ -238,6 +239,8 @@ impl Gateway {
             user: None,
             policies: &policies,
             trace: &trace,
+            // Refused before routing: no upstream is named yet.
+            upstream: None,
         };
         self.refuse_unparsed(refusal, &facts).await
     }
@@ -309,10 +312,13 @@ impl Gateway {
             user: None,
             policies: &policies,
             trace: &trace,
+            upstream: None,
         };
-        if parts.uri.path() != self.path {
-            return self.refuse_unparsed(ProxyError::NotFound, &facts).await;
-        }
+        let up = match self.upstream_for(parts.uri.path()) {
+            Ok(up) => up,
+            Err(refusal) => return self.refuse_unparsed(refusal, &facts).await,
+        };
+        facts.upstream = Some(up);
         if let Err(refusal) = version.and(session) {
             return self.refuse_unparsed(refusal, &facts).await;
         }
@@ -325,7 +331,7 @@ impl Gateway {
             }
         }
         if let Some(id) = facts.session_id
-            && let Err(refusal) = self.sessions.check(id, peer)
+            && let Err(refusal) = up.sessions.check(id, peer)
         {
             return self
                 .refuse_unparsed(ProxyError::Session(refusal), &facts)
@@ -333,14 +339,33 @@ impl Gateway {
         }
         let modern = facts.protocol_version == Some(protocol::MODERN);
         match parts.method {
-            Method::POST => self.post(&parts, body, &facts).await,
+            Method::POST => self.post(&parts, body, &facts, up).await,
             // 2026-07-28 is stateless POST only.
-            Method::GET | Method::DELETE if !modern => self.stream_or_delete(&parts, &facts).await,
+            Method::GET | Method::DELETE if !modern => {
+                self.stream_or_delete(&parts, &facts, up).await
+            }
             _ => {
                 self.refuse_unparsed(ProxyError::MethodNotAllowed, &facts)
                     .await
             }
         }
+    }
+
+    /// The upstream a request path names: the listener path itself for the
+    /// one `upstream:`, `<path>/<name>` with `upstreams:`. Anything else is
+    /// refused before the body is read.
+    fn upstream_for(&self, path: &str) -> Result<&Arc<Upstream>, ProxyError> {
+        if !self.route_by_name {
+            return match self.upstreams.first() {
+                Some(up) if path == self.path => Ok(up),
+                _ => Err(ProxyError::NotFound),
+            };
+        }
+        let name = routed_name(&self.path, path).ok_or(ProxyError::NotFound)?;
+        self.upstreams
+            .iter()
+            .find(|up| up.name == name)
+            .ok_or(ProxyError::UnknownUpstream)
     }
 
     /// POST: one JSON-RPC message or a batch, decided before anything is sent.
@@ -349,6 +374,7 @@ impl Gateway {
         parts: &hyper::http::request::Parts,
         body: Incoming,
         facts: &RequestFacts<'_>,
+        up: &Arc<Upstream>,
     ) -> Response<ReplyBody> {
         if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
             linger(body);
@@ -377,14 +403,14 @@ impl Gateway {
         let mut denied = Vec::new();
         for (index, message) in messages.iter().enumerate() {
             let correlation_id = self.ids.next();
-            let verdict = self.decide(message, facts);
+            let verdict = self.decide(message, facts, up);
             let allowed = verdict.allowed;
             self.metrics.decision(
                 allowed,
                 message.method.as_deref().unwrap_or("response"),
                 &facts.peer.spiffe_id,
             );
-            self.audit_decision(message, facts, verdict, &correlation_id)
+            self.audit_decision(message, facts, up, verdict, &correlation_id)
                 .await;
             if !allowed {
                 denied.push((index, correlation_id));
@@ -415,13 +441,15 @@ impl Gateway {
         let opens_session = !batch
             && facts.session_id.is_none()
             && messages[0].method.as_deref() == Some("initialize");
-        let mut ctx = self.reply_context(facts, inspect::pending_lists(&messages));
+        let mut ctx = self.reply_context(facts, up, inspect::pending_lists(&messages));
         ctx.extra_answers = answers;
+        ctx.awaiting = reply_id.clone();
         ctx.input_requests_possible =
             inspect::input_requests_possible(&messages, facts.protocol_version);
         drop(messages);
         let upstream = self
             .call_upstream(
+                up,
                 &parts.headers,
                 Method::POST,
                 forwarded,
@@ -476,13 +504,14 @@ impl Gateway {
         let Some(id) = issued else {
             return self.inspect_reply(resp, ctx).await;
         };
-        match self.sessions.insert(&id, &ctx.peer) {
+        let up = Arc::clone(&ctx.upstream);
+        match up.sessions.insert(&id, &ctx.peer) {
             Ok(()) => {
                 ctx.session_id = Some(id);
                 self.inspect_reply(resp, ctx).await
             }
             Err(refusal) => {
-                self.end_upstream_session(&id).await;
+                up.end_session(&id).await;
                 let policies = self.policies.current();
                 let facts = RequestFacts {
                     peer: &ctx.peer,
@@ -491,6 +520,7 @@ impl Gateway {
                     user: ctx.user.as_ref(),
                     policies: &policies,
                     trace: &ctx.trace,
+                    upstream: Some(&up),
                 };
                 self.refuse_unparsed(ProxyError::Session(refusal), &facts)
                     .await
@@ -501,9 +531,11 @@ impl Gateway {
     fn reply_context(
         &self,
         facts: &RequestFacts<'_>,
+        up: &Arc<Upstream>,
         lists: Vec<inspect::PendingList>,
     ) -> inspect::ReplyContext {
         inspect::ReplyContext {
+            upstream: Arc::clone(up),
             peer: facts.peer.clone(),
             session_id: facts.session_id.map(str::to_owned),
             protocol_version: facts.protocol_version.map(str::to_owned),
@@ -512,12 +544,13 @@ impl Gateway {
             lists,
             extra_answers: Vec::new(),
             input_requests_possible: false,
+            awaiting: None,
         }
     }
 
     /// Decides one message. Pure: no I/O. Responses from the caller (answers
     /// to server-to-client requests) carry no action and are permitted here.
-    fn decide(&self, message: &Message<'_>, facts: &RequestFacts<'_>) -> Verdict {
+    fn decide(&self, message: &Message<'_>, facts: &RequestFacts<'_>, up: &Upstream) -> Verdict {
         let Some(method) = message.method.as_deref() else {
             return Verdict {
                 allowed: true,
@@ -529,8 +562,8 @@ impl Gateway {
         let input = PolicyInput {
             principal: &facts.peer.spiffe_id,
             action: method,
-            server: &self.upstream_name,
-            server_spiffe_id: &self.upstream_id,
+            server: &up.name,
+            server_spiffe_id: &up.spiffe_id,
             target: target_of(method, message.target.as_deref()),
             arguments: message.arguments.map(|a| a.get()),
             session_id: facts.session_id,
@@ -554,9 +587,11 @@ impl Gateway {
         self: &Arc<Self>,
         parts: &hyper::http::request::Parts,
         facts: &RequestFacts<'_>,
+        up: &Arc<Upstream>,
     ) -> Response<ReplyBody> {
         let upstream = self
             .call_upstream(
+                up,
                 &parts.headers,
                 parts.method.clone(),
                 Bytes::new(),
@@ -570,12 +605,12 @@ impl Gateway {
                     if resp.status().is_success()
                         && let Some(id) = facts.session_id
                     {
-                        self.sessions.remove(id);
+                        up.sessions.remove(id);
                     }
-                    return reply::from_upstream(resp);
+                    return up.reply(resp);
                 }
                 // The GET stream carries server-to-client requests: inspect it.
-                self.inspect_reply(resp, self.reply_context(facts, Vec::new()))
+                self.inspect_reply(resp, self.reply_context(facts, up, Vec::new()))
                     .await
             }
             Err(refusal) => refusal,
@@ -599,6 +634,7 @@ impl Gateway {
     /// JSON-RPC error (under `reply_id`) and the failure is audited.
     async fn call_upstream(
         &self,
+        up: &Upstream,
         headers: &HeaderMap,
         method: Method,
         body: Bytes,
@@ -607,7 +643,7 @@ impl Gateway {
     ) -> Result<Response<Incoming>, Response<ReplyBody>> {
         let mut req = Request::new(http_body_util::Full::new(body));
         *req.method_mut() = method;
-        *req.uri_mut() = self.upstream_uri.clone();
+        *req.uri_mut() = up.uri.clone();
         *req.headers_mut() = upstream_headers(headers);
         if self.user_auth.is_some() || self.jwt_callers.is_some() {
             // The token's audience is the gateway: never passed through.
@@ -618,49 +654,64 @@ impl Gateway {
         if !facts.trace.continued() {
             req.headers_mut().remove(trace::TRACESTATE);
         }
-        req.headers_mut()
-            .insert(header::HOST, self.upstream_authority.clone());
-        if let Some(name) = &self.caller_id_header
+        req.headers_mut().insert(header::HOST, up.authority.clone());
+        if let Some(name) = &up.caller_id_header
             && let Ok(value) = HeaderValue::from_str(&facts.peer.spiffe_id)
         {
             req.headers_mut().insert(name.clone(), value);
         }
-        match self.client.request(req).await {
-            Ok(resp) => Ok(resp),
-            Err(e) => {
-                let refusal = classify_upstream_error(&e);
-                warn!(error = %e, upstream = %self.upstream_name, "upstream call failed");
-                self.metrics.upstream_error(refusal.audit_reason());
-                let correlation_id = self.ids.next();
-                let record =
-                    self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
-                self.audit.record(record).await;
-                Err(error_response(&refusal, reply_id, &correlation_id))
+        let started = Instant::now();
+        let refusal = match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
+            Ok(Ok(resp)) => {
+                let m = &up.metrics;
+                m.request_duration.observe(started.elapsed().as_secs_f64());
+                m.up.set(1);
+                return Ok(resp);
             }
-        }
-    }
-
-    /// Tells the upstream a session is over (idle, expired, or refused).
-    /// Best effort: the session is already gone from the gateway.
-    pub async fn end_upstream_session(&self, id: &str) {
-        let Ok(value) = HeaderValue::from_str(id) else {
-            return;
+            Ok(Err(e)) => {
+                warn!(error = %e, upstream = %up.name, "upstream call failed");
+                // Could not connect, or the connection failed: down until a
+                // call or the probe gets through again.
+                up.metrics.up.set(0);
+                classify_upstream_error(&e)
+            }
+            Err(_) => {
+                // The upstream accepted the call but is slow: it stays up.
+                warn!(
+                    upstream = %up.name,
+                    timeout_seconds = up.request_timeout.as_secs(),
+                    "upstream gave no response head in time"
+                );
+                ProxyError::UpstreamTimeout
+            }
         };
-        let mut req = Request::new(http_body_util::Full::new(Bytes::new()));
-        *req.method_mut() = Method::DELETE;
-        *req.uri_mut() = self.upstream_uri.clone();
-        req.headers_mut()
-            .insert(header::HOST, self.upstream_authority.clone());
-        req.headers_mut().insert(protocol::SESSION_HEADER, value);
-        if let Err(e) = self.client.request(req).await {
-            debug!(error = %e, "ending an upstream session failed");
-        }
+        self.metrics.upstream_error(refusal.audit_reason());
+        let correlation_id = self.ids.next();
+        let record = self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
+        self.audit.record(record).await;
+        Err(error_response(&refusal, reply_id, &correlation_id))
     }
 
-    /// Ends idle and expired sessions, here and at the upstream.
+    /// Every configured upstream, in config order.
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// Ends idle and expired sessions, here and at the upstream. The
+    /// sessions are gone from the gateway at once; telling each upstream
+    /// runs in its own task, so a slow upstream delays no other.
     pub async fn sweep_sessions(&self) {
-        for id in self.sessions.sweep() {
-            self.end_upstream_session(&id).await;
+        for up in &self.upstreams {
+            let ended = up.sessions.sweep();
+            if ended.is_empty() {
+                continue;
+            }
+            let up = Arc::clone(up);
+            tokio::spawn(async move {
+                for id in ended {
+                    up.end_session(&id).await;
+                }
+            });
         }
     }
 
@@ -668,6 +719,7 @@ impl Gateway {
         &self,
         message: &Message<'_>,
         facts: &RequestFacts<'_>,
+        up: &Upstream,
         verdict: Verdict,
         correlation_id: &str,
     ) {
@@ -680,8 +732,8 @@ impl Gateway {
                 serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()
             }),
             caller: facts.peer.spiffe_id.to_string(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
+            upstream: up.name.clone(),
+            upstream_spiffe_id: up.spiffe_id.clone(),
             session_id: facts.session_id.map(str::to_owned),
             method: method.map(str::to_owned),
             target_kind: target.as_ref().map(target_kind),
@@ -733,8 +785,12 @@ impl Gateway {
             correlation_id: correlation_id.to_owned(),
             request_id: None,
             caller: facts.peer.spiffe_id.to_string(),
-            upstream: self.upstream_name.clone(),
-            upstream_spiffe_id: self.upstream_id.clone(),
+            // Empty only for a path that names no upstream.
+            upstream: facts.upstream.map(|u| u.name.clone()).unwrap_or_default(),
+            upstream_spiffe_id: facts
+                .upstream
+                .map(|u| u.spiffe_id.clone())
+                .unwrap_or_default(),
             session_id: facts.session_id.map(str::to_owned),
             method: None,
             target_kind: None,
@@ -751,6 +807,15 @@ impl Gateway {
             detail: Some(refusal.to_string()),
         }
     }
+}
+
+/// The upstream name in `<prefix>/<name>` (a listener path ending in `/`
+/// takes no second one). Only the form: whether the name exists is the
+/// caller's question.
+fn routed_name<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    path.strip_prefix(prefix.trim_end_matches('/'))?
+        .strip_prefix('/')
+        .filter(|name| !name.is_empty())
 }
 
 /// The elements of a batch not in `denied`, as a new batch of their original
@@ -928,6 +993,8 @@ fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError 
         if let Some(connect) = err.downcast_ref::<ConnectError>() {
             return if connect.is_identity() {
                 ProxyError::UpstreamIdentity
+            } else if matches!(connect, ConnectError::Timeout) {
+                ProxyError::UpstreamTimeout
             } else {
                 ProxyError::UpstreamUnavailable
             };

@@ -11,7 +11,6 @@
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
@@ -127,7 +126,10 @@ pub fn json_ok(body: Vec<u8>) -> Response<ReplyBody> {
 }
 
 /// The upstream's reply, streamed through with hop-by-hop headers removed.
-pub fn from_upstream(resp: Response<Incoming>) -> Response<ReplyBody> {
+pub fn from_upstream<B>(resp: Response<B>) -> Response<ReplyBody>
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+{
     let (mut parts, body) = resp.into_parts();
     for name in [
         header::CONNECTION,

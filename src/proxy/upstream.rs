@@ -1,12 +1,19 @@
-//! The connection to the one upstream MCP server.
+//! The connections to the upstream MCP servers, one [`Upstream`] each.
 //!
-//! mTLS with the gateway's own SVID; the upstream must present exactly the
-//! SPIFFE ID in the config (spiffe-rustls `exact` authorizer), otherwise the
-//! handshake fails and the call is refused with `UpstreamIdentity`. Plain
+//! mTLS with the gateway's own SVID; each upstream must present exactly the
+//! SPIFFE ID in its own config entry (spiffe-rustls `exact` authorizer, one
+//! client config per upstream), otherwise the handshake fails and the call
+//! is refused with `UpstreamIdentity`: an upstream presenting another
+//! upstream's ID is refused like any other wrong ID. Plain
 //! HTTP is possible only to a loopback address declared as such in the config
 //! (checked in `config`). Connections are pooled by hyper; ALPN picks HTTP/2
 //! or HTTP/1.1. The TLS config is read from [`Identity`] for every new
 //! connection, so rotations apply without a restart.
+//!
+//! Every wait on the upstream is bounded (`upstream.*_timeout_seconds`):
+//! connecting, the response head, and each gap between bytes of a response
+//! body ([`IdleBody`]). [`Prober`] tries a connection now and then so that
+//! `mcp_gateway_upstream_up` tells a down upstream before a caller finds out.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,19 +21,29 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::Uri;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::rt::{Read, ReadBufCursor, Write};
+use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use prometheus::IntCounter;
+use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::client::TlsStream;
+use tracing::{debug, warn};
 
-use crate::identity::Identity;
-
-/// Time allowed for TCP connect plus TLS handshake to the upstream.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::config::{UpstreamConfig, UpstreamConnection};
+use crate::identity::{Identity, TlsConfigs};
+use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::proxy::protocol;
+use crate::proxy::reply::{self, ReplyBody};
+use crate::proxy::session::Sessions;
 
 pub type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;
 pub type UpstreamClient = Client<UpstreamConnector, http_body_util::Full<bytes::Bytes>>;
@@ -58,21 +75,191 @@ impl ConnectError {
     }
 }
 
-/// Builds the pooled HTTP client for the upstream.
-pub fn client(identity: Identity, plaintext: bool) -> UpstreamClient {
-    let connector = UpstreamConnector {
-        identity,
-        plaintext,
-    };
+/// Builds the pooled HTTP client for one upstream (hyper keeps one pool per
+/// client, so each upstream has its own).
+pub fn client(connector: UpstreamConnector, conn: &UpstreamConnection) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(conn.pool_idle_timeout)
+        .pool_max_idle_per_host(conn.pool_max_idle)
         .build(connector)
+}
+
+/// One configured upstream: where it is, who it must be, its pool, its
+/// timeouts, its sessions and its metrics. Built once at start.
+pub struct Upstream {
+    /// The name policies use: `Mcp::Server::"<name>"`.
+    pub name: String,
+    pub spiffe_id: String,
+    pub uri: Uri,
+    pub authority: HeaderValue,
+    pub client: UpstreamClient,
+    /// Header carrying the verified caller ID to the upstream, if configured.
+    pub caller_id_header: Option<HeaderName>,
+    /// Bound on the wait for the response head.
+    pub request_timeout: Duration,
+    /// Bound on each silence within a response body.
+    pub stream_idle_timeout: Duration,
+    pub metrics: UpstreamMetrics,
+    /// The name for logs on the response path (cheap to clone).
+    pub label: Arc<str>,
+    /// The periodic health probe, if configured.
+    pub prober: Option<Prober>,
+    /// Sessions opened on this upstream: a session id is only ever looked
+    /// up in the table of the upstream it was issued by.
+    pub sessions: Sessions,
+}
+
+impl Upstream {
+    /// `primary`: the upstream whose client config [`Identity`] builds;
+    /// every other one gets its own, for its own SPIFFE ID.
+    pub fn new(
+        config: &UpstreamConfig,
+        identity: Identity,
+        primary: bool,
+        metrics: &Metrics,
+        sessions: Sessions,
+    ) -> anyhow::Result<Upstream> {
+        let uri: Uri = config.url.as_str().parse()?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
+        let conn = &config.connection;
+        let spiffe_id = config.spiffe_id.to_string();
+        let mut connector =
+            UpstreamConnector::new(identity, config.plaintext, conn.connect_timeout);
+        if !primary {
+            connector.own_id = Some(Arc::new(OwnClientConfig {
+                spiffe_id: spiffe_id.clone(),
+                built: ArcSwapOption::empty(),
+            }));
+        }
+        let prober = conn
+            .health_check_interval
+            .map(|every| Prober::new(connector.clone(), uri.clone(), every));
+        Ok(Upstream {
+            name: config.name.clone(),
+            spiffe_id,
+            authority: HeaderValue::from_str(authority.as_str())?,
+            uri,
+            client: client(connector, conn),
+            caller_id_header: config.caller_id_header.clone(),
+            request_timeout: conn.request_timeout,
+            stream_idle_timeout: conn.stream_idle_timeout,
+            metrics: metrics.upstream(&config.name),
+            label: Arc::from(config.name.as_str()),
+            prober,
+            sessions,
+        })
+    }
+}
+
+impl Upstream {
+    /// The upstream's reply with hop-by-hop headers removed and its body
+    /// bounded by `stream_idle_timeout_seconds` between frames.
+    pub fn reply(&self, resp: Response<Incoming>) -> Response<ReplyBody> {
+        reply::from_upstream(resp.map(|body| self.idle_bounded(body)))
+    }
+
+    /// An upstream body that ends if it stays silent too long.
+    pub fn idle_bounded(&self, body: Incoming) -> IdleBody<Incoming> {
+        IdleBody::new(
+            body,
+            self.stream_idle_timeout,
+            self.metrics.stream_idle.clone(),
+            Arc::clone(&self.label),
+        )
+    }
+
+    /// One health probe, if configured: connects (mTLS, identity checked)
+    /// and sets `mcp_gateway_upstream_up`. Returns the probe interval.
+    pub async fn probe(&self) -> Option<Duration> {
+        let prober = self.prober.as_ref()?;
+        let result = prober.probe().await;
+        let was = self.metrics.up.get();
+        match &result {
+            Ok(()) => self.metrics.up.set(1),
+            Err(e) => {
+                if was != 0 {
+                    warn!(error = %e, upstream = %self.name, "upstream health probe failed");
+                }
+                self.metrics.up.set(0);
+            }
+        }
+        Some(prober.interval)
+    }
+
+    /// Tells the upstream a session is over (idle, expired, or refused).
+    /// Best effort, bounded by the request timeout: the session is already
+    /// gone from the gateway.
+    pub async fn end_session(&self, id: &str) {
+        let Ok(value) = HeaderValue::from_str(id) else {
+            return;
+        };
+        let mut req = Request::new(http_body_util::Full::new(Bytes::new()));
+        *req.method_mut() = Method::DELETE;
+        *req.uri_mut() = self.uri.clone();
+        req.headers_mut()
+            .insert(header::HOST, self.authority.clone());
+        req.headers_mut().insert(protocol::SESSION_HEADER, value);
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, upstream = %self.name, "ending an upstream session failed");
+            }
+            Err(_) => debug!(upstream = %self.name, "ending an upstream session timed out"),
+        }
+    }
 }
 
 #[derive(Clone)]
 pub struct UpstreamConnector {
     identity: Identity,
     plaintext: bool,
+    /// TCP connect plus TLS handshake.
+    timeout: Duration,
+    /// For a non-primary upstream: its own client config, accepting only
+    /// its SPIFFE ID.
+    own_id: Option<Arc<OwnClientConfig>>,
+}
+
+/// A client config for one SPIFFE ID, built from the identity's current
+/// TLS configs and rebuilt if those are ever replaced. Read on each new
+/// connection, not on each request.
+struct OwnClientConfig {
+    spiffe_id: String,
+    /// (the identity's server config it was built beside, the client config)
+    built: ArcSwapOption<(Arc<rustls::ServerConfig>, Arc<ClientConfig>)>,
+}
+
+impl OwnClientConfig {
+    fn get(&self, configs: &TlsConfigs) -> Result<Arc<ClientConfig>, ConnectError> {
+        if let Some(built) = self.built.load_full()
+            && Arc::ptr_eq(&built.0, &configs.server)
+        {
+            return Ok(Arc::clone(&built.1));
+        }
+        let client = Arc::new(
+            configs
+                .client_for(&self.spiffe_id)
+                .map_err(|_| ConnectError::NoIdentity)?,
+        );
+        self.built.store(Some(Arc::new((
+            Arc::clone(&configs.server),
+            Arc::clone(&client),
+        ))));
+        Ok(client)
+    }
+}
+
+impl UpstreamConnector {
+    pub fn new(identity: Identity, plaintext: bool, timeout: Duration) -> UpstreamConnector {
+        UpstreamConnector {
+            identity,
+            plaintext,
+            timeout,
+            own_id: None,
+        }
+    }
 }
 
 impl tower_service::Service<Uri> for UpstreamConnector {
@@ -87,7 +274,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            tokio::time::timeout(CONNECT_TIMEOUT, this.connect(uri))
+            tokio::time::timeout(this.timeout, this.connect(uri))
                 .await
                 .map_err(|_| ConnectError::Timeout)?
         })
@@ -110,10 +297,14 @@ impl UpstreamConnector {
             return Ok(UpstreamStream::Plain(TokioIo::new(tcp)));
         }
         let configs = self.identity.current().ok_or(ConnectError::NoIdentity)?;
+        let tls_config = match &self.own_id {
+            None => Arc::clone(&configs.upstream),
+            Some(own) => own.get(&configs)?,
+        };
         // The server name is not used for verification (identity is the
         // SPIFFE ID); it only goes into SNI.
         let name = ServerName::try_from(host).map_err(|_| ConnectError::BadUri)?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&configs.upstream))
+        let tls = tokio_rustls::TlsConnector::from(tls_config)
             .connect(name, tcp)
             .await
             .map_err(ConnectError::Tls)?;
@@ -180,5 +371,223 @@ impl Write for UpstreamStream {
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+/// Tries a connection to the upstream, the same way a call would (TCP, then
+/// mTLS with the exact SPIFFE ID check), and drops it. Only the outcome is
+/// used: it feeds `mcp_gateway_upstream_up` between calls.
+pub struct Prober {
+    connector: UpstreamConnector,
+    uri: Uri,
+    pub interval: Duration,
+}
+
+impl Prober {
+    pub fn new(connector: UpstreamConnector, uri: Uri, interval: Duration) -> Prober {
+        Prober {
+            connector,
+            uri,
+            interval,
+        }
+    }
+
+    /// Whether a connection with a verified upstream identity was made.
+    pub async fn probe(&self) -> Result<(), ConnectError> {
+        let mut connector = self.connector.clone();
+        tower_service::Service::call(&mut connector, self.uri.clone())
+            .await
+            .map(drop)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that ends when no frame arrives for
+    /// `idle`: a stalled SSE stream or body must not hold the agent's
+    /// request (and a gateway task) forever. The end is counted and logged;
+    /// a body cut short of its `Content-Length` is seen as truncated by the
+    /// agent's HTTP stack.
+    pub struct IdleBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        timer: Sleep,
+        idle: Duration,
+        expired: Option<IntCounter>,
+        upstream: Arc<str>,
+    }
+}
+
+impl<B> IdleBody<B> {
+    /// `expired` is counted once if the body goes idle.
+    pub fn new(inner: B, idle: Duration, expired: IntCounter, upstream: Arc<str>) -> IdleBody<B> {
+        IdleBody {
+            inner,
+            timer: tokio::time::sleep(idle),
+            idle,
+            expired: Some(expired),
+            upstream,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for IdleBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        if this.expired.is_none() {
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + *this.idle;
+                this.timer.as_mut().reset(deadline);
+                return Poll::Ready(frame);
+            }
+            Poll::Pending => {}
+        }
+        if this.timer.poll(cx).is_ready() {
+            if let Some(counter) = this.expired.take() {
+                counter.inc();
+            }
+            warn!(
+                upstream = %this.upstream,
+                idle_seconds = this.idle.as_secs(),
+                "upstream response idle too long; ending it"
+            );
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.expired.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // A cut-short body must not promise its full length.
+        let mut hint = SizeHint::new();
+        if let Some(upper) = self.inner.size_hint().upper() {
+            hint.set_upper(upper);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body that yields each frame after its delay, then ends, or (with
+    /// `hang`) never ends.
+    struct Paced {
+        frames: VecDeque<(Duration, &'static str)>,
+        timer: Pin<Box<Sleep>>,
+        hang: bool,
+    }
+
+    impl Paced {
+        fn new(frames: &[(u64, &'static str)], hang: bool) -> Paced {
+            let frames: VecDeque<_> = frames
+                .iter()
+                .map(|(ms, s)| (Duration::from_millis(*ms), *s))
+                .collect();
+            let first = frames.front().map_or(Duration::from_secs(3600), |f| f.0);
+            Paced {
+                frames,
+                timer: Box::pin(tokio::time::sleep(first)),
+                hang,
+            }
+        }
+    }
+
+    impl Body for Paced {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            if self.frames.is_empty() && !self.hang {
+                return Poll::Ready(None);
+            }
+            if self.frames.is_empty() || self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let (_, data) = self.frames.pop_front().expect("checked non-empty");
+            let next = self
+                .frames
+                .front()
+                .map_or(Duration::from_secs(3600), |f| f.0);
+            self.timer.as_mut().reset(Instant::now() + next);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(data.as_bytes())))))
+        }
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("t", "t").unwrap()
+    }
+
+    async fn read_all<B: Body<Data = Bytes>>(body: B) -> Vec<u8>
+    where
+        B::Error: std::fmt::Debug,
+    {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_keeps_sending_is_not_cut_even_past_the_idle_time() {
+        // 10 frames 300 ms apart: 3 s in all, with a 1 s idle limit.
+        let frames: Vec<_> = (0..10).map(|_| (300, "x")).collect();
+        let idle = counter();
+        let body = IdleBody::new(
+            Paced::new(&frames, false),
+            Duration::from_secs(1),
+            idle.clone(),
+            Arc::from("demo"),
+        );
+        assert_eq!(read_all(body).await, b"xxxxxxxxxx");
+        assert_eq!(idle.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_goes_quiet_is_ended_after_the_idle_time_and_counted() {
+        let idle = counter();
+        let started = Instant::now();
+        let body = IdleBody::new(
+            Paced::new(&[(100, "a"), (200, "b")], true),
+            Duration::from_secs(2),
+            idle.clone(),
+            Arc::from("demo"),
+        );
+        assert_eq!(read_all(body).await, b"ab");
+        // Ended 2 s after the last frame (at 300 ms), not before.
+        assert_eq!(started.elapsed(), Duration::from_millis(2300));
+        assert_eq!(idle.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_is_ended_after_the_idle_time() {
+        let idle = counter();
+        let started = Instant::now();
+        let body = IdleBody::new(
+            Paced::new(&[], true),
+            Duration::from_secs(5),
+            idle.clone(),
+            Arc::from("demo"),
+        );
+        assert!(read_all(body).await.is_empty());
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(idle.get(), 1);
     }
 }

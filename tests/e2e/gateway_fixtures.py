@@ -137,10 +137,15 @@ def write_config(
     policy_extra: list[str] | None = None,
     extra_yaml: str = "",
     listener_extra: list[str] | None = None,
+    upstream_extra: list[str] | None = None,
+    upstreams: list[dict[str, Any]] | None = None,
 ) -> Path:
     """`policy_extra`: more lines under `policy:` (indented by the caller);
     `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block);
-    `listener_extra`: more lines under `listener:` (indented by the caller)."""
+    `listener_extra`: more lines under `listener:` (indented by the caller);
+    `upstream_extra`: more lines under `upstream:` (indented by the caller);
+    `upstreams`: the list form instead (each a dict of `upstreams:` entry
+    fields; `upstream_url`/`upstream_id` are then unused)."""
     lines = [
         "listener:",
         '  address: "127.0.0.1:0"',
@@ -156,15 +161,23 @@ def write_config(
         "policy:",
         f'  dir: "{policy_dir}"',
         *(policy_extra or []),
-        "upstream:",
-        f'  name: "{name}"',
-        f'  url: "{upstream_url}"',
-        f'  spiffe_id: "{upstream_id}"',
     ]
+    if upstreams is not None:
+        lines.append("upstreams:")
+        for entry in upstreams:
+            lines += [f"  - {k}: {json.dumps(v)}" if i == 0 else f"    {k}: {json.dumps(v)}" for i, (k, v) in enumerate(entry.items())]
+    else:
+        lines += [
+            "upstream:",
+            f'  name: "{name}"',
+            f'  url: "{upstream_url}"',
+            f'  spiffe_id: "{upstream_id}"',
+        ]
     if plaintext:
         lines.append("  plaintext_loopback: true")
     if caller_id_header:
         lines.append(f'  caller_id_header: "{caller_id_header}"')
+    lines += upstream_extra or []
     lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"']
     limits = []
     if max_body_bytes is not None:

@@ -1,0 +1,178 @@
+"""Upstream connections through the real gateway on real SPIRE identities,
+with real MCP SDK clients: timeouts, clear errors when the upstream is down
+or slow, and the upstream-health metric.
+
+- The upstream stops: a call gets -32061 (upstream unavailable) with a
+  correlation id naming an `upstream_error` audit record, and
+  `mcp_gateway_upstream_up` turns 0. It starts again on the same port: calls
+  work and the gauge turns 1.
+- A call slower than `request_timeout_seconds` (a JSON-answering upstream
+  sends no response head until the tool is done) gets -32067 (upstream
+  timeout); a call in parallel and the next call still work.
+- An SSE reply that sends nothing for longer than
+  `stream_idle_timeout_seconds` is ended by the gateway and counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from conftest import SERVER_ID
+from gateway_fixtures import start_gateway
+from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
+from test_gateway_e2e import call, tool_calls
+from test_policy_reload_e2e import wait_for
+
+ECHO = 'echo:{"text":"hi"}'
+UP = 'mcp_gateway_upstream_up'
+
+
+def tuned(*, request: int = 60, idle: int = 300, probe: int = 1) -> list[str]:
+    return [
+        "  connect_timeout_seconds: 2",
+        f"  request_timeout_seconds: {request}",
+        f"  stream_idle_timeout_seconds: {idle}",
+        f"  health_check_interval_seconds: {probe}",
+    ]
+
+
+def up(gw, name: str = "demo") -> float:
+    return gw.metric(UP, f'{{upstream="{name}"}}')
+
+
+def upstream_error_record(gw, correlation: str) -> dict:
+    records = gw.wait_audit(lambda r: r["correlation_id"] == correlation)
+    record = next(r for r in records if r["correlation_id"] == correlation)
+    assert record["decision"] == "upstream_error", record
+    assert record["upstream"] == "demo" and record["upstream_spiffe_id"] == SERVER_ID, record
+    return record
+
+
+def test_upstream_down_is_a_clear_error_and_health_follows(spire, svids, tmp_path):
+    s, a = svids["mcp-server"], svids["agent"]
+    upstream = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "up.jsonl")
+    port = upstream.port
+    gw = start_gateway(tmp_path / "gw", spire.endpoint, upstream.url, SERVER_ID, upstream_extra=tuned())
+    try:
+        gw.wait_ready()
+        run = run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=[ECHO])
+        assert call(run, ECHO)["ok"] is True, run.stdout + run.stderr
+        wait_for("upstream_up 1", lambda: up(gw) == 1)
+
+        upstream.stop()
+        # The probe notices before any caller does.
+        wait_for("upstream_up 0 from the probe", lambda: up(gw) == 0)
+        # The SDK's initialize is answered under its own id with the
+        # unavailable code (HTTP 200), so it surfaces as an MCP error.
+        run = run_ts_agent(gw.url, a.cert, a.key, a.bundle, calls=[ECHO])
+        assert run.negotiated is None, run.stdout
+        err = run.connect_error
+        assert err["code"] == -32061, err
+        assert "upstream unavailable" in err["message"], err
+        assert "refused" not in str(err).lower() and "127.0.0.1" not in str(err), err
+        record = upstream_error_record(gw, err["data"]["correlation_id"])
+        assert record["reason"] == "upstream_unavailable"
+        assert gw.metric("mcp_gateway_upstream_errors_total", '{kind="upstream_unavailable"}') >= 1
+
+        upstream = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, port=port)
+        wait_for("upstream_up 1 again", lambda: up(gw) == 1)
+        run = run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=[ECHO])
+        assert call(run, ECHO)["ok"] is True, run.stdout + run.stderr
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+def test_upstream_presenting_another_identity_is_refused_and_down(spire, svids, tmp_path):
+    """The upstream serves the agent's SVID instead of the server's: every
+    connection fails the exact SPIFFE ID check, -32062, and the gauge is 0."""
+    a = svids["agent"]
+    upstream = start_upstream(cert=a.cert, key=a.key, ca=a.bundle)
+    gw = start_gateway(tmp_path / "gw", spire.endpoint, upstream.url, SERVER_ID, upstream_extra=tuned())
+    try:
+        gw.wait_ready()
+        run = run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=[ECHO])
+        err = run.connect_error
+        assert err["code"] == -32062, err
+        record = upstream_error_record(gw, err["data"]["correlation_id"])
+        assert record["reason"] == "upstream_identity"
+        assert up(gw) == 0
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+def test_slow_call_times_out_and_other_calls_still_work(spire, svids, tmp_path):
+    s, a = svids["mcp-server"], svids["agent"]
+    upstream = start_upstream(
+        cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "up.jsonl", json_response=True
+    )
+    gw = start_gateway(tmp_path / "gw", spire.endpoint, upstream.url, SERVER_ID, upstream_extra=tuned(request=3))
+    try:
+        gw.wait_ready()
+        slow = 'get_slowly:{"seconds":8}'
+        out: dict = {}
+        t = threading.Thread(
+            target=lambda: out.setdefault("run", run_ts_agent(gw.url, a.cert, a.key, a.bundle, calls=[slow])),
+            daemon=True,
+        )
+        started = time.monotonic()
+        t.start()
+        wait_for("the slow call at the upstream", lambda: len(tool_calls(upstream, "get_slowly")) == 1)
+        # While the slow call waits, another caller's call goes through.
+        other = run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=[ECHO])
+        assert call(other, ECHO)["ok"] is True, other.stdout + other.stderr
+        t.join(timeout=60)
+        elapsed = time.monotonic() - started
+        result = call(out["run"], slow)
+        assert result["ok"] is False, result
+        err = result["error"]
+        assert err["code"] == -32067 and err["message"] == "upstream timed out", err
+        # Answered by the gateway at its timeout (the upstream would have
+        # answered with a result after 8 s).
+        assert elapsed >= 3, f"answered after {elapsed:.1f}s, before the timeout"
+        record = upstream_error_record(gw, err["data"]["correlation_id"])
+        assert record["reason"] == "upstream_timeout"
+        assert gw.metric("mcp_gateway_upstream_errors_total", '{kind="upstream_timeout"}') == 1
+        # Slow is not down.
+        assert up(gw) == 1
+        after = run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=[ECHO])
+        assert call(after, ECHO)["ok"] is True, after.stdout + after.stderr
+    finally:
+        gw.stop()
+        upstream.stop()
+
+
+@pytest.mark.parametrize("sdk", ["python", "typescript"])
+def test_idle_sse_reply_is_ended_with_a_timeout_error(sdk, spire, svids, tmp_path):
+    """An SSE reply to tools/call that stays silent past the idle timeout is
+    ended by the gateway, counted and audited; the pending call gets -32067
+    under its own id (the SDK would otherwise wait on a stream that is gone),
+    long before the tool would have answered; the next call works."""
+    s, a = svids["mcp-server"], svids["agent"]
+    upstream = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "up.jsonl")
+    gw = start_gateway(tmp_path / "gw", spire.endpoint, upstream.url, SERVER_ID, upstream_extra=tuned(idle=2))
+    try:
+        gw.wait_ready()
+        slow = 'get_slowly:{"seconds":20}'
+        runner = run_py_agent if sdk == "python" else run_ts_agent
+        started = time.monotonic()
+        run = runner(gw.url, a.cert, a.key, a.bundle, calls=[slow, ECHO], timeout=60)
+        elapsed = time.monotonic() - started
+        result = call(run, slow)
+        assert result["ok"] is False, result
+        err = result["error"]
+        assert err["code"] == -32067 and err["message"] == "upstream stream idle too long", err
+        assert elapsed < 20, f"{elapsed:.1f}s: the stream was not ended before the tool answered"
+        record = upstream_error_record(gw, err["data"]["correlation_id"])
+        assert record["reason"] == "upstream_stream_idle"
+        # (The TypeScript SDK's quiet GET stream is ended too: >= 1.)
+        assert gw.metric("mcp_gateway_upstream_errors_total", '{kind="upstream_stream_idle"}') >= 1
+        assert any("idle too long" in line for line in gw.log_lines), gw.log()
+        assert call(run, ECHO)["ok"] is True, run.stdout + run.stderr
+    finally:
+        gw.stop()
+        upstream.stop()
