@@ -21,6 +21,7 @@
 //! report ready while the source has no usable SVID.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustls::{ClientConfig, ServerConfig};
@@ -82,6 +83,10 @@ impl TlsConfigs {
 #[derive(Clone)]
 pub struct Identity {
     rx: watch::Receiver<Option<TlsConfigs>>,
+    /// Counts the SVIDs this process has held: 0 before the first, +1 on
+    /// each rotation. Pools of connections opened with an older SVID are
+    /// replaced when it moves (`proxy::upstream::Pool`).
+    svid_generation: Arc<AtomicU64>,
 }
 
 impl Identity {
@@ -104,11 +109,13 @@ impl Identity {
     ) -> Identity {
         let (tx, rx) = watch::channel(None);
         let expected = upstream.spiffe_id.to_string();
+        let svid_generation = Arc::new(AtomicU64::new(0));
+        let generation = Arc::clone(&svid_generation);
         tokio::spawn(async move {
             let source = connect(&workload).await;
             match build_configs(source, &expected, client_certs) {
                 Ok(configs) => {
-                    watch_rotations(configs.source.clone(), metrics);
+                    watch_rotations(configs.source.clone(), metrics, generation);
                     let _ = tx.send(Some(configs));
                 }
                 // Only a missing crypto provider or a dead source reach here; the
@@ -116,7 +123,29 @@ impl Identity {
                 Err(e) => warn!(error = %e, "building TLS configs from the SVID failed"),
             }
         });
-        Identity { rx }
+        Identity {
+            rx,
+            svid_generation,
+        }
+    }
+
+    /// An identity that never receives an SVID, with its generation counter
+    /// in the test's hands (for code that only reads the generation).
+    #[cfg(test)]
+    pub(crate) fn without_source() -> (Identity, Arc<AtomicU64>) {
+        let (_tx, rx) = watch::channel(None);
+        let svid_generation = Arc::new(AtomicU64::new(1));
+        let identity = Identity {
+            rx,
+            svid_generation: Arc::clone(&svid_generation),
+        };
+        (identity, svid_generation)
+    }
+
+    /// Which SVID this process holds: changes on every rotation. One atomic
+    /// load, for the request path.
+    pub fn svid_generation(&self) -> u64 {
+        self.svid_generation.load(Ordering::Acquire)
     }
 
     /// The current configs, or `None` while no SVID has arrived.
@@ -214,13 +243,15 @@ fn build_configs(
     })
 }
 
-/// Exports SVID expiry and counts rotations (a new leaf certificate).
-fn watch_rotations(source: X509Source, metrics: Metrics) {
+/// Exports SVID expiry and counts rotations (a new leaf certificate) in
+/// the metrics and in `generation`.
+fn watch_rotations(source: X509Source, metrics: Metrics, generation: Arc<AtomicU64>) {
     tokio::spawn(async move {
         let mut updates = source.updated();
         let mut current = source.try_svid();
         if let Some(svid) = &current {
             record_svid(svid, &metrics);
+            generation.store(1, Ordering::Release);
         }
         let mut domains = record_bundles(&source, &metrics, Vec::new());
         while updates.changed().await.is_ok() {
@@ -234,6 +265,7 @@ fn watch_rotations(source: X509Source, metrics: Metrics) {
                 .as_ref()
                 .is_none_or(|old| leaf_der(old) != leaf_der(&svid));
             if rotated {
+                generation.fetch_add(1, Ordering::AcqRel);
                 metrics.svid_rotations.inc();
                 info!(spiffe_id = %svid.spiffe_id(), "X.509-SVID rotated");
             }

@@ -21,14 +21,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::{Method, Request, Response, Uri};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntCounter;
 use rustls::ClientConfig;
@@ -84,6 +84,67 @@ pub fn client(connector: UpstreamConnector, conn: &UpstreamConnection) -> Upstre
         .build(connector)
 }
 
+/// One upstream's connection pool, replaced when the gateway's SVID rotates.
+///
+/// A pooled connection keeps presenting the client certificate it was opened
+/// with. Reused after a rotation, it would carry the previous SVID until the
+/// upstream closes it at that certificate's notAfter, and whatever the
+/// upstream binds to the certificate (a gateway upstream binds a session's
+/// lifetime to it) would end with it. So the first request after a rotation
+/// starts a fresh pool, whose connections present the current SVID; requests
+/// in flight finish on the old one, which closes its connections when they
+/// are done. Per request: one atomic load and one `ArcSwap` load.
+pub struct Pool {
+    connector: UpstreamConnector,
+    settings: UpstreamConnection,
+    current: ArcSwap<PoolGeneration>,
+}
+
+struct PoolGeneration {
+    /// `Identity::svid_generation` when this pool was started.
+    svid: u64,
+    client: UpstreamClient,
+}
+
+impl Pool {
+    pub fn new(connector: UpstreamConnector, settings: &UpstreamConnection) -> Pool {
+        let current = ArcSwap::from_pointee(PoolGeneration {
+            svid: connector.identity.svid_generation(),
+            client: client(connector.clone(), settings),
+        });
+        Pool {
+            connector,
+            settings: settings.clone(),
+            current,
+        }
+    }
+
+    /// Sends `req` on a connection opened with the current SVID.
+    pub fn request(&self, req: Request<http_body_util::Full<Bytes>>) -> ResponseFuture {
+        let svid = self.connector.identity.svid_generation();
+        let current = self.current.load();
+        if current.svid == svid {
+            return current.client.request(req);
+        }
+        // Two requests racing here may each start a pool; the later store
+        // wins and the other pool closes after its one request. Harmless.
+        let fresh = Arc::new(PoolGeneration {
+            svid,
+            client: client(self.connector.clone(), &self.settings),
+        });
+        let response = fresh.client.request(req);
+        self.current.store(fresh);
+        debug!("the SVID rotated: new upstream connections present the new one");
+        response
+    }
+
+    /// The SVID generation the current pool was started with (tests).
+    #[cfg(test)]
+    fn svid(&self) -> u64 {
+        self.current.load().svid
+    }
+}
+
 /// One configured upstream: where it is, who it must be, its pool, its
 /// timeouts, its sessions and its metrics. Built once at start.
 pub struct Upstream {
@@ -92,7 +153,8 @@ pub struct Upstream {
     pub spiffe_id: String,
     pub uri: Uri,
     pub authority: HeaderValue,
-    pub client: UpstreamClient,
+    /// Connections to the upstream, opened with the current SVID.
+    pub client: Pool,
     /// Header carrying the verified caller ID to the upstream, if configured.
     pub caller_id_header: Option<HeaderName>,
     /// Bound on the wait for the response head.
@@ -141,7 +203,7 @@ impl Upstream {
             spiffe_id,
             authority: HeaderValue::from_str(authority.as_str())?,
             uri,
-            client: client(connector, conn),
+            client: Pool::new(connector, conn),
             caller_id_header: config.caller_id_header.clone(),
             request_timeout: conn.request_timeout,
             stream_idle_timeout: conn.stream_idle_timeout,
@@ -482,10 +544,64 @@ impl<B: Body<Data = Bytes>> Body for IdleBody<B> {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::sync::atomic::Ordering;
 
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
 
     use super::*;
+
+    /// After a rotation, requests move to connections opened with the new
+    /// SVID; until then, the pool's connection is reused. A loopback HTTP
+    /// server answers each request with the client port of its connection.
+    #[tokio::test]
+    async fn a_rotation_moves_requests_to_new_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = listener.accept().await.unwrap();
+                let port = peer.port().to_string();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_req| {
+                        let port = port.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(port),
+                            )))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        let (identity, generation) = Identity::without_source();
+        let connector = UpstreamConnector::new(identity, true, Duration::from_secs(5));
+        let pool = Pool::new(connector, &UpstreamConnection::default());
+        let uri: Uri = format!("http://{addr}/mcp").parse().unwrap();
+        let client_port = async |pool: &Pool| {
+            let mut req = Request::new(Full::new(Bytes::new()));
+            *req.uri_mut() = uri.clone();
+            let resp = pool.request(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+
+        let first = client_port(&pool).await;
+        assert_eq!(
+            client_port(&pool).await,
+            first,
+            "same SVID: connection reused"
+        );
+        assert_eq!(pool.svid(), 1);
+
+        generation.fetch_add(1, Ordering::AcqRel);
+        let after = client_port(&pool).await;
+        assert_ne!(after, first, "a rotation must not reuse the old connection");
+        assert_eq!(pool.svid(), 2);
+        assert_eq!(client_port(&pool).await, after, "the new pool is reused");
+    }
 
     /// A body that yields each frame after its delay, then ends, or (with
     /// `hang`) never ends.
