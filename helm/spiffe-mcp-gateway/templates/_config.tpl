@@ -32,6 +32,15 @@ policy:
   shadow_dir: {{ include "smg.shadowPolicyDir" . | quote }}
   {{- end }}
   watch_interval_ms: {{ int $c.policy.watchIntervalMs }}
+{{- if $c.upstreams }}
+upstreams:
+  {{- range $c.upstreams }}
+  - name: {{ .name | quote }}
+    url: {{ .url | quote }}
+    spiffe_id: {{ .spiffeId | quote }}
+    {{- with include "smg.upstreamConnection" . }}{{ . | nindent 4 }}{{ end }}
+  {{- end }}
+{{- else }}
 upstream:
   name: {{ required "config.upstream.name is required" $c.upstream.name | quote }}
   url: {{ required "config.upstream.url is required" $c.upstream.url | quote }}
@@ -39,9 +48,8 @@ upstream:
   {{- if $c.upstream.plaintextLoopback }}
   plaintext_loopback: true
   {{- end }}
-  {{- with $c.upstream.callerIdHeader }}
-  caller_id_header: {{ . | quote }}
-  {{- end }}
+  {{- with include "smg.upstreamConnection" $c.upstream }}{{ . | nindent 2 }}{{ end }}
+{{- end }}
 {{- if $c.userAuth.enabled }}
 user_auth:
   {{- if eq $c.userAuth.mode "jwks" }}
@@ -73,3 +81,17 @@ metrics:
   caller_labels: true
 {{- end }}
 {{- end }}
+
+{{/*
+An upstream's optional keys (values camelCase -> config snake_case); a 0 or
+missing timeout is left out, so the gateway's default applies.
+*/}}
+{{- define "smg.upstreamConnection" -}}
+{{- $u := . -}}
+{{- $lines := list -}}
+{{- with $u.callerIdHeader }}{{ $lines = append $lines (printf "caller_id_header: %s" (quote .)) }}{{ end -}}
+{{- range $key, $field := dict "connectTimeoutSeconds" "connect_timeout_seconds" "requestTimeoutSeconds" "request_timeout_seconds" "streamIdleTimeoutSeconds" "stream_idle_timeout_seconds" "poolIdleTimeoutSeconds" "pool_idle_timeout_seconds" "healthCheckIntervalSeconds" "health_check_interval_seconds" -}}
+{{- with (get $u $key) }}{{ $lines = append $lines (printf "%s: %d" $field (int .)) }}{{ end -}}
+{{- end -}}
+{{- join "\n" $lines -}}
+{{- end -}}
