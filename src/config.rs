@@ -67,6 +67,17 @@ pub struct Config {
     pub log: LogConfig,
     /// Label decisions by caller SPIFFE ID too (unbounded: opt in).
     pub metrics_caller_labels: bool,
+    /// The aggregated endpoint (`aggregate:`), if configured.
+    pub aggregate: Option<AggregateConfig>,
+}
+
+/// `aggregate:`: one endpoint, `<listener.path>/<name>`, presenting the
+/// tools of several upstreams as `<upstream>__<tool>`.
+#[derive(Debug, Clone)]
+pub struct AggregateConfig {
+    pub name: String,
+    /// Names of `upstreams:` entries, in the order given.
+    pub upstreams: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +244,15 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    aggregate: Option<RawAggregate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAggregate {
+    name: String,
+    upstreams: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -385,6 +405,7 @@ impl RawConfig {
         let workload_api = self.workload_api.validate(env)?;
         let (upstreams, route_by_name) = validate_upstreams(self.upstream, self.upstreams)?;
         let upstream = upstreams[0].clone();
+        let aggregate = validate_aggregate(self.aggregate, &upstreams, route_by_name)?;
         if listener.plaintext_loopback && upstreams.iter().any(|u| u.plaintext) {
             bail!(
                 "listener.plaintext_loopback: a client sidecar forwards over mTLS with its SVID; \
@@ -453,6 +474,7 @@ impl RawConfig {
             drain_timeout,
             log,
             metrics_caller_labels: self.metrics.caller_labels,
+            aggregate,
         })
     }
 }
@@ -744,6 +766,64 @@ fn validate_upstreams(
     }
     Ok((out, true))
 }
+
+/// Checks `aggregate:`: only with the `upstreams:` list; its name is a path
+/// segment no upstream uses; its members are distinct upstream names, none
+/// containing `__` (the separator of `<upstream>__<tool>`: a name with it
+/// would make a prefixed tool name ambiguous).
+fn validate_aggregate(
+    raw: Option<RawAggregate>,
+    upstreams: &[UpstreamConfig],
+    route_by_name: bool,
+) -> anyhow::Result<Option<AggregateConfig>> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    if !route_by_name {
+        bail!("aggregate: only with the `upstreams:` list (each upstream has a name)");
+    }
+    let valid_name = !raw.name.is_empty()
+        && raw.name.len() <= 64
+        && raw.name != "."
+        && raw.name != ".."
+        && raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid_name {
+        bail!("aggregate.name: 1-64 of [A-Za-z0-9._-] (it is a URL path segment)");
+    }
+    if upstreams.iter().any(|u| u.name == raw.name) {
+        bail!(
+            "aggregate.name: {:?} is also an upstream's name; each path names one thing",
+            raw.name
+        );
+    }
+    if raw.upstreams.is_empty() {
+        bail!("aggregate.upstreams: must name at least one upstream");
+    }
+    for (i, name) in raw.upstreams.iter().enumerate() {
+        if !upstreams.iter().any(|u| u.name == *name) {
+            bail!("aggregate.upstreams[{i}]: {name:?} is not in `upstreams:`");
+        }
+        if raw.upstreams[..i].contains(name) {
+            bail!("aggregate.upstreams[{i}]: {name:?} is listed twice");
+        }
+        if name.contains(AGGREGATE_SEPARATOR) {
+            bail!(
+                "aggregate.upstreams[{i}]: {name:?} contains \"__\", the separator of \
+                 <upstream>__<tool>; rename the upstream"
+            );
+        }
+    }
+    Ok(Some(AggregateConfig {
+        name: raw.name,
+        upstreams: raw.upstreams,
+    }))
+}
+
+/// Separates the upstream name from the tool name on the aggregated endpoint.
+pub const AGGREGATE_SEPARATOR: &str = "__";
 
 /// Upper bound on `upstreams:` entries (each has a pool, a session table
 /// and a probe task).

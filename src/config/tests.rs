@@ -555,3 +555,60 @@ fn bad_upstream_lists_are_refused_by_name() {
         assert!(msg.contains(expected), "{name}: {msg:?} lacks {expected:?}");
     }
 }
+
+#[test]
+fn an_aggregate_names_upstreams_of_the_list() {
+    let c = parse(&format!(
+        "{LIST}aggregate: {{ name: all, upstreams: [github, jira] }}\n"
+    ))
+    .unwrap();
+    let agg = c.aggregate.expect("aggregate");
+    assert_eq!(agg.name, "all");
+    assert_eq!(agg.upstreams, ["github", "jira"]);
+    assert!(parse(LIST).unwrap().aggregate.is_none());
+}
+
+#[test]
+fn a_bad_aggregate_is_refused_naming_the_field() {
+    let cases = [
+        ("{ name: github, upstreams: [github] }", "aggregate.name"),
+        ("{ name: \"a/b\", upstreams: [github] }", "aggregate.name"),
+        ("{ name: all, upstreams: [] }", "aggregate.upstreams"),
+        (
+            "{ name: all, upstreams: [github, gitlab] }",
+            "aggregate.upstreams[1]",
+        ),
+        (
+            "{ name: all, upstreams: [jira, jira] }",
+            "aggregate.upstreams[1]",
+        ),
+        ("{ name: all, upstreams: [github], extra: 1 }", "extra"),
+    ];
+    for (agg, field) in cases {
+        let err = parse(&format!("{LIST}aggregate: {agg}\n")).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains(field), "{agg}: {msg}");
+    }
+    // The one-upstream form has no names to aggregate.
+    let err = parse(&format!(
+        "{GOOD}aggregate: {{ name: all, upstreams: [x] }}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("aggregate: only with the `upstreams:` list"),
+        "{err:#}"
+    );
+    // `__` separates upstream and tool: an aggregated upstream may not contain it.
+    let dunder = LIST.replace("name: jira", "name: my__jira");
+    let err = parse(&format!(
+        "{dunder}aggregate: {{ name: all, upstreams: [my__jira] }}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("aggregate.upstreams[0]"),
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("__"), "{err:#}");
+    // Without aggregation such a name is fine.
+    assert!(parse(&dunder).is_ok());
+}

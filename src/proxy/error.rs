@@ -36,6 +36,11 @@ pub const CODE_HEADER_MISMATCH: i32 = -32020;
 pub const CODE_UNSUPPORTED_VERSION: i32 = -32022;
 /// JSON-RPC 2.0: invalid request.
 pub const CODE_INVALID_REQUEST: i32 = -32600;
+/// JSON-RPC "method not found": a method the aggregated endpoint does not offer.
+pub const CODE_METHOD_NOT_FOUND: i32 = -32601;
+/// JSON-RPC "invalid params": a tool name on the aggregated endpoint that
+/// names no aggregated upstream.
+pub const CODE_INVALID_PARAMS: i32 = -32602;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -92,6 +97,10 @@ pub enum ProxyError {
     /// valid JWT-SVID (`listener.jwt_svid_callers`).
     #[error("caller token refused: {0}")]
     CallerToken(String),
+    #[error("unknown tool: the aggregated endpoint names tools <upstream>__<tool>")]
+    AggregateUnknownTool,
+    #[error("method not offered on the aggregated endpoint")]
+    AggregateMethod,
 }
 
 impl ProxyError {
@@ -134,6 +143,8 @@ impl ProxyError {
                 (StatusCode::FORBIDDEN, CODE_BAD_TRANSPORT)
             }
             ProxyError::CallerToken(_) => (StatusCode::UNAUTHORIZED, CODE_USER_TOKEN),
+            ProxyError::AggregateUnknownTool => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
+            ProxyError::AggregateMethod => (StatusCode::BAD_REQUEST, CODE_METHOD_NOT_FOUND),
         }
     }
 
@@ -164,6 +175,8 @@ impl ProxyError {
             ProxyError::ForeignHost => "foreign_host",
             ProxyError::ForeignOrigin => "foreign_origin",
             ProxyError::CallerToken(_) => "caller_token",
+            ProxyError::AggregateUnknownTool => "aggregate_unknown_tool",
+            ProxyError::AggregateMethod => "aggregate_method",
         }
     }
 
@@ -178,6 +191,8 @@ impl ProxyError {
                 | ProxyError::UpstreamIdentity
                 | ProxyError::UpstreamTimeout
                 | ProxyError::UpstreamStreamIdle
+                | ProxyError::AggregateUnknownTool
+                | ProxyError::AggregateMethod
         )
     }
 }

@@ -47,7 +47,7 @@ use crate::proxy::{Gateway, ProxyError, protocol};
 /// Largest SSE event the gateway will hold while deciding on it.
 const MAX_EVENT_BYTES: usize = 4 << 20;
 /// Largest JSON list reply the gateway will read to filter it.
-const MAX_LIST_REPLY_BYTES: usize = 16 << 20;
+pub(super) const MAX_LIST_REPLY_BYTES: usize = 16 << 20;
 /// Events in flight between the upstream reader and the agent.
 const CHANNEL: usize = 16;
 
@@ -92,6 +92,17 @@ impl ListKind {
             ListKind::Tools => Target::Tool(name),
             ListKind::Prompts => Target::Prompt(name),
             ListKind::Resources | ListKind::Templates => Target::Resource(name),
+        }
+    }
+}
+
+impl PendingList {
+    /// A `tools/list` request the gateway itself sent (the aggregated
+    /// endpoint), whose reply is filtered like a caller's.
+    pub(super) fn tools(id: Value) -> PendingList {
+        PendingList {
+            id,
+            kind: ListKind::Tools,
         }
     }
 }
@@ -564,7 +575,7 @@ impl Gateway {
 
     /// Filters one JSON-RPC response if it answers a pending list request.
     /// Returns whether it changed.
-    async fn filter_list_value(&self, value: &mut Value, ctx: &ReplyContext) -> bool {
+    pub(super) async fn filter_list_value(&self, value: &mut Value, ctx: &ReplyContext) -> bool {
         let Some(kind) = value
             .get("id")
             .and_then(|id| ctx.lists.iter().find(|p| p.id == *id))
@@ -604,7 +615,7 @@ impl Gateway {
     }
 
     /// The audit record of an upstream failure on the way back.
-    async fn audit_way_back_as(
+    pub(super) async fn audit_way_back_as(
         &self,
         ctx: &ReplyContext,
         correlation_id: &str,
@@ -730,7 +741,11 @@ fn rebuild_event(event: &SseEvent, value: &Value) -> Bytes {
 
 /// Reads an upstream reply whole: at most `limit` bytes, and no silence
 /// longer than `idle` (a reply cut short is an error, never passed on).
-async fn read_reply<B>(mut body: B, limit: usize, idle: Duration) -> Result<Bytes, ProxyError>
+pub(super) async fn read_reply<B>(
+    mut body: B,
+    limit: usize,
+    idle: Duration,
+) -> Result<Bytes, ProxyError>
 where
     B: Body<Data = Bytes> + Unpin,
 {

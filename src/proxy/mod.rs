@@ -13,6 +13,7 @@
 //! This module must never take identity from a header, forward a message
 //! that was not decided, or put policy text in a reply.
 
+mod aggregate;
 mod error;
 mod inspect;
 pub mod listener;
@@ -99,6 +100,8 @@ pub struct Gateway {
     /// `upstreams:` form: upstream `<name>` is served on `<path>/<name>`;
     /// otherwise the one upstream on `path`.
     route_by_name: bool,
+    /// The aggregated endpoint (`aggregate:`), on `<path>/<name>`.
+    aggregate: Option<aggregate::Aggregate>,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -182,7 +185,20 @@ impl Gateway {
             let upstream = Upstream::new(u, identity.clone(), i == 0, &metrics, sessions)?;
             upstreams.push(Arc::new(upstream));
         }
+        let aggregate = config
+            .aggregate
+            .as_ref()
+            .map(|a| {
+                aggregate::Aggregate::new(
+                    a,
+                    &upstreams,
+                    config.session_idle_timeout,
+                    config.max_sessions,
+                )
+            })
+            .transpose()?;
         Ok(Gateway {
+            aggregate,
             upstreams,
             route_by_name: config.route_by_name,
             identity,
@@ -314,6 +330,23 @@ impl Gateway {
             trace: &trace,
             upstream: None,
         };
+        if let Some(agg) = &self.aggregate
+            && routed_name(&self.path, parts.uri.path()) == Some(agg.name.as_str())
+        {
+            if let Err(refusal) = version.and(session) {
+                linger(body);
+                return self.refuse_unparsed(refusal, &facts).await;
+            }
+            match &user {
+                Ok(user) => facts.user = user.as_ref(),
+                Err(refusal) => {
+                    linger(body);
+                    let refusal = ProxyError::UserToken(refusal.to_string());
+                    return self.refuse_unparsed(refusal, &facts).await;
+                }
+            }
+            return self.aggregate_route(agg, &parts, body, &facts).await;
+        }
         let up = match self.upstream_for(parts.uri.path()) {
             Ok(up) => up,
             Err(refusal) => return self.refuse_unparsed(refusal, &facts).await,
@@ -700,7 +733,20 @@ impl Gateway {
     /// Ends idle and expired sessions, here and at the upstream. The
     /// sessions are gone from the gateway at once; telling each upstream
     /// runs in its own task, so a slow upstream delays no other.
-    pub async fn sweep_sessions(&self) {
+    pub async fn sweep_sessions(self: &Arc<Self>) {
+        if let Some(agg) = &self.aggregate {
+            let ended = agg.sweep();
+            if !ended.is_empty() {
+                let gateway = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Some(agg) = &gateway.aggregate {
+                        for links in &ended {
+                            agg.end_links(links).await;
+                        }
+                    }
+                });
+            }
+        }
         for up in &self.upstreams {
             let ended = up.sessions.sweep();
             if ended.is_empty() {

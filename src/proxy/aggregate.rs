@@ -1,0 +1,925 @@
+//! The aggregated endpoint (`aggregate:`): one path, `<path>/<name>`,
+//! presenting the tools of several upstreams as `<upstream>__<tool>`.
+//!
+//! Protocol 2025-11-25 (and earlier session-based versions) only: a
+//! 2026-07-28 request is refused (400, -32022) so that an SDK that speaks
+//! both falls back. The gateway issues its own session id (random, bound to
+//! the caller's SPIFFE ID like every session) and holds one upstream session
+//! per member:
+//!
+//! - `initialize` fans out, each member decided as `initialize` on its own
+//!   `Mcp::Server`; the gateway answers itself (tools only).
+//! - `notifications/initialized` fans out to the members that were opened.
+//! - `tools/list` asks every opened member (decided as `tools/list` on it),
+//!   follows `nextCursor` up to [`MAX_PAGES`], filters each page exactly as
+//!   the per-upstream path does, prefixes each name and answers one merged
+//!   list. A member that fails, times out or answers an error contributes
+//!   nothing; the failure is logged, counted and audited.
+//! - `tools/call <upstream>__<tool>` splits on the first `__`; an unknown
+//!   upstream or no prefix is answered -32602 and nothing is forwarded. The
+//!   message is re-serialised with the real tool name, and the re-serialised
+//!   bytes are what is decided (`Mcp::Tool::"<upstream>/<tool>"`), audited
+//!   and forwarded, only ever to that upstream, over its own connection
+//!   (whose SPIFFE ID is checked) and with its own session id.
+//! - `ping` is answered by the gateway; other notifications are accepted and
+//!   not forwarded; every other method is answered -32601.
+//! - DELETE fans out; GET (the server stream) is 405.
+//!
+//! No tool shadowing: a name is only ever routed by its own prefix, so a
+//! tool `github__x` offered by jira is listed as `jira__github__x` and a
+//! call to `github__x` can only reach github.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use serde_json::Value;
+use tracing::warn;
+
+use super::inspect::{self, PendingList};
+use super::reply::{self, ReplyBody, error_response};
+use super::session::SessionRefusal;
+use super::upstream::Upstream;
+use super::{Gateway, ProxyError, RequestFacts, check_entity_headers, linger, protocol, read_body};
+use crate::audit::Outcome;
+use crate::config::{AGGREGATE_SEPARATOR, AggregateConfig};
+use crate::identity::unix_now;
+use crate::mcp::{self, Message};
+use crate::proxy::listener::Peer;
+
+/// Most `tools/list` pages read from one member per list.
+pub const MAX_PAGES: usize = 16;
+/// The version answered when the caller asks for one the endpoint lacks.
+const DEFAULT_VERSION: &str = "2025-11-25";
+
+/// A member's side of an aggregated session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The upstream's own session id, if it issued one.
+    pub session: Option<String>,
+    /// The protocol version the upstream answered `initialize` with.
+    pub version: String,
+}
+
+/// Per member, in member order: `None` when it was not opened (denied or
+/// failed) for this session.
+pub type Links = Arc<[Option<Link>]>;
+
+struct AggSession {
+    owner: Arc<str>,
+    credential_expiry: AtomicI64,
+    last_seen: AtomicI64,
+    links: Links,
+}
+
+/// The aggregated endpoint: its members and its session table.
+pub struct Aggregate {
+    pub name: String,
+    pub members: Vec<Arc<Upstream>>,
+    table: RwLock<HashMap<Box<str>, AggSession>>,
+    idle: i64,
+    max: usize,
+}
+
+impl Aggregate {
+    pub fn new(
+        config: &AggregateConfig,
+        upstreams: &[Arc<Upstream>],
+        idle: Duration,
+        max: usize,
+    ) -> anyhow::Result<Aggregate> {
+        let members = config
+            .upstreams
+            .iter()
+            .map(|name| {
+                upstreams
+                    .iter()
+                    .find(|u| u.name == *name)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("aggregate.upstreams: no upstream {name:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Aggregate {
+            name: config.name.clone(),
+            members,
+            table: RwLock::new(HashMap::new()),
+            idle: i64::try_from(idle.as_secs()).unwrap_or(i64::MAX),
+            max,
+        })
+    }
+
+    /// The member a prefixed tool name routes to, and the real tool name.
+    pub fn route<'n>(&self, name: &'n str) -> Option<(usize, &'n str)> {
+        let (server, tool) = split_tool(name)?;
+        let index = self.members.iter().position(|m| m.name == server)?;
+        Some((index, tool))
+    }
+
+    /// Checks that `peer` may use session `id` now, records the use and
+    /// returns the member sessions.
+    pub fn check(&self, id: &str, peer: &Peer) -> Result<Links, SessionRefusal> {
+        let now = unix_now();
+        {
+            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+            let s = table.get(id).ok_or(SessionRefusal::Unknown)?;
+            if *s.owner != *peer.spiffe_id {
+                return Err(SessionRefusal::NotOwner);
+            }
+            if now - s.last_seen.load(Ordering::Relaxed) <= self.idle
+                && s.credential_expiry.load(Ordering::Relaxed) > now
+            {
+                s.last_seen.store(now, Ordering::Relaxed);
+                s.credential_expiry
+                    .fetch_max(peer.not_after, Ordering::Relaxed);
+                return Ok(Arc::clone(&s.links));
+            }
+        }
+        self.remove(id);
+        Err(SessionRefusal::Expired)
+    }
+
+    /// Binds a new session to `peer`; returns its id.
+    pub fn insert(&self, peer: &Peer, links: Links) -> Result<String, SessionRefusal> {
+        let id = new_session_id().ok_or(SessionRefusal::Full)?;
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        if table.len() >= self.max {
+            return Err(SessionRefusal::Full);
+        }
+        if table.contains_key(id.as_str()) {
+            return Err(SessionRefusal::Collision);
+        }
+        table.insert(
+            Box::from(id.as_str()),
+            AggSession {
+                owner: Arc::clone(&peer.spiffe_id),
+                credential_expiry: AtomicI64::new(peer.not_after),
+                last_seen: AtomicI64::new(unix_now()),
+                links,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Removes a session; returns its member sessions.
+    pub fn remove(&self, id: &str) -> Option<Links> {
+        self.table
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+            .map(|s| s.links)
+    }
+
+    /// Removes every idle or expired session; returns their member sessions.
+    pub fn sweep(&self) -> Vec<Links> {
+        let now = unix_now();
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let mut ended = Vec::new();
+        table.retain(|_, s| {
+            let live = now - s.last_seen.load(Ordering::Relaxed) <= self.idle
+                && s.credential_expiry.load(Ordering::Relaxed) > now;
+            if !live {
+                ended.push(Arc::clone(&s.links));
+            }
+            live
+        });
+        ended
+    }
+
+    /// Tells each member its session is over (best effort).
+    pub async fn end_links(&self, links: &Links) {
+        for (member, link) in self.members.iter().zip(links.iter()) {
+            if let Some(sid) = link.as_ref().and_then(|l| l.session.as_deref()) {
+                member.end_session(sid).await;
+            }
+        }
+    }
+}
+
+/// `<upstream>__<tool>` split on the first `__`; both parts non-empty.
+pub fn split_tool(name: &str) -> Option<(&str, &str)> {
+    name.split_once(AGGREGATE_SEPARATOR)
+        .filter(|(server, tool)| !server.is_empty() && !tool.is_empty())
+}
+
+/// The name a member's tool is listed under.
+pub fn prefixed(server: &str, tool: &str) -> String {
+    format!("{server}{AGGREGATE_SEPARATOR}{tool}")
+}
+
+/// Prefixes the names of the tools in one `tools/list` result; entries
+/// without a string name are dropped (they could not be called).
+pub fn prefix_tools(server: &str, result: &mut Value) -> Vec<Value> {
+    let Some(Value::Array(tools)) = result.get_mut("tools").map(Value::take) else {
+        return Vec::new();
+    };
+    tools
+        .into_iter()
+        .filter_map(|mut tool| {
+            let name = prefixed(server, tool.get("name")?.as_str()?);
+            tool["name"] = Value::String(name);
+            Some(tool)
+        })
+        .collect()
+}
+
+/// 128 random bits, hex: unguessable.
+fn new_session_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The caller's headers with the member's session and version in place of
+/// the aggregated ones.
+fn member_headers(headers: &HeaderMap, link: Option<&Link>) -> HeaderMap {
+    let mut out = headers.clone();
+    out.remove(protocol::SESSION_HEADER);
+    let Some(link) = link else {
+        return out;
+    };
+    if let Some(v) = link
+        .session
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        out.insert(protocol::SESSION_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&link.version) {
+        out.insert(protocol::PROTOCOL_VERSION_HEADER, v);
+    }
+    out
+}
+
+fn empty(status: StatusCode) -> Response<ReplyBody> {
+    let mut resp = Response::new(
+        http_body_util::Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+fn result_response(id: &str, result: Value, session: Option<&str>) -> Response<ReplyBody> {
+    let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+    let body = serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result });
+    let mut resp = reply::json_ok(serde_json::to_vec(&body).unwrap_or_default());
+    if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        resp.headers_mut().insert(protocol::SESSION_HEADER, v);
+    }
+    resp
+}
+
+/// Reads the answer to request `id` from an upstream reply (JSON, or the
+/// first matching event of an SSE stream), bounded in size and by the
+/// upstream's timeouts.
+async fn read_answer(
+    up: &Upstream,
+    resp: Response<Incoming>,
+    id: &Value,
+) -> Result<Value, ProxyError> {
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    let mut body = resp.into_body();
+    let limit = inspect::MAX_LIST_REPLY_BYTES;
+    if !sse {
+        let bytes = inspect::read_reply(body, limit, up.stream_idle_timeout).await?;
+        return serde_json::from_slice(&bytes).map_err(|_| ProxyError::UpstreamUnavailable);
+    }
+    let mut parser = mcp::sse::SseParser::new(limit);
+    let mut events = Vec::new();
+    let read = async {
+        loop {
+            let frame = match tokio::time::timeout(up.stream_idle_timeout, body.frame()).await {
+                Err(_) => return Err(ProxyError::UpstreamStreamIdle),
+                Ok(None) | Ok(Some(Err(_))) => return Err(ProxyError::UpstreamUnavailable),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            parser
+                .push(&data, &mut events)
+                .map_err(|_| ProxyError::UpstreamUnavailable)?;
+            for event in events.drain(..) {
+                let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+                    continue;
+                };
+                let answers = value.get("id") == Some(id)
+                    && (value.get("result").is_some() || value.get("error").is_some());
+                if answers {
+                    return Ok(value);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(up.request_timeout, read)
+        .await
+        .unwrap_or(Err(ProxyError::UpstreamTimeout))
+}
+
+impl Gateway {
+    /// A request on the aggregated path. Protocol, session and user headers
+    /// were read by `route`; here they are checked, then the method decides
+    /// the way.
+    pub(super) async fn aggregate_route(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        if facts.protocol_version == Some(protocol::MODERN) {
+            linger(body);
+            let refusal = ProxyError::UnsupportedVersion(protocol::MODERN.to_owned());
+            return self.refuse_unparsed(refusal, facts).await;
+        }
+        let links = match facts.session_id {
+            None => None,
+            Some(id) => match agg.check(id, facts.peer) {
+                Ok(links) => Some(links),
+                Err(refusal) => {
+                    linger(body);
+                    return self
+                        .refuse_unparsed(ProxyError::Session(refusal), facts)
+                        .await;
+                }
+            },
+        };
+        match (&parts.method, links) {
+            (&Method::POST, links) => self.aggregate_post(agg, parts, body, facts, links).await,
+            (&Method::DELETE, Some(_)) => {
+                if let Some(links) = facts.session_id.and_then(|id| agg.remove(id)) {
+                    agg.end_links(&links).await;
+                }
+                empty(StatusCode::OK)
+            }
+            (&Method::DELETE, None) => {
+                let refusal = ProxyError::Session(SessionRefusal::Unknown);
+                self.refuse_unparsed(refusal, facts).await
+            }
+            _ => {
+                linger(body);
+                self.refuse_unparsed(ProxyError::MethodNotAllowed, facts)
+                    .await
+            }
+        }
+    }
+
+    async fn aggregate_post(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+        links: Option<Links>,
+    ) -> Response<ReplyBody> {
+        if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
+            linger(body);
+            return self.refuse_unparsed(refusal, facts).await;
+        }
+        let bytes = match read_body(body, self.max_body).await {
+            Ok(b) => b,
+            Err((refusal, rest)) => {
+                if let Some(rest) = rest {
+                    linger(rest);
+                }
+                return self.refuse_unparsed(refusal, facts).await;
+            }
+        };
+        let message = match mcp::parse_body(&bytes) {
+            Ok(mcp::Body::Single(m)) => m,
+            Ok(mcp::Body::Batch(_)) => {
+                return self
+                    .refuse_unparsed(ProxyError::BatchNotAllowed, facts)
+                    .await;
+            }
+            Err(e) => {
+                let refusal = ProxyError::Parse(e.to_string(), e.jsonrpc_code());
+                return self.refuse_unparsed(refusal, facts).await;
+            }
+        };
+        let id = message.id.as_ref().map(|id| id.raw_json().to_owned());
+        let method = message.method.as_deref().unwrap_or("");
+        let Some(links) = links else {
+            if method == "initialize"
+                && let Some(id) = id
+            {
+                return self
+                    .aggregate_initialize(agg, parts, &bytes, &message, &id, facts)
+                    .await;
+            }
+            let refusal = ProxyError::Session(SessionRefusal::Unknown);
+            return self.refuse_unparsed(refusal, facts).await;
+        };
+        match (method, id) {
+            ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
+            ("tools/list", Some(id)) => self.aggregate_list(agg, parts, &id, &links, facts).await,
+            ("tools/call", Some(id)) => {
+                self.aggregate_call(agg, parts, &bytes, &message, &id, &links, facts)
+                    .await
+            }
+            ("notifications/initialized", None) => {
+                self.aggregate_initialized(agg, parts, &bytes, &message, &links, facts)
+                    .await;
+                empty(StatusCode::ACCEPTED)
+            }
+            // Other notifications (cancellation, progress) concern requests
+            // the gateway answered or forwarded whole: accepted, not sent on.
+            (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
+            (_, id) => {
+                self.refuse_message(ProxyError::AggregateMethod, facts, id.as_deref())
+                    .await
+            }
+        }
+    }
+
+    /// A refusal answered under the request's id; audited, nothing forwarded.
+    async fn refuse_message(
+        &self,
+        refusal: ProxyError,
+        facts: &RequestFacts<'_>,
+        id: Option<&str>,
+    ) -> Response<ReplyBody> {
+        let correlation_id = self.ids.next();
+        self.metrics.refused(refusal.audit_reason());
+        let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
+        self.audit.record(record).await;
+        error_response(&refusal, id, &correlation_id)
+    }
+
+    /// Decides one message for one member, counted and audited.
+    async fn decide_for_member(
+        &self,
+        message: &Message<'_>,
+        facts: &RequestFacts<'_>,
+        member: &Upstream,
+    ) -> (bool, String) {
+        let correlation_id = self.ids.next();
+        let verdict = self.decide(message, facts, member);
+        let allowed = verdict.allowed;
+        self.metrics.decision(
+            allowed,
+            message.method.as_deref().unwrap_or("response"),
+            &facts.peer.spiffe_id,
+        );
+        self.audit_decision(message, facts, member, verdict, &correlation_id)
+            .await;
+        (allowed, correlation_id)
+    }
+
+    /// `initialize`: sent to every member policy allows; the gateway answers.
+    async fn aggregate_initialize(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        id: &str,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let requested = message.protocol_version.as_deref().unwrap_or("");
+        let version = if requested != protocol::MODERN && protocol::SUPPORTED.contains(&requested) {
+            requested
+        } else {
+            DEFAULT_VERSION
+        };
+        let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+        let mut links = Vec::with_capacity(agg.members.len());
+        let mut last_denial = None;
+        for member in &agg.members {
+            let mut f = *facts;
+            f.upstream = Some(member);
+            let (allowed, correlation_id) = self.decide_for_member(message, &f, member).await;
+            if !allowed {
+                last_denial = Some(correlation_id);
+                links.push(None);
+                continue;
+            }
+            let headers = member_headers(&parts.headers, None);
+            let sent = self
+                .call_upstream(member, &headers, Method::POST, bytes.clone(), &f, Some(id))
+                .await;
+            let Ok(resp) = sent else {
+                links.push(None);
+                continue;
+            };
+            let session = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)
+                .ok()
+                .flatten()
+                .map(str::to_owned);
+            let ok = resp.status().is_success();
+            let answer = read_answer(member, resp, &id_value).await;
+            let answered = match &answer {
+                Ok(v) if ok => v
+                    .pointer("/result/protocolVersion")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
+                _ => None,
+            };
+            match answered {
+                Some(v) => links.push(Some(Link {
+                    session,
+                    version: v,
+                })),
+                None => {
+                    let refusal = answer.err().unwrap_or(ProxyError::UpstreamUnavailable);
+                    self.member_failed(member, &f, refusal, "initialize").await;
+                    if let Some(sid) = session {
+                        member.end_session(&sid).await;
+                    }
+                    links.push(None);
+                }
+            }
+        }
+        if links.iter().all(Option::is_none) {
+            let refusal = if last_denial.is_some() {
+                ProxyError::Denied
+            } else {
+                ProxyError::UpstreamUnavailable
+            };
+            let correlation_id = last_denial.unwrap_or_else(|| self.ids.next());
+            return error_response(&refusal, Some(id), &correlation_id);
+        }
+        let links: Links = links.into();
+        let session = match agg.insert(facts.peer, Arc::clone(&links)) {
+            Ok(session) => session,
+            Err(refusal) => {
+                agg.end_links(&links).await;
+                return self
+                    .refuse_unparsed(ProxyError::Session(refusal), facts)
+                    .await;
+            }
+        };
+        let result = serde_json::json!({
+            "protocolVersion": version,
+            "capabilities": { "tools": {} },
+            "serverInfo": { "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+        });
+        result_response(id, result, Some(&session))
+    }
+
+    /// A member failed on the way back: logged, counted and audited.
+    async fn member_failed(
+        &self,
+        member: &Arc<Upstream>,
+        facts: &RequestFacts<'_>,
+        refusal: ProxyError,
+        what: &'static str,
+    ) {
+        warn!(upstream = %member.name, error = %refusal, what, "aggregated upstream left out");
+        self.metrics.upstream_error(refusal.audit_reason());
+        let ctx = self.reply_context(facts, member, Vec::new());
+        let correlation_id = self.ids.next();
+        self.audit_way_back_as(
+            &ctx,
+            &correlation_id,
+            refusal.audit_reason(),
+            Outcome::UpstreamError,
+        )
+        .await;
+    }
+
+    /// `notifications/initialized` to each opened member policy allows.
+    async fn aggregate_initialized(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        links: &Links,
+        facts: &RequestFacts<'_>,
+    ) {
+        for (member, link) in agg.members.iter().zip(links.iter()) {
+            let Some(link) = link else { continue };
+            let mut f = *facts;
+            f.upstream = Some(member);
+            if !self.decide_for_member(message, &f, member).await.0 {
+                continue;
+            }
+            let headers = member_headers(&parts.headers, Some(link));
+            let _ = self
+                .call_upstream(member, &headers, Method::POST, bytes.clone(), &f, None)
+                .await;
+        }
+    }
+
+    /// `tools/list`: every opened member's allowed tools, prefixed, merged.
+    async fn aggregate_list(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        id: &str,
+        links: &Links,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+        let mut merged = Vec::new();
+        for (member, link) in agg.members.iter().zip(links.iter()) {
+            let Some(link) = link else { continue };
+            let mut f = *facts;
+            f.upstream = Some(member);
+            if let Some(tools) = self.member_tools(member, link, parts, &id_value, &f).await {
+                merged.extend(tools);
+            }
+        }
+        result_response(id, serde_json::json!({ "tools": merged }), None)
+    }
+
+    /// One member's tools, every page, filtered and prefixed; `None` if it
+    /// was denied or failed (then it contributes nothing).
+    async fn member_tools(
+        self: &Arc<Self>,
+        member: &Arc<Upstream>,
+        link: &Link,
+        parts: &hyper::http::request::Parts,
+        id: &Value,
+        facts: &RequestFacts<'_>,
+    ) -> Option<Vec<Value>> {
+        let headers = member_headers(&parts.headers, Some(link));
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut request =
+                serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list" });
+            if let Some(c) = cursor.take() {
+                request["params"] = serde_json::json!({ "cursor": c });
+            }
+            let bytes = Bytes::from(serde_json::to_vec(&request).ok()?);
+            let Ok(mcp::Body::Single(message)) = mcp::parse_body(&bytes) else {
+                return None;
+            };
+            if !self.decide_for_member(&message, facts, member).await.0 {
+                return None;
+            }
+            let resp = self
+                .call_upstream(member, &headers, Method::POST, bytes.clone(), facts, None)
+                .await
+                .ok()?;
+            if !resp.status().is_success() {
+                self.member_failed(member, facts, ProxyError::UpstreamUnavailable, "tools/list")
+                    .await;
+                return None;
+            }
+            let mut answer = match read_answer(member, resp, id).await {
+                Ok(answer) if answer.get("result").is_some() => answer,
+                Ok(_) => {
+                    let refusal = ProxyError::UpstreamUnavailable;
+                    self.member_failed(member, facts, refusal, "tools/list")
+                        .await;
+                    return None;
+                }
+                Err(refusal) => {
+                    self.member_failed(member, facts, refusal, "tools/list")
+                        .await;
+                    return None;
+                }
+            };
+            let mut ctx = self.reply_context(facts, member, vec![PendingList::tools(id.clone())]);
+            ctx.session_id = link.session.clone();
+            ctx.protocol_version = Some(link.version.clone());
+            self.filter_list_value(&mut answer, &ctx).await;
+            let result = answer.get_mut("result")?;
+            tools.extend(prefix_tools(&member.name, result));
+            match result.get("nextCursor").and_then(Value::as_str) {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => return Some(tools),
+            }
+        }
+        warn!(upstream = %member.name, pages = MAX_PAGES, "tools/list: more pages than read; the rest left out");
+        Some(tools)
+    }
+
+    /// `tools/call <upstream>__<tool>`: decided and forwarded as `<tool>`
+    /// on that upstream only.
+    #[allow(clippy::too_many_arguments)]
+    async fn aggregate_call(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        id: &str,
+        links: &Links,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let routed = message
+            .target
+            .as_deref()
+            .and_then(|name| agg.route(name))
+            .and_then(|(i, tool)| Some((i, tool, links.get(i)?.as_ref()?)));
+        let Some((index, tool, link)) = routed else {
+            return self
+                .refuse_message(ProxyError::AggregateUnknownTool, facts, Some(id))
+                .await;
+        };
+        let member = &agg.members[index];
+        let Some(rewritten) = rename_tool(bytes, tool) else {
+            let refusal = ProxyError::BadRequest("tools/call could not be rewritten");
+            return self.refuse_message(refusal, facts, Some(id)).await;
+        };
+        let message = match mcp::parse_body(&rewritten) {
+            Ok(mcp::Body::Single(m)) if m.target.as_deref() == Some(tool) => m,
+            _ => {
+                let refusal = ProxyError::BadRequest("tools/call could not be rewritten");
+                return self.refuse_message(refusal, facts, Some(id)).await;
+            }
+        };
+        let mut f = *facts;
+        f.upstream = Some(member);
+        let (allowed, correlation_id) = self.decide_for_member(&message, &f, member).await;
+        if !allowed {
+            let answers = reply::denial_answers(
+                std::slice::from_ref(&message),
+                &[(0, correlation_id.clone())],
+            );
+            return reply::denied(answers, false, &correlation_id);
+        }
+        drop(message);
+        let headers = member_headers(&parts.headers, Some(link));
+        let sent = self
+            .call_upstream(member, &headers, Method::POST, rewritten, &f, Some(id))
+            .await;
+        match sent {
+            Ok(resp) => {
+                let mut ctx = self.reply_context(&f, member, Vec::new());
+                ctx.session_id = link.session.clone();
+                ctx.protocol_version = Some(link.version.clone());
+                ctx.awaiting = Some(id.to_owned());
+                let mut reply = self.inspect_reply(resp, ctx).await;
+                // The member's session id is the gateway's to hold: the
+                // caller only ever sees the aggregated one.
+                let headers = reply.headers_mut();
+                headers.remove(protocol::SESSION_HEADER);
+                if let Some(v) = facts.session_id.and_then(|s| HeaderValue::from_str(s).ok()) {
+                    headers.insert(protocol::SESSION_HEADER, v);
+                }
+                reply
+            }
+            Err(refusal) => refusal,
+        }
+    }
+}
+
+/// The message with `params.name` replaced, re-serialised: these bytes are
+/// then parsed, decided and forwarded.
+fn rename_tool(bytes: &[u8], tool: &str) -> Option<Bytes> {
+    let mut value: Value = serde_json::from_slice(bytes).ok()?;
+    let name = value.get_mut("params")?.get_mut("name")?;
+    *name = Value::String(tool.to_owned());
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_on_the_first_separator() {
+        assert_eq!(split_tool("github__echo"), Some(("github", "echo")));
+        assert_eq!(split_tool("jira__github__x"), Some(("jira", "github__x")));
+        assert_eq!(split_tool("echo"), None);
+        assert_eq!(split_tool("__echo"), None);
+        assert_eq!(split_tool("github__"), None);
+        assert_eq!(split_tool(""), None);
+    }
+
+    #[test]
+    fn tools_are_prefixed_and_nameless_ones_dropped() {
+        let mut result = serde_json::json!({
+            "tools": [
+                { "name": "echo", "inputSchema": { "type": "object" } },
+                { "name": "github__x" },
+                { "description": "no name" },
+                { "name": 7 },
+            ],
+            "nextCursor": "p2",
+        });
+        let tools = prefix_tools("jira", &mut result);
+        let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["jira__echo", "jira__github__x"]);
+        assert_eq!(tools[0]["inputSchema"]["type"], "object");
+        assert_eq!(result["nextCursor"], "p2");
+        // A jira tool named like a github one routes back to jira only.
+        let (server, tool) = split_tool(names[1]).unwrap();
+        assert_eq!((server, tool), ("jira", "github__x"));
+    }
+
+    #[test]
+    fn rename_rewrites_only_the_name() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"github__echo","arguments":{"text":"github__echo"}}}"#;
+        let out = rename_tool(body, "echo").unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["params"]["name"], "echo");
+        assert_eq!(v["params"]["arguments"]["text"], "github__echo");
+        assert_eq!(v["id"], 3);
+        assert!(rename_tool(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call"}"#, "x").is_none());
+    }
+
+    #[test]
+    fn member_headers_carry_the_members_session_not_the_callers() {
+        let mut h = HeaderMap::new();
+        h.insert(protocol::SESSION_HEADER, HeaderValue::from_static("agg"));
+        h.insert(
+            protocol::PROTOCOL_VERSION_HEADER,
+            HeaderValue::from_static("2025-11-25"),
+        );
+        let link = Link {
+            session: Some("up-1".into()),
+            version: "2025-06-18".into(),
+        };
+        let out = member_headers(&h, Some(&link));
+        assert_eq!(out[protocol::SESSION_HEADER], "up-1");
+        assert_eq!(out[protocol::PROTOCOL_VERSION_HEADER], "2025-06-18");
+        let none = member_headers(&h, None);
+        assert!(none.get(protocol::SESSION_HEADER).is_none());
+        let stateless = Link {
+            session: None,
+            version: "2025-11-25".into(),
+        };
+        assert!(
+            member_headers(&h, Some(&stateless))
+                .get(protocol::SESSION_HEADER)
+                .is_none()
+        );
+    }
+
+    fn peer(id: &str) -> Peer {
+        Peer {
+            spiffe_id: Arc::from(id),
+            not_after: unix_now() + 3600,
+        }
+    }
+
+    fn table(max: usize) -> Aggregate {
+        Aggregate {
+            name: "all".into(),
+            members: Vec::new(),
+            table: RwLock::new(HashMap::new()),
+            idle: 60,
+            max,
+        }
+    }
+
+    #[test]
+    fn aggregated_sessions_are_random_owned_and_bounded() {
+        let agg = table(2);
+        let links: Links = vec![Some(Link {
+            session: Some("u".into()),
+            version: "2025-11-25".into(),
+        })]
+        .into();
+        let a = agg
+            .insert(&peer("spiffe://t/a"), Arc::clone(&links))
+            .unwrap();
+        let b = agg
+            .insert(&peer("spiffe://t/a"), Arc::clone(&links))
+            .unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert_eq!(agg.check(&a, &peer("spiffe://t/a")).unwrap(), links);
+        assert_eq!(
+            agg.check(&a, &peer("spiffe://t/b")),
+            Err(SessionRefusal::NotOwner)
+        );
+        assert!(agg.check(&a, &peer("spiffe://t/a")).is_ok());
+        assert_eq!(
+            agg.insert(&peer("spiffe://t/a"), Arc::clone(&links)),
+            Err(SessionRefusal::Full)
+        );
+        assert_eq!(agg.remove(&a), Some(links));
+        assert_eq!(
+            agg.check(&a, &peer("spiffe://t/a")),
+            Err(SessionRefusal::Unknown)
+        );
+    }
+
+    #[test]
+    fn idle_aggregated_sessions_are_swept() {
+        let mut agg = table(4);
+        agg.idle = 0;
+        let links: Links = vec![None].into();
+        let id = agg.insert(&peer("spiffe://t/a"), links).unwrap();
+        agg.table.read().unwrap()[id.as_str()]
+            .last_seen
+            .store(unix_now() - 5, Ordering::Relaxed);
+        assert_eq!(agg.sweep().len(), 1);
+        assert_eq!(
+            agg.check(&id, &peer("spiffe://t/a")),
+            Err(SessionRefusal::Unknown)
+        );
+    }
+}
