@@ -29,6 +29,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import uvicorn
@@ -43,8 +44,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 WEATHER = "Sunny, 21 C"
 
 
-def build_server() -> MCPServer:
+def build_server(echo_aliases: Sequence[str] = ()) -> MCPServer:
     server = MCPServer("e2e-upstream", version="1.0.0")
+
+    for alias in echo_aliases:
+        # Another name for echo (tests of tool names that look like another
+        # upstream's on the gateway's aggregated endpoint).
+        def alias_echo(text: str) -> str:
+            return text
+
+        server.tool(name=alias, description="echo, under another name.")(alias_echo)
 
     @server.tool(description="Return the given text unchanged.")
     def echo(text: str) -> str:
@@ -295,6 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resumable", action="store_true", help="keep SSE events in memory for Last-Event-ID resumption")
     p.add_argument("--no-host-check", action="store_true", help="disable the SDK's Host/Origin validation")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--echo-alias", action="append", default=[], help="also offer echo under this tool name")
     args = p.parse_args(argv)
     if not args.plain and not (args.cert and args.key and args.ca):
         p.error("--cert, --key and --ca are required unless --plain")
@@ -303,7 +313,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    server = build_server()
+    server = build_server(args.echo_alias)
 
     if args.no_host_check:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)

@@ -1,0 +1,287 @@
+"""The aggregated endpoint (`aggregate:`) on real SPIRE identities, with real
+MCP SDK clients.
+
+Two real upstream MCP servers with different SPIFFE IDs (`alpha`: the demo
+server's ID, `beta`: a second registered ID) are served together on
+`/mcp/all`, their tools named `<upstream>__<tool>`. beta also offers a tool
+literally named `alpha__echo`, which must appear as `beta__alpha__echo` and
+never shadow alpha's `echo`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import AGENT_ID, SERVER_ID, TD
+from gateway_fixtures import POLICY_DIR, start_gateway
+from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
+from raw_http import post, request
+from test_gateway_e2e import call, tool_calls
+
+BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
+AGGREGATE = "aggregate: { name: all, upstreams: [alpha, beta] }\n"
+INIT = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}  # fmt: skip
+
+POLICY = f"""
+@id("agent-lifecycle-any-upstream")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action in [
+    Mcp::Action::"initialize",
+    Mcp::Action::"notifications/initialized",
+    Mcp::Action::"ping",
+    Mcp::Action::"tools/list",
+    Mcp::Action::"notifications/cancelled"
+  ],
+  resource
+);
+
+@id("echo-on-alpha")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"tools/call",
+  resource == Mcp::Tool::"alpha/echo"
+);
+
+@id("weather-on-beta")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"tools/call",
+  resource == Mcp::Tool::"beta/get_weather"
+);
+
+@id("lookalike-on-beta")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"tools/call",
+  resource == Mcp::Tool::"beta/alpha__echo"
+);
+
+@id("no-echo-on-beta")
+forbid (
+  principal,
+  action == Mcp::Action::"tools/call",
+  resource == Mcp::Tool::"beta/echo"
+);
+"""
+
+
+@pytest.fixture(scope="module")
+def beta_svid(spire, tmp_path_factory):
+    entry = spire.register(BETA_ID, "mcp-server-beta", dns="localhost")
+    try:
+        yield spire.fetch_svid(BETA_ID, tmp_path_factory.mktemp("beta-svid"))
+    finally:
+        spire.delete_entry(entry)
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory):
+    d = tmp_path_factory.mktemp("aggregate-policies")
+    shutil.copy(POLICY_DIR / "mcp.cedarschema", d / "mcp.cedarschema")
+    (d / "aggregate.cedar").write_text(POLICY, encoding="utf-8")
+    return d
+
+
+def entries(alpha_url: str, beta_url: str) -> list[dict]:
+    return [
+        {"name": "alpha", "url": alpha_url, "spiffe_id": SERVER_ID},
+        {"name": "beta", "url": beta_url, "spiffe_id": BETA_ID},
+    ]
+
+
+@pytest.fixture(scope="module")
+def agg(spire, svids, beta_svid, policies, tmp_path_factory):
+    s, b = svids["mcp-server"], beta_svid
+    logs = tmp_path_factory.mktemp("aggregate-logs")
+    alpha = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=logs / "alpha.jsonl")
+    beta = start_upstream(
+        cert=b.cert, key=b.key, ca=b.bundle, request_log=logs / "beta.jsonl", extra_args=["--echo-alias", "alpha__echo"]
+    )
+    gw = start_gateway(
+        tmp_path_factory.mktemp("gw-aggregate"), spire.endpoint, "", "",
+        policy_dir=policies, upstreams=entries(alpha.url, beta.url), extra_yaml=AGGREGATE,
+    )  # fmt: skip
+    try:
+        gw.wait_ready()
+        yield gw, alpha, beta
+    finally:
+        gw.stop()
+        alpha.stop()
+        beta.stop()
+
+
+def record_of(gw, err: dict) -> dict:
+    correlation = err["data"]["correlation_id"]
+    records = gw.wait_audit(lambda r: r["correlation_id"] == correlation)
+    return next(r for r in records if r["correlation_id"] == correlation)
+
+
+def calls_of(up) -> list[str]:
+    out = []
+    for req in up.requests():
+        body = req.get("body")
+        if isinstance(body, dict) and body.get("method") == "tools/call":
+            out.append(body["params"]["name"])
+    return out
+
+
+ECHO_A = 'alpha__echo:{"text":"hi-alpha"}'
+WEATHER_B = 'beta__get_weather:{"city":"Oslo"}'
+ECHO_B = 'beta__echo:{"text":"hi-beta"}'
+LOOKALIKE = 'beta__alpha__echo:{"text":"from-beta"}'
+NO_PREFIX = 'echo:{"text":"x"}'
+UNKNOWN = 'gamma__echo:{"text":"x"}'
+NOT_OFFERED = 'alpha__alpha__echo:{"text":"x"}'
+
+
+@pytest.mark.parametrize("sdk", ["typescript", "python"])
+def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
+    gw, alpha, beta = agg
+    a = svids["agent"]
+    runner = run_ts_agent if sdk == "typescript" else run_py_agent
+    alpha_before, beta_before = calls_of(alpha), calls_of(beta)
+    run = runner(
+        gw.url + "/all", a.cert, a.key, a.bundle,
+        calls=["list", ECHO_A, WEATHER_B, ECHO_B, LOOKALIKE, NO_PREFIX, UNKNOWN, NOT_OFFERED],
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2025-11-25", out
+
+    listed = call(run, "list")
+    assert listed["ok"] is True, out
+    names = sorted(t["name"] for t in listed["result"]["tools"])
+    # Only what policy allows, each under its upstream's prefix; beta's
+    # `alpha__echo` is beta's, listed as such.
+    assert names == ["alpha__echo", "beta__alpha__echo", "beta__get_weather"], names
+
+    echo = call(run, ECHO_A)
+    assert echo["ok"] is True and "hi-alpha" in json.dumps(echo["result"]), out
+    weather = call(run, WEATHER_B)
+    assert weather["ok"] is True and "Oslo" in json.dumps(weather["result"]), out
+    lookalike = call(run, LOOKALIKE)
+    assert lookalike["ok"] is True and "from-beta" in json.dumps(lookalike["result"]), out
+
+    denied = call(run, ECHO_B)
+    assert denied["ok"] is False and denied["error"]["code"] == -32060, denied
+    record = record_of(gw, denied["error"])
+    assert record["upstream"] == "beta" and record["upstream_spiffe_id"] == BETA_ID, record
+    assert record["target"] == "echo" and record["policy_ids"] == ["no-echo-on-beta"], record
+
+    for spec in (NO_PREFIX, UNKNOWN, NOT_OFFERED):
+        refused = call(run, spec)
+        assert refused["ok"] is False, (spec, refused)
+    assert call(run, NO_PREFIX)["error"]["code"] == -32602
+    assert call(run, UNKNOWN)["error"]["code"] == -32602
+    # `alpha__alpha__echo` names alpha's tool `alpha__echo`, which alpha
+    # does not have (and policy does not allow): it is never sent to beta.
+    assert call(run, NOT_OFFERED)["error"]["code"] == -32060
+
+    # Each call reached its own upstream, under its real name, and nothing else.
+    assert calls_of(alpha)[len(alpha_before) :] == ["echo"], calls_of(alpha)
+    assert calls_of(beta)[len(beta_before) :] == ["get_weather", "alpha__echo"], calls_of(beta)
+
+    allowed = gw.wait_audit(lambda r: r["upstream"] == "alpha" and r.get("target") == "echo" and r["decision"] == "allow")
+    rec = next(r for r in allowed if r["upstream"] == "alpha" and r.get("target") == "echo")
+    assert rec["upstream_spiffe_id"] == SERVER_ID and rec["policy_ids"] == ["echo-on-alpha"], rec
+
+
+def open_session(gw, svid) -> str:
+    r = post(gw.port, svid, json.dumps(INIT).encode(), path="/mcp/all")
+    assert r.status == 200, r
+    body = r.json()
+    assert body["result"]["capabilities"] == {"tools": {}}, body
+    assert body["result"]["serverInfo"]["name"] == "spiffe-mcp-gateway", body
+    sid = r.header("mcp-session-id")
+    assert sid and len(sid) == 32, r
+    return sid
+
+
+def test_an_aggregated_session_belongs_to_its_caller(agg, svids):
+    gw, alpha, beta = agg
+    a, b = svids["agent"], svids["agent-b"]
+    sid = open_session(gw, a)
+    headers = [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", "2025-11-25")]
+    seen = len(alpha.requests()) + len(beta.requests())
+    msg = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "alpha__echo", "arguments": {"text": "x"}}}
+    hijack = post(gw.port, b, json.dumps(msg).encode(), headers, path="/mcp/all")
+    assert hijack.status == 404 and hijack.json()["error"]["code"] == -32065, hijack
+    assert record_of(gw, hijack.json()["error"])["reason"] == "session_not_owned"
+    listing = post(gw.port, b, json.dumps({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}).encode(), headers, path="/mcp/all")
+    assert listing.status == 404, listing
+    assert len(alpha.requests()) + len(beta.requests()) == seen, "another identity's request reached an upstream"
+    # The owner still can, and ping is the gateway's own answer.
+    ping = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 4, "method": "ping"}).encode(), headers, path="/mcp/all")
+    assert ping.status == 200 and ping.json()["result"] == {}, ping
+    assert len(alpha.requests()) + len(beta.requests()) == seen
+    # Other methods are refused on the aggregated path.
+    prompts = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 5, "method": "prompts/list"}).encode(), headers, path="/mcp/all")
+    assert prompts.json()["error"]["code"] == -32601, prompts
+    # GET (server stream) is not offered; DELETE ends the member sessions.
+    get = request(gw.port, a, b"", headers + [("Accept", "text/event-stream")], method="GET", path="/mcp/all")
+    assert get.status == 405, get
+    deleted = request(gw.port, a, b"", headers, method="DELETE", path="/mcp/all")
+    assert deleted.status == 200, deleted
+    for up in (alpha, beta):
+        assert any(q["http_method"] == "DELETE" for q in up.requests()), "a member session was not ended"
+    gone = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 6, "method": "ping"}).encode(), headers, path="/mcp/all")
+    assert gone.status == 404 and gone.json()["error"]["code"] == -32065, gone
+
+
+def test_2026_07_28_is_refused_on_the_aggregated_path(agg, svids):
+    gw, alpha, beta = agg
+    a = svids["agent"]
+    seen = len(alpha.requests()) + len(beta.requests())
+    discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}
+    headers = [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "server/discover")]
+    r = post(gw.port, a, json.dumps(discover).encode(), headers, path="/mcp/all")
+    assert r.status == 400 and r.json()["error"]["code"] == -32022, r
+    assert len(alpha.requests()) + len(beta.requests()) == seen
+
+
+def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policies, tmp_path):
+    """beta goes down after the session opened: the list has alpha's tools
+    only and the failure is audited under beta. A session opened while beta
+    is down has alpha only; calls to alpha still work."""
+    s, a = svids["mcp-server"], svids["agent"]
+    alpha = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "alpha.jsonl")
+    b = beta_svid
+    beta = start_upstream(cert=b.cert, key=b.key, ca=b.bundle, request_log=tmp_path / "beta.jsonl")
+    gw = start_gateway(
+        tmp_path / "gw", spire.endpoint, "", "", policy_dir=policies,
+        upstreams=entries(alpha.url, beta.url), extra_yaml=AGGREGATE,
+    )  # fmt: skip
+    try:
+        gw.wait_ready()
+        sid = open_session(gw, a)
+        headers = [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", "2025-11-25")]
+        listing = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}).encode()
+        both = post(gw.port, a, listing, headers, path="/mcp/all")
+        assert sorted(t["name"] for t in both.json()["result"]["tools"]) == [
+            "alpha__echo", "beta__get_weather",
+        ], both  # fmt: skip
+        beta.stop()
+        one = post(gw.port, a, listing, headers, path="/mcp/all")
+        assert one.status == 200, one
+        assert [t["name"] for t in one.json()["result"]["tools"]] == ["alpha__echo"], one
+        failures = gw.wait_audit(lambda r: r["upstream"] == "beta" and r["reason"] == "upstream_unavailable")
+        assert failures, "beta's failure was not audited"
+
+        run = run_ts_agent(gw.url + "/all", a.cert, a.key, a.bundle, calls=["list", ECHO_A, WEATHER_B])
+        out = run.stdout + run.stderr
+        listed = call(run, "list")
+        assert listed["ok"] is True, out
+        assert sorted(t["name"] for t in listed["result"]["tools"]) == ["alpha__echo"], listed
+        assert call(run, ECHO_A)["ok"] is True, out
+        # beta has no session here: its tools are unknown on this session.
+        assert call(run, WEATHER_B)["error"]["code"] == -32602, out
+    finally:
+        gw.stop()
+        alpha.stop()
+        beta.stop()
