@@ -147,6 +147,11 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
     a = svids["agent"]
     runner = run_ts_agent if sdk == "typescript" else run_py_agent
     alpha_before, beta_before = calls_of(alpha), calls_of(beta)
+
+    def modern_refusals() -> int:
+        return sum(1 for r in gw.audit() if r["reason"] == "unsupported_protocol_version")
+
+    refusals_before = modern_refusals()
     run = runner(
         gw.url + "/all", a.cert, a.key, a.bundle,
         calls=["list", ECHO_A, WEATHER_B, ECHO_B, LOOKALIKE, NO_PREFIX, UNKNOWN, NOT_OFFERED],
@@ -173,6 +178,10 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
     record = record_of(gw, denied["error"])
     assert record["upstream"] == "beta" and record["upstream_spiffe_id"] == BETA_ID, record
     assert record["target"] == "echo" and record["policy_ids"] == ["no-echo-on-beta"], record
+    if sdk == "python":
+        # The Python SDK probed 2026-07-28 first, was refused, and fell back
+        # (records are written in order: the probe's is on disk by now).
+        assert modern_refusals() > refusals_before, out
 
     for spec in (NO_PREFIX, UNKNOWN, NOT_OFFERED):
         refused = call(run, spec)
