@@ -101,9 +101,11 @@ def agg(spire, svids, beta_svid, policies, tmp_path_factory):
     s, b = svids["mcp-server"], beta_svid
     logs = tmp_path_factory.mktemp("aggregate-logs")
     alpha = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=logs / "alpha.jsonl")
+    # beta answers tools/list two tools a page: the gateway follows nextCursor.
     beta = start_upstream(
-        cert=b.cert, key=b.key, ca=b.bundle, request_log=logs / "beta.jsonl", extra_args=["--echo-alias", "alpha__echo"]
-    )
+        cert=b.cert, key=b.key, ca=b.bundle, request_log=logs / "beta.jsonl",
+        extra_args=["--echo-alias", "alpha__echo", "--tools-page-size", "2"],
+    )  # fmt: skip
     gw = start_gateway(
         tmp_path_factory.mktemp("gw-aggregate"), spire.endpoint, "", "",
         policy_dir=policies, upstreams=entries(alpha.url, beta.url), extra_yaml=AGGREGATE,
@@ -165,6 +167,12 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
     # Only what policy allows, each under its upstream's prefix; beta's
     # `alpha__echo` is beta's, listed as such.
     assert names == ["alpha__echo", "beta__alpha__echo", "beta__get_weather"], names
+    # beta's tools came in pages of two: every page was read.
+    cursors = [
+        q["body"]["params"]["cursor"] for q in beta.requests()
+        if isinstance(q.get("body"), dict) and q["body"].get("method") == "tools/list" and q["body"].get("params")
+    ]  # fmt: skip
+    assert "2" in cursors and "4" in cursors, cursors
 
     echo = call(run, ECHO_A)
     assert echo["ok"] is True and "hi-alpha" in json.dumps(echo["result"]), out

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 import uvicorn
 from cryptography import x509
 from mcp.server.mcpserver import Context, Elicit, ListRoots, MCPServer, Resolve
-from mcp.types import ListRootsResult
+from mcp.types import ListRootsResult, ListToolsResult
 from pydantic import BaseModel
 from mcp.server.streamable_http import EventMessage, EventStore
 from mcp.server.transport_security import TransportSecuritySettings
@@ -44,8 +44,24 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 WEATHER = "Sunny, 21 C"
 
 
-def build_server(echo_aliases: Sequence[str] = ()) -> MCPServer:
-    server = MCPServer("e2e-upstream", version="1.0.0")
+class PagedServer(MCPServer):
+    """MCPServer whose tools/list answers `page_size` tools a page, with a
+    `nextCursor` (0: one page, as MCPServer does)."""
+
+    page_size = 0
+
+    async def _handle_list_tools(self, ctx, params):  # noqa: ANN001, ANN202
+        tools = await self.list_tools()
+        if not self.page_size:
+            return ListToolsResult(tools=tools)
+        start = int(params.cursor) if params is not None and params.cursor else 0
+        end = start + self.page_size
+        return ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < len(tools) else None)
+
+
+def build_server(echo_aliases: Sequence[str] = (), tools_page_size: int = 0) -> MCPServer:
+    server = PagedServer("e2e-upstream", version="1.0.0")
+    server.page_size = tools_page_size
 
     for alias in echo_aliases:
         # Another name for echo (tests of tool names that look like another
@@ -305,6 +321,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-host-check", action="store_true", help="disable the SDK's Host/Origin validation")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--echo-alias", action="append", default=[], help="also offer echo under this tool name")
+    p.add_argument("--tools-page-size", type=int, default=0, help="tools/list pages of this many tools (0: one page)")
     args = p.parse_args(argv)
     if not args.plain and not (args.cert and args.key and args.ca):
         p.error("--cert, --key and --ca are required unless --plain")
@@ -313,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    server = build_server(args.echo_alias)
+    server = build_server(args.echo_alias, args.tools_page_size)
 
     if args.no_host_check:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
