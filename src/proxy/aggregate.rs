@@ -1,5 +1,6 @@
 //! The aggregated endpoint (`aggregate:`): one path, `<path>/<name>`,
-//! presenting the tools of several upstreams as `<upstream>__<tool>`.
+//! presenting the tools and prompts of several upstreams as
+//! `<upstream>__<tool>` and `<upstream>__<prompt>`.
 //!
 //! Protocol 2025-11-25 (and earlier session-based versions) only: a
 //! 2026-07-28 request is refused (400, -32022) so that an SDK that speaks
@@ -8,9 +9,11 @@
 //! per member:
 //!
 //! - `initialize` fans out, each member decided as `initialize` on its own
-//!   `Mcp::Server`; the gateway answers itself (tools only).
+//!   `Mcp::Server`; the gateway answers itself (tools and prompts).
 //! - `notifications/initialized` fans out to the members that were opened.
-//! - `tools/list` asks every opened member (decided as `tools/list` on it),
+//! - `tools/list` (and `prompts/list` alike, entries kept where policy
+//!   permits `prompts/get`) asks every opened member (decided as the list
+//!   method on it),
 //!   follows `nextCursor` up to [`MAX_PAGES`], filters each page exactly as
 //!   the per-upstream path does, prefixes each name and answers one merged
 //!   list. A member that fails, times out or answers an error contributes
@@ -21,6 +24,8 @@
 //!   bytes are what is decided (`Mcp::Tool::"<upstream>/<tool>"`), audited
 //!   and forwarded, only ever to that upstream, over its own connection
 //!   (whose SPIFFE ID is checked) and with its own session id.
+//! - `prompts/get <upstream>__<prompt>` is routed the same way, decided on
+//!   `Mcp::Prompt::"<upstream>/<prompt>"`; an unroutable name is -32602.
 //! - `ping` is answered by the gateway; other notifications are accepted and
 //!   not forwarded; every other method is answered -32601.
 //! - DELETE fans out; GET (the server stream) is 405.
@@ -212,10 +217,19 @@ pub fn prefixed(server: &str, tool: &str) -> String {
     format!("{server}{AGGREGATE_SEPARATOR}{tool}")
 }
 
-/// Prefixes the names of the tools in one `tools/list` result; entries
-/// without a string name are dropped (they could not be called).
-pub fn prefix_tools(server: &str, result: &mut Value) -> Vec<Value> {
-    let Some(Value::Array(tools)) = result.get_mut("tools").map(Value::take) else {
+/// The result array of an aggregated list method.
+fn list_field(method: &str) -> &'static str {
+    match method {
+        "prompts/list" => "prompts",
+        _ => "tools",
+    }
+}
+
+/// Prefixes the names of the entries in one list result's `field` array
+/// (`tools`, `prompts`); entries without a string name are dropped (they
+/// could not be called).
+pub fn prefix_names(server: &str, result: &mut Value, field: &str) -> Vec<Value> {
+    let Some(Value::Array(tools)) = result.get_mut(field).map(Value::take) else {
         return Vec::new();
     };
     tools
@@ -427,8 +441,15 @@ impl Gateway {
         };
         match (method, id) {
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
-            ("tools/list", Some(id)) => self.aggregate_list(agg, parts, &id, &links, facts).await,
-            ("tools/call", Some(id)) => {
+            ("tools/list", Some(id)) => {
+                self.aggregate_list(agg, parts, "tools/list", &id, &links, facts)
+                    .await
+            }
+            ("prompts/list", Some(id)) => {
+                self.aggregate_list(agg, parts, "prompts/list", &id, &links, facts)
+                    .await
+            }
+            ("tools/call" | "prompts/get", Some(id)) => {
                 self.aggregate_call(agg, parts, &bytes, &message, &id, &links, facts)
                     .await
             }
@@ -566,7 +587,7 @@ impl Gateway {
         };
         let result = serde_json::json!({
             "protocolVersion": version,
-            "capabilities": { "tools": {} },
+            "capabilities": { "tools": {}, "prompts": {} },
             "serverInfo": { "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION") },
         });
         result_response(id, result, Some(&session))
@@ -617,44 +638,54 @@ impl Gateway {
         }
     }
 
-    /// `tools/list`: every opened member's allowed tools, prefixed, merged.
+    /// `tools/list` or `prompts/list`: every opened member's allowed
+    /// entries, prefixed, merged.
+    #[allow(clippy::too_many_arguments)]
     async fn aggregate_list(
         self: &Arc<Self>,
         agg: &Aggregate,
         parts: &hyper::http::request::Parts,
+        method: &'static str,
         id: &str,
         links: &Links,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+        let field = list_field(method);
         let mut merged = Vec::new();
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
             let mut f = *facts;
             f.upstream = Some(member);
-            if let Some(tools) = self.member_tools(member, link, parts, &id_value, &f).await {
-                merged.extend(tools);
+            let listed = self
+                .member_list(member, link, parts, method, &id_value, &f)
+                .await;
+            if let Some(entries) = listed {
+                merged.extend(entries);
             }
         }
-        result_response(id, serde_json::json!({ "tools": merged }), None)
+        let mut result = serde_json::Map::new();
+        result.insert(field.to_owned(), Value::Array(merged));
+        result_response(id, Value::Object(result), None)
     }
 
-    /// One member's tools, every page, filtered and prefixed; `None` if it
-    /// was denied or failed (then it contributes nothing).
-    async fn member_tools(
+    /// One member's list (`method`), every page, filtered and prefixed;
+    /// `None` if it was denied or failed (then it contributes nothing).
+    async fn member_list(
         self: &Arc<Self>,
         member: &Arc<Upstream>,
         link: &Link,
         parts: &hyper::http::request::Parts,
+        method: &'static str,
         id: &Value,
         facts: &RequestFacts<'_>,
     ) -> Option<Vec<Value>> {
         let headers = member_headers(&parts.headers, Some(link));
+        let field = list_field(method);
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let mut request =
-                serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": "tools/list" });
+            let mut request = serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": method });
             if let Some(c) = cursor.take() {
                 request["params"] = serde_json::json!({ "cursor": c });
             }
@@ -670,7 +701,7 @@ impl Gateway {
                 .await
                 .ok()?;
             if !resp.status().is_success() {
-                self.member_failed(member, facts, ProxyError::UpstreamUnavailable, "tools/list")
+                self.member_failed(member, facts, ProxyError::UpstreamUnavailable, method)
                     .await;
                 return None;
             }
@@ -678,33 +709,33 @@ impl Gateway {
                 Ok(answer) if answer.get("result").is_some() => answer,
                 Ok(_) => {
                     let refusal = ProxyError::UpstreamUnavailable;
-                    self.member_failed(member, facts, refusal, "tools/list")
-                        .await;
+                    self.member_failed(member, facts, refusal, method).await;
                     return None;
                 }
                 Err(refusal) => {
-                    self.member_failed(member, facts, refusal, "tools/list")
-                        .await;
+                    self.member_failed(member, facts, refusal, method).await;
                     return None;
                 }
             };
-            let mut ctx = self.reply_context(facts, member, vec![PendingList::tools(id.clone())]);
+            let pending = PendingList::for_method(method, id.clone())?;
+            let mut ctx = self.reply_context(facts, member, vec![pending]);
             ctx.session_id = link.session.clone();
             ctx.protocol_version = Some(link.version.clone());
             self.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
-            tools.extend(prefix_tools(&member.name, result));
+            tools.extend(prefix_names(&member.name, result, field));
             match result.get("nextCursor").and_then(Value::as_str) {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => return Some(tools),
             }
         }
-        warn!(upstream = %member.name, pages = MAX_PAGES, "tools/list: more pages than read; the rest left out");
+        warn!(upstream = %member.name, pages = MAX_PAGES, method, "more pages than read; the rest left out");
         Some(tools)
     }
 
-    /// `tools/call <upstream>__<tool>`: decided and forwarded as `<tool>`
-    /// on that upstream only.
+    /// `tools/call <upstream>__<tool>` (or `prompts/get
+    /// <upstream>__<prompt>`): decided and forwarded as `<tool>` on that
+    /// upstream only.
     #[allow(clippy::too_many_arguments)]
     async fn aggregate_call(
         self: &Arc<Self>,
@@ -721,20 +752,28 @@ impl Gateway {
             .as_deref()
             .and_then(|name| agg.route(name))
             .and_then(|(i, tool)| Some((i, tool, links.get(i)?.as_ref()?)));
+        let prompt = message.method.as_deref() == Some("prompts/get");
         let Some((index, tool, link)) = routed else {
-            return self
-                .refuse_message(ProxyError::AggregateUnknownTool, facts, Some(id))
-                .await;
+            let refusal = if prompt {
+                ProxyError::AggregateUnknownPrompt
+            } else {
+                ProxyError::AggregateUnknownTool
+            };
+            return self.refuse_message(refusal, facts, Some(id)).await;
         };
         let member = &agg.members[index];
         let Some(rewritten) = rename_tool(bytes, tool) else {
-            let refusal = ProxyError::BadRequest("tools/call could not be rewritten");
+            let refusal = ProxyError::BadRequest("the request could not be rewritten");
             return self.refuse_message(refusal, facts, Some(id)).await;
         };
         let message = match mcp::parse_body(&rewritten) {
-            Ok(mcp::Body::Single(m)) if m.target.as_deref() == Some(tool) => m,
+            Ok(mcp::Body::Single(m))
+                if m.target.as_deref() == Some(tool) && m.method == message.method =>
+            {
+                m
+            }
             _ => {
-                let refusal = ProxyError::BadRequest("tools/call could not be rewritten");
+                let refusal = ProxyError::BadRequest("the request could not be rewritten");
                 return self.refuse_message(refusal, facts, Some(id)).await;
             }
         };
@@ -808,7 +847,7 @@ mod tests {
             ],
             "nextCursor": "p2",
         });
-        let tools = prefix_tools("jira", &mut result);
+        let tools = prefix_names("jira", &mut result, "tools");
         let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["jira__echo", "jira__github__x"]);
         assert_eq!(tools[0]["inputSchema"]["type"], "object");
@@ -816,6 +855,44 @@ mod tests {
         // A jira tool named like a github one routes back to jira only.
         let (server, tool) = split_tool(names[1]).unwrap();
         assert_eq!((server, tool), ("jira", "github__x"));
+    }
+
+    #[test]
+    fn prompts_are_prefixed_under_their_own_field() {
+        assert_eq!(list_field("prompts/list"), "prompts");
+        assert_eq!(list_field("tools/list"), "tools");
+        let mut result = serde_json::json!({
+            "prompts": [
+                { "name": "review", "arguments": [{ "name": "topic" }] },
+                { "name": "alpha__review" },
+                { "title": "no name" },
+            ],
+            "tools": [{ "name": "echo" }],
+        });
+        let prompts = prefix_names("beta", &mut result, "prompts");
+        let names: Vec<&str> = prompts
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["beta__review", "beta__alpha__review"]);
+        assert_eq!(prompts[0]["arguments"][0]["name"], "topic");
+        // Only the named field is taken.
+        assert_eq!(result["tools"][0]["name"], "echo");
+        assert!(prefix_names("beta", &mut result, "prompts").is_empty());
+    }
+
+    #[test]
+    fn a_prompts_get_is_renamed_like_a_tools_call() {
+        let body = br#"{"jsonrpc":"2.0","id":"p","method":"prompts/get","params":{"name":"alpha__review","arguments":{"topic":"alpha__review"}}}"#;
+        let out = rename_tool(body, "review").unwrap();
+        let Ok(mcp::Body::Single(m)) = mcp::parse_body(&out) else {
+            panic!("not a single message");
+        };
+        assert_eq!(m.method.as_deref(), Some("prompts/get"));
+        assert_eq!(m.target.as_deref(), Some("review"));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["params"]["arguments"]["topic"], "alpha__review");
+        assert_eq!(v["id"], "p");
     }
 
     #[test]

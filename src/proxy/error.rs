@@ -101,6 +101,8 @@ pub enum ProxyError {
     AggregateUnknownTool,
     #[error("method not offered on the aggregated endpoint")]
     AggregateMethod,
+    #[error("unknown prompt: the aggregated endpoint names prompts <upstream>__<prompt>")]
+    AggregateUnknownPrompt,
 }
 
 impl ProxyError {
@@ -145,6 +147,7 @@ impl ProxyError {
             ProxyError::CallerToken(_) => (StatusCode::UNAUTHORIZED, CODE_USER_TOKEN),
             ProxyError::AggregateUnknownTool => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
             ProxyError::AggregateMethod => (StatusCode::BAD_REQUEST, CODE_METHOD_NOT_FOUND),
+            ProxyError::AggregateUnknownPrompt => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
         }
     }
 
@@ -177,6 +180,7 @@ impl ProxyError {
             ProxyError::CallerToken(_) => "caller_token",
             ProxyError::AggregateUnknownTool => "aggregate_unknown_tool",
             ProxyError::AggregateMethod => "aggregate_method",
+            ProxyError::AggregateUnknownPrompt => "aggregate_unknown_prompt",
         }
     }
 
@@ -193,6 +197,7 @@ impl ProxyError {
                 | ProxyError::UpstreamStreamIdle
                 | ProxyError::AggregateUnknownTool
                 | ProxyError::AggregateMethod
+                | ProxyError::AggregateUnknownPrompt
         )
     }
 }

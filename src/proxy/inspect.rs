@@ -97,13 +97,11 @@ impl ListKind {
 }
 
 impl PendingList {
-    /// A `tools/list` request the gateway itself sent (the aggregated
-    /// endpoint), whose reply is filtered like a caller's.
-    pub(super) fn tools(id: Value) -> PendingList {
-        PendingList {
-            id,
-            kind: ListKind::Tools,
-        }
+    /// A list request of `method` (`tools/list`, `prompts/list`,
+    /// `resources/list`, `resources/templates/list`) the gateway itself sent
+    /// (the aggregated endpoint), whose reply is filtered like a caller's.
+    pub(super) fn for_method(method: &str, id: Value) -> Option<PendingList> {
+        ListKind::of(method).map(|kind| PendingList { id, kind })
     }
 }
 

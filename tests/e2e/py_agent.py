@@ -43,11 +43,15 @@ def emit(obj: dict[str, Any]) -> None:
 
 
 def parse_call(spec: str) -> tuple[str, dict[str, Any] | None]:
-    """`list` -> tools/list; `read:URI` -> resources/read; `name` or `name:{json}` -> tools/call."""
-    if spec == "list":
-        return "list", None
+    """`list` -> tools/list; `read:URI` -> resources/read; `prompts` -> prompts/list;
+    `prompt:name:{json}` -> prompts/get; `name` or `name:{json}` -> tools/call."""
+    if spec in ("list", "prompts"):
+        return spec, None
     if spec.startswith("read:"):
         return "read", None
+    if spec.startswith("prompt:"):
+        name, args = parse_call(spec[len("prompt:") :])
+        return "prompt", {"name": name, "arguments": args}
     name, sep, rest = spec.partition(":")
     args = json.loads(rest) if sep and rest.strip() else {}
     if not isinstance(args, dict):
@@ -146,6 +150,11 @@ async def run_call(client: Client, spec: str, rec: HttpRecorder) -> dict[str, An
             result = await client.list_tools()
         elif name == "read":
             result = await client.read_resource(spec.partition(":")[2])
+        elif name == "prompts":
+            result = await client.list_prompts()
+        elif name == "prompt":
+            assert arguments is not None
+            result = await client.get_prompt(arguments["name"], arguments["arguments"])
         else:
             result = await client.call_tool(name, arguments)
         return {"call": spec, "ok": True, "result": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
@@ -305,7 +314,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=int, default=200)
     p.add_argument("--loop-same-client", action="store_true", help="rotation mode: keep one client/connection")
     p.add_argument("--quiet-iterations", action="store_true", help="rotation mode: print only the summary")
-    p.add_argument("calls", nargs="*", help="'list', 'read:URI' or 'tool:{json args}'")
+    p.add_argument("calls", nargs="*", help="'list', 'read:URI', 'prompts', 'prompt:name:{json args}' or 'tool:{json args}'")
     args = p.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         p.error("--cert and --key go together")

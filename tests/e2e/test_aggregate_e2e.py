@@ -5,7 +5,8 @@ Two real upstream MCP servers with different SPIFFE IDs (`alpha`: the demo
 server's ID, `beta`: a second registered ID) are served together on
 `/mcp/all`, their tools named `<upstream>__<tool>`. beta also offers a tool
 literally named `alpha__echo`, which must appear as `beta__alpha__echo` and
-never shadow alpha's `echo`.
+never shadow alpha's `echo`. Prompts likewise: alpha offers `review` and
+`secret`, beta `review` and a lookalike `alpha__review`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ permit (
     Mcp::Action::"notifications/initialized",
     Mcp::Action::"ping",
     Mcp::Action::"tools/list",
+    Mcp::Action::"prompts/list",
     Mcp::Action::"notifications/cancelled"
   ],
   resource
@@ -61,6 +63,27 @@ permit (
   principal == Mcp::Workload::"{AGENT_ID}",
   action == Mcp::Action::"tools/call",
   resource == Mcp::Tool::"beta/alpha__echo"
+);
+
+@id("review-on-alpha")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"prompts/get",
+  resource == Mcp::Prompt::"alpha/review"
+);
+
+@id("lookalike-prompt-on-beta")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"prompts/get",
+  resource == Mcp::Prompt::"beta/alpha__review"
+);
+
+@id("no-review-on-beta")
+forbid (
+  principal,
+  action == Mcp::Action::"prompts/get",
+  resource == Mcp::Prompt::"beta/review"
 );
 
 @id("no-echo-on-beta")
@@ -100,11 +123,14 @@ def entries(alpha_url: str, beta_url: str) -> list[dict]:
 def agg(spire, svids, beta_svid, policies, tmp_path_factory):
     s, b = svids["mcp-server"], beta_svid
     logs = tmp_path_factory.mktemp("aggregate-logs")
-    alpha = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=logs / "alpha.jsonl")
+    alpha = start_upstream(
+        cert=s.cert, key=s.key, ca=s.bundle, request_log=logs / "alpha.jsonl",
+        extra_args=["--prompt", "review", "--prompt", "secret"],
+    )  # fmt: skip
     # beta answers tools/list two tools a page: the gateway follows nextCursor.
     beta = start_upstream(
         cert=b.cert, key=b.key, ca=b.bundle, request_log=logs / "beta.jsonl",
-        extra_args=["--echo-alias", "alpha__echo", "--tools-page-size", "2"],
+        extra_args=["--echo-alias", "alpha__echo", "--tools-page-size", "2", "--prompt", "review", "--prompt", "alpha__review"],
     )  # fmt: skip
     gw = start_gateway(
         tmp_path_factory.mktemp("gw-aggregate"), spire.endpoint, "", "",
@@ -209,11 +235,82 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
     assert rec["upstream_spiffe_id"] == SERVER_ID and rec["policy_ids"] == ["echo-on-alpha"], rec
 
 
+def prompt_gets_of(up) -> list[str]:
+    out = []
+    for req in up.requests():
+        body = req.get("body")
+        if isinstance(body, dict) and body.get("method") == "prompts/get":
+            out.append(body["params"]["name"])
+    return out
+
+
+REVIEW_A = 'prompt:alpha__review:{"topic":"gateways"}'
+REVIEW_B = 'prompt:beta__review:{"topic":"x"}'
+SECRET_A = 'prompt:alpha__secret:{"topic":"x"}'
+LOOKALIKE_PROMPT = 'prompt:beta__alpha__review:{"topic":"lookalikes"}'
+PROMPT_NO_PREFIX = 'prompt:review:{"topic":"x"}'
+PROMPT_UNKNOWN = 'prompt:gamma__review:{"topic":"x"}'
+PROMPT_NOT_OFFERED = 'prompt:alpha__alpha__review:{"topic":"x"}'
+
+
+@pytest.mark.parametrize("sdk", ["typescript", "python"])
+def test_prompts_are_listed_and_routed_by_prefix(sdk, agg, svids):
+    gw, alpha, beta = agg
+    a = svids["agent"]
+    runner = run_ts_agent if sdk == "typescript" else run_py_agent
+    alpha_before, beta_before = prompt_gets_of(alpha), prompt_gets_of(beta)
+    specs = [REVIEW_A, LOOKALIKE_PROMPT, REVIEW_B, SECRET_A, PROMPT_NO_PREFIX, PROMPT_UNKNOWN, PROMPT_NOT_OFFERED]
+    run = runner(gw.url + "/all", a.cert, a.key, a.bundle, calls=["prompts", *specs])
+    out = run.stdout + run.stderr
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2025-11-25", out
+
+    listed = call(run, "prompts")
+    assert listed["ok"] is True, out
+    # Only what policy allows (prompts/get permitted), each under its
+    # upstream's prefix; beta's `alpha__review` is beta's.
+    names = sorted(p["name"] for p in listed["result"]["prompts"])
+    assert names == ["alpha__review", "beta__alpha__review"], names
+    review = next(p for p in listed["result"]["prompts"] if p["name"] == "alpha__review")
+    assert [arg["name"] for arg in review["arguments"]] == ["topic"], review
+
+    got = call(run, REVIEW_A)
+    assert got["ok"] is True, out
+    assert "prompt review about gateways" in json.dumps(got["result"]), got
+    lookalike = call(run, LOOKALIKE_PROMPT)
+    assert lookalike["ok"] is True, out
+    assert "prompt alpha__review about lookalikes" in json.dumps(lookalike["result"]), lookalike
+
+    denied = call(run, REVIEW_B)
+    assert denied["ok"] is False and denied["error"]["code"] == -32060, denied
+    record = record_of(gw, denied["error"])
+    assert record["upstream"] == "beta" and record["upstream_spiffe_id"] == BETA_ID, record
+    assert record["target"] == "review" and record["policy_ids"] == ["no-review-on-beta"], record
+    secret = call(run, SECRET_A)
+    assert secret["ok"] is False and secret["error"]["code"] == -32060, secret
+    assert record_of(gw, secret["error"])["upstream"] == "alpha"
+
+    assert call(run, PROMPT_NO_PREFIX)["error"]["code"] == -32602, out
+    unknown = call(run, PROMPT_UNKNOWN)
+    assert unknown["error"]["code"] == -32602, out
+    assert record_of(gw, unknown["error"])["reason"] == "aggregate_unknown_prompt"
+    # `alpha__alpha__review` names alpha's prompt `alpha__review`, which
+    # alpha does not have and policy does not allow: never sent to beta.
+    assert call(run, PROMPT_NOT_OFFERED)["error"]["code"] == -32060, out
+
+    # Each prompts/get reached its own upstream, under its real name, and
+    # nothing else did.
+    assert prompt_gets_of(alpha)[len(alpha_before) :] == ["review"], prompt_gets_of(alpha)
+    assert prompt_gets_of(beta)[len(beta_before) :] == ["alpha__review"], prompt_gets_of(beta)
+    allowed = gw.wait_audit(lambda r: r["upstream"] == "alpha" and r.get("target") == "review" and r["decision"] == "allow")
+    rec = next(r for r in allowed if r["upstream"] == "alpha" and r.get("target") == "review")
+    assert rec["upstream_spiffe_id"] == SERVER_ID and rec["policy_ids"] == ["review-on-alpha"], rec
+
+
 def open_session(gw, svid) -> str:
     r = post(gw.port, svid, json.dumps(INIT).encode(), path="/mcp/all")
     assert r.status == 200, r
     body = r.json()
-    assert body["result"]["capabilities"] == {"tools": {}}, body
+    assert body["result"]["capabilities"] == {"tools": {}, "prompts": {}}, body
     assert body["result"]["serverInfo"]["name"] == "spiffe-mcp-gateway", body
     sid = r.header("mcp-session-id")
     assert sid and len(sid) == 32, r
@@ -237,9 +334,10 @@ def test_an_aggregated_session_belongs_to_its_caller(agg, svids):
     ping = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 4, "method": "ping"}).encode(), headers, path="/mcp/all")
     assert ping.status == 200 and ping.json()["result"] == {}, ping
     assert len(alpha.requests()) + len(beta.requests()) == seen
-    # Other methods are refused on the aggregated path.
-    prompts = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 5, "method": "prompts/list"}).encode(), headers, path="/mcp/all")
-    assert prompts.json()["error"]["code"] == -32601, prompts
+    # Other methods are refused on the aggregated path, nothing forwarded.
+    other = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 5, "method": "completion/complete"}).encode(), headers, path="/mcp/all")
+    assert other.json()["error"]["code"] == -32601, other
+    assert len(alpha.requests()) + len(beta.requests()) == seen
     # GET (server stream) is not offered; DELETE ends the member sessions.
     get = request(gw.port, a, b"", headers + [("Accept", "text/event-stream")], method="GET", path="/mcp/all")
     assert get.status == 405, get

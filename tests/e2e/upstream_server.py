@@ -59,9 +59,20 @@ class PagedServer(MCPServer):
         return ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < len(tools) else None)
 
 
-def build_server(echo_aliases: Sequence[str] = (), tools_page_size: int = 0) -> MCPServer:
+def build_server(echo_aliases: Sequence[str] = (), tools_page_size: int = 0, prompts: Sequence[str] = ()) -> MCPServer:
     server = PagedServer("e2e-upstream", version="1.0.0")
     server.page_size = tools_page_size
+
+    def named_prompt(name: str):  # noqa: ANN202
+        def text(topic: str) -> str:
+            return f"prompt {name} about {topic}"
+
+        return text
+
+    for prompt in prompts:
+        # A prompt whose text names itself and its argument (tests of the
+        # gateway's aggregated prompts).
+        server.prompt(name=prompt, description="A prompt that names itself.")(named_prompt(prompt))
 
     for alias in echo_aliases:
         # Another name for echo (tests of tool names that look like another
@@ -321,6 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-host-check", action="store_true", help="disable the SDK's Host/Origin validation")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--echo-alias", action="append", default=[], help="also offer echo under this tool name")
+    p.add_argument("--prompt", action="append", default=[], help="also offer a prompt of this name (argument: topic)")
     p.add_argument("--tools-page-size", type=int, default=0, help="tools/list pages of this many tools (0: one page)")
     args = p.parse_args(argv)
     if not args.plain and not (args.cert and args.key and args.ca):
@@ -330,7 +342,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    server = build_server(args.echo_alias, args.tools_page_size)
+    server = build_server(args.echo_alias, args.tools_page_size, args.prompt)
 
     if args.no_host_check:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)

@@ -60,6 +60,11 @@ function emit(obj) {
 function parseCall(spec) {
   if (spec === 'list') return ['list', null];
   if (spec.startsWith('read:')) return ['read', spec.slice(5)];
+  if (spec === 'prompts') return ['prompts', null];
+  if (spec.startsWith('prompt:')) {
+    const [name, args] = parseCall(spec.slice(7));
+    return ['prompt', { name, arguments: args }];
+  }
   const i = spec.indexOf(':');
   const name = i < 0 ? spec : spec.slice(0, i);
   const rest = i < 0 ? '' : spec.slice(i + 1).trim();
@@ -172,7 +177,11 @@ async function runCall(client, spec, rec) {
         ? await client.listTools(undefined, { timeout: timeoutMs })
         : name === 'read'
           ? await client.readResource({ uri: args }, { timeout: timeoutMs })
-          : await client.callTool({ name, arguments: args }, undefined, { timeout: timeoutMs });
+          : name === 'prompts'
+            ? await client.listPrompts(undefined, { timeout: timeoutMs })
+            : name === 'prompt'
+              ? await client.getPrompt(args, { timeout: timeoutMs })
+              : await client.callTool({ name, arguments: args }, undefined, { timeout: timeoutMs });
     return { call: spec, ok: true, result };
   } catch (err) {
     return { call: spec, ok: false, error: errorDict(err, rec) };
