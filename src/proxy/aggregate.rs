@@ -1,6 +1,14 @@
 //! The aggregated endpoint (`aggregate:`): one path, `<path>/<name>`,
 //! presenting the tools and prompts of several upstreams as
-//! `<upstream>__<tool>` and `<upstream>__<prompt>`.
+//! `<upstream>__<tool>` and `<upstream>__<prompt>`, and their resources as
+//! `mcp-gateway://<upstream>/<percent-encoded uri>`.
+//!
+//! Resource URIs are not prefixed like names: a client may interpret a URI
+//! (scheme, path), and `<upstream>__file:///x` would be no URI at all. The
+//! gateway URI names the upstream as its authority and carries the original
+//! URI whole, percent-encoded (every byte but `A-Za-z0-9-._~`, upper-case
+//! hex), so any URI round-trips. Only that exact encoding is accepted back
+//! ([`unwrap_uri`]): one URI per resource, no aliases.
 //!
 //! Protocol 2025-11-25 (and earlier session-based versions) only: a
 //! 2026-07-28 request is refused (400, -32022) so that an SDK that speaks
@@ -9,11 +17,12 @@
 //! per member:
 //!
 //! - `initialize` fans out, each member decided as `initialize` on its own
-//!   `Mcp::Server`; the gateway answers itself (tools and prompts).
+//!   `Mcp::Server`; the gateway answers itself (tools, prompts and
+//!   resources, without subscriptions or list-changed notifications).
 //! - `notifications/initialized` fans out to the members that were opened.
-//! - `tools/list` (and `prompts/list` alike, entries kept where policy
-//!   permits `prompts/get`) asks every opened member (decided as the list
-//!   method on it),
+//! - `tools/list` (and `prompts/list`, `resources/list` alike, entries kept
+//!   where policy permits `prompts/get` / `resources/read`) asks every
+//!   opened member (decided as the list method on it),
 //!   follows `nextCursor` up to [`MAX_PAGES`], filters each page exactly as
 //!   the per-upstream path does, prefixes each name and answers one merged
 //!   list. A member that fails, times out or answers an error contributes
@@ -26,6 +35,13 @@
 //!   (whose SPIFFE ID is checked) and with its own session id.
 //! - `prompts/get <upstream>__<prompt>` is routed the same way, decided on
 //!   `Mcp::Prompt::"<upstream>/<prompt>"`; an unroutable name is -32602.
+//! - `resources/read mcp-gateway://<upstream>/<enc>` likewise, re-serialised
+//!   with the original URI and decided on
+//!   `Mcp::Resource::"<upstream>/<uri>"`; any other URI is -32602.
+//! - `resources/templates/list` and `resources/subscribe` are -32601: a
+//!   template's expansion would put unencoded values into the gateway URI
+//!   (so it would not round-trip), and subscriptions need the server stream
+//!   this endpoint does not offer.
 //! - `ping` is answered by the gateway; other notifications are accepted and
 //!   not forwarded; every other method is answered -32601.
 //! - DELETE fans out; GET (the server stream) is 405.
@@ -34,6 +50,7 @@
 //! tool `github__x` offered by jira is listed as `jira__github__x` and a
 //! call to `github__x` can only reach github.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -60,6 +77,8 @@ use crate::proxy::listener::Peer;
 
 /// Most `tools/list` pages read from one member per list.
 pub const MAX_PAGES: usize = 16;
+/// The start of a resource URI on the aggregated endpoint.
+pub const GATEWAY_URI_PREFIX: &str = "mcp-gateway://";
 /// The version answered when the caller asks for one the endpoint lacks.
 const DEFAULT_VERSION: &str = "2025-11-25";
 
@@ -117,6 +136,13 @@ impl Aggregate {
             idle: i64::try_from(idle.as_secs()).unwrap_or(i64::MAX),
             max,
         })
+    }
+
+    /// The member a gateway resource URI routes to, and the original URI.
+    pub fn route_uri(&self, uri: &str) -> Option<(usize, String)> {
+        let (server, original) = unwrap_uri(uri)?;
+        let index = self.members.iter().position(|m| m.name == server)?;
+        Some((index, original))
     }
 
     /// The member a prefixed tool name routes to, and the real tool name.
@@ -221,6 +247,7 @@ pub fn prefixed(server: &str, tool: &str) -> String {
 fn list_field(method: &str) -> &'static str {
     match method {
         "prompts/list" => "prompts",
+        "resources/list" => "resources",
         _ => "tools",
     }
 }
@@ -449,7 +476,11 @@ impl Gateway {
                 self.aggregate_list(agg, parts, "prompts/list", &id, &links, facts)
                     .await
             }
-            ("tools/call" | "prompts/get", Some(id)) => {
+            ("resources/list", Some(id)) => {
+                self.aggregate_list(agg, parts, "resources/list", &id, &links, facts)
+                    .await
+            }
+            ("tools/call" | "prompts/get" | "resources/read", Some(id)) => {
                 self.aggregate_call(agg, parts, &bytes, &message, &id, &links, facts)
                     .await
             }
@@ -587,7 +618,7 @@ impl Gateway {
         };
         let result = serde_json::json!({
             "protocolVersion": version,
-            "capabilities": { "tools": {}, "prompts": {} },
+            "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
             "serverInfo": { "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION") },
         });
         result_response(id, result, Some(&session))
@@ -723,7 +754,11 @@ impl Gateway {
             ctx.protocol_version = Some(link.version.clone());
             self.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
-            tools.extend(prefix_names(&member.name, result, field));
+            if field == "resources" {
+                tools.extend(wrap_resources(&member.name, result));
+            } else {
+                tools.extend(prefix_names(&member.name, result, field));
+            }
             match result.get("nextCursor").and_then(Value::as_str) {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => return Some(tools),
@@ -747,22 +782,31 @@ impl Gateway {
         links: &Links,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
-        let routed = message
-            .target
-            .as_deref()
-            .and_then(|name| agg.route(name))
-            .and_then(|(i, tool)| Some((i, tool, links.get(i)?.as_ref()?)));
-        let prompt = message.method.as_deref() == Some("prompts/get");
+        let method = message.method.as_deref();
+        let resource = method == Some("resources/read");
+        let target = message.target.as_deref();
+        let routed = if resource {
+            target
+                .and_then(|uri| agg.route_uri(uri))
+                .map(|(i, uri)| (i, Cow::Owned(uri)))
+        } else {
+            target
+                .and_then(|name| agg.route(name))
+                .map(|(i, name)| (i, Cow::Borrowed(name)))
+        };
+        let routed = routed.and_then(|(i, tool)| Some((i, tool, links.get(i)?.as_ref()?)));
         let Some((index, tool, link)) = routed else {
-            let refusal = if prompt {
-                ProxyError::AggregateUnknownPrompt
-            } else {
-                ProxyError::AggregateUnknownTool
+            let refusal = match method {
+                Some("prompts/get") => ProxyError::AggregateUnknownPrompt,
+                Some("resources/read") => ProxyError::AggregateUnknownResource,
+                _ => ProxyError::AggregateUnknownTool,
             };
             return self.refuse_message(refusal, facts, Some(id)).await;
         };
+        let tool: &str = &tool;
         let member = &agg.members[index];
-        let Some(rewritten) = rename_tool(bytes, tool) else {
+        let field = if resource { "uri" } else { "name" };
+        let Some(rewritten) = rename_target(bytes, field, tool) else {
             let refusal = ProxyError::BadRequest("the request could not be rewritten");
             return self.refuse_message(refusal, facts, Some(id)).await;
         };
@@ -813,13 +857,82 @@ impl Gateway {
     }
 }
 
-/// The message with `params.name` replaced, re-serialised: these bytes are
-/// then parsed, decided and forwarded.
-fn rename_tool(bytes: &[u8], tool: &str) -> Option<Bytes> {
+/// The message with `params.<field>` (`name`, or `uri` for
+/// `resources/read`) replaced, re-serialised: these bytes are then parsed,
+/// decided and forwarded.
+fn rename_target(bytes: &[u8], field: &str, target: &str) -> Option<Bytes> {
     let mut value: Value = serde_json::from_slice(bytes).ok()?;
-    let name = value.get_mut("params")?.get_mut("name")?;
-    *name = Value::String(tool.to_owned());
+    let name = value.get_mut("params")?.get_mut(field)?;
+    *name = Value::String(target.to_owned());
     serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+/// `mcp-gateway://<upstream>/<percent-encoded uri>`: how a member's
+/// resource URI is listed on the aggregated endpoint.
+pub fn wrap_uri(server: &str, uri: &str) -> String {
+    let mut out = String::with_capacity(GATEWAY_URI_PREFIX.len() + server.len() + 1 + uri.len());
+    out.push_str(GATEWAY_URI_PREFIX);
+    out.push_str(server);
+    out.push('/');
+    for b in uri.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// The upstream and original URI of a gateway URI; `None` unless `uri` is
+/// exactly what [`wrap_uri`] makes (one encoding only: no aliases).
+pub fn unwrap_uri(uri: &str) -> Option<(&str, String)> {
+    let rest = uri.strip_prefix(GATEWAY_URI_PREFIX)?;
+    let (server, encoded) = rest.split_once('/')?;
+    if server.is_empty() || encoded.is_empty() {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut input = encoded.bytes();
+    while let Some(b) = input.next() {
+        if b != b'%' {
+            bytes.push(b);
+            continue;
+        }
+        let hi = hex_value(input.next()?)?;
+        let lo = hex_value(input.next()?)?;
+        bytes.push(hi << 4 | lo);
+    }
+    let original = String::from_utf8(bytes).ok()?;
+    (wrap_uri(server, &original) == uri).then_some((server, original))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Wraps the `uri` of each entry of one `resources/list` result; entries
+/// without a string `uri` are dropped (they could not be read).
+pub fn wrap_resources(server: &str, result: &mut Value) -> Vec<Value> {
+    let Some(Value::Array(resources)) = result.get_mut("resources").map(Value::take) else {
+        return Vec::new();
+    };
+    resources
+        .into_iter()
+        .filter_map(|mut resource| {
+            let uri = wrap_uri(server, resource.get("uri")?.as_str()?);
+            resource["uri"] = Value::String(uri);
+            Some(resource)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -884,7 +997,7 @@ mod tests {
     #[test]
     fn a_prompts_get_is_renamed_like_a_tools_call() {
         let body = br#"{"jsonrpc":"2.0","id":"p","method":"prompts/get","params":{"name":"alpha__review","arguments":{"topic":"alpha__review"}}}"#;
-        let out = rename_tool(body, "review").unwrap();
+        let out = rename_target(body, "name", "review").unwrap();
         let Ok(mcp::Body::Single(m)) = mcp::parse_body(&out) else {
             panic!("not a single message");
         };
@@ -896,14 +1009,92 @@ mod tests {
     }
 
     #[test]
+    fn resource_uris_are_wrapped_and_unwrapped_exactly() {
+        let original = "note://beta/hello?x=1&y=2#f";
+        let wrapped = wrap_uri("beta", original);
+        assert_eq!(
+            wrapped,
+            "mcp-gateway://beta/note%3A%2F%2Fbeta%2Fhello%3Fx%3D1%26y%3D2%23f"
+        );
+        assert_eq!(unwrap_uri(&wrapped), Some(("beta", original.to_owned())));
+        let unicode = wrap_uri("a", "file:///d\u{e9}j\u{e0} vu");
+        assert_eq!(
+            unicode,
+            "mcp-gateway://a/file%3A%2F%2F%2Fd%C3%A9j%C3%A0%20vu"
+        );
+        assert_eq!(unwrap_uri(&unicode).unwrap().1, "file:///d\u{e9}j\u{e0} vu");
+        // Anything but the one encoding wrap_uri makes is refused.
+        for bad in [
+            "file:///etc/hosts",
+            "mcp-gateway://beta",
+            "mcp-gateway://beta/",
+            "mcp-gateway:///note%3A",
+            "mcp-gateway://beta/note%3a%2F%2Fx",
+            "mcp-gateway://beta/note:%2F%2Fx",
+            "mcp-gateway://beta/note%3",
+            "mcp-gateway://beta/note%ZZ",
+            "mcp-gateway://beta/%FF",
+            "MCP-GATEWAY://beta/x",
+        ] {
+            assert_eq!(unwrap_uri(bad), None, "{bad}");
+        }
+        // The upstream is the segment before the first `/`, not a lookalike
+        // inside the encoded URI.
+        let inner = wrap_uri("alpha", "mcp-gateway://beta/x");
+        assert_eq!(unwrap_uri(&inner).unwrap().0, "alpha");
+    }
+
+    #[test]
+    fn listed_resources_are_wrapped_and_uriless_ones_dropped() {
+        let mut result = serde_json::json!({
+            "resources": [
+                { "uri": "file:///docs/readme.md", "name": "readme" },
+                { "name": "no uri" },
+                { "uri": 7 },
+            ],
+        });
+        let resources = wrap_resources("alpha", &mut result);
+        assert_eq!(resources.len(), 1);
+        assert_eq!(
+            resources[0]["uri"],
+            "mcp-gateway://alpha/file%3A%2F%2F%2Fdocs%2Freadme.md"
+        );
+        assert_eq!(resources[0]["name"], "readme");
+        assert_eq!(list_field("resources/list"), "resources");
+    }
+
+    #[test]
+    fn a_resources_read_is_rewritten_to_the_original_uri() {
+        let wrapped = wrap_uri("alpha", "file:///docs/readme.md");
+        let body = serde_json::to_vec(&serde_json::json!({
+            "jsonrpc": "2.0", "id": 1, "method": "resources/read", "params": { "uri": wrapped },
+        }))
+        .unwrap();
+        let (_, original) = unwrap_uri(&wrapped).unwrap();
+        let out = rename_target(&body, "uri", &original).unwrap();
+        let Ok(mcp::Body::Single(m)) = mcp::parse_body(&out) else {
+            panic!("not a single message");
+        };
+        assert_eq!(m.method.as_deref(), Some("resources/read"));
+        assert_eq!(m.target.as_deref(), Some("file:///docs/readme.md"));
+    }
+
+    #[test]
     fn rename_rewrites_only_the_name() {
         let body = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"github__echo","arguments":{"text":"github__echo"}}}"#;
-        let out = rename_tool(body, "echo").unwrap();
+        let out = rename_target(body, "name", "echo").unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["params"]["name"], "echo");
         assert_eq!(v["params"]["arguments"]["text"], "github__echo");
         assert_eq!(v["id"], 3);
-        assert!(rename_tool(br#"{"jsonrpc":"2.0","id":3,"method":"tools/call"}"#, "x").is_none());
+        assert!(
+            rename_target(
+                br#"{"jsonrpc":"2.0","id":3,"method":"tools/call"}"#,
+                "name",
+                "x"
+            )
+            .is_none()
+        );
     }
 
     #[test]

@@ -103,6 +103,10 @@ pub enum ProxyError {
     AggregateMethod,
     #[error("unknown prompt: the aggregated endpoint names prompts <upstream>__<prompt>")]
     AggregateUnknownPrompt,
+    #[error(
+        "unknown resource: the aggregated endpoint names resources mcp-gateway://<upstream>/<percent-encoded uri>"
+    )]
+    AggregateUnknownResource,
 }
 
 impl ProxyError {
@@ -148,6 +152,7 @@ impl ProxyError {
             ProxyError::AggregateUnknownTool => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
             ProxyError::AggregateMethod => (StatusCode::BAD_REQUEST, CODE_METHOD_NOT_FOUND),
             ProxyError::AggregateUnknownPrompt => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
+            ProxyError::AggregateUnknownResource => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
         }
     }
 
@@ -181,6 +186,7 @@ impl ProxyError {
             ProxyError::AggregateUnknownTool => "aggregate_unknown_tool",
             ProxyError::AggregateMethod => "aggregate_method",
             ProxyError::AggregateUnknownPrompt => "aggregate_unknown_prompt",
+            ProxyError::AggregateUnknownResource => "aggregate_unknown_resource",
         }
     }
 
@@ -198,6 +204,7 @@ impl ProxyError {
                 | ProxyError::AggregateUnknownTool
                 | ProxyError::AggregateMethod
                 | ProxyError::AggregateUnknownPrompt
+                | ProxyError::AggregateUnknownResource
         )
     }
 }

@@ -44,8 +44,8 @@ def emit(obj: dict[str, Any]) -> None:
 
 def parse_call(spec: str) -> tuple[str, dict[str, Any] | None]:
     """`list` -> tools/list; `read:URI` -> resources/read; `prompts` -> prompts/list;
-    `prompt:name:{json}` -> prompts/get; `name` or `name:{json}` -> tools/call."""
-    if spec in ("list", "prompts"):
+    `prompt:name:{json}` -> prompts/get; `resources` -> resources/list; `name` or `name:{json}` -> tools/call."""
+    if spec in ("list", "prompts", "resources"):
         return spec, None
     if spec.startswith("read:"):
         return "read", None
@@ -152,6 +152,8 @@ async def run_call(client: Client, spec: str, rec: HttpRecorder) -> dict[str, An
             result = await client.read_resource(spec.partition(":")[2])
         elif name == "prompts":
             result = await client.list_prompts()
+        elif name == "resources":
+            result = await client.list_resources()
         elif name == "prompt":
             assert arguments is not None
             result = await client.get_prompt(arguments["name"], arguments["arguments"])

@@ -6,13 +6,17 @@ server's ID, `beta`: a second registered ID) are served together on
 `/mcp/all`, their tools named `<upstream>__<tool>`. beta also offers a tool
 literally named `alpha__echo`, which must appear as `beta__alpha__echo` and
 never shadow alpha's `echo`. Prompts likewise: alpha offers `review` and
-`secret`, beta `review` and a lookalike `alpha__review`.
+`secret`, beta `review` and a lookalike `alpha__review`. Resources are
+listed as `mcp-gateway://<upstream>/<percent-encoded uri>`: alpha and beta
+both offer `file:///docs/readme.md`, which must reach only the upstream the
+gateway URI names.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from urllib.parse import quote
 
 import pytest
 
@@ -23,6 +27,8 @@ from raw_http import post, request
 from test_gateway_e2e import call, tool_calls
 
 BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
+README = "file:///docs/readme.md"
+NOTE = "note://beta/hello?x=1&y=2"
 AGGREGATE = "aggregate: { name: all, upstreams: [alpha, beta] }\n"
 INIT = {
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -39,6 +45,7 @@ permit (
     Mcp::Action::"ping",
     Mcp::Action::"tools/list",
     Mcp::Action::"prompts/list",
+    Mcp::Action::"resources/list",
     Mcp::Action::"notifications/cancelled"
   ],
   resource
@@ -86,6 +93,27 @@ forbid (
   resource == Mcp::Prompt::"beta/review"
 );
 
+@id("readme-on-alpha")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"resources/read",
+  resource == Mcp::Resource::"alpha/file:///docs/readme.md"
+);
+
+@id("note-on-beta")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"resources/read",
+  resource == Mcp::Resource::"beta/note://beta/hello?x=1&y=2"
+);
+
+@id("no-readme-on-beta")
+forbid (
+  principal,
+  action == Mcp::Action::"resources/read",
+  resource == Mcp::Resource::"beta/file:///docs/readme.md"
+);
+
 @id("no-echo-on-beta")
 forbid (
   principal,
@@ -125,12 +153,13 @@ def agg(spire, svids, beta_svid, policies, tmp_path_factory):
     logs = tmp_path_factory.mktemp("aggregate-logs")
     alpha = start_upstream(
         cert=s.cert, key=s.key, ca=s.bundle, request_log=logs / "alpha.jsonl",
-        extra_args=["--prompt", "review", "--prompt", "secret"],
+        extra_args=["--prompt", "review", "--prompt", "secret", "--resource", README, "--resource", "file:///etc/secret"],
     )  # fmt: skip
     # beta answers tools/list two tools a page: the gateway follows nextCursor.
     beta = start_upstream(
         cert=b.cert, key=b.key, ca=b.bundle, request_log=logs / "beta.jsonl",
-        extra_args=["--echo-alias", "alpha__echo", "--tools-page-size", "2", "--prompt", "review", "--prompt", "alpha__review"],
+        extra_args=["--echo-alias", "alpha__echo", "--tools-page-size", "2", "--prompt", "review", "--prompt", "alpha__review",
+                    "--resource", README, "--resource", NOTE],
     )  # fmt: skip
     gw = start_gateway(
         tmp_path_factory.mktemp("gw-aggregate"), spire.endpoint, "", "",
@@ -306,11 +335,74 @@ def test_prompts_are_listed_and_routed_by_prefix(sdk, agg, svids):
     assert rec["upstream_spiffe_id"] == SERVER_ID and rec["policy_ids"] == ["review-on-alpha"], rec
 
 
+def gateway_uri(upstream: str, uri: str) -> str:
+    return f"mcp-gateway://{upstream}/" + quote(uri, safe="-._~")
+
+
+def reads_of(up) -> list[str]:
+    out = []
+    for req in up.requests():
+        body = req.get("body")
+        if isinstance(body, dict) and body.get("method") == "resources/read":
+            out.append(body["params"]["uri"])
+    return out
+
+
+@pytest.mark.parametrize("sdk", ["typescript", "python"])
+def test_resources_are_listed_under_gateway_uris_and_read_from_their_upstream(sdk, agg, svids):
+    gw, alpha, beta = agg
+    a = svids["agent"]
+    runner = run_ts_agent if sdk == "typescript" else run_py_agent
+    alpha_before, beta_before = reads_of(alpha), reads_of(beta)
+    readme_a, readme_b, note_b = gateway_uri("alpha", README), gateway_uri("beta", README), gateway_uri("beta", NOTE)
+    assert readme_a == "mcp-gateway://alpha/file%3A%2F%2F%2Fdocs%2Freadme.md"
+    raw = "read:" + README
+    unknown = "read:" + gateway_uri("gamma", README)
+    lowercase = "read:mcp-gateway://alpha/file%3a%2f%2f%2fdocs%2freadme.md"
+    run = runner(
+        gw.url + "/all", a.cert, a.key, a.bundle,
+        calls=["resources", "read:" + readme_a, "read:" + note_b, "read:" + readme_b, raw, unknown, lowercase],
+    )  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2025-11-25", out
+
+    listed = call(run, "resources")
+    assert listed["ok"] is True, out
+    # Only what policy allows to be read, each under its gateway URI.
+    uris = sorted(r["uri"] for r in listed["result"]["resources"])
+    assert uris == sorted([readme_a, note_b]), uris
+
+    got = call(run, "read:" + readme_a)
+    assert got["ok"] is True and f"resource {README}" in json.dumps(got["result"]), out
+    note = call(run, "read:" + note_b)
+    assert note["ok"] is True and "resource note://beta/hello?x=1&y=2" in json.dumps(note["result"]), out
+
+    denied = call(run, "read:" + readme_b)
+    assert denied["ok"] is False and denied["error"]["code"] == -32060, denied
+    record = record_of(gw, denied["error"])
+    assert record["upstream"] == "beta" and record["upstream_spiffe_id"] == BETA_ID, record
+    assert record["target"] == README and record["policy_ids"] == ["no-readme-on-beta"], record
+
+    # A URI not of the gateway's form (a member's own URI, an unknown
+    # upstream, another encoding of the same URI) is refused; nothing sent.
+    for spec in (raw, unknown, lowercase):
+        refused = call(run, spec)
+        assert refused["ok"] is False and refused["error"]["code"] == -32602, (spec, refused)
+        assert record_of(gw, refused["error"])["reason"] == "aggregate_unknown_resource"
+
+    # Each read reached the upstream its URI names, with the original URI.
+    assert reads_of(alpha)[len(alpha_before) :] == [README], reads_of(alpha)
+    assert reads_of(beta)[len(beta_before) :] == [NOTE], reads_of(beta)
+    allowed = gw.wait_audit(lambda r: r["upstream"] == "alpha" and r.get("target") == README and r["decision"] == "allow")
+    rec = next(r for r in allowed if r["upstream"] == "alpha" and r.get("target") == README)
+    assert rec["upstream_spiffe_id"] == SERVER_ID and rec["policy_ids"] == ["readme-on-alpha"], rec
+
+
 def open_session(gw, svid) -> str:
     r = post(gw.port, svid, json.dumps(INIT).encode(), path="/mcp/all")
     assert r.status == 200, r
     body = r.json()
-    assert body["result"]["capabilities"] == {"tools": {}, "prompts": {}}, body
+    assert body["result"]["capabilities"] == {"tools": {}, "prompts": {}, "resources": {}}, body
     assert body["result"]["serverInfo"]["name"] == "spiffe-mcp-gateway", body
     sid = r.header("mcp-session-id")
     assert sid and len(sid) == 32, r
@@ -337,6 +429,13 @@ def test_an_aggregated_session_belongs_to_its_caller(agg, svids):
     # Other methods are refused on the aggregated path, nothing forwarded.
     other = post(gw.port, a, json.dumps({"jsonrpc": "2.0", "id": 5, "method": "completion/complete"}).encode(), headers, path="/mcp/all")
     assert other.json()["error"]["code"] == -32601, other
+    # Subscriptions and resource templates are not offered either.
+    for i, method in enumerate(("resources/subscribe", "resources/templates/list")):
+        params = {"uri": "mcp-gateway://alpha/file%3A%2F%2F%2Fx"} if method == "resources/subscribe" else {}
+        msg = {"jsonrpc": "2.0", "id": 50 + i, "method": method, "params": params}
+        r = post(gw.port, a, json.dumps(msg).encode(), headers, path="/mcp/all")
+        assert r.json()["error"]["code"] == -32601, (method, r)
+    assert len(alpha.requests()) + len(beta.requests()) == seen
     assert len(alpha.requests()) + len(beta.requests()) == seen
     # GET (server stream) is not offered; DELETE ends the member sessions.
     get = request(gw.port, a, b"", headers + [("Accept", "text/event-stream")], method="GET", path="/mcp/all")

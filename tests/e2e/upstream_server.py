@@ -59,7 +59,9 @@ class PagedServer(MCPServer):
         return ListToolsResult(tools=tools[start:end], next_cursor=str(end) if end < len(tools) else None)
 
 
-def build_server(echo_aliases: Sequence[str] = (), tools_page_size: int = 0, prompts: Sequence[str] = ()) -> MCPServer:
+def build_server(
+    echo_aliases: Sequence[str] = (), tools_page_size: int = 0, prompts: Sequence[str] = (), resources: Sequence[str] = ()
+) -> MCPServer:
     server = PagedServer("e2e-upstream", version="1.0.0")
     server.page_size = tools_page_size
 
@@ -68,6 +70,17 @@ def build_server(echo_aliases: Sequence[str] = (), tools_page_size: int = 0, pro
             return f"prompt {name} about {topic}"
 
         return text
+
+    def named_resource(uri: str):  # noqa: ANN202
+        def text() -> str:
+            return f"resource {uri}"
+
+        return text
+
+    for i, uri in enumerate(resources):
+        # A text resource that names its URI (tests of the gateway's
+        # aggregated resources).
+        server.resource(uri, name=f"resource-{i}", mime_type="text/plain")(named_resource(uri))
 
     for prompt in prompts:
         # A prompt whose text names itself and its argument (tests of the
@@ -332,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-host-check", action="store_true", help="disable the SDK's Host/Origin validation")
     p.add_argument("--log-level", default="warning")
     p.add_argument("--echo-alias", action="append", default=[], help="also offer echo under this tool name")
+    p.add_argument("--resource", action="append", default=[], help="also offer a text resource at this URI")
     p.add_argument("--prompt", action="append", default=[], help="also offer a prompt of this name (argument: topic)")
     p.add_argument("--tools-page-size", type=int, default=0, help="tools/list pages of this many tools (0: one page)")
     args = p.parse_args(argv)
@@ -342,7 +356,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    server = build_server(args.echo_alias, args.tools_page_size, args.prompt)
+    server = build_server(args.echo_alias, args.tools_page_size, args.prompt, args.resource)
 
     if args.no_host_check:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)

@@ -61,6 +61,7 @@ function parseCall(spec) {
   if (spec === 'list') return ['list', null];
   if (spec.startsWith('read:')) return ['read', spec.slice(5)];
   if (spec === 'prompts') return ['prompts', null];
+  if (spec === 'resources') return ['resources', null];
   if (spec.startsWith('prompt:')) {
     const [name, args] = parseCall(spec.slice(7));
     return ['prompt', { name, arguments: args }];
@@ -177,7 +178,9 @@ async function runCall(client, spec, rec) {
         ? await client.listTools(undefined, { timeout: timeoutMs })
         : name === 'read'
           ? await client.readResource({ uri: args }, { timeout: timeoutMs })
-          : name === 'prompts'
+          : name === 'resources'
+            ? await client.listResources(undefined, { timeout: timeoutMs })
+            : name === 'prompts'
             ? await client.listPrompts(undefined, { timeout: timeoutMs })
             : name === 'prompt'
               ? await client.getPrompt(args, { timeout: timeoutMs })
