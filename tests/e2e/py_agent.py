@@ -316,7 +316,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=int, default=200)
     p.add_argument("--loop-same-client", action="store_true", help="rotation mode: keep one client/connection")
     p.add_argument("--quiet-iterations", action="store_true", help="rotation mode: print only the summary")
-    p.add_argument("calls", nargs="*", help="'list', 'read:URI', 'prompts', 'prompt:name:{json args}' or 'tool:{json args}'")
+    p.add_argument("calls", nargs="*", help="'list', 'read:URI', 'prompts', 'resources', 'prompt:name:{json args}' or 'tool:{json args}'")
     args = p.parse_args(argv)
     if bool(args.cert) != bool(args.key):
         p.error("--cert and --key go together")

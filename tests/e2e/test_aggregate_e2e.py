@@ -460,13 +460,19 @@ def test_2026_07_28_is_refused_on_the_aggregated_path(agg, svids):
 
 
 def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policies, tmp_path):
-    """beta goes down after the session opened: the list has alpha's tools
-    only and the failure is audited under beta. A session opened while beta
+    """beta goes down after the session opened: the lists (tools, prompts,
+    resources) have alpha's entries only and the failure is audited under beta. A session opened while beta
     is down has alpha only; calls to alpha still work."""
     s, a = svids["mcp-server"], svids["agent"]
-    alpha = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "alpha.jsonl")
+    alpha = start_upstream(
+        cert=s.cert, key=s.key, ca=s.bundle, request_log=tmp_path / "alpha.jsonl",
+        extra_args=["--prompt", "review", "--resource", README],
+    )  # fmt: skip
     b = beta_svid
-    beta = start_upstream(cert=b.cert, key=b.key, ca=b.bundle, request_log=tmp_path / "beta.jsonl")
+    beta = start_upstream(
+        cert=b.cert, key=b.key, ca=b.bundle, request_log=tmp_path / "beta.jsonl",
+        extra_args=["--prompt", "alpha__review", "--resource", NOTE],
+    )  # fmt: skip
     gw = start_gateway(
         tmp_path / "gw", spire.endpoint, "", "", policy_dir=policies,
         upstreams=entries(alpha.url, beta.url), extra_yaml=AGGREGATE,
@@ -476,14 +482,26 @@ def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policie
         sid = open_session(gw, a)
         headers = [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", "2025-11-25")]
         listing = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}).encode()
+        prompts = json.dumps({"jsonrpc": "2.0", "id": 10, "method": "prompts/list"}).encode()
+        resources = json.dumps({"jsonrpc": "2.0", "id": 11, "method": "resources/list"}).encode()
         both = post(gw.port, a, listing, headers, path="/mcp/all")
         assert sorted(t["name"] for t in both.json()["result"]["tools"]) == [
             "alpha__echo", "beta__get_weather",
         ], both  # fmt: skip
+        both_prompts = post(gw.port, a, prompts, headers, path="/mcp/all").json()["result"]["prompts"]
+        assert sorted(p["name"] for p in both_prompts) == ["alpha__review", "beta__alpha__review"], both_prompts
+        both_resources = post(gw.port, a, resources, headers, path="/mcp/all").json()["result"]["resources"]
+        assert sorted(r["uri"] for r in both_resources) == sorted([gateway_uri("alpha", README), gateway_uri("beta", NOTE)])
         beta.stop()
         one = post(gw.port, a, listing, headers, path="/mcp/all")
         assert one.status == 200, one
         assert [t["name"] for t in one.json()["result"]["tools"]] == ["alpha__echo"], one
+        one_prompts = post(gw.port, a, prompts, headers, path="/mcp/all")
+        assert one_prompts.status == 200, one_prompts
+        assert [p["name"] for p in one_prompts.json()["result"]["prompts"]] == ["alpha__review"], one_prompts
+        one_resources = post(gw.port, a, resources, headers, path="/mcp/all")
+        assert one_resources.status == 200, one_resources
+        assert [r["uri"] for r in one_resources.json()["result"]["resources"]] == [gateway_uri("alpha", README)]
         failures = gw.wait_audit(lambda r: r["upstream"] == "beta" and r["reason"] == "upstream_unavailable")
         assert failures, "beta's failure was not audited"
 
