@@ -68,7 +68,7 @@ use super::inspect::{self, PendingList};
 use super::reply::{self, ReplyBody, error_response};
 use super::session::SessionRefusal;
 use super::upstream::Upstream;
-use super::{Gateway, ProxyError, RequestFacts, check_entity_headers, linger, protocol, read_body};
+use super::{Gateway, ProxyError, RequestFacts, linger, protocol};
 use crate::audit::Outcome;
 use crate::config::{AGGREGATE_SEPARATOR, AggregateConfig};
 use crate::identity::unix_now;
@@ -428,18 +428,9 @@ impl Gateway {
         facts: &RequestFacts<'_>,
         links: Option<Links>,
     ) -> Response<ReplyBody> {
-        if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
-            linger(body);
-            return self.refuse_unparsed(refusal, facts).await;
-        }
-        let bytes = match read_body(body, self.max_body).await {
-            Ok(b) => b,
-            Err((refusal, rest)) => {
-                if let Some(rest) = rest {
-                    linger(rest);
-                }
-                return self.refuse_unparsed(refusal, facts).await;
-            }
+        let bytes = match self.read_post_body(parts, body, facts).await {
+            Ok(bytes) => bytes,
+            Err(refused) => return refused,
         };
         let message = match mcp::parse_body(&bytes) {
             Ok(mcp::Body::Single(m)) => m,

@@ -15,6 +15,7 @@
 //! request (`Gateway::handle_token_caller`). Off by default: no certificate,
 //! no handshake.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,9 +90,38 @@ pub fn peer_from_leaf(der: &[u8]) -> Result<Peer, PeerError> {
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     connections: TaskTracker,
 ) {
+    accept_loop(
+        listener,
+        shutdown,
+        connections,
+        move |tcp, addr, shutdown| {
+            let gateway = Arc::clone(&gateway);
+            async move {
+                if let Err(reason) = connection(tcp, gateway.clone(), shutdown).await {
+                    gateway.metrics.tls_handshake_failures.inc();
+                    debug!(%addr, %reason, "connection refused");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// The accept loop of every listener: each accepted connection runs
+/// `serve_one` on `connections` until `shutdown` flips to true, then the
+/// listening socket is dropped.
+pub(crate) async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+    connections: TaskTracker,
+    serve_one: F,
+) where
+    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let (tcp, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -103,14 +133,7 @@ pub async fn serve(
             },
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let gateway = Arc::clone(&gateway);
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            if let Err(reason) = connection(tcp, gateway.clone(), shutdown).await {
-                gateway.metrics.tls_handshake_failures.inc();
-                debug!(%addr, %reason, "connection refused");
-            }
-        });
+        connections.spawn(serve_one(tcp, addr, shutdown.clone()));
     }
 }
 

@@ -32,10 +32,10 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::identity::unix_now;
-use crate::proxy::listener::{Peer, peer_from_leaf};
+use crate::proxy::listener::{Peer, accept_loop, peer_from_leaf};
 use crate::proxy::{Gateway, ProxyError};
 
 /// Accepts connections until `shutdown` flips to true (same contract as
@@ -43,28 +43,23 @@ use crate::proxy::{Gateway, ProxyError};
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     connections: TaskTracker,
 ) {
-    loop {
-        let (tcp, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    continue;
+    accept_loop(
+        listener,
+        shutdown,
+        connections,
+        move |tcp, addr, shutdown| {
+            let gateway = Arc::clone(&gateway);
+            async move {
+                if let Err(reason) = connection(tcp, gateway, shutdown).await {
+                    debug!(%addr, %reason, "connection refused");
                 }
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        let gateway = Arc::clone(&gateway);
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            if let Err(reason) = connection(tcp, gateway, shutdown).await {
-                debug!(%addr, %reason, "connection refused");
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// The caller identity of a new connection: this process's current SVID.

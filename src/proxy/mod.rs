@@ -402,6 +402,29 @@ impl Gateway {
     }
 
     /// POST: one JSON-RPC message or a batch, decided before anything is sent.
+    /// A POST body, its entity headers checked and read up to the limit;
+    /// a refusal is audited and answered (the rest of the body drained).
+    async fn read_post_body(
+        &self,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+    ) -> Result<Bytes, Response<ReplyBody>> {
+        if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
+            linger(body);
+            return Err(self.refuse_unparsed(refusal, facts).await);
+        }
+        match read_body(body, self.max_body).await {
+            Ok(bytes) => Ok(bytes),
+            Err((refusal, rest)) => {
+                if let Some(rest) = rest {
+                    linger(rest);
+                }
+                Err(self.refuse_unparsed(refusal, facts).await)
+            }
+        }
+    }
+
     async fn post(
         self: &Arc<Self>,
         parts: &hyper::http::request::Parts,
@@ -409,18 +432,9 @@ impl Gateway {
         facts: &RequestFacts<'_>,
         up: &Arc<Upstream>,
     ) -> Response<ReplyBody> {
-        if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
-            linger(body);
-            return self.refuse_unparsed(refusal, facts).await;
-        }
-        let bytes = match read_body(body, self.max_body).await {
-            Ok(b) => b,
-            Err((refusal, rest)) => {
-                if let Some(rest) = rest {
-                    linger(rest);
-                }
-                return self.refuse_unparsed(refusal, facts).await;
-            }
+        let bytes = match self.read_post_body(parts, body, facts).await {
+            Ok(bytes) => bytes,
+            Err(refused) => return refused,
         };
         let (messages, batch) = match mcp::parse_body(&bytes) {
             Ok(mcp::Body::Single(m)) => (vec![m], false),

@@ -15,18 +15,19 @@ gateway URI names.
 from __future__ import annotations
 
 import json
-import shutil
 from urllib.parse import quote
 
 import pytest
 
-from conftest import AGENT_ID, SERVER_ID, TD
-from gateway_fixtures import POLICY_DIR, start_gateway
+from conftest import AGENT_ID, SERVER_ID
+from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post, request
 from test_gateway_e2e import call, tool_calls
 
-BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
+# The beta upstream's SVID fixture (a module-scoped entry of its own here),
+# its ID and the upstreams: list are the many-upstreams test's.
+from test_upstreams_e2e import BETA_ID, beta_svid, entries, policy_dir  # noqa: F401
 README = "file:///docs/readme.md"
 NOTE = "note://beta/hello?x=1&y=2"
 AGGREGATE = "aggregate: { name: all, upstreams: [alpha, beta] }\n"
@@ -124,27 +125,8 @@ forbid (
 
 
 @pytest.fixture(scope="module")
-def beta_svid(spire, tmp_path_factory):
-    entry = spire.register(BETA_ID, "mcp-server-beta", dns="localhost")
-    try:
-        yield spire.fetch_svid(BETA_ID, tmp_path_factory.mktemp("beta-svid"))
-    finally:
-        spire.delete_entry(entry)
-
-
-@pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    d = tmp_path_factory.mktemp("aggregate-policies")
-    shutil.copy(POLICY_DIR / "mcp.cedarschema", d / "mcp.cedarschema")
-    (d / "aggregate.cedar").write_text(POLICY, encoding="utf-8")
-    return d
-
-
-def entries(alpha_url: str, beta_url: str) -> list[dict]:
-    return [
-        {"name": "alpha", "url": alpha_url, "spiffe_id": SERVER_ID},
-        {"name": "beta", "url": beta_url, "spiffe_id": BETA_ID},
-    ]
+    return policy_dir(tmp_path_factory, "aggregate", POLICY)
 
 
 @pytest.fixture(scope="module")

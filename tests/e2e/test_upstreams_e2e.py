@@ -81,12 +81,17 @@ def beta_svid(spire, tmp_path_factory):
         spire.delete_entry(entry)
 
 
+def policy_dir(tmp_path_factory, name: str, policy: str):
+    """A policy directory: the shipped schema and `policy` as `<name>.cedar`."""
+    d = tmp_path_factory.mktemp(f"{name}-policies")
+    shutil.copy(POLICY_DIR / "mcp.cedarschema", d / "mcp.cedarschema")
+    (d / f"{name}.cedar").write_text(policy, encoding="utf-8")
+    return d
+
+
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    d = tmp_path_factory.mktemp("upstreams-policies")
-    shutil.copy(POLICY_DIR / "mcp.cedarschema", d / "mcp.cedarschema")
-    (d / "upstreams.cedar").write_text(POLICY, encoding="utf-8")
-    return d
+    return policy_dir(tmp_path_factory, "upstreams", POLICY)
 
 
 def entries(alpha_url: str, beta_url: str) -> list[dict]:
