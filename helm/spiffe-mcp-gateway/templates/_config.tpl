@@ -50,6 +50,17 @@ upstream:
   {{- end }}
   {{- with include "smg.upstreamConnection" $c.upstream }}{{ . | nindent 2 }}{{ end }}
 {{- end }}
+{{- if $c.aggregate.enabled }}
+{{- if not $c.upstreams }}
+{{- fail "config.aggregate needs config.upstreams (the list of upstreams it aggregates from)" }}
+{{- end }}
+aggregate:
+  name: {{ $c.aggregate.name | quote }}
+  upstreams:
+    {{- range required "config.aggregate.upstreams is required" $c.aggregate.upstreams }}
+    - {{ . | quote }}
+    {{- end }}
+{{- end }}
 {{- if $c.userAuth.enabled }}
 user_auth:
   {{- if eq $c.userAuth.mode "jwks" }}
