@@ -10,11 +10,23 @@
 //! hex), so any URI round-trips. Only that exact encoding is accepted back
 //! ([`unwrap_uri`]): one URI per resource, no aliases.
 //!
-//! Protocol 2025-11-25 (and earlier session-based versions) only: a
-//! 2026-07-28 request is refused (400, -32022) so that an SDK that speaks
-//! both falls back. The gateway issues its own session id (random, bound to
-//! the caller's SPIFFE ID like every session) and holds one upstream session
-//! per member:
+//! Protocol 2026-07-28 is stateless (POST only, no session id; one that
+//! names a session is refused): its headers must match the body as on the
+//! per-upstream path (-32020, nothing forwarded), and every member is asked
+//! at 2026-07-28 with no session id.
+//!
+//! - `server/discover` fans out, each member decided as `server/discover`
+//!   on its own `Mcp::Server`; the gateway answers with the versions every
+//!   answering member supports (members denied or failing left out).
+//! - The lists, calls, reads and prompts take the same code as below, the
+//!   caller's `_meta` kept on each member's list request and a routed call's
+//!   `Mcp-Name` rewritten to the real name (header and body agree at the
+//!   member too). `InputRequiredResult` replies are inspected as on the
+//!   per-upstream path; the retry carries the same prefixed name.
+//!
+//! Protocol 2025-11-25 (and earlier session-based versions): the gateway
+//! issues its own session id (random, bound to the caller's SPIFFE ID like
+//! every session) and holds one upstream session per member:
 //!
 //! - `initialize` fans out, each member decided as `initialize` on its own
 //!   `Mcp::Server`; the gateway answers itself (tools, prompts and
@@ -384,8 +396,15 @@ impl Gateway {
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         if facts.protocol_version == Some(protocol::MODERN) {
+            // 2026-07-28 is stateless POST only: no session to name.
+            let refusal = match (&parts.method, facts.session_id) {
+                (&Method::POST, None) => {
+                    return self.aggregate_post(agg, parts, body, facts, None).await;
+                }
+                (&Method::POST, Some(_)) => ProxyError::Session(SessionRefusal::Unknown),
+                _ => ProxyError::MethodNotAllowed,
+            };
             linger(body);
-            let refusal = ProxyError::UnsupportedVersion(protocol::MODERN.to_owned());
             return self.refuse_unparsed(refusal, facts).await;
         }
         let links = match facts.session_id {
@@ -446,6 +465,16 @@ impl Gateway {
         };
         let id = message.id.as_ref().map(|id| id.raw_json().to_owned());
         let method = message.method.as_deref().unwrap_or("");
+        if protocol::is_modern(&message, facts.protocol_version) {
+            if let Err(refusal) = protocol::check_modern_headers(&parts.headers, &message) {
+                return self.refuse_unparsed(refusal, facts).await;
+            }
+            // The headers matched, so the version header is 2026-07-28 and
+            // `aggregate_route` let no session id through.
+            return self
+                .aggregate_modern(agg, parts, &bytes, &message, id, facts)
+                .await;
+        }
         let Some(links) = links else {
             if method == "initialize"
                 && let Some(id) = id
@@ -460,15 +489,15 @@ impl Gateway {
         match (method, id) {
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
             ("tools/list", Some(id)) => {
-                self.aggregate_list(agg, parts, "tools/list", &id, &links, facts)
+                self.aggregate_list(agg, parts, "tools/list", &id, &links, None, facts)
                     .await
             }
             ("prompts/list", Some(id)) => {
-                self.aggregate_list(agg, parts, "prompts/list", &id, &links, facts)
+                self.aggregate_list(agg, parts, "prompts/list", &id, &links, None, facts)
                     .await
             }
             ("resources/list", Some(id)) => {
-                self.aggregate_list(agg, parts, "resources/list", &id, &links, facts)
+                self.aggregate_list(agg, parts, "resources/list", &id, &links, None, facts)
                     .await
             }
             ("tools/call" | "prompts/get" | "resources/read", Some(id)) => {
@@ -488,6 +517,138 @@ impl Gateway {
                     .await
             }
         }
+    }
+
+    /// A 2026-07-28 request (headers already checked against the body): no
+    /// session; every member is asked at 2026-07-28, with no session id.
+    async fn aggregate_modern(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        id: Option<String>,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let links: Links = agg
+            .members
+            .iter()
+            .map(|_| {
+                Some(Link {
+                    session: None,
+                    version: protocol::MODERN.to_owned(),
+                })
+            })
+            .collect();
+        let method = message.method.as_deref().unwrap_or("");
+        match (method, id) {
+            ("server/discover", Some(id)) => {
+                self.aggregate_discover(agg, parts, bytes, message, &id, &links, facts)
+                    .await
+            }
+            ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
+            ("tools/list" | "prompts/list" | "resources/list", Some(id)) => {
+                let method = match method {
+                    "prompts/list" => "prompts/list",
+                    "resources/list" => "resources/list",
+                    _ => "tools/list",
+                };
+                // The caller's `_meta` (version, client info and
+                // capabilities) goes with every member's request.
+                let meta = serde_json::from_slice::<Value>(bytes)
+                    .ok()
+                    .and_then(|mut v| v.pointer_mut("/params/_meta").map(Value::take));
+                self.aggregate_list(agg, parts, method, &id, &links, meta.as_ref(), facts)
+                    .await
+            }
+            ("tools/call" | "prompts/get" | "resources/read", Some(id)) => {
+                self.aggregate_call(agg, parts, bytes, message, &id, &links, facts)
+                    .await
+            }
+            (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
+            (_, id) => {
+                self.refuse_message(ProxyError::AggregateMethod, facts, id.as_deref())
+                    .await
+            }
+        }
+    }
+
+    /// `server/discover` (2026-07-28): sent to every member policy allows;
+    /// the gateway answers with the versions every answering member
+    /// supports. A member that is denied or fails is left out.
+    #[allow(clippy::too_many_arguments)]
+    async fn aggregate_discover(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        id: &str,
+        links: &Links,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+        let mut versions: Option<Vec<String>> = None;
+        let mut last_denial = None;
+        for (member, link) in agg.members.iter().zip(links.iter()) {
+            let mut f = *facts;
+            f.upstream = Some(member);
+            let (allowed, correlation_id) = self.decide_for_member(message, &f, member).await;
+            if !allowed {
+                last_denial = Some(correlation_id);
+                continue;
+            }
+            let headers = member_headers(&parts.headers, link.as_ref());
+            let sent = self
+                .call_upstream(member, &headers, Method::POST, bytes.clone(), &f, Some(id))
+                .await;
+            let Ok(resp) = sent else { continue };
+            let ok = resp.status().is_success();
+            let answer = read_answer(member, resp, &id_value).await;
+            let supported = match &answer {
+                Ok(v) if ok => v
+                    .pointer("/result/supportedVersions")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>()),
+                _ => None,
+            };
+            let Some(supported) = supported else {
+                let refusal = answer.err().unwrap_or(ProxyError::UpstreamUnavailable);
+                self.member_failed(member, &f, refusal, "server/discover")
+                    .await;
+                continue;
+            };
+            let kept = versions.get_or_insert_with(|| {
+                protocol::SUPPORTED
+                    .iter()
+                    .map(|v| (*v).to_owned())
+                    .collect()
+            });
+            kept.retain(|v| supported.contains(&v.as_str()));
+        }
+        let versions = match versions {
+            Some(v) if !v.is_empty() => v,
+            answered => {
+                let refusal = if answered.is_none() && last_denial.is_some() {
+                    ProxyError::Denied
+                } else {
+                    ProxyError::UpstreamUnavailable
+                };
+                let correlation_id = last_denial.unwrap_or_else(|| self.ids.next());
+                return error_response(&refusal, Some(id), &correlation_id);
+            }
+        };
+        let result = serde_json::json!({
+            "supportedVersions": versions,
+            "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": { "io.modelcontextprotocol/serverInfo": {
+                "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION"),
+            } },
+        });
+        result_response(id, result, None)
     }
 
     /// A refusal answered under the request's id; audited, nothing forwarded.
@@ -670,6 +831,7 @@ impl Gateway {
         method: &'static str,
         id: &str,
         links: &Links,
+        meta: Option<&Value>,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
@@ -680,7 +842,7 @@ impl Gateway {
             let mut f = *facts;
             f.upstream = Some(member);
             let listed = self
-                .member_list(member, link, parts, method, &id_value, &f)
+                .member_list(member, link, parts, method, &id_value, meta, &f)
                 .await;
             if let Some(entries) = listed {
                 merged.extend(entries);
@@ -688,11 +850,19 @@ impl Gateway {
         }
         let mut result = serde_json::Map::new();
         result.insert(field.to_owned(), Value::Array(merged));
+        if meta.is_some() {
+            // 2026-07-28 results carry caching directives: this list is the
+            // caller's own (filtered by its policy), stale at once.
+            result.insert("resultType".to_owned(), "complete".into());
+            result.insert("ttlMs".to_owned(), 0.into());
+            result.insert("cacheScope".to_owned(), "private".into());
+        }
         result_response(id, Value::Object(result), None)
     }
 
     /// One member's list (`method`), every page, filtered and prefixed;
     /// `None` if it was denied or failed (then it contributes nothing).
+    #[allow(clippy::too_many_arguments)]
     async fn member_list(
         self: &Arc<Self>,
         member: &Arc<Upstream>,
@@ -700,16 +870,27 @@ impl Gateway {
         parts: &hyper::http::request::Parts,
         method: &'static str,
         id: &Value,
+        meta: Option<&Value>,
         facts: &RequestFacts<'_>,
     ) -> Option<Vec<Value>> {
-        let headers = member_headers(&parts.headers, Some(link));
+        let mut headers = member_headers(&parts.headers, Some(link));
+        if link.version == protocol::MODERN {
+            headers.insert(protocol::METHOD_HEADER, HeaderValue::from_static(method));
+        }
         let field = list_field(method);
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let mut request = serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": method });
+            let mut params = serde_json::Map::new();
             if let Some(c) = cursor.take() {
-                request["params"] = serde_json::json!({ "cursor": c });
+                params.insert("cursor".to_owned(), Value::String(c));
+            }
+            if let Some(meta) = meta {
+                params.insert("_meta".to_owned(), meta.clone());
+            }
+            if !params.is_empty() {
+                request["params"] = Value::Object(params);
             }
             let bytes = Bytes::from(serde_json::to_vec(&request).ok()?);
             let Ok(mcp::Body::Single(message)) = mcp::parse_body(&bytes) else {
@@ -822,8 +1003,18 @@ impl Gateway {
             );
             return reply::denied(answers, false, &correlation_id);
         }
+        let input_requests_possible =
+            inspect::input_requests_possible(std::slice::from_ref(&message), f.protocol_version);
         drop(message);
-        let headers = member_headers(&parts.headers, Some(link));
+        let mut headers = member_headers(&parts.headers, Some(link));
+        if link.version == protocol::MODERN {
+            // Header and body name the same target at the member too.
+            let Some(name) = protocol::encode_header_value(tool) else {
+                let refusal = ProxyError::BadRequest("the request could not be rewritten");
+                return self.refuse_message(refusal, facts, Some(id)).await;
+            };
+            headers.insert(protocol::NAME_HEADER, name);
+        }
         let sent = self
             .call_upstream(member, &headers, Method::POST, rewritten, &f, Some(id))
             .await;
@@ -833,6 +1024,7 @@ impl Gateway {
                 ctx.session_id = link.session.clone();
                 ctx.protocol_version = Some(link.version.clone());
                 ctx.awaiting = Some(id.to_owned());
+                ctx.input_requests_possible = input_requests_possible;
                 let mut reply = self.inspect_reply(resp, ctx).await;
                 // The member's session id is the gateway's to hold: the
                 // caller only ever sees the aggregated one.

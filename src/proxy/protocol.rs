@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use base64::Engine;
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderValue};
 
 use crate::mcp::Message;
 use crate::proxy::error::ProxyError;
@@ -27,8 +27,8 @@ pub const SUPPORTED: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25", MODER
 
 pub const PROTOCOL_VERSION_HEADER: &str = "mcp-protocol-version";
 pub const SESSION_HEADER: &str = "mcp-session-id";
-const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
+pub const METHOD_HEADER: &str = "mcp-method";
+pub const NAME_HEADER: &str = "mcp-name";
 
 /// The one value of a header that must not repeat, if present.
 pub fn single_header<'a>(
@@ -88,6 +88,20 @@ pub fn check_modern_headers(headers: &HeaderMap, message: &Message<'_>) -> Resul
     }
 }
 
+/// The `Mcp-Name` value for `name`: the name itself when it is visible
+/// ASCII (and does not look like the sentinel form), otherwise
+/// `=?base64?…?=`; [`check_modern_headers`] decodes it back to `name`.
+pub fn encode_header_value(name: &str) -> Option<HeaderValue> {
+    let plain = !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_graphic())
+        && !(name.starts_with("=?base64?") && name.ends_with("?="));
+    if plain {
+        return HeaderValue::from_str(name).ok();
+    }
+    let encoded = base64::engine::general_purpose::STANDARD.encode(name);
+    HeaderValue::from_str(&format!("=?base64?{encoded}?=")).ok()
+}
+
 /// A header value, with the `=?base64?…?=` form (used for names that are not
 /// visible ASCII) decoded. `None` when the sentinel form is malformed.
 fn decode_header_value(raw: &str) -> Option<Cow<'_, str>> {
@@ -105,8 +119,6 @@ fn decode_header_value(raw: &str) -> Option<Cow<'_, str>> {
 
 #[cfg(test)]
 mod tests {
-    use hyper::header::HeaderValue;
-
     use super::*;
     use crate::mcp::{Body, parse_body};
 
@@ -205,6 +217,24 @@ mod tests {
         for (name, pairs) in cases {
             assert!(check_modern_headers(&headers(pairs), &m).is_err(), "{name}");
         }
+    }
+
+    #[test]
+    fn encoded_names_decode_to_themselves() {
+        for name in [
+            "echo",
+            "file:///docs/readme.md",
+            "a b",
+            "café",
+            "=?base64?ZWNobw==?=",
+            "",
+        ] {
+            let value = encode_header_value(name).unwrap();
+            let raw = value.to_str().unwrap();
+            assert_eq!(decode_header_value(raw).as_deref(), Some(name), "{name:?}");
+        }
+        assert_eq!(encode_header_value("echo").unwrap(), "echo");
+        assert_eq!(encode_header_value("a b").unwrap(), "=?base64?YSBi?=");
     }
 
     #[test]
