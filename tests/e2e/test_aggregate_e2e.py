@@ -10,6 +10,10 @@ never shadow alpha's `echo`. Prompts likewise: alpha offers `review` and
 listed as `mcp-gateway://<upstream>/<percent-encoded uri>`: alpha and beta
 both offer `file:///docs/readme.md`, which must reach only the upstream the
 gateway URI names.
+
+The TypeScript SDK speaks 2025-11-25 (an aggregated session); the Python SDK
+2.x speaks 2026-07-28 natively (stateless: `server/discover` answered by the
+gateway, every request fanned out or routed without sessions).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ permit (
   principal == Mcp::Workload::"{AGENT_ID}",
   action in [
     Mcp::Action::"initialize",
+    Mcp::Action::"server/discover",
     Mcp::Action::"notifications/initialized",
     Mcp::Action::"ping",
     Mcp::Action::"tools/list",
@@ -115,6 +120,27 @@ forbid (
   resource == Mcp::Resource::"beta/file:///docs/readme.md"
 );
 
+@id("ask-confirm-on-alpha")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"tools/call",
+  resource == Mcp::Tool::"alpha/ask_confirm"
+);
+
+@id("ask-roots-on-alpha")
+permit (
+  principal == Mcp::Workload::"{AGENT_ID}",
+  action == Mcp::Action::"tools/call",
+  resource == Mcp::Tool::"alpha/ask_roots"
+);
+
+@id("alpha-may-elicit-from-agent")
+permit (
+  principal == Mcp::Workload::"{SERVER_ID}",
+  action == Mcp::Action::"elicitation/create",
+  resource == Mcp::Workload::"{AGENT_ID}"
+);
+
 @id("no-echo-on-beta")
 forbid (
   principal,
@@ -171,6 +197,9 @@ def calls_of(up) -> list[str]:
     return out
 
 
+# The TypeScript SDK opens an aggregated session; the Python SDK 2.x uses
+# 2026-07-28 natively on the aggregated path (no fallback).
+VERSION = {"typescript": "2025-11-25", "python": "2026-07-28"}
 ECHO_A = 'alpha__echo:{"text":"hi-alpha"}'
 WEATHER_B = 'beta__get_weather:{"city":"Oslo"}'
 ECHO_B = 'beta__echo:{"text":"hi-beta"}'
@@ -186,6 +215,7 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
     a = svids["agent"]
     runner = run_ts_agent if sdk == "typescript" else run_py_agent
     alpha_before, beta_before = calls_of(alpha), calls_of(beta)
+    requests_before = len(alpha.requests()), len(beta.requests())
 
     def modern_refusals() -> int:
         return sum(1 for r in gw.audit() if r["reason"] == "unsupported_protocol_version")
@@ -196,17 +226,17 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
         calls=["list", ECHO_A, WEATHER_B, ECHO_B, LOOKALIKE, NO_PREFIX, UNKNOWN, NOT_OFFERED],
     )  # fmt: skip
     out = run.stdout + run.stderr
-    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2025-11-25", out
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == VERSION[sdk], out
 
     listed = call(run, "list")
     assert listed["ok"] is True, out
     names = sorted(t["name"] for t in listed["result"]["tools"])
     # Only what policy allows, each under its upstream's prefix; beta's
     # `alpha__echo` is beta's, listed as such.
-    assert names == ["alpha__echo", "beta__alpha__echo", "beta__get_weather"], names
+    assert names == ["alpha__ask_confirm", "alpha__ask_roots", "alpha__echo", "beta__alpha__echo", "beta__get_weather"], names
     # beta's tools came in pages of two: every page was read.
     cursors = [
-        q["body"]["params"]["cursor"] for q in beta.requests()
+        q["body"]["params"].get("cursor") for q in beta.requests()
         if isinstance(q.get("body"), dict) and q["body"].get("method") == "tools/list" and q["body"].get("params")
     ]  # fmt: skip
     assert "2" in cursors and "4" in cursors, cursors
@@ -224,9 +254,27 @@ def test_one_endpoint_lists_and_routes_both_upstreams(sdk, agg, svids):
     assert record["upstream"] == "beta" and record["upstream_spiffe_id"] == BETA_ID, record
     assert record["target"] == "echo" and record["policy_ids"] == ["no-echo-on-beta"], record
     if sdk == "python":
-        # The Python SDK probed 2026-07-28 first, was refused, and fell back
-        # (records are written in order: the probe's is on disk by now).
-        assert modern_refusals() > refusals_before, out
+        # Stateless: no session, and the probe was not refused (records are
+        # written in order: a refusal would be on disk by now).
+        assert run.negotiated["session_id"] is None, out
+        assert modern_refusals() == refusals_before, out
+        # Each member was asked at 2026-07-28, with no session id, and the
+        # call's Mcp-Name header names the real tool, as its body does.
+        checked = []
+        for up, n in zip((alpha, beta), requests_before):
+            for q in up.requests()[n:]:
+                body = q.get("body")
+                if not (isinstance(body, dict) and body.get("method") in ("tools/list", "tools/call")):
+                    continue
+                checked.append(body["method"])
+                headers = q["headers"]
+                assert headers.get("mcp-protocol-version") == "2026-07-28", q
+                assert "mcp-session-id" not in headers, q
+                assert headers.get("mcp-method") == body["method"], q
+                assert body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28", q
+                if body["method"] == "tools/call":
+                    assert headers.get("mcp-name") == body["params"]["name"], q
+        assert checked.count("tools/call") == 3 and "tools/list" in checked, checked
 
     for spec in (NO_PREFIX, UNKNOWN, NOT_OFFERED):
         refused = call(run, spec)
@@ -273,7 +321,7 @@ def test_prompts_are_listed_and_routed_by_prefix(sdk, agg, svids):
     specs = [REVIEW_A, LOOKALIKE_PROMPT, REVIEW_B, SECRET_A, PROMPT_NO_PREFIX, PROMPT_UNKNOWN, PROMPT_NOT_OFFERED]
     run = runner(gw.url + "/all", a.cert, a.key, a.bundle, calls=["prompts", *specs])
     out = run.stdout + run.stderr
-    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2025-11-25", out
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == VERSION[sdk], out
 
     listed = call(run, "prompts")
     assert listed["ok"] is True, out
@@ -346,7 +394,7 @@ def test_resources_are_listed_under_gateway_uris_and_read_from_their_upstream(sd
         calls=["resources", "read:" + readme_a, "read:" + note_b, "read:" + readme_b, raw, unknown, lowercase],
     )  # fmt: skip
     out = run.stdout + run.stderr
-    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2025-11-25", out
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == VERSION[sdk], out
 
     listed = call(run, "resources")
     assert listed["ok"] is True, out
@@ -430,15 +478,110 @@ def test_an_aggregated_session_belongs_to_its_caller(agg, svids):
     assert gone.status == 404 and gone.json()["error"]["code"] == -32065, gone
 
 
-def test_2026_07_28_is_refused_on_the_aggregated_path(agg, svids):
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def discovers_of(up) -> list[dict]:
+    return [q for q in up.requests() if isinstance(q.get("body"), dict) and q["body"].get("method") == "server/discover"]
+
+
+def test_server_discover_fans_out_and_the_gateway_answers(agg, svids):
+    gw, alpha, beta = agg
+    a = svids["agent"]
+    before = len(discovers_of(alpha)), len(discovers_of(beta))
+    discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": MODERN_META}}
+    headers = [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "server/discover")]
+    r = post(gw.port, a, json.dumps(discover).encode(), headers, path="/mcp/all")
+    assert r.status == 200, r
+    assert r.header("mcp-session-id") is None, r
+    result = r.json()["result"]
+    assert "2026-07-28" in result["supportedVersions"], result
+    assert result["capabilities"] == {"tools": {}, "prompts": {}, "resources": {}}, result
+    assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "spiffe-mcp-gateway", result
+    # Each member was asked once, without a session, and each was decided
+    # as server/discover on its own server.
+    for up, n in zip((alpha, beta), before):
+        sent = discovers_of(up)[n:]
+        assert len(sent) == 1, sent
+        assert "mcp-session-id" not in sent[0]["headers"], sent
+        assert sent[0]["headers"].get("mcp-method") == "server/discover", sent
+    for name in ("alpha", "beta"):
+        assert gw.wait_audit(
+            lambda r, name=name: r["upstream"] == name and r.get("method") == "server/discover" and r["decision"] == "allow"
+        ), name
+
+
+def test_a_2026_07_28_header_that_differs_from_the_body_is_refused(agg, svids):
     gw, alpha, beta = agg
     a = svids["agent"]
     seen = len(alpha.requests()) + len(beta.requests())
-    discover = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}
-    headers = [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "server/discover")]
-    r = post(gw.port, a, json.dumps(discover).encode(), headers, path="/mcp/all")
-    assert r.status == 400 and r.json()["error"]["code"] == -32022, r
-    assert len(alpha.requests()) + len(beta.requests()) == seen
+    msg = {
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "beta__get_weather", "arguments": {"city": "Oslo"}, "_meta": MODERN_META},
+    }  # fmt: skip
+    base = [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/call")]
+    for headers in (
+        base + [("Mcp-Name", "alpha__echo")],  # another tool than the body's
+        base + [("Mcp-Name", "get_weather")],  # the real name, not the one called
+        base,  # no name at all
+        [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/list"), ("Mcp-Name", "beta__get_weather")],
+    ):
+        r = post(gw.port, a, json.dumps(msg).encode(), headers, path="/mcp/all")
+        assert r.status == 400 and r.json()["error"]["code"] == -32020, (headers, r)
+    # A 2026-07-28 body without the headers is refused the same way.
+    r = post(gw.port, a, json.dumps(msg).encode(), [("MCP-Protocol-Version", "2025-11-25")], path="/mcp/all")
+    assert r.status == 400 and r.json()["error"]["code"] == -32020, r
+    # 2026-07-28 has no sessions: one named is refused, even a live one.
+    sid = open_session(gw, a)
+    seen = len(alpha.requests()) + len(beta.requests())
+    named = base + [("Mcp-Name", "beta__get_weather"), ("Mcp-Session-Id", sid)]
+    r = post(gw.port, a, json.dumps(msg).encode(), named, path="/mcp/all")
+    assert r.status == 404 and r.json()["error"]["code"] == -32065, r
+    assert len(alpha.requests()) + len(beta.requests()) == seen, "a mismatched request reached an upstream"
+    # The matching request goes through, to beta only, under the real name
+    # in both header and body.
+    alpha_seen = len(alpha.requests())
+    ok = post(gw.port, a, json.dumps(msg).encode(), base + [("Mcp-Name", "beta__get_weather")], path="/mcp/all")
+    assert ok.status == 200 and "Oslo" in json.dumps(ok.json()["result"]), ok
+    assert len(alpha.requests()) == alpha_seen, "the call reached alpha"
+    last = beta.requests()[-1]
+    assert last["body"]["params"]["name"] == "get_weather" and last["headers"]["mcp-name"] == "get_weather", last
+    # GET and DELETE are not part of 2026-07-28 here either.
+    for method in ("GET", "DELETE"):
+        r = request(gw.port, a, b"", [("MCP-Protocol-Version", "2026-07-28")], method=method, path="/mcp/all")
+        assert r.status == 405, (method, r)
+
+
+def test_input_required_results_pass_through_the_aggregated_path(agg, svids):
+    """2026-07-28: alpha answers `alpha__ask_confirm` with an
+    InputRequiredResult; the embedded requests are decided (roots/list
+    denied by default, elicitation/create permitted) and the SDK's retry,
+    under the same prefixed name, is routed to alpha again."""
+    gw, alpha, beta = agg
+    a = svids["agent"]
+
+    def asks(up) -> list[str]:
+        return [n for n in calls_of(up) if n.startswith("ask_")]
+
+    alpha_before, beta_before = asks(alpha), len(calls_of(beta))
+    run = run_py_agent(gw.url + "/all", a.cert, a.key, a.bundle, calls=["alpha__ask_roots", "alpha__ask_confirm"])
+    out = run.stdout + run.stderr
+    assert run.negotiated is not None and run.negotiated["protocol_version"] == "2026-07-28", out
+    roots = call(run, "alpha__ask_roots")
+    assert roots["ok"] is False and roots["error"]["code"] == -32060, roots
+    record = record_of(gw, roots["error"])
+    assert record["method"] == "roots/list" and record["caller"] == SERVER_ID and record["upstream"] == "alpha", record
+    confirm = call(run, "alpha__ask_confirm")
+    assert confirm["ok"] is True and "elicitation: accept" in json.dumps(confirm["result"]), confirm
+    seen = [line["server_request"] for line in run.lines if "server_request" in line]
+    assert seen == ["elicitation/create"], out
+    # The first confirm and its retry both reached alpha, under the real name.
+    new = asks(alpha)[len(alpha_before) :]
+    assert new.count("ask_confirm") >= 2 and new.count("ask_roots") == 1, new
+    assert len(calls_of(beta)) == beta_before, "a call reached beta"
+
+
+ALPHA_TOOLS = ["alpha__ask_confirm", "alpha__ask_roots", "alpha__echo"]
 
 
 def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policies, tmp_path):
@@ -468,7 +611,7 @@ def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policie
         resources = json.dumps({"jsonrpc": "2.0", "id": 11, "method": "resources/list"}).encode()
         both = post(gw.port, a, listing, headers, path="/mcp/all")
         assert sorted(t["name"] for t in both.json()["result"]["tools"]) == [
-            "alpha__echo", "beta__get_weather",
+            "alpha__ask_confirm", "alpha__ask_roots", "alpha__echo", "beta__get_weather",
         ], both  # fmt: skip
         both_prompts = post(gw.port, a, prompts, headers, path="/mcp/all").json()["result"]["prompts"]
         assert sorted(p["name"] for p in both_prompts) == ["alpha__review", "beta__alpha__review"], both_prompts
@@ -477,7 +620,7 @@ def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policie
         beta.stop()
         one = post(gw.port, a, listing, headers, path="/mcp/all")
         assert one.status == 200, one
-        assert [t["name"] for t in one.json()["result"]["tools"]] == ["alpha__echo"], one
+        assert sorted(t["name"] for t in one.json()["result"]["tools"]) == ALPHA_TOOLS, one
         one_prompts = post(gw.port, a, prompts, headers, path="/mcp/all")
         assert one_prompts.status == 200, one_prompts
         assert [p["name"] for p in one_prompts.json()["result"]["prompts"]] == ["alpha__review"], one_prompts
@@ -491,7 +634,7 @@ def test_a_failed_upstream_contributes_no_tools(spire, svids, beta_svid, policie
         out = run.stdout + run.stderr
         listed = call(run, "list")
         assert listed["ok"] is True, out
-        assert sorted(t["name"] for t in listed["result"]["tools"]) == ["alpha__echo"], listed
+        assert sorted(t["name"] for t in listed["result"]["tools"]) == ALPHA_TOOLS, listed
         assert call(run, ECHO_A)["ok"] is True, out
         # beta has no session here: its tools are unknown on this session.
         assert call(run, WEATHER_B)["error"]["code"] == -32602, out
