@@ -244,6 +244,13 @@ impl Aggregate {
     }
 }
 
+/// Narrows the versions a discover answer offers to those a member also
+/// lists; the first member's answer starts from what the gateway supports.
+fn keep_common_versions(kept: &mut Option<Vec<&'static str>>, supported: &[&str]) {
+    kept.get_or_insert_with(|| protocol::SUPPORTED.to_vec())
+        .retain(|v| supported.contains(v));
+}
+
 /// `<upstream>__<tool>` split on the first `__`; both parts non-empty.
 pub fn split_tool(name: &str) -> Option<(&str, &str)> {
     name.split_once(AGGREGATE_SEPARATOR)
@@ -588,7 +595,7 @@ impl Gateway {
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
-        let mut versions: Option<Vec<String>> = None;
+        let mut versions: Option<Vec<&'static str>> = None;
         let mut last_denial = None;
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let mut f = *facts;
@@ -618,13 +625,7 @@ impl Gateway {
                     .await;
                 continue;
             };
-            let kept = versions.get_or_insert_with(|| {
-                protocol::SUPPORTED
-                    .iter()
-                    .map(|v| (*v).to_owned())
-                    .collect()
-            });
-            kept.retain(|v| supported.contains(&v.as_str()));
+            keep_common_versions(&mut versions, &supported);
         }
         let versions = match versions {
             Some(v) if !v.is_empty() => v,
@@ -1278,6 +1279,20 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn discover_offers_only_versions_every_answering_member_lists() {
+        let mut kept = None;
+        keep_common_versions(&mut kept, &["2026-07-28", "2099-01-01"]);
+        assert_eq!(kept.as_deref(), Some(&["2026-07-28"][..]));
+        keep_common_versions(&mut kept, &["2025-11-25", "2026-07-28"]);
+        assert_eq!(kept.as_deref(), Some(&["2026-07-28"][..]));
+        keep_common_versions(&mut kept, &["2025-11-25"]);
+        assert_eq!(kept.as_deref(), Some(&[][..]));
+        let mut none = None;
+        keep_common_versions(&mut none, &[]);
+        assert_eq!(none.as_deref(), Some(&[][..]));
     }
 
     #[test]
