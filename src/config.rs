@@ -15,6 +15,8 @@ use hyper::header::HeaderName;
 use serde::Deserialize;
 use spiffe::SpiffeId;
 
+use crate::identity::spiffe_id;
+
 /// Environment variable naming the Workload API socket when the config does not.
 pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 
@@ -837,15 +839,10 @@ fn is_loopback(url: &url::Url) -> bool {
     }
 }
 
-/// A SPIFFE ID exactly as written: the spiffe crate lowercases the trust
-/// domain, but a config must already be canonical (SPIFFE IDs are matched
-/// byte for byte in policies and audit).
+/// A workload's SPIFFE ID exactly as written (`identity::spiffe_id`): IDs
+/// are matched byte for byte in policies and audit.
 fn parse_spiffe_id(field: &str, id: &str) -> anyhow::Result<SpiffeId> {
-    let parsed = SpiffeId::new(id).map_err(|e| anyhow!("{field}: {id:?}: {e}"))?;
-    if parsed.to_string() != id {
-        bail!("{field}: {id:?} is not canonical (trust domain must be lowercase)");
-    }
-    Ok(parsed)
+    spiffe_id::workload(id).map_err(|e| anyhow!("{field}: {e}"))
 }
 
 fn parse_caller_header(name: &str) -> anyhow::Result<HeaderName> {

@@ -2,7 +2,8 @@
 //! Workload API, turned into rustls configs for the listener and the upstream.
 //!
 //! `spiffe::X509Source` owns the Workload API stream; `spiffe-rustls` builds
-//! configs whose resolvers and verifiers read the source's current material,
+//! configs whose resolvers and verifiers read the source's current material
+//! (callers are verified by `client_auth`, with the same bundles),
 //! so a rotated SVID or bundle is used by the next handshake without a
 //! restart. Until the first SVID arrives there are no configs: the listener
 //! refuses every handshake and `/readyz` says not ready (fail closed). TLS
@@ -33,7 +34,10 @@ use tracing::{info, warn};
 use crate::config::{UpstreamConfig, WorkloadApiConfig};
 use crate::metrics::Metrics;
 
-mod optional_client_auth;
+mod client_auth;
+pub mod spiffe_id;
+
+pub use client_auth::id_refusal;
 
 /// ALPN protocols offered by the listener: HTTP/2 preferred, HTTP/1.1 otherwise.
 const LISTENER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -221,12 +225,13 @@ fn build_configs(
     upstream_id: &str,
     client_certs: ClientCerts,
 ) -> Result<TlsConfigs, ConfigError> {
-    let mut server = spiffe_rustls::mtls_server(source.clone())
+    // spiffe-rustls' resolver presents the current SVID; callers are
+    // verified by `client_auth` (canonical SPIFFE IDs, exactly as written).
+    let resolver = spiffe_rustls::mtls_server(source.clone())
         .with_alpn_protocols(LISTENER_ALPN)
         .build()?;
-    if client_certs == ClientCerts::Optional {
-        server = optional_client_auth::server_config(&server, source.clone())?;
-    }
+    let mandatory = client_certs == ClientCerts::Required;
+    let server = client_auth::server_config(&resolver, source.clone(), mandatory)?;
     let spiffe_id = source
         .try_svid()
         .map(|svid| Arc::from(svid.spiffe_id().to_string()))

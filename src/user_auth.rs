@@ -38,6 +38,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::value::RawValue;
 
 use crate::config::{JwtSvidCallersConfig, UserAuthConfig, UserKeys};
+use crate::identity::spiffe_id;
 use crate::policy::User;
 
 /// Verifies end-user tokens. Built once at start.
@@ -332,8 +333,9 @@ fn unverified_subject(token: &str) -> Result<SpiffeId, TokenError> {
         .ok_or(TokenError::Malformed)?;
     let subject: Subject = serde_json::from_slice(&payload)
         .map_err(|_| TokenError::Claims("no string `sub`".to_owned()))?;
-    SpiffeId::new(&subject.sub)
-        .map_err(|_| TokenError::Claims("`sub` is not a SPIFFE ID".to_owned()))
+    // Exactly as written: a `sub` whose case was folded would pick (and be
+    // taken as) another workload's identity.
+    spiffe_id::canonical(&subject.sub).map_err(|e| TokenError::Claims(format!("`sub`: {e}")))
 }
 
 /// The one algorithm a key verifies: its `alg`, or what its type implies.

@@ -111,16 +111,12 @@ impl OwnedTarget {
     }
 }
 
-/// A SPIFFE ID as the gateway would see it: valid and canonical.
+/// A SPIFFE ID as the gateway would see it: valid and canonical
+/// (`identity::spiffe_id`).
 pub(super) fn check_spiffe_id(id: &str) -> Result<(), String> {
-    let parsed =
-        spiffe::SpiffeId::new(id).map_err(|e| format!("{id:?} is not a SPIFFE ID: {e}"))?;
-    if parsed.to_string() != id {
-        return Err(format!(
-            "{id:?} is not canonical (the trust domain must be lowercase)"
-        ));
-    }
-    Ok(())
+    crate::identity::spiffe_id::canonical(id)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// An upstream name as the config accepts it.

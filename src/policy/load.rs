@@ -238,11 +238,30 @@ fn parse_policies(
             });
         }
         first_file.insert(id.to_owned(), file_index);
+        check_workload_ids(policy).map_err(|message| PolicyError::WorkloadId {
+            file: file.name.clone(),
+            line: line(),
+            id: id.to_owned(),
+            message,
+        })?;
         let policy = policy.new_id(PolicyId::new(id));
         loaded.push(LoadedPolicy {
             policy,
             file: file_index,
         });
+    }
+    Ok(())
+}
+
+/// Every `Mcp::Workload` a policy names is a workload's SPIFFE ID in
+/// canonical form: principals are matched byte for byte, so one written
+/// `spiffe://EXAMPLE.ORG/...` would silently never apply.
+fn check_workload_ids(policy: &Policy) -> Result<(), String> {
+    for uid in policy.entity_literals() {
+        if uid.type_name().to_string() == "Mcp::Workload" {
+            crate::identity::spiffe_id::workload(uid.id().unescaped())
+                .map_err(|e| e.to_string())?;
+        }
     }
     Ok(())
 }

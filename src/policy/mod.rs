@@ -262,6 +262,13 @@ pub enum PolicyError {
         line: usize,
         id: String,
     },
+    #[error("{file}:{line}: policy @id(\"{id}\"): Mcp::Workload {message}")]
+    WorkloadId {
+        file: String,
+        line: usize,
+        id: String,
+        message: String,
+    },
     #[error("policies fail validation against {schema}:\n{}", .errors.join("\n"))]
     Validation {
         schema: String,

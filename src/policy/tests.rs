@@ -783,6 +783,41 @@ fn load_errors_are_typed() {
     );
 }
 
+/// A policy naming a workload by an ID the gateway would never see (not
+/// canonical, or not a workload's) is refused at load with its file, line
+/// and @id: it would otherwise silently never apply.
+#[test]
+fn workload_ids_in_policies_must_be_canonical() {
+    let schema = shipped_schema();
+    let policy = |principal: &str| {
+        format!(
+            "@id(\"p\")\npermit (principal == Mcp::Workload::\"{principal}\", action, resource);"
+        )
+    };
+    let in_condition = |id: &str| {
+        format!(
+            "@id(\"p\")\npermit (principal, action, resource) when {{ principal == Mcp::Workload::\"{id}\" }};"
+        )
+    };
+    for text in [
+        policy("SPIFFE://example.org/agent-a"),
+        policy("spiffe://EXAMPLE.ORG/agent-a"),
+        policy("spiffe://example.org/agent-a/"),
+        policy("spiffe://example.org"),
+        in_condition("spiffe://Example.org/agent-a"),
+    ] {
+        let err = load_err(&[("mcp.cedarschema", &schema), ("a.cedar", &text)]);
+        assert!(
+            matches!(&err, PolicyError::WorkloadId { file, line: 1, id, .. } if file == "a.cedar" && id == "p"),
+            "{text}: {err:?}"
+        );
+    }
+    load(&[
+        ("mcp.cedarschema", &schema),
+        ("a.cedar", &policy("spiffe://example.org/agent-a")),
+    ]);
+}
+
 #[test]
 fn reason_labels_are_stable() {
     let labels = [

@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::identity::unix_now;
+use crate::identity::{id_refusal, spiffe_id, unix_now};
 use crate::proxy::Gateway;
 
 /// Time allowed for a client to complete the TLS handshake.
@@ -67,17 +67,13 @@ pub enum PeerError {
     SpiffeId(String),
 }
 
-/// Extracts the peer identity from a leaf certificate's DER.
+/// Extracts the peer identity from a leaf certificate's DER: its one URI
+/// SAN, a canonical SPIFFE ID with a path (`identity::spiffe_id`; the
+/// handshake's verifier applied the same rule).
 pub fn peer_from_leaf(der: &[u8]) -> Result<Peer, PeerError> {
-    let id =
-        spiffe::cert::spiffe_id_from_der(der).map_err(|e| PeerError::SpiffeId(e.to_string()))?;
-    if id.path().is_empty() {
-        return Err(PeerError::SpiffeId(
-            "a leaf SPIFFE ID needs a path".to_owned(),
-        ));
-    }
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| PeerError::Parse(e.to_string()))?;
+    let id = spiffe_id::from_certificate(&cert).map_err(|e| PeerError::SpiffeId(e.to_string()))?;
     Ok(Peer {
         spiffe_id: Arc::from(id.to_string()),
         not_after: cert.validity().not_after.timestamp(),
@@ -154,7 +150,7 @@ async fn connection(
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| "handshake timed out".to_owned())?
-        .map_err(|e| format!("handshake failed: {e}"))?;
+        .map_err(handshake_failed)?;
     let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
     // Without a certificate (only with listener.jwt_svid_callers, whose TLS
     // config makes it optional) each request must carry a JWT-SVID instead.
@@ -212,6 +208,21 @@ async fn connection(
         }
     }
     Ok(())
+}
+
+/// A handshake error as the refusal reason. A caller whose certificate
+/// chained but whose SPIFFE ID is not exactly as written is worth a warning
+/// (someone holding a trust domain's certificate tried to pass as another
+/// workload); other failures stay at debug (scanners, wrong CAs).
+fn handshake_failed(e: std::io::Error) -> String {
+    let refusal = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .and_then(id_refusal);
+    if let Some(refusal) = refusal {
+        warn!(reason = %refusal, "caller refused at the handshake: SPIFFE ID");
+    }
+    format!("handshake failed: {e}")
 }
 
 #[cfg(test)]
@@ -272,6 +283,18 @@ mod tests {
             ("user info", &["spiffe://u@example.org/a"], None),
             ("bad trust domain char", &["spiffe://exa$mple.org/a"], None),
             ("bad path char", &["spiffe://example.org/a b"], None),
+            // Folded by the spiffe crate into another workload's ID.
+            ("upper-case scheme", &["SPIFFE://example.org/agent-a"], None),
+            (
+                "upper-case trust domain",
+                &["spiffe://EXAMPLE.ORG/agent-a"],
+                None,
+            ),
+            (
+                "percent-encoded path",
+                &["spiffe://example.org/%61gent-a"],
+                None,
+            ),
         ];
         for (name, sans, want) in cases {
             let got = peer_from_leaf(&leaf(sans))

@@ -39,7 +39,7 @@ use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
 
 use crate::config::{UpstreamConfig, UpstreamConnection};
-use crate::identity::{Identity, TlsConfigs};
+use crate::identity::{Identity, TlsConfigs, spiffe_id};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::protocol;
 use crate::proxy::reply::{self, ReplyBody};
@@ -61,17 +61,20 @@ pub enum ConnectError {
     Timeout,
     #[error("upstream URI has no host or port")]
     BadUri,
+    #[error("upstream identity refused: {0}")]
+    Identity(String),
 }
 
 impl ConnectError {
     /// A handshake refused because of the peer's certificate or identity.
     pub fn is_identity(&self) -> bool {
-        matches!(self, ConnectError::Tls(e) if e.get_ref().is_some_and(|inner| {
-            inner.downcast_ref::<rustls::Error>().is_some_and(|r| matches!(
-                r,
-                rustls::Error::InvalidCertificate(_) | rustls::Error::General(_) | rustls::Error::Other(_)
-            ))
-        }))
+        matches!(self, ConnectError::Identity(_))
+            || matches!(self, ConnectError::Tls(e) if e.get_ref().is_some_and(|inner| {
+                inner.downcast_ref::<rustls::Error>().is_some_and(|r| matches!(
+                    r,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::General(_) | rustls::Error::Other(_)
+                ))
+            }))
     }
 }
 
@@ -187,8 +190,12 @@ impl Upstream {
             .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
         let conn = &config.connection;
         let spiffe_id = config.spiffe_id.to_string();
-        let mut connector =
-            UpstreamConnector::new(identity, config.plaintext, conn.connect_timeout);
+        let mut connector = UpstreamConnector::new(
+            identity,
+            config.plaintext,
+            conn.connect_timeout,
+            Arc::from(spiffe_id.as_str()),
+        );
         if !primary {
             connector.own_id = Some(Arc::new(OwnClientConfig {
                 spiffe_id: spiffe_id.clone(),
@@ -279,6 +286,8 @@ pub struct UpstreamConnector {
     plaintext: bool,
     /// TCP connect plus TLS handshake.
     timeout: Duration,
+    /// The SPIFFE ID the upstream must present, byte for byte.
+    expected: Arc<str>,
     /// For a non-primary upstream: its own client config, accepting only
     /// its SPIFFE ID.
     own_id: Option<Arc<OwnClientConfig>>,
@@ -314,11 +323,17 @@ impl OwnClientConfig {
 }
 
 impl UpstreamConnector {
-    pub fn new(identity: Identity, plaintext: bool, timeout: Duration) -> UpstreamConnector {
+    pub fn new(
+        identity: Identity,
+        plaintext: bool,
+        timeout: Duration,
+        expected: Arc<str>,
+    ) -> UpstreamConnector {
         UpstreamConnector {
             identity,
             plaintext,
             timeout,
+            expected,
             own_id: None,
         }
     }
@@ -370,8 +385,25 @@ impl UpstreamConnector {
             .connect(name, tcp)
             .await
             .map_err(ConnectError::Tls)?;
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+        check_upstream_id(leaf.map(AsRef::as_ref), &self.expected)?;
         Ok(UpstreamStream::Tls(Box::new(TokioIo::new(tls))))
     }
+}
+
+/// The upstream's SPIFFE ID exactly as configured. spiffe-rustls verified
+/// the chain and compared the ID after folding its case, so the text is
+/// checked again here, before a byte is sent: `SPIFFE://EXAMPLE.ORG/server`
+/// is not `spiffe://example.org/server`.
+fn check_upstream_id(leaf: Option<&[u8]>, expected: &str) -> Result<(), ConnectError> {
+    let leaf = leaf.ok_or_else(|| ConnectError::Identity("no certificate".to_owned()))?;
+    let id = spiffe_id::from_leaf(leaf).map_err(|e| ConnectError::Identity(e.to_string()))?;
+    if id.to_string() != expected {
+        return Err(ConnectError::Identity(format!(
+            "presented {id}, expected {expected}"
+        )));
+    }
+    Ok(())
 }
 
 /// A connection to the upstream, TLS or (loopback only) plain.
@@ -550,6 +582,32 @@ mod tests {
 
     use super::*;
 
+    /// A self-signed leaf with one URI SAN.
+    fn leaf(uri: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    /// The upstream's ID is compared as written: spiffe-rustls' `exact`
+    /// authorizer folds case, so a folded ID must still be refused here.
+    #[test]
+    fn the_upstream_must_present_exactly_the_configured_id() {
+        let want = "spiffe://example.org/ns/demo/sa/mcp-server";
+        assert!(check_upstream_id(Some(&leaf(want)), want).is_ok());
+        for presented in [
+            "spiffe://EXAMPLE.ORG/ns/demo/sa/mcp-server",
+            "SPIFFE://example.org/ns/demo/sa/mcp-server",
+            "spiffe://example.org/ns/demo/sa/mcp-server/",
+            "spiffe://example.org/ns/demo/sa/other",
+        ] {
+            let err = check_upstream_id(Some(&leaf(presented)), want).unwrap_err();
+            assert!(err.is_identity(), "{presented}: {err}");
+        }
+        assert!(check_upstream_id(None, want).unwrap_err().is_identity());
+    }
+
     /// After a rotation, requests move to connections opened with the new
     /// SVID; until then, the pool's connection is reused. A loopback HTTP
     /// server answers each request with the client port of its connection.
@@ -577,7 +635,12 @@ mod tests {
             }
         });
         let (identity, generation) = Identity::without_source();
-        let connector = UpstreamConnector::new(identity, true, Duration::from_secs(5));
+        let connector = UpstreamConnector::new(
+            identity,
+            true,
+            Duration::from_secs(5),
+            Arc::from("spiffe://example.org/up"),
+        );
         let pool = Pool::new(connector, &UpstreamConnection::default());
         let uri: Uri = format!("http://{addr}/mcp").parse().unwrap();
         let client_port = async |pool: &Pool| {

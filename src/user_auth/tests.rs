@@ -211,3 +211,26 @@ async fn caller_tokens_refuse_without_one_bearer_or_before_bundles() {
     );
     assert_eq!(check(&[&with_bearer]), Err(TokenError::NoBundle));
 }
+
+/// A JWT-SVID's `sub` picks the trust bundle that verifies it, so it must
+/// be a canonical SPIFFE ID before anything else: one written in another
+/// case would pick (and be taken as) another workload's identity.
+#[test]
+fn a_jwt_svid_subject_must_be_canonical() {
+    let token = |sub: &str| {
+        let payload = B64.encode(serde_json::json!({"sub": sub}).to_string());
+        format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln")
+    };
+    let ok = unverified_subject(&token("spiffe://example.org/ns/demo/sa/agent")).unwrap();
+    assert_eq!(ok.to_string(), "spiffe://example.org/ns/demo/sa/agent");
+    for sub in [
+        "SPIFFE://example.org/ns/demo/sa/agent",
+        "spiffe://EXAMPLE.ORG/ns/demo/sa/agent",
+        "spiffe://example.org/ns/demo/sa/agent/",
+        "spiffe://example.org/ns/%64emo/sa/agent",
+        "alice",
+    ] {
+        let err = unverified_subject(&token(sub)).unwrap_err();
+        assert!(matches!(err, TokenError::Claims(_)), "{sub}: {err:?}");
+    }
+}

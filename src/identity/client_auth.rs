@@ -1,20 +1,24 @@
-//! Client authentication for a listener that also takes JWT-SVID callers
-//! (`listener.jwt_svid_callers`): the client certificate becomes optional,
-//! but a certificate that is sent is held to the same checks as on an
-//! mTLS-only listener, so it still authenticates the connection on its own
-//! and a bearer token can never stand in for a bad one.
+//! Client authentication on the listener: the X.509-SVID checks every
+//! caller's certificate passes during the handshake.
 //!
-//! spiffe-rustls keeps its client verifier private and always requires a
-//! certificate, so this verifier does the same checks itself: the leaf's one
-//! SPIFFE ID picks the bundle of that ID's trust domain (own or federated,
-//! as the Workload API delivered it, current at each handshake); the leaf
-//! must not be a CA and must carry digitalSignature; the chain, validity and
-//! the clientAuth usage are checked by rustls' WebPKI verifier against that
-//! bundle alone. No bundle for the trust domain: refused. The server side
-//! (the gateway's own SVID) is spiffe-rustls' resolver, unchanged.
+//! spiffe-rustls keeps its client verifier private, folds the case of the
+//! peer's SPIFFE ID (`spiffe://EXAMPLE.ORG/a` would pass as
+//! `spiffe://example.org/a`) and always requires a certificate, so this
+//! verifier does the checks itself: the leaf's one URI SAN must be a SPIFFE
+//! ID in canonical form with a path (`identity::spiffe_id`), and picks the
+//! bundle of that ID's trust domain (own or federated, as the Workload API
+//! delivered it, current at each handshake); the leaf must not be a CA and
+//! must carry digitalSignature; the chain, validity and the clientAuth usage
+//! are checked by rustls' WebPKI verifier against that bundle alone. No
+//! bundle for the trust domain: refused. The certificate is mandatory
+//! unless the listener also takes JWT-SVID callers
+//! (`listener.jwt_svid_callers`); a certificate that is sent is held to the
+//! same checks either way, so a bearer token can never stand in for a bad
+//! one. The server side (the gateway's own SVID) is spiffe-rustls' resolver,
+//! unchanged.
 //!
-//! Must never: accept a certificate the mTLS-only listener would refuse, or
-//! verify a leaf against another trust domain's roots.
+//! Must never: accept a certificate whose SPIFFE ID is not exactly as
+//! written, or verify a leaf against another trust domain's roots.
 
 use std::sync::Arc;
 
@@ -24,9 +28,13 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
-    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
+    ServerConfig, SignatureScheme,
 };
 use spiffe::{SpiffeId, TrustDomain, X509Bundle, X509Source};
+use x509_parser::certificate::X509Certificate;
+
+use crate::identity::spiffe_id::{self, IdError};
 
 /// Where the X.509 bundles come from: the live source, or a fixed set in
 /// unit tests.
@@ -40,13 +48,20 @@ impl Bundles for X509Source {
     }
 }
 
-/// A listener config like `mtls`, but with the client certificate optional.
+/// A listener config like `mtls` (spiffe-rustls' resolver, ALPN), with this
+/// module's client verifier; `mandatory`: a handshake without a client
+/// certificate fails.
 pub(super) fn server_config(
     mtls: &ServerConfig,
     source: X509Source,
+    mandatory: bool,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(OptionalSvidVerifier::new(source, Arc::clone(&provider)));
+    let verifier = Arc::new(SvidClientVerifier::new(
+        source,
+        Arc::clone(&provider),
+        mandatory,
+    ));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -59,16 +74,22 @@ pub(super) fn server_config(
 }
 
 #[derive(Debug)]
-struct OptionalSvidVerifier {
+struct SvidClientVerifier {
     bundles: Box<dyn Bundles>,
     provider: Arc<CryptoProvider>,
+    mandatory: bool,
 }
 
-impl OptionalSvidVerifier {
-    fn new(bundles: impl Bundles + 'static, provider: Arc<CryptoProvider>) -> Self {
-        OptionalSvidVerifier {
+impl SvidClientVerifier {
+    fn new(
+        bundles: impl Bundles + 'static,
+        provider: Arc<CryptoProvider>,
+        mandatory: bool,
+    ) -> Self {
+        SvidClientVerifier {
             bundles: Box::new(bundles),
             provider,
+            mandatory,
         }
     }
 
@@ -93,13 +114,13 @@ impl OptionalSvidVerifier {
     }
 }
 
-impl ClientCertVerifier for OptionalSvidVerifier {
+impl ClientCertVerifier for SvidClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        false
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -112,7 +133,7 @@ impl ClientCertVerifier for OptionalSvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = check_leaf(end_entity.as_ref()).map_err(general)?;
+        let id = check_leaf(end_entity.as_ref())?;
         let eligible: Vec<CertificateDer<'_>> = intermediates
             .iter()
             .filter(|c| may_sign_certificates(c.as_ref()))
@@ -146,13 +167,21 @@ impl ClientCertVerifier for OptionalSvidVerifier {
 }
 
 /// The X509-SVID leaf rules (SPIFFE X509-SVID 4.x, 5.x) that are not chain
-/// rules: exactly one SPIFFE ID with a path, not a CA, digitalSignature.
-fn check_leaf(der: &[u8]) -> Result<SpiffeId, String> {
-    let id = spiffe::cert::spiffe_id_from_der(der).map_err(|e| e.to_string())?;
-    if id.path().is_empty() {
-        return Err("a leaf SPIFFE ID needs a path".to_owned());
-    }
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+/// rules: exactly one SPIFFE ID, canonical, with a path; not a CA;
+/// digitalSignature. An ID refusal is a certificate error carrying the
+/// [`IdError`], so the listener can tell it from other handshake failures.
+fn check_leaf(der: &[u8]) -> Result<SpiffeId, rustls::Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| general(format!("certificate does not parse: {e}")))?;
+    let id = spiffe_id::from_certificate(&cert).map_err(|e| {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+    })?;
+    check_usage(&cert).map_err(general)?;
+    Ok(id)
+}
+
+/// Not a CA, may not sign certificates or CRLs, may sign (digitalSignature).
+fn check_usage(cert: &X509Certificate<'_>) -> Result<(), String> {
     match cert.basic_constraints().map_err(|e| e.to_string())? {
         None => return Err("the leaf has no basicConstraints".to_owned()),
         Some(bc) if bc.value.ca => return Err("the leaf is a CA certificate".to_owned()),
@@ -168,7 +197,17 @@ fn check_leaf(der: &[u8]) -> Result<SpiffeId, String> {
     if !ku.value.digital_signature() {
         return Err("the leaf lacks keyUsage digitalSignature".to_owned());
     }
-    Ok(id)
+    Ok(())
+}
+
+/// The identity refusal inside a handshake error, if that is what it was.
+pub fn id_refusal(error: &rustls::Error) -> Option<&IdError> {
+    match error {
+        rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(e))) => {
+            e.downcast_ref::<IdError>()
+        }
+        _ => None,
+    }
 }
 
 /// Whether a chain certificate may sign certificates: no keyUsage at all
@@ -328,7 +367,7 @@ mod tests {
             bundle("partner.test", &partner),
         ]);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = OptionalSvidVerifier::new(bundles, provider);
+        let verifier = SvidClientVerifier::new(bundles, provider, false);
         assert!(verifier.offer_client_auth());
         assert!(!verifier.client_auth_mandatory());
 
@@ -366,6 +405,117 @@ mod tests {
             );
             assert_eq!(got.is_ok(), *ok, "{name}: {got:?}");
         }
+    }
+
+    /// An ID the spiffe crate would fold into another workload's is refused
+    /// by the verifier, as an identity refusal, though its chain is good.
+    #[test]
+    fn a_non_canonical_id_signed_by_the_trust_domains_ca_is_refused() {
+        let example = test_ca("example.org root");
+        let verifier = SvidClientVerifier::new(
+            Fixed(vec![bundle("example.org", &example)]),
+            Arc::new(rustls::crypto::ring::default_provider()),
+            true,
+        );
+        assert!(verifier.client_auth_mandatory());
+        let verify = |id: &str| {
+            verifier.verify_client_cert(
+                &CertificateDer::from(svid(id, &example)),
+                &[],
+                UnixTime::now(),
+            )
+        };
+        assert!(verify("spiffe://example.org/agent-a").is_ok());
+        for id in [
+            "SPIFFE://example.org/agent-a",
+            "spiffe://EXAMPLE.ORG/agent-a",
+            "spiffe://Example.org/agent-a",
+            "spiffe://example.org/agent-a/",
+            "spiffe://example.org/%61gent-a",
+            "spiffe://example.org/./agent-a",
+        ] {
+            let err = verify(id).unwrap_err();
+            assert!(id_refusal(&err).is_some(), "{id}: {err:?}");
+        }
+    }
+
+    /// A whole TLS handshake in process: the gateway side (this verifier)
+    /// fails it for a client certificate whose ID is not canonical, and
+    /// completes it for the canonical one.
+    #[tokio::test]
+    async fn the_handshake_fails_for_a_non_canonical_client_id() {
+        let example = test_ca("example.org root");
+        for (id, ok) in [
+            ("spiffe://example.org/agent-a", true),
+            ("SPIFFE://example.org/agent-a", false),
+            ("spiffe://EXAMPLE.ORG/agent-a", false),
+        ] {
+            let result = handshake(&example, id).await;
+            assert_eq!(result.is_ok(), ok, "{id}: {result:?}");
+            if let Err(e) = result {
+                let refusal = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .and_then(id_refusal);
+                assert!(
+                    matches!(refusal, Some(IdError::NotCanonical { .. })),
+                    "{id}: {e}"
+                );
+            }
+        }
+    }
+
+    /// Runs a handshake over an in-memory pipe: a client presenting an SVID
+    /// for `client_id`; returns the server side's result.
+    async fn handshake(ca: &TestCa, client_id: &str) -> std::io::Result<()> {
+        use rustls::pki_types::PrivateKeyDer;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = SvidClientVerifier::new(
+            Fixed(vec![bundle("example.org", ca)]),
+            Arc::clone(&provider),
+            true,
+        );
+        let (server_cert, server_key) = signed("spiffe://example.org/gateway", ca);
+        let server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_single_cert(vec![server_cert], PrivateKeyDer::Pkcs8(server_key.into()))
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der.clone())).unwrap();
+        let (client_cert, client_key) = signed(client_id, ca);
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![client_cert], PrivateKeyDer::Pkcs8(client_key.into()))
+            .unwrap();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let accept = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(server_io);
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect("localhost".try_into().unwrap(), client_io);
+        let (accepted, _connected) = tokio::join!(accept, connect);
+        accepted.map(drop)
+    }
+
+    /// An SVID for `id` with a DNS SAN `localhost` (so the test client can
+    /// check the server by name), signed by `ca`; certificate and key.
+    fn signed(id: &str, ca: &TestCa) -> (CertificateDer<'static>, Vec<u8>) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![
+            SanType::URI(id.try_into().unwrap()),
+            SanType::DnsName("localhost".try_into().unwrap()),
+        ];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.issuer).unwrap().der().clone();
+        (cert, key.serialize_der())
     }
 
     #[test]
