@@ -153,6 +153,17 @@ fn init_logging(format: LogFormat, level: &str) {
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path, &ProcessEnv)?;
     init_logging(config.log.format, &config.log.level);
+    match spiffe_mcp_gateway::proxy::raise_open_files_limit() {
+        Ok(Some((before, after))) => {
+            tracing::info!(
+                before,
+                after,
+                "raised the soft limit on open files to the hard limit"
+            );
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the soft limit on open files"),
+    }
     let drain = config.drain_timeout;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

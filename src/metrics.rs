@@ -46,6 +46,7 @@ pub struct Metrics {
     pub svid_rotations: IntCounter,
     pub identity_updates: IntCounter,
     pub tls_handshake_failures: IntCounter,
+    pub accept_errors: IntCounter,
     pub audit_records: IntCounter,
     pub audit_write_errors: IntCounter,
     pub ready: IntGauge,
@@ -144,6 +145,11 @@ impl Metrics {
             tls_handshake_failures: IntCounter::new(
                 "mcp_gateway_tls_handshake_failures_total",
                 "Listener handshakes refused or failed.",
+            )
+            .expect("static metric definition"),
+            accept_errors: IntCounter::new(
+                "mcp_gateway_accept_errors_total",
+                "Failed accepts on a listener (e.g. out of file descriptors); each is followed by a pause.",
             )
             .expect("static metric definition"),
             audit_records: IntCounter::new(
@@ -266,7 +272,7 @@ impl Metrics {
     // in a name, which the unit test below catches.
     fn register_all(&self) {
         let r = &self.registry;
-        let all: [Box<dyn prometheus::core::Collector>; 17] = [
+        let all: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(self.decisions.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.upstream_errors.clone()),
@@ -275,6 +281,7 @@ impl Metrics {
             Box::new(self.svid_rotations.clone()),
             Box::new(self.identity_updates.clone()),
             Box::new(self.tls_handshake_failures.clone()),
+            Box::new(self.accept_errors.clone()),
             Box::new(self.audit_records.clone()),
             Box::new(self.audit_write_errors.clone()),
             Box::new(self.ready.clone()),

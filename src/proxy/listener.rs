@@ -15,7 +15,6 @@
 //! request (`Gateway::handle_token_caller`). Off by default: no certificate,
 //! no handshake.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +28,7 @@ use tracing::{debug, warn};
 
 use crate::identity::{id_refusal, spiffe_id, unix_now};
 use crate::proxy::Gateway;
+use crate::proxy::accept::accept_loop;
 
 /// Time allowed for a client to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,10 +89,12 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     connections: TaskTracker,
 ) {
+    let errors = gateway.metrics.accept_errors.clone();
     accept_loop(
         listener,
         shutdown,
         connections,
+        errors,
         move |tcp, addr, shutdown| {
             let gateway = Arc::clone(&gateway);
             async move {
@@ -104,33 +106,6 @@ pub async fn serve(
         },
     )
     .await;
-}
-
-/// The accept loop of every listener: each accepted connection runs
-/// `serve_one` on `connections` until `shutdown` flips to true, then the
-/// listening socket is dropped.
-pub(crate) async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-    connections: TaskTracker,
-    serve_one: F,
-) where
-    F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    loop {
-        let (tcp, addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        };
-        connections.spawn(serve_one(tcp, addr, shutdown.clone()));
-    }
 }
 
 /// One connection: handshake, identity, then HTTP until the peer leaves, the

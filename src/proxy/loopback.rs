@@ -35,7 +35,8 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::identity::unix_now;
-use crate::proxy::listener::{Peer, accept_loop, peer_from_leaf};
+use crate::proxy::accept::accept_loop;
+use crate::proxy::listener::{Peer, peer_from_leaf};
 use crate::proxy::{Gateway, ProxyError};
 
 /// Accepts connections until `shutdown` flips to true (same contract as
@@ -46,10 +47,12 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     connections: TaskTracker,
 ) {
+    let errors = gateway.metrics.accept_errors.clone();
     accept_loop(
         listener,
         shutdown,
         connections,
+        errors,
         move |tcp, addr, shutdown| {
             let gateway = Arc::clone(&gateway);
             async move {

@@ -13,6 +13,7 @@
 //! This module must never take identity from a header, forward a message
 //! that was not decided, or put policy text in a reply.
 
+mod accept;
 mod aggregate;
 mod error;
 mod inspect;
@@ -23,6 +24,8 @@ mod reply;
 pub mod session;
 mod trace;
 pub mod upstream;
+
+pub use accept::raise_open_files_limit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
