@@ -120,9 +120,8 @@ async fn connection(
         .identity
         .current()
         .ok_or("gateway has no SVID yet")?;
-    let _ = tcp.set_nodelay(true);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&configs.server));
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&acceptor, tcp))
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(handshake_failed)?;
@@ -183,6 +182,25 @@ async fn connection(
         }
     }
     Ok(())
+}
+
+/// The server side of the TLS handshake on an accepted socket.
+///
+/// NODELAY: responses go out as soon as they are written. QUICKACK once
+/// the handshake is done: the client's Finished is the last handshake
+/// message and, with TLS tickets off, nothing answers it, so the kernel
+/// would hold its ACK for the delayed-ACK timer (~40 ms); a client with
+/// Nagle's algorithm on (a plain Python `ssl` socket) then holds back its
+/// first request until that ACK comes. Quick-ack mode sends the pending ACK
+/// at once.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+    let _ = tcp.set_nodelay(true);
+    let tls = acceptor.accept(tcp).await?;
+    let _ = socket2::SockRef::from(tls.get_ref().0).set_tcp_quickack(true);
+    Ok(tls)
 }
 
 /// A handshake error as the refusal reason. A caller whose certificate
@@ -296,6 +314,57 @@ mod tests {
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let peer = peer_from_leaf(&der).unwrap();
         assert_eq!(peer.not_after, cert.validity().not_after.timestamp());
+    }
+
+    /// After the handshake the accepted socket is in quick-ack mode (the
+    /// ACK of the client's Finished is not held for the delayed-ACK timer)
+    /// and has NODELAY; read back from the socket the listener serves on.
+    #[tokio::test]
+    async fn the_handshake_leaves_the_socket_in_quickack_and_nodelay() {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().clone();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.set_nodelay(false).unwrap(); // Nagle on, as the slow client had it
+            tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .unwrap()
+        };
+        let accept = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let sock = socket2::SockRef::from(&tcp);
+            // A fresh socket's state, for contrast.
+            assert!(!sock.tcp_nodelay().unwrap());
+            drop(sock);
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            handshake(&acceptor, tcp).await.unwrap()
+        };
+        let (_client, served) = tokio::join!(connect, accept);
+        let sock = socket2::SockRef::from(served.get_ref().0);
+        assert!(
+            sock.tcp_quickack().unwrap(),
+            "quick-ack mode after the handshake"
+        );
+        assert!(sock.tcp_nodelay().unwrap());
     }
 
     #[test]
