@@ -351,10 +351,8 @@ mod tests {
         };
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
-            let sock = socket2::SockRef::from(&tcp);
             // A fresh socket's state, for contrast.
-            assert!(!sock.tcp_nodelay().unwrap());
-            drop(sock);
+            assert!(!socket2::SockRef::from(&tcp).tcp_nodelay().unwrap());
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
             handshake(&acceptor, tcp).await.unwrap()
         };
