@@ -22,15 +22,19 @@ use crate::identity::{ClientCerts, Identity};
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Gateway, listener, loopback};
+use crate::proxy::{Gateway, Lifecycle, listener, loopback};
 
 /// A running gateway.
 pub struct App {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub identity: Identity,
-    /// Stops accepting and starts draining the gateway's connections.
+    /// Asks the gateway's connections to close (`Connection: close`,
+    /// GOAWAY) once in-flight requests finish.
+    start_draining: watch::Sender<bool>,
+    /// After `shutdown.not_ready_delay_seconds`: closes the listening socket.
     stop_accepting: watch::Sender<bool>,
+    not_ready_delay: Duration,
     /// Stops the admin listener and background tasks, after the drain.
     shutdown: watch::Sender<bool>,
     draining: Arc<AtomicBool>,
@@ -85,20 +89,22 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         draining: Arc::clone(&draining),
     });
     let (shutdown, watcher) = watch::channel(false);
-    let (stop_accepting, accepting) = watch::channel(false);
+    let (stop_accepting, stop) = watch::channel(false);
+    let (start_draining, drain) = watch::channel(false);
+    let lifecycle = Lifecycle { drain, stop };
     let connections = TaskTracker::new();
     let listener_task = if config.listener.plaintext_loopback {
         tokio::spawn(loopback::serve(
             listener,
             Arc::clone(&gateway),
-            accepting,
+            lifecycle,
             connections.clone(),
         ))
     } else {
         tokio::spawn(listener::serve(
             listener,
             Arc::clone(&gateway),
-            accepting,
+            lifecycle,
             connections.clone(),
         ))
     };
@@ -126,6 +132,8 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         admin_addr,
         identity,
         stop_accepting,
+        start_draining,
+        not_ready_delay: config.not_ready_delay,
         shutdown,
         draining,
         connections,
@@ -162,12 +170,24 @@ async fn probe_upstream(upstream: Arc<Upstream>, mut shutdown: watch::Receiver<b
 }
 
 impl App {
-    /// Graceful shutdown: `/readyz` turns 503, the listening socket closes
-    /// (new connections are refused), in-flight requests and streams finish
-    /// up to `deadline`; then the admin listener and background tasks stop.
+    /// Graceful shutdown: `/readyz` turns 503 and connections are asked to
+    /// close; after `shutdown.not_ready_delay_seconds` the listening socket
+    /// closes (new connections are refused); in-flight requests and streams
+    /// finish up to `deadline`; then the admin listener and background
+    /// tasks stop.
     /// Returns whether every connection finished in time.
     pub async fn shutdown(self, deadline: Duration) -> bool {
         self.draining.store(true, Ordering::Relaxed);
+        let _ = self.start_draining.send(true);
+        if !self.not_ready_delay.is_zero() {
+            // Load balancers still sending here have time to see the 503;
+            // what they send meanwhile is served, one request a connection.
+            info!(
+                delay_seconds = self.not_ready_delay.as_secs(),
+                "not ready; the listener closes after the delay"
+            );
+            tokio::time::sleep(self.not_ready_delay).await;
+        }
         let _ = self.stop_accepting.send(true);
         let _ = self.listener_task.await;
         self.connections.close();

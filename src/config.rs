@@ -17,6 +17,10 @@ use spiffe::SpiffeId;
 
 use crate::identity::spiffe_id;
 
+mod connections;
+
+pub use connections::ConnectionsConfig;
+
 /// Environment variable naming the Workload API socket when the config does not.
 pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 
@@ -66,11 +70,16 @@ pub struct Config {
     pub max_sessions: usize,
     /// After SIGTERM, how long in-flight requests and streams may finish.
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long the listener keeps accepting while `/readyz`
+    /// says 503 (for load balancers that have not seen it yet).
+    pub not_ready_delay: Duration,
     pub log: LogConfig,
     /// Label decisions by caller SPIFFE ID too (unbounded: opt in).
     pub metrics_caller_labels: bool,
     /// The aggregated endpoint (`aggregate:`), if configured.
     pub aggregate: Option<AggregateConfig>,
+    /// Client timeouts and connection caps (`connections:`).
+    pub connections: ConnectionsConfig,
 }
 
 /// `aggregate:`: one endpoint, `<listener.path>/<name>`, presenting the
@@ -248,6 +257,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default)]
     aggregate: Option<RawAggregate>,
+    #[serde(default)]
+    connections: connections::RawConnections,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +272,7 @@ struct RawAggregate {
 #[serde(deny_unknown_fields)]
 struct RawShutdown {
     drain_timeout_seconds: Option<u64>,
+    not_ready_delay_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -441,6 +453,11 @@ impl RawConfig {
             Some(n) if n > 3600 => bail!("shutdown.drain_timeout_seconds: at most 3600"),
             Some(n) => Duration::from_secs(n),
         };
+        let not_ready_delay = match self.shutdown.not_ready_delay_seconds {
+            None => Duration::ZERO,
+            Some(n) if n > 300 => bail!("shutdown.not_ready_delay_seconds: at most 300"),
+            Some(n) => Duration::from_secs(n),
+        };
         let level = self.log.level.unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
             bail!("log.level: {level:?} is not a level or tracing filter (e.g. info, debug)");
@@ -474,9 +491,11 @@ impl RawConfig {
             session_idle_timeout,
             max_sessions,
             drain_timeout,
+            not_ready_delay,
             log,
             metrics_caller_labels: self.metrics.caller_labels,
             aggregate,
+            connections: self.connections.validate()?,
         })
     }
 }

@@ -47,6 +47,9 @@ pub struct Metrics {
     pub identity_updates: IntCounter,
     pub tls_handshake_failures: IntCounter,
     pub accept_errors: IntCounter,
+    pub connections_open: IntGauge,
+    /// Connections closed or requests refused by a connection limit.
+    pub connection_refusals: IntCounterVec,
     pub audit_records: IntCounter,
     pub audit_write_errors: IntCounter,
     pub ready: IntGauge,
@@ -145,6 +148,19 @@ impl Metrics {
             tls_handshake_failures: IntCounter::new(
                 "mcp_gateway_tls_handshake_failures_total",
                 "Listener handshakes refused or failed.",
+            )
+            .expect("static metric definition"),
+            connections_open: IntGauge::new(
+                "mcp_gateway_connections_open",
+                "Connections open on the listener (TLS handshakes in progress included).",
+            )
+            .expect("static metric definition"),
+            connection_refusals: IntCounterVec::new(
+                Opts::new(
+                    "mcp_gateway_connection_refusals_total",
+                    "Connections closed, or request bodies refused, by a connection limit or timeout.",
+                ),
+                &["reason"],
             )
             .expect("static metric definition"),
             accept_errors: IntCounter::new(
@@ -272,7 +288,7 @@ impl Metrics {
     // in a name, which the unit test below catches.
     fn register_all(&self) {
         let r = &self.registry;
-        let all: [Box<dyn prometheus::core::Collector>; 18] = [
+        let all: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(self.decisions.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.upstream_errors.clone()),
@@ -282,6 +298,8 @@ impl Metrics {
             Box::new(self.identity_updates.clone()),
             Box::new(self.tls_handshake_failures.clone()),
             Box::new(self.accept_errors.clone()),
+            Box::new(self.connections_open.clone()),
+            Box::new(self.connection_refusals.clone()),
             Box::new(self.audit_records.clone()),
             Box::new(self.audit_write_errors.clone()),
             Box::new(self.ready.clone()),

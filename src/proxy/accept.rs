@@ -31,13 +31,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// At most one log line per this long about failing accepts.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Accepts connections until `shutdown` flips to true, then drops the
+/// The signals a listener follows.
+#[derive(Clone)]
+pub struct Lifecycle {
+    /// Flips to true when the gateway starts draining: connections are
+    /// asked to close (`proxy::http_conn`), new ones serve one request.
+    pub drain: watch::Receiver<bool>,
+    /// Flips to true when the listening socket is to close (after
+    /// `shutdown.not_ready_delay_seconds`).
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Accepts connections until `stop` flips to true, then drops the
 /// listening socket (new connections are refused). Each accepted
-/// connection runs `serve_one` on `connections`, so shutdown can wait for
-/// them to drain.
+/// connection runs `serve_one` (given the drain signal) on `connections`,
+/// so shutdown can wait for them to drain.
 pub(crate) async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
+    lifecycle: Lifecycle,
     connections: TaskTracker,
     errors: IntCounter,
     serve_one: F,
@@ -45,23 +56,24 @@ pub(crate) async fn accept_loop<F, Fut>(
     F: Fn(TcpStream, SocketAddr, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let Lifecycle { drain, mut stop } = lifecycle;
     let mut failing = Failing::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = stop.wait_for(|stop| *stop) => return,
         };
         match accepted {
             Ok((tcp, addr)) => {
                 failing.recovered();
-                connections.spawn(serve_one(tcp, addr, shutdown.clone()));
+                connections.spawn(serve_one(tcp, addr, drain.clone()));
             }
             Err(e) => {
                 errors.inc();
                 let pause = failing.failed(&e, Instant::now());
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = stop.wait_for(|stop| *stop) => return,
                 }
             }
         }

@@ -52,6 +52,8 @@ pub enum ProxyError {
     TooLarge(usize),
     #[error("reading the request body failed")]
     BodyRead,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     #[error("unsupported content encoding {0:?}")]
     ContentEncoding(String),
     #[error("unsupported transfer coding {0:?}")]
@@ -117,6 +119,7 @@ impl ProxyError {
             ProxyError::Denied => (StatusCode::FORBIDDEN, CODE_DENIED),
             ProxyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_TOO_LARGE),
             ProxyError::BodyRead => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
+            ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, CODE_BAD_TRANSPORT),
             ProxyError::ContentEncoding(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, CODE_BAD_TRANSPORT)
             }
@@ -163,6 +166,7 @@ impl ProxyError {
             ProxyError::Denied => "denied",
             ProxyError::TooLarge(_) => "body_too_large",
             ProxyError::BodyRead => "body_read_error",
+            ProxyError::BodyTimeout => "body_read_timeout",
             ProxyError::ContentEncoding(_) => "content_encoding",
             ProxyError::ContentType => "content_type",
             ProxyError::TransferEncoding(_) => "transfer_encoding",

@@ -18,17 +18,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::identity::{id_refusal, spiffe_id, unix_now};
 use crate::proxy::Gateway;
-use crate::proxy::accept::accept_loop;
+use crate::proxy::accept::{Lifecycle, accept_loop};
+use crate::proxy::http_conn::{self, Lifetime, Reconnect, Served};
 
 /// Time allowed for a client to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,27 +82,26 @@ pub fn peer_from_leaf(der: &[u8]) -> Result<Peer, PeerError> {
     })
 }
 
-/// Accepts connections until `shutdown` flips to true, then drops the
-/// listening socket (new connections are refused). Each connection runs on
-/// `connections`, so shutdown can wait for them to drain.
+/// Accepts connections until `lifecycle.stop` flips to true, then drops
+/// the listening socket (new connections are refused). Each connection
+/// runs on `connections`, so shutdown can wait for them to drain.
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    shutdown: watch::Receiver<bool>,
+    lifecycle: Lifecycle,
     connections: TaskTracker,
 ) {
     let errors = gateway.metrics.accept_errors.clone();
     accept_loop(
         listener,
-        shutdown,
+        lifecycle,
         connections,
         errors,
         move |tcp, addr, shutdown| {
             let gateway = Arc::clone(&gateway);
             async move {
-                if let Err(reason) = connection(tcp, gateway.clone(), shutdown).await {
-                    gateway.metrics.tls_handshake_failures.inc();
-                    debug!(%addr, %reason, "connection refused");
+                if let Err(reason) = connection(tcp, gateway, shutdown).await {
+                    debug!(%addr, %reason, "connection ended");
                 }
             }
         },
@@ -108,14 +109,68 @@ pub async fn serve(
     .await;
 }
 
-/// One connection: handshake, identity, then HTTP until the peer leaves, the
-/// certificate expires, or the gateway shuts down.
+/// One connection: a place under the connection cap, handshake, identity
+/// (and a place under its cap), then HTTP until the peer leaves, the
+/// certificate expires, or the gateway drains (`http_conn::serve`).
 async fn connection(
     tcp: TcpStream,
     gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    // Fail closed: without an SVID there is no config, so no handshake.
+    let _slot = gateway
+        .admission
+        .connection()
+        .ok_or("connections.max_connections reached")?;
+    let (tls, caller) = authenticate(tcp, &gateway).await.inspect_err(|_| {
+        gateway.metrics.tls_handshake_failures.inc();
+    })?;
+    let (_identity_slot, remaining) = match &caller {
+        Caller::Certificate(peer) => {
+            let slot = gateway
+                .admission
+                .identity(&peer.spiffe_id)
+                .ok_or("connections.max_connections_per_identity reached")?;
+            let left = u64::try_from(peer.not_after - unix_now()).unwrap_or(0);
+            (Some(slot), Duration::from_secs(left))
+        }
+        Caller::Token(_) => (None, TOKEN_CONNECTION_LIFETIME),
+    };
+    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let reconnect = Reconnect::default();
+    let service = {
+        let gateway = Arc::clone(&gateway);
+        let reconnect = reconnect.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let gateway = Arc::clone(&gateway);
+            let caller = caller.clone();
+            let reconnect = reconnect.clone();
+            async move {
+                let version = req.version();
+                let mut response = match &caller {
+                    Caller::Certificate(peer) => gateway.handle(req, peer).await,
+                    Caller::Token(own_id) => gateway.handle_token_caller(req, own_id).await,
+                };
+                reconnect.mark(version, &mut response);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let served = Served {
+        config: &gateway.connections,
+        admission: &gateway.admission,
+        lifetime: Lifetime::new(remaining, gateway.connections.reconnect_after_fraction),
+        reconnect,
+        http2,
+    };
+    http_conn::serve(tls, service, served, drain).await
+}
+
+/// The TLS handshake and the caller it authenticated. Fail closed: without
+/// an SVID there is no config, so no handshake.
+async fn authenticate(
+    tcp: TcpStream,
+    gateway: &Gateway,
+) -> Result<(TlsStream<TcpStream>, Caller), String> {
     let configs = gateway
         .identity
         .current()
@@ -135,53 +190,7 @@ async fn connection(
         None if gateway.accepts_token_callers() => Caller::Token(Arc::clone(&configs.spiffe_id)),
         None => return Err(PeerError::NoCertificate.to_string()),
     };
-    let expires_in = match &caller {
-        Caller::Certificate(peer) => {
-            Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0))
-        }
-        Caller::Token(_) => TOKEN_CONNECTION_LIFETIME,
-    };
-    let expiry = tokio::time::Instant::now() + expires_in;
-    let peer_id = match &caller {
-        Caller::Certificate(peer) => Arc::clone(&peer.spiffe_id),
-        Caller::Token(_) => Arc::from("(JWT-SVID per request)"),
-    };
-
-    let service = service_fn(move |req| {
-        let gateway = Arc::clone(&gateway);
-        let caller = caller.clone();
-        async move {
-            let response = match &caller {
-                Caller::Certificate(peer) => gateway.handle(req, peer).await,
-                Caller::Token(own_id) => gateway.handle_token_caller(req, own_id).await,
-            };
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(conn);
-    let expired = tokio::select! {
-        result = conn.as_mut() => return result.map_err(|e| format!("connection error: {e}")),
-        _ = tokio::time::sleep_until(expiry) => {
-            debug!(spiffe_id = %peer_id, "peer credential expired; closing connection");
-            true
-        }
-        _ = shutdown.wait_for(|stop| *stop) => false,
-    };
-    // In-flight requests and streams finish; no new request is read. At
-    // expiry they get a few seconds; at shutdown the drain deadline bounds
-    // them (the process exits when it passes).
-    conn.as_mut().graceful_shutdown();
-    if expired {
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    } else {
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = tokio::time::sleep_until(expiry) => {}
-        }
-    }
-    Ok(())
+    Ok((tls, caller))
 }
 
 /// The server side of the TLS handshake on an accepted socket.
@@ -196,7 +205,7 @@ async fn connection(
 async fn handshake(
     acceptor: &tokio_rustls::TlsAcceptor,
     tcp: TcpStream,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> std::io::Result<TlsStream<TcpStream>> {
     let _ = tcp.set_nodelay(true);
     let tls = acceptor.accept(tcp).await?;
     let _ = socket2::SockRef::from(tls.get_ref().0).set_tcp_quickack(true);

@@ -27,30 +27,29 @@ use std::time::Duration;
 use hyper::header::{self, HeaderMap};
 use hyper::service::service_fn;
 use hyper::{Request, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use crate::identity::unix_now;
-use crate::proxy::accept::accept_loop;
+use crate::proxy::accept::{Lifecycle, accept_loop};
+use crate::proxy::http_conn::{self, Lifetime, Reconnect, Served};
 use crate::proxy::listener::{Peer, peer_from_leaf};
 use crate::proxy::{Gateway, ProxyError};
 
-/// Accepts connections until `shutdown` flips to true (same contract as
+/// Accepts connections until `lifecycle.stop` flips to true (same contract as
 /// `listener::serve`).
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    shutdown: watch::Receiver<bool>,
+    lifecycle: Lifecycle,
     connections: TaskTracker,
 ) {
     let errors = gateway.metrics.accept_errors.clone();
     accept_loop(
         listener,
-        shutdown,
+        lifecycle,
         connections,
         errors,
         move |tcp, addr, shutdown| {
@@ -82,51 +81,45 @@ fn own_peer(gateway: &Gateway) -> Result<Peer, String> {
 async fn connection(
     tcp: TcpStream,
     gateway: Arc<Gateway>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let _slot = gateway
+        .admission
+        .connection()
+        .ok_or("connections.max_connections reached")?;
     let peer = own_peer(&gateway)?;
     let _ = tcp.set_nodelay(true);
-    let expires_in = Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0));
-    let expiry = tokio::time::Instant::now() + expires_in;
-
+    let remaining = Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0));
+    let reconnect = Reconnect::default();
     let service = {
-        let peer = peer.clone();
+        let gateway = Arc::clone(&gateway);
+        let reconnect = reconnect.clone();
         service_fn(move |req: Request<hyper::body::Incoming>| {
             let gateway = Arc::clone(&gateway);
             let peer = peer.clone();
+            let reconnect = reconnect.clone();
             async move {
-                let response = match check_local_request(req.headers(), req.uri()) {
+                let version = req.version();
+                let mut response = match check_local_request(req.headers(), req.uri()) {
                     Ok(()) => gateway.handle(req, &peer).await,
                     Err(refusal) => gateway.refuse_request(req, &peer, refusal).await,
                 };
+                reconnect.mark(version, &mut response);
                 Ok::<_, std::convert::Infallible>(response)
             }
         })
     };
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(tcp), service);
-    tokio::pin!(conn);
-    let expired = tokio::select! {
-        result = conn.as_mut() => return result.map_err(|e| format!("connection error: {e}")),
-        _ = tokio::time::sleep_until(expiry) => {
-            debug!(spiffe_id = %peer.spiffe_id, "the SVID this connection was served with expired; closing it");
-            true
-        }
-        _ = shutdown.wait_for(|stop| *stop) => false,
+    // As on the mTLS listener: no connection outlives the SVID it is
+    // served with, and clients are asked to reconnect before it expires.
+    // Plain HTTP has no ALPN: HTTP/2 (prior knowledge) is closed at expiry.
+    let served = Served {
+        config: &gateway.connections,
+        admission: &gateway.admission,
+        lifetime: Lifetime::new(remaining, gateway.connections.reconnect_after_fraction),
+        reconnect,
+        http2: false,
     };
-    // As on the mTLS listener: in-flight requests finish, no new request is
-    // read. At expiry they get a few seconds; at shutdown the drain deadline
-    // bounds them, and never past the SVID's expiry.
-    conn.as_mut().graceful_shutdown();
-    if expired {
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    } else {
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            _ = tokio::time::sleep_until(expiry) => {}
-        }
-    }
-    Ok(())
+    http_conn::serve(tcp, service, served, shutdown).await
 }
 
 /// The guard against browsers: the request must name a loopback host, and

@@ -14,8 +14,10 @@
 //! that was not decided, or put policy text in a reply.
 
 mod accept;
+pub mod admission;
 mod aggregate;
 mod error;
+mod http_conn;
 mod inspect;
 pub mod listener;
 pub mod loopback;
@@ -25,7 +27,7 @@ pub mod session;
 mod trace;
 pub mod upstream;
 
-pub use accept::raise_open_files_limit;
+pub use accept::{Lifecycle, raise_open_files_limit};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,13 +49,14 @@ use reply::{ReplyBody, error_response};
 use upstream::{ConnectError, Upstream};
 
 use crate::audit::{AuditLog, AuditUser, Outcome, Record, ShadowRecord, now_rfc3339};
-use crate::config::Config;
+use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::mcp::{self, Message};
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{CallerTokens, TokenError, UserAuth};
+use admission::{Admission, Refusal};
 use trace::Trace;
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
@@ -92,6 +95,9 @@ pub struct Gateway {
     audit: AuditLog,
     path: String,
     max_body: usize,
+    /// Client timeouts and connection caps (`connections:`).
+    pub connections: ConnectionsConfig,
+    pub admission: Admission,
     ids: CorrelationIds,
     /// End-user token verification, if configured.
     user_auth: Option<UserAuth>,
@@ -200,6 +206,12 @@ impl Gateway {
                 )
             })
             .transpose()?;
+        let admission = Admission::new(
+            config.connections.max_connections,
+            config.connections.max_connections_per_identity,
+            metrics.connections_open.clone(),
+            metrics.connection_refusals.clone(),
+        );
         Ok(Gateway {
             aggregate,
             upstreams,
@@ -210,6 +222,8 @@ impl Gateway {
             audit,
             path: config.listener.path.clone(),
             max_body: config.max_body_bytes,
+            connections: config.connections.clone(),
+            admission,
             ids: CorrelationIds::new(),
             user_auth: config
                 .user_auth
@@ -417,7 +431,15 @@ impl Gateway {
             linger(body);
             return Err(self.refuse_unparsed(refusal, facts).await);
         }
-        match read_body(body, self.max_body).await {
+        let read = tokio::time::timeout(
+            self.connections.body_read_timeout,
+            read_body(body, self.max_body),
+        );
+        let Ok(read) = read.await else {
+            self.admission.refused(Refusal::BodyReadTimeout);
+            return Err(self.refuse_unparsed(ProxyError::BodyTimeout, facts).await);
+        };
+        match read {
             Ok(bytes) => Ok(bytes),
             Err((refusal, rest)) => {
                 if let Some(rest) = rest {
