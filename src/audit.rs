@@ -126,7 +126,9 @@ impl AuditLog {
     ) -> std::io::Result<AuditLog> {
         let sink = match sink {
             AuditSink::Stdout => Sink::Stdout,
-            AuditSink::File(path) => Sink::File(FileSink::open(path.clone(), Box::new(writer::open_append))?),
+            AuditSink::File(path) => {
+                Sink::File(FileSink::open(path.clone(), Box::new(writer::open_append))?)
+            }
         };
         Ok(AuditLog::with_writer(sink, on_failure, metrics, |_| {}))
     }

@@ -155,7 +155,11 @@ fn a_failed_write_leaves_no_torn_line_and_its_records_are_written_on_retry() {
     // Room for part of the next batch only: the write tears, then fails.
     f.limit(Some(40));
     f.write(&mut w, 2..=3);
-    assert_eq!(ids(&f.path), expect(&[1]), "cut back to the last whole line");
+    assert_eq!(
+        ids(&f.path),
+        expect(&[1]),
+        "cut back to the last whole line"
+    );
     assert!(shared.failing.load(Ordering::Relaxed));
     assert_eq!(f.metrics.audit_failing.get(), 1);
     assert_eq!(f.metrics.audit_write_errors.get(), 1);
@@ -231,6 +235,59 @@ fn when_the_retry_buffer_is_full_further_records_are_counted_lost() {
     w.flush();
     assert_eq!(ids(&f.path), expect(&[1]));
     assert!(!shared.failing.load(Ordering::Relaxed));
+}
+
+/// Log lines written while `f` runs (on this thread).
+fn log_lines(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn failures_and_lost_records_are_logged_once_not_per_record() {
+    let f = fixture();
+    let (mut w, _) = f.writer();
+    w.max_pending = 1;
+    let logs = log_lines(|| {
+        f.limit(Some(0));
+        for n in 1..=200 {
+            f.write(&mut w, n..=n);
+        }
+        // A disk that flaps between full and not.
+        for n in 201..=220 {
+            f.limit(None);
+            f.write(&mut w, n..=n);
+            f.limit(Some(0));
+            f.write(&mut w, n..=n);
+        }
+    });
+    assert_eq!(f.metrics.audit_records_lost.get(), 199 + 20);
+    // One failure logged, and its one recovery; the flaps that follow
+    // within 10 s are counted, not logged.
+    assert_eq!(
+        logs.matches("writing the audit log failed").count(),
+        1,
+        "{logs}"
+    );
+    assert_eq!(logs.matches("succeed again").count(), 1, "{logs}");
+    assert_eq!(logs.lines().count(), 2, "{logs}");
 }
 
 /// Waits (bounded) for a condition the writer thread makes true.

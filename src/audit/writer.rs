@@ -236,6 +236,9 @@ pub(crate) struct Writer {
     pub(crate) max_pending: usize,
     pending: Pending,
     failure: Option<Failure>,
+    /// When a failure was last logged: a disk that flaps between full and
+    /// not logs at most one failure (and its recovery) per [`LOG_EVERY`].
+    last_failure_log: Option<Instant>,
 }
 
 /// One stretch of failing writes.
@@ -247,6 +250,8 @@ struct Failure {
     /// Records lost since the last log line.
     lost_unlogged: u64,
     lost: u64,
+    /// Whether its start was logged (then its end is too).
+    logged: bool,
 }
 
 impl Writer {
@@ -258,6 +263,7 @@ impl Writer {
             max_pending: MAX_PENDING_BYTES,
             pending: Pending::default(),
             failure: None,
+            last_failure_log: None,
         }
     }
 
@@ -368,7 +374,13 @@ impl Writer {
         let pending = self.pending.records;
         match &mut self.failure {
             None => {
-                error!(error = %e, pending_records = pending, "writing the audit log failed; records are kept and retried");
+                let logged = self
+                    .last_failure_log
+                    .is_none_or(|at| now.duration_since(at) >= LOG_EVERY);
+                if logged {
+                    error!(error = %e, pending_records = pending, "writing the audit log failed; records are kept and retried");
+                    self.last_failure_log = Some(now);
+                }
                 self.failure = Some(Failure {
                     since: now,
                     next_try: now + POLL,
@@ -376,6 +388,7 @@ impl Writer {
                     last_log: now,
                     lost_unlogged: 0,
                     lost: 0,
+                    logged,
                 });
                 self.shared.failing.store(true, Ordering::Relaxed);
                 self.metrics.audit_failing.set(1);
@@ -396,6 +409,9 @@ impl Writer {
         if let Some(f) = self.failure.take() {
             self.shared.failing.store(false, Ordering::Relaxed);
             self.metrics.audit_failing.set(0);
+            if !f.logged {
+                return;
+            }
             warn!(
                 failed_for_ms = f.since.elapsed().as_millis() as u64,
                 lost_records = f.lost,

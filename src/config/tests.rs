@@ -615,12 +615,27 @@ fn a_bad_aggregate_is_refused_naming_the_field() {
 
 #[test]
 fn audit_on_failure_defaults_to_refuse_and_names_the_field() {
-    assert_eq!(parse(GOOD).unwrap().audit_on_failure, AuditOnFailure::Refuse);
+    assert_eq!(
+        parse(GOOD).unwrap().audit_on_failure,
+        AuditOnFailure::Refuse
+    );
     let stdout = GOOD.replace("audit: { sink: file, path: audit.jsonl }", "");
-    assert_eq!(parse(&stdout).unwrap().audit_on_failure, AuditOnFailure::Refuse);
-    let cont = GOOD.replace("path: audit.jsonl }", "path: audit.jsonl, on_failure: continue }");
-    assert_eq!(parse(&cont).unwrap().audit_on_failure, AuditOnFailure::Continue);
-    let bad = GOOD.replace("path: audit.jsonl }", "path: audit.jsonl, on_failure: drop }");
+    assert_eq!(
+        parse(&stdout).unwrap().audit_on_failure,
+        AuditOnFailure::Refuse
+    );
+    let cont = GOOD.replace(
+        "path: audit.jsonl }",
+        "path: audit.jsonl, on_failure: continue }",
+    );
+    assert_eq!(
+        parse(&cont).unwrap().audit_on_failure,
+        AuditOnFailure::Continue
+    );
+    let bad = GOOD.replace(
+        "path: audit.jsonl }",
+        "path: audit.jsonl, on_failure: drop }",
+    );
     let msg = format!("{:#}", parse(&bad).expect_err("unknown on_failure"));
     assert!(msg.contains("on_failure"), "{msg}");
 }
