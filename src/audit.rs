@@ -125,7 +125,7 @@ impl AuditLog {
         metrics: Metrics,
     ) -> std::io::Result<AuditLog> {
         let sink = match sink {
-            AuditSink::Stdout => Sink::Stdout,
+            AuditSink::Stdout => Sink::stdout()?,
             AuditSink::File(path) => {
                 Sink::File(FileSink::open(path.clone(), Box::new(writer::open_append))?)
             }

@@ -85,22 +85,76 @@ pub(crate) fn open_append(path: &Path) -> io::Result<Box<dyn LogFile>> {
 
 /// Where lines go.
 pub(crate) enum Sink {
-    Stdout,
+    /// Standard output, written unbuffered through its own descriptor (a
+    /// buffered `Stdout` would keep the unwritten part of a failed write
+    /// and repeat it). A pipe cannot be cut back; a redirect to a regular
+    /// file is, like `File`.
+    Stdout(Lines),
     File(FileSink),
 }
 
 impl Sink {
+    /// Standard output as a sink.
+    pub(crate) fn stdout() -> io::Result<Sink> {
+        use std::os::fd::AsFd;
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Sink::Stdout(Lines::new(Box::new(File::from(fd)))))
+    }
+
     /// Writes `lines` (whole lines) or fails having left no partial line
     /// in a regular file. `reopen`: SIGHUP asked for a fresh open.
     pub(crate) fn write_lines(&mut self, lines: &[u8], reopen: bool) -> io::Result<()> {
         match self {
-            Sink::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(lines)?;
-                out.flush()
-            }
+            Sink::Stdout(out) => out.write_whole(lines),
             Sink::File(file) => file.write_lines(lines, reopen),
         }
+    }
+}
+
+/// An open file written in whole batches of lines.
+pub(crate) struct Lines {
+    file: Box<dyn LogFile>,
+    /// Set when a failed batch could not be cut back: the length of the
+    /// good data, to restore before anything else is written.
+    cut_to: Option<u64>,
+}
+
+impl Lines {
+    pub(crate) fn new(file: Box<dyn LogFile>) -> Lines {
+        Lines { file, cut_to: None }
+    }
+
+    /// Writes all of `lines`, or fails with a regular file cut back to its
+    /// length before the batch (now, or before the next write if cutting
+    /// fails too).
+    fn write_whole(&mut self, lines: &[u8]) -> io::Result<()> {
+        let meta = self.file.metadata()?;
+        let regular = meta.is_file();
+        let mut base = meta.len();
+        if let Some(good) = self.cut_to.filter(|_| regular) {
+            if base > good {
+                self.file.set_len(good)?;
+            }
+            base = good.min(base);
+            self.cut_to = None;
+        }
+        let mut written = 0;
+        while written < lines.len() {
+            let cause = match self.file.write(&lines[written..]) {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    written += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            if regular && self.file.set_len(base).is_err() {
+                self.cut_to = Some(base);
+            }
+            return Err(cause);
+        }
+        Ok(())
     }
 }
 
@@ -108,12 +162,9 @@ impl Sink {
 pub(crate) struct FileSink {
     path: PathBuf,
     open: Opener,
-    file: Option<Box<dyn LogFile>>,
+    file: Option<Lines>,
     /// (device, inode) of the open file.
     id: (u64, u64),
-    /// Set when a failed batch could not be cut back: the length of the
-    /// good data, to restore before anything else is written.
-    cut_to: Option<u64>,
 }
 
 impl FileSink {
@@ -124,7 +175,6 @@ impl FileSink {
             open,
             file: None,
             id: (0, 0),
-            cut_to: None,
         };
         sink.reopen()?;
         Ok(sink)
@@ -132,14 +182,13 @@ impl FileSink {
 
     fn reopen(&mut self) -> io::Result<()> {
         self.file = None;
-        self.cut_to = None;
         let mut file = (self.open)(&self.path)?;
         let meta = file.metadata()?;
         if meta.is_file() {
             repair_tail(&mut *file, meta.len(), &self.path)?;
         }
         self.id = (meta.dev(), meta.ino());
-        self.file = Some(file);
+        self.file = Some(Lines::new(file));
         Ok(())
     }
 
@@ -159,41 +208,10 @@ impl FileSink {
             }
             self.reopen()?;
         }
-        let Some(file) = self.file.as_mut() else {
-            return Err(io::Error::other("audit file not open"));
-        };
-        let meta = file.metadata()?;
-        let regular = meta.is_file();
-        let mut base = meta.len();
-        if let Some(good) = self.cut_to.filter(|_| regular) {
-            if base > good {
-                file.set_len(good)?;
-            }
-            base = good.min(base);
-            self.cut_to = None;
+        match self.file.as_mut() {
+            Some(file) => file.write_whole(lines),
+            None => Err(io::Error::other("audit file not open")),
         }
-        let mut written = 0;
-        while written < lines.len() {
-            match file.write(&lines[written..]) {
-                Ok(0) => return Err(self.torn(base, io::ErrorKind::WriteZero.into(), regular)),
-                Ok(n) => written += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.torn(base, e, regular)),
-            }
-        }
-        Ok(())
-    }
-
-    /// A batch failed after `base` bytes of good data: cut the file back
-    /// to them (now, or before the next write if that fails too).
-    fn torn(&mut self, base: u64, cause: io::Error, regular: bool) -> io::Error {
-        if let Some(file) = self.file.as_mut()
-            && regular
-            && file.set_len(base).is_err()
-        {
-            self.cut_to = Some(base);
-        }
-        cause
     }
 }
 
@@ -239,6 +257,8 @@ pub(crate) struct Writer {
     /// When a failure was last logged: a disk that flaps between full and
     /// not logs at most one failure (and its recovery) per [`LOG_EVERY`].
     last_failure_log: Option<Instant>,
+    /// Failure and recovery lines logged (what the rate limit bounds).
+    pub(crate) failure_logs: u64,
 }
 
 /// One stretch of failing writes.
@@ -264,6 +284,7 @@ impl Writer {
             pending: Pending::default(),
             failure: None,
             last_failure_log: None,
+            failure_logs: 0,
         }
     }
 
@@ -380,6 +401,7 @@ impl Writer {
                 if logged {
                     error!(error = %e, pending_records = pending, "writing the audit log failed; records are kept and retried");
                     self.last_failure_log = Some(now);
+                    self.failure_logs += 1;
                 }
                 self.failure = Some(Failure {
                     since: now,
@@ -400,6 +422,7 @@ impl Writer {
                     error!(error = %e, pending_records = pending, lost_records = f.lost_unlogged, failing_seconds = now.duration_since(f.since).as_secs(), "audit log writes still failing");
                     f.last_log = now;
                     f.lost_unlogged = 0;
+                    self.failure_logs += 1;
                 }
             }
         }
@@ -412,6 +435,7 @@ impl Writer {
             if !f.logged {
                 return;
             }
+            self.failure_logs += 1;
             warn!(
                 failed_for_ms = f.since.elapsed().as_millis() as u64,
                 lost_records = f.lost,
