@@ -82,8 +82,8 @@ impl LogFile for Flaky {
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        std::os::unix::fs::FileExt::read_at(&self.file, buf, offset)
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
 }
 
@@ -218,6 +218,19 @@ fn a_torn_tail_left_by_a_crash_is_cut_back_at_open() {
     let (mut w, _) = f.writer();
     f.write(&mut w, 2..=2);
     assert_eq!(ids(&f.path), expect(&[1, 2]));
+}
+
+#[test]
+fn a_file_without_a_record_boundary_is_kept_and_records_start_on_a_new_line() {
+    let f = fixture();
+    std::fs::write(&f.path, "not an audit record").unwrap();
+    let (mut w, _) = f.writer();
+    f.write(&mut w, 1..=1);
+    let text = std::fs::read_to_string(&f.path).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    assert_eq!(first, "not an audit record");
+    let v: serde_json::Value = serde_json::from_str(rest.trim_end()).unwrap();
+    assert_eq!(v["correlation_id"], "c1");
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub(crate) trait LogFile: Send {
     /// descriptor.
     fn metadata(&self) -> io::Result<std::fs::Metadata>;
     fn set_len(&mut self, len: u64) -> io::Result<()>;
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
 
 impl LogFile for File {
@@ -65,8 +65,8 @@ impl LogFile for File {
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
     }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
     }
 }
 
@@ -215,27 +215,39 @@ impl FileSink {
     }
 }
 
+/// How far back a torn tail is looked for at open.
+const MAX_TORN_TAIL: u64 = 1 << 20;
+
 /// A file that does not end in a newline ends in a torn line (a crash
-/// during a write): cut it back to the last complete line.
+/// during a write): cut it back to the last complete line. Without a
+/// newline in the last [`MAX_TORN_TAIL`] bytes this is not a torn record
+/// but something else: left as it is, ended with a newline so that the
+/// records that follow are whole lines.
 fn repair_tail(file: &mut dyn LogFile, len: u64, path: &Path) -> io::Result<()> {
     let mut end = len;
     let mut chunk = [0u8; 4096];
-    while end > 0 {
+    while end > 0 && len - end < MAX_TORN_TAIL {
         let start = end.saturating_sub(chunk.len() as u64);
         let buf = &mut chunk[..(end - start) as usize];
-        let n = file.read_at(buf, start)?;
-        let buf = &buf[..n];
+        file.read_exact_at(buf, start)?;
         if end == len && buf.last() == Some(&b'\n') {
             return Ok(());
         }
         if let Some(at) = buf.iter().rposition(|b| *b == b'\n') {
-            end = start + at as u64 + 1;
-            break;
+            let cut = start + at as u64 + 1;
+            warn!(path = %path.display(), removed_bytes = len - cut, "the audit file ended in a torn line; cut back to the last complete line");
+            return file.set_len(cut);
         }
         end = start;
     }
-    warn!(path = %path.display(), removed_bytes = len - end, "the audit file ended in a torn line; cut back to the last complete line");
-    file.set_len(end)
+    if len == 0 {
+        return Ok(());
+    }
+    warn!(path = %path.display(), "the audit file does not end in a newline and has no record boundary near its end; left as it is, a newline appended");
+    match file.write(b"\n")? {
+        1 => Ok(()),
+        _ => Err(io::ErrorKind::WriteZero.into()),
+    }
 }
 
 /// Serialised records waiting to be written, oldest first.
