@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     failing: AtomicBool,
     /// Set on SIGHUP: the writer reopens the file before its next write.
     reopen: AtomicBool,
+    /// Set once a record found the writer gone (logged once, then counted).
+    stopped_logged: AtomicBool,
 }
 
 /// Sends records to the writer thread. Cheap to clone.
@@ -158,7 +160,11 @@ impl AuditLog {
     pub async fn record(&self, record: Record) {
         if self.tx.send(record).await.is_err() {
             self.metrics.audit_records_lost.inc();
-            error!("audit writer has stopped; record lost");
+            if !self.shared.stopped_logged.swap(true, Ordering::Relaxed) {
+                error!(
+                    "the audit writer has stopped; records are lost (counted in mcp_gateway_audit_records_lost_total)"
+                );
+            }
         }
     }
 
