@@ -1,6 +1,7 @@
 //! The admin listener: plain HTTP on its own port for `/metrics` (Prometheus
 //! text format), `/healthz` (the process is alive) and `/readyz` (an SVID is
-//! held and policies are loaded).
+//! held, policies are loaded, and, with `audit.on_failure: refuse`, audit
+//! records are being written).
 //!
 //! It serves no MCP traffic and must never expose secrets or policy text.
 
@@ -18,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
 
+use crate::audit::AuditLog;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 
@@ -27,6 +29,9 @@ pub struct Admin {
     pub metrics: Metrics,
     /// Set on SIGTERM: `/readyz` answers 503 while in-flight work drains.
     pub draining: Arc<AtomicBool>,
+    /// With `audit.on_failure: refuse`, `/readyz` answers 503 while audit
+    /// writes fail.
+    pub audit: AuditLog,
 }
 
 impl Admin {
@@ -49,6 +54,10 @@ impl Admin {
             "/readyz" if self.draining.load(Ordering::Relaxed) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: shutting down\n",
+            ),
+            "/readyz" if !self.audit.accepting() => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: audit log writes are failing\n",
             ),
             "/readyz" if self.identity.is_ready() => text(StatusCode::OK, "ready\n"),
             "/readyz" => text(

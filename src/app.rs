@@ -48,8 +48,8 @@ pub struct App {
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics = Metrics::with_caller_labels(config.metrics_caller_labels);
     let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
-    let audit =
-        AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
+    let audit = AuditLog::start(&config.audit, config.audit_on_failure, metrics.clone())
+        .context("opening the audit sink")?;
     let client_certs = match config.listener.jwt_svid_callers {
         Some(_) => ClientCerts::Optional,
         None => ClientCerts::Required,
@@ -79,7 +79,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         &config,
         identity.clone(),
         Arc::clone(&policies),
-        audit,
+        audit.clone(),
         metrics.clone(),
     )?);
     let draining = Arc::new(AtomicBool::new(false));
@@ -87,6 +87,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         identity: identity.clone(),
         metrics,
         draining: Arc::clone(&draining),
+        audit: audit.clone(),
     });
     let (shutdown, watcher) = watch::channel(false);
     let (stop_accepting, stop) = watch::channel(false);
@@ -112,6 +113,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
         tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
         tokio::spawn(admin::serve(admin_listener, admin, watcher.clone())),
+        tokio::spawn(reopen_audit_on_sighup(audit, watcher.clone())),
     ];
     let mut tasks = tasks;
     for up in gateway.upstreams() {
@@ -150,6 +152,28 @@ async fn sweep_sessions(gateway: Arc<Gateway>, mut shutdown: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tick.tick() => gateway.sweep_sessions().await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// SIGHUP (also a policy reload, see `PolicyStore::watch`): the audit
+/// file is reopened before the next write, for logrotate's `postrotate`.
+async fn reopen_audit_on_sighup(audit: AuditLog, mut shutdown: watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP; the audit file is reopened only when its path changes");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(()) = hangup.recv() => {
+                info!("SIGHUP: reopening the audit file before its next write");
+                audit.reopen();
+            }
             _ = shutdown.changed() => return,
         }
     }

@@ -1,20 +1,27 @@
 //! The audit log: one JSON line per decision, allow and deny.
 //!
-//! Records go through a bounded channel to one writer task, so the request
-//! path never does file I/O. When the channel is full the request waits
-//! (back-pressure) rather than dropping a record: no record is ever dropped
-//! silently. A write failure is logged and counted. The audit stream is its
-//! own output, never mixed with debug logs.
+//! Records go through a bounded channel to one writer thread
+//! ([`writer`]), so the request path never does file I/O. When the channel
+//! is full the request waits (back-pressure) rather than dropping a record.
+//! When writes fail, the writer keeps the records and retries, and sets a
+//! flag the request path reads with one atomic load: with
+//! `audit.on_failure: refuse` calls are refused and `/readyz` fails until a
+//! write succeeds again; with `continue` they are served. A record that
+//! cannot be kept is counted as lost, never dropped silently. The audit
+//! stream is its own output, never mixed with debug logs.
 
-use std::io::Write;
-use std::path::PathBuf;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::error;
 
-use crate::config::AuditSink;
+use crate::config::{AuditOnFailure, AuditSink};
 use crate::metrics::Metrics;
+use writer::{FileSink, Sink, Writer};
 
 /// Records buffered between the request path and the writer.
 const QUEUE: usize = 8192;
@@ -91,66 +98,92 @@ impl From<&crate::policy::User> for AuditUser {
     }
 }
 
-/// Sends records to the writer task. Cheap to clone.
+/// State the writer thread shares with the request path and readiness.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Set by the writer while writes fail (and once it has stopped).
+    failing: AtomicBool,
+    /// Set on SIGHUP: the writer reopens the file before its next write.
+    reopen: AtomicBool,
+    /// Set once a record found the writer gone (logged once, then counted).
+    stopped_logged: AtomicBool,
+}
+
+/// Sends records to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Record>,
+    shared: Arc<Shared>,
+    on_failure: AuditOnFailure,
+    metrics: Metrics,
 }
 
 impl AuditLog {
-    /// Opens the sink and starts the writer task.
-    pub fn start(sink: &AuditSink, metrics: Metrics) -> std::io::Result<AuditLog> {
-        let out: Box<dyn Write + Send> = match sink {
-            AuditSink::Stdout => Box::new(std::io::stdout()),
-            AuditSink::File(path) => Box::new(open_append(path)?),
+    /// Opens the sink (a file that cannot be opened fails the start) and
+    /// starts the writer thread.
+    pub fn start(
+        sink: &AuditSink,
+        on_failure: AuditOnFailure,
+        metrics: Metrics,
+    ) -> std::io::Result<AuditLog> {
+        let sink = match sink {
+            AuditSink::Stdout => Sink::stdout()?,
+            AuditSink::File(path) => {
+                Sink::File(FileSink::open(path.clone(), Box::new(writer::open_append))?)
+            }
         };
+        Ok(AuditLog::with_writer(sink, on_failure, metrics, |_| {}))
+    }
+
+    /// Starts the writer thread on `sink`; `adjust` lets tests change the
+    /// writer's limits first.
+    fn with_writer(
+        sink: Sink,
+        on_failure: AuditOnFailure,
+        metrics: Metrics,
+        adjust: impl FnOnce(&mut Writer),
+    ) -> AuditLog {
+        let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::task::spawn_blocking(move || write_loop(rx, out, metrics));
-        Ok(AuditLog { tx })
+        let mut writer = Writer::new(sink, Arc::clone(&shared), metrics.clone());
+        adjust(&mut writer);
+        tokio::task::spawn_blocking(move || writer.run(rx));
+        AuditLog {
+            tx,
+            shared,
+            on_failure,
+            metrics,
+        }
     }
 
     /// Queues a record; waits if the writer is behind, never drops.
     pub async fn record(&self, record: Record) {
         if self.tx.send(record).await.is_err() {
-            error!("audit writer has stopped; record lost");
+            self.metrics.audit_records_lost.inc();
+            if !self.shared.stopped_logged.swap(true, Ordering::Relaxed) {
+                error!(
+                    "the audit writer has stopped; records are lost (counted in mcp_gateway_audit_records_lost_total)"
+                );
+            }
         }
     }
-}
 
-fn open_append(path: &PathBuf) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-}
-
-/// Writes records in arrival order, flushing whenever the queue runs empty.
-fn write_loop(mut rx: mpsc::Receiver<Record>, out: Box<dyn Write + Send>, metrics: Metrics) {
-    let mut out = std::io::BufWriter::new(out);
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(record) = next {
-            write_one(&mut out, &record, &metrics);
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = out.flush() {
-            metrics.audit_write_errors.inc();
-            error!(error = %e, "flushing the audit log failed");
-        }
+    /// Whether calls may be served: false while audit writes fail with
+    /// `on_failure: refuse`. One atomic load; the request path checks it
+    /// before forwarding anything.
+    pub fn accepting(&self) -> bool {
+        self.on_failure == AuditOnFailure::Continue || !self.failing()
     }
-    let _ = out.flush();
-}
 
-fn write_one(out: &mut impl Write, record: &Record, metrics: &Metrics) {
-    let result = serde_json::to_writer(&mut *out, record)
-        .map_err(std::io::Error::from)
-        .and_then(|()| out.write_all(b"\n"));
-    match result {
-        Ok(()) => metrics.audit_records.inc(),
-        Err(e) => {
-            metrics.audit_write_errors.inc();
-            error!(error = %e, correlation_id = %record.correlation_id, "writing an audit record failed");
-        }
+    /// Whether the writer's last write failed (or it has stopped).
+    pub fn failing(&self) -> bool {
+        self.shared.failing.load(Ordering::Relaxed)
+    }
+
+    /// Reopens the audit file before the next write (SIGHUP), for log
+    /// rotation that renames the file and signals.
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Relaxed);
     }
 }
 
@@ -163,3 +196,6 @@ pub fn now_rfc3339() -> String {
         .format(&format)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

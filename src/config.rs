@@ -63,6 +63,8 @@ pub struct Config {
     /// End-user tokens (`context.user`); `None`: requests have no user.
     pub user_auth: Option<UserAuthConfig>,
     pub audit: AuditSink,
+    /// What a call meets while audit records cannot be written.
+    pub audit_on_failure: AuditOnFailure,
     pub max_body_bytes: usize,
     /// A session unused this long ends.
     pub session_idle_timeout: Duration,
@@ -229,6 +231,19 @@ pub enum AuditSink {
     File(PathBuf),
 }
 
+/// `audit.on_failure`: what happens to calls while audit writes fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOnFailure {
+    /// Refuse calls (-32068, HTTP 503) and report not ready until writes
+    /// succeed again. The default, for either sink: a call that cannot be
+    /// audited is not served.
+    Refuse,
+    /// Serve calls; records that cannot be kept for a retry are counted in
+    /// `mcp_gateway_audit_records_lost_total`.
+    Continue,
+}
+
 // ---- the file format ------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -373,6 +388,7 @@ struct RawAudit {
     #[serde(default)]
     sink: RawAuditSink,
     path: Option<PathBuf>,
+    on_failure: Option<AuditOnFailure>,
 }
 
 #[derive(Deserialize, Default, PartialEq, Eq)]
@@ -432,6 +448,7 @@ impl RawConfig {
             (RawAuditSink::File, Some(p)) => AuditSink::File(base.join(p)),
             (RawAuditSink::File, None) => bail!("audit.path: required with `sink: file`"),
         };
+        let audit_on_failure = self.audit.on_failure.unwrap_or(AuditOnFailure::Refuse);
         let max_body_bytes = match self.limits.max_body_bytes {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(0) => bail!("limits.max_body_bytes: must be greater than 0"),
@@ -487,6 +504,7 @@ impl RawConfig {
             route_by_name,
             user_auth,
             audit,
+            audit_on_failure,
             max_body_bytes,
             session_idle_timeout,
             max_sessions,

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub connection_refusals: IntCounterVec,
     pub audit_records: IntCounter,
     pub audit_write_errors: IntCounter,
+    pub audit_records_lost: IntCounter,
+    pub audit_failing: IntGauge,
     pub ready: IntGauge,
     pub policy_count: IntGauge,
     policy_reloads: IntCounterVec,
@@ -175,7 +177,17 @@ impl Metrics {
             .expect("static metric definition"),
             audit_write_errors: IntCounter::new(
                 "mcp_gateway_audit_write_errors_total",
-                "Audit records that could not be written.",
+                "Failed audit write attempts (the records are kept and retried).",
+            )
+            .expect("static metric definition"),
+            audit_records_lost: IntCounter::new(
+                "mcp_gateway_audit_records_lost_total",
+                "Audit records never written: the retry buffer was full, or the writer stopped.",
+            )
+            .expect("static metric definition"),
+            audit_failing: IntGauge::new(
+                "mcp_gateway_audit_failing",
+                "1 while audit writes fail (with on_failure: refuse, calls are refused).",
             )
             .expect("static metric definition"),
             ready: IntGauge::new(
@@ -288,7 +300,7 @@ impl Metrics {
     // in a name, which the unit test below catches.
     fn register_all(&self) {
         let r = &self.registry;
-        let all: [Box<dyn prometheus::core::Collector>; 20] = [
+        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(self.decisions.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.upstream_errors.clone()),
@@ -302,6 +314,8 @@ impl Metrics {
             Box::new(self.connection_refusals.clone()),
             Box::new(self.audit_records.clone()),
             Box::new(self.audit_write_errors.clone()),
+            Box::new(self.audit_records_lost.clone()),
+            Box::new(self.audit_failing.clone()),
             Box::new(self.ready.clone()),
             Box::new(self.policy_count.clone()),
             Box::new(self.policy_reloads.clone()),

@@ -612,3 +612,30 @@ fn a_bad_aggregate_is_refused_naming_the_field() {
     // Without aggregation such a name is fine.
     assert!(parse(&dunder).is_ok());
 }
+
+#[test]
+fn audit_on_failure_defaults_to_refuse_and_names_the_field() {
+    assert_eq!(
+        parse(GOOD).unwrap().audit_on_failure,
+        AuditOnFailure::Refuse
+    );
+    let stdout = GOOD.replace("audit: { sink: file, path: audit.jsonl }", "");
+    assert_eq!(
+        parse(&stdout).unwrap().audit_on_failure,
+        AuditOnFailure::Refuse
+    );
+    let cont = GOOD.replace(
+        "path: audit.jsonl }",
+        "path: audit.jsonl, on_failure: continue }",
+    );
+    assert_eq!(
+        parse(&cont).unwrap().audit_on_failure,
+        AuditOnFailure::Continue
+    );
+    let bad = GOOD.replace(
+        "path: audit.jsonl }",
+        "path: audit.jsonl, on_failure: drop }",
+    );
+    let msg = format!("{:#}", parse(&bad).expect_err("unknown on_failure"));
+    assert!(msg.contains("on_failure"), "{msg}");
+}

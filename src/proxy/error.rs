@@ -30,6 +30,10 @@ pub const CODE_USER_TOKEN: i32 = -32066;
 /// connection within `connect_timeout_seconds` or no response head within
 /// `request_timeout_seconds` (HTTP 504).
 pub const CODE_UPSTREAM_TIMEOUT: i32 = -32067;
+/// JSON-RPC code for a call refused because its audit record cannot be
+/// written (`audit.on_failure: refuse`, HTTP 503); served again once audit
+/// writes succeed.
+pub const CODE_AUDIT_UNAVAILABLE: i32 = -32068;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
 /// MCP 2026-07-28: unsupported protocol version.
@@ -109,6 +113,9 @@ pub enum ProxyError {
         "unknown resource: the aggregated endpoint names resources mcp-gateway://<upstream>/<percent-encoded uri>"
     )]
     AggregateUnknownResource,
+    /// `audit.on_failure: refuse` while audit writes fail.
+    #[error("audit log unavailable: the call cannot be audited, so it is not served; retry later")]
+    AuditUnavailable,
 }
 
 impl ProxyError {
@@ -156,6 +163,9 @@ impl ProxyError {
             ProxyError::AggregateMethod => (StatusCode::BAD_REQUEST, CODE_METHOD_NOT_FOUND),
             ProxyError::AggregateUnknownPrompt => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
             ProxyError::AggregateUnknownResource => (StatusCode::BAD_REQUEST, CODE_INVALID_PARAMS),
+            ProxyError::AuditUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, CODE_AUDIT_UNAVAILABLE)
+            }
         }
     }
 
@@ -191,6 +201,7 @@ impl ProxyError {
             ProxyError::AggregateMethod => "aggregate_method",
             ProxyError::AggregateUnknownPrompt => "aggregate_unknown_prompt",
             ProxyError::AggregateUnknownResource => "aggregate_unknown_resource",
+            ProxyError::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -252,5 +263,18 @@ mod tests {
             assert!(refusal.answers_the_call(), "{refusal}");
         }
         assert_ne!(CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE);
+    }
+
+    #[test]
+    fn audit_unavailable_is_its_own_code_and_a_503() {
+        let refusal = ProxyError::AuditUnavailable;
+        assert_eq!(
+            refusal.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, CODE_AUDIT_UNAVAILABLE)
+        );
+        assert_eq!(CODE_AUDIT_UNAVAILABLE, -32068);
+        assert_eq!(refusal.audit_reason(), "audit_unavailable");
+        // Refused at the transport level: the client retries the request.
+        assert!(!refusal.answers_the_call());
     }
 }

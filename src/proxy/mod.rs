@@ -347,6 +347,15 @@ impl Gateway {
             trace: &trace,
             upstream: None,
         };
+        // `audit.on_failure: refuse`: a call that cannot be audited is not
+        // served (one atomic load; the writer sets the flag).
+        if !self.audit.accepting() {
+            linger(body);
+            facts.upstream = self.upstream_for(parts.uri.path()).ok().map(|u| &**u);
+            return self
+                .refuse_unparsed(ProxyError::AuditUnavailable, &facts)
+                .await;
+        }
         if let Some(agg) = &self.aggregate
             && routed_name(&self.path, parts.uri.path()) == Some(agg.name.as_str())
         {

@@ -139,11 +139,13 @@ def write_config(
     listener_extra: list[str] | None = None,
     upstream_extra: list[str] | None = None,
     upstreams: list[dict[str, Any]] | None = None,
+    audit_extra: list[str] | None = None,
 ) -> Path:
     """`policy_extra`: more lines under `policy:` (indented by the caller);
     `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block);
     `listener_extra`: more lines under `listener:` (indented by the caller);
     `upstream_extra`: more lines under `upstream:` (indented by the caller);
+    `audit_extra`: more lines under `audit:` (indented by the caller);
     `upstreams`: the list form instead (each a dict of `upstreams:` entry
     fields; `upstream_url`/`upstream_id` are then unused)."""
     lines = [
@@ -178,7 +180,7 @@ def write_config(
     if caller_id_header:
         lines.append(f'  caller_id_header: "{caller_id_header}"')
     lines += upstream_extra or []
-    lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"']
+    lines += ["audit:", "  sink: file", f'  path: "{run_dir / "audit.jsonl"}"', *(audit_extra or [])]
     limits = []
     if max_body_bytes is not None:
         limits.append(f"  max_body_bytes: {max_body_bytes}")

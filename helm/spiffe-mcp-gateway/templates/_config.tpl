@@ -78,6 +78,7 @@ audit:
   {{- if eq $c.audit.sink "file" }}
   path: {{ $c.audit.path | quote }}
   {{- end }}
+  on_failure: {{ $c.audit.onFailure }}
 limits:
   max_body_bytes: {{ int64 $c.limits.maxBodyBytes }}
   session_idle_timeout_seconds: {{ int64 $c.limits.sessionIdleTimeoutSeconds }}

@@ -1,0 +1,489 @@
+//! The audit writer: one blocking thread that turns queued records into
+//! whole JSON lines in the sink, keeps what it could not write and retries.
+//!
+//! - A batch is written with plain `write` calls on an unbuffered file; if
+//!   the write fails part way, the file is cut back to its length before
+//!   the batch, so the file never ends in a torn line.
+//! - Records whose write failed stay in memory (up to [`MAX_PENDING_BYTES`])
+//!   and are written, in order, when a retry succeeds; a record that does
+//!   not fit is counted in `mcp_gateway_audit_records_lost_total`.
+//! - While writes fail, the shared `failing` flag is set: the request path
+//!   and `/readyz` read it (one atomic load), the writer alone writes it.
+//! - Before each batch the path is `stat`ed and compared with the open
+//!   file's device and inode: a renamed or deleted file is replaced by a
+//!   new one at the path (logrotate without `copytruncate`), as is the file
+//!   after SIGHUP.
+//!
+//! It must never leave a partial line in the file, lose a record without
+//! counting it, or log once per lost record.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tracing::{error, info, warn};
+
+use super::{Record, Shared};
+use crate::metrics::Metrics;
+
+/// Records kept for a retry while writes fail; beyond this they are lost
+/// (and counted).
+pub(super) const MAX_PENDING_BYTES: usize = 8 << 20;
+/// A healthy batch is written once it holds this much.
+const BATCH_BYTES: usize = 256 << 10;
+/// While failing: how often queued records are taken in (so the request
+/// path never waits on a full queue) and the first retry delay.
+const POLL: Duration = Duration::from_millis(50);
+/// While failing: the longest wait between two write attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// While failing: at most one "still failing" log line this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An open audit file as the writer uses it; tests substitute one that
+/// fails on demand.
+pub(crate) trait LogFile: Send {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// The file's metadata (length, device, inode, kind), from the open
+    /// descriptor.
+    fn metadata(&self) -> io::Result<std::fs::Metadata>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Write::write(self, buf)
+    }
+    fn metadata(&self) -> io::Result<std::fs::Metadata> {
+        File::metadata(self)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+/// Opens (creating) the audit file for appending.
+pub(crate) type Opener = Box<dyn Fn(&Path) -> io::Result<Box<dyn LogFile>> + Send>;
+
+/// The real opener: append, create, and read (to repair a torn tail).
+pub(crate) fn open_append(path: &Path) -> io::Result<Box<dyn LogFile>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    Ok(Box::new(file))
+}
+
+/// Where lines go.
+pub(crate) enum Sink {
+    /// Standard output, written unbuffered through its own descriptor (a
+    /// buffered `Stdout` would keep the unwritten part of a failed write
+    /// and repeat it). A pipe cannot be cut back; a redirect to a regular
+    /// file is, like `File`.
+    Stdout(Lines),
+    File(FileSink),
+}
+
+impl Sink {
+    /// Standard output as a sink.
+    pub(crate) fn stdout() -> io::Result<Sink> {
+        use std::os::fd::AsFd;
+        let fd = io::stdout().as_fd().try_clone_to_owned()?;
+        Ok(Sink::Stdout(Lines::new(Box::new(File::from(fd)))))
+    }
+
+    /// Writes `lines` (whole lines) or fails having left no partial line
+    /// in a regular file. `reopen`: SIGHUP asked for a fresh open.
+    pub(crate) fn write_lines(&mut self, lines: &[u8], reopen: bool) -> io::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.write_whole(lines),
+            Sink::File(file) => file.write_lines(lines, reopen),
+        }
+    }
+}
+
+/// An open file written in whole batches of lines.
+pub(crate) struct Lines {
+    file: Box<dyn LogFile>,
+    /// Set when a failed batch could not be cut back: the length of the
+    /// good data, to restore before anything else is written.
+    cut_to: Option<u64>,
+}
+
+impl Lines {
+    pub(crate) fn new(file: Box<dyn LogFile>) -> Lines {
+        Lines { file, cut_to: None }
+    }
+
+    /// Writes all of `lines`, or fails with a regular file cut back to its
+    /// length before the batch (now, or before the next write if cutting
+    /// fails too).
+    fn write_whole(&mut self, lines: &[u8]) -> io::Result<()> {
+        let meta = self.file.metadata()?;
+        let regular = meta.is_file();
+        let mut base = meta.len();
+        if let Some(good) = self.cut_to.filter(|_| regular) {
+            if base > good {
+                self.file.set_len(good)?;
+            }
+            base = good.min(base);
+            self.cut_to = None;
+        }
+        let mut written = 0;
+        while written < lines.len() {
+            let cause = match self.file.write(&lines[written..]) {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    written += n;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            if regular && self.file.set_len(base).is_err() {
+                self.cut_to = Some(base);
+            }
+            return Err(cause);
+        }
+        Ok(())
+    }
+}
+
+/// The audit file at a path, reopened when the path stops naming it.
+pub(crate) struct FileSink {
+    path: PathBuf,
+    open: Opener,
+    file: Option<Lines>,
+    /// (device, inode) of the open file.
+    id: (u64, u64),
+}
+
+impl FileSink {
+    /// Opens the file now, so that a bad path fails the start.
+    pub(crate) fn open(path: PathBuf, open: Opener) -> io::Result<FileSink> {
+        let mut sink = FileSink {
+            path,
+            open,
+            file: None,
+            id: (0, 0),
+        };
+        sink.reopen()?;
+        Ok(sink)
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        self.file = None;
+        let mut file = (self.open)(&self.path)?;
+        let meta = file.metadata()?;
+        if meta.is_file() {
+            repair_tail(&mut *file, meta.len(), &self.path)?;
+        }
+        self.id = (meta.dev(), meta.ino());
+        self.file = Some(Lines::new(file));
+        Ok(())
+    }
+
+    /// Whether the path still names the open file (one `stat`).
+    fn path_moved(&self) -> bool {
+        match std::fs::metadata(&self.path) {
+            Ok(meta) => (meta.dev(), meta.ino()) != self.id,
+            // Deleted (or unreadable): write to a new file at the path.
+            Err(_) => true,
+        }
+    }
+
+    fn write_lines(&mut self, lines: &[u8], reopen: bool) -> io::Result<()> {
+        if reopen || self.file.is_none() || self.path_moved() {
+            if self.file.is_some() {
+                info!(path = %self.path.display(), sighup = reopen, "reopening the audit file");
+            }
+            self.reopen()?;
+        }
+        match self.file.as_mut() {
+            Some(file) => file.write_whole(lines),
+            None => Err(io::Error::other("audit file not open")),
+        }
+    }
+}
+
+/// How far back a torn tail is looked for at open.
+const MAX_TORN_TAIL: u64 = 1 << 20;
+
+/// A file that does not end in a newline ends in a torn line (a crash
+/// during a write): cut it back to the last complete line. Without a
+/// newline in the last [`MAX_TORN_TAIL`] bytes this is not a torn record
+/// but something else: left as it is, ended with a newline so that the
+/// records that follow are whole lines.
+fn repair_tail(file: &mut dyn LogFile, len: u64, path: &Path) -> io::Result<()> {
+    let mut end = len;
+    let mut chunk = [0u8; 4096];
+    while end > 0 && len - end < MAX_TORN_TAIL {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let buf = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(buf, start)?;
+        if end == len && buf.last() == Some(&b'\n') {
+            return Ok(());
+        }
+        if let Some(at) = buf.iter().rposition(|b| *b == b'\n') {
+            let cut = start + at as u64 + 1;
+            warn!(path = %path.display(), removed_bytes = len - cut, "the audit file ended in a torn line; cut back to the last complete line");
+            return file.set_len(cut);
+        }
+        end = start;
+    }
+    if len == 0 {
+        return Ok(());
+    }
+    warn!(path = %path.display(), "the audit file does not end in a newline and has no record boundary near its end; left as it is, a newline appended");
+    match file.write(b"\n")? {
+        1 => Ok(()),
+        _ => Err(io::ErrorKind::WriteZero.into()),
+    }
+}
+
+/// Serialised records waiting to be written, oldest first.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    records: u64,
+}
+
+/// The writer's state across batches.
+pub(crate) struct Writer {
+    pub(crate) sink: Sink,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) metrics: Metrics,
+    /// Bytes kept for a retry while failing.
+    pub(crate) max_pending: usize,
+    pending: Pending,
+    failure: Option<Failure>,
+    /// When a failure was last logged: a disk that flaps between full and
+    /// not logs at most one failure (and its recovery) per [`LOG_EVERY`].
+    last_failure_log: Option<Instant>,
+    /// Failure and recovery lines logged (what the rate limit bounds).
+    pub(crate) failure_logs: u64,
+}
+
+/// One stretch of failing writes.
+struct Failure {
+    since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+    last_log: Instant,
+    /// Records lost since the last log line.
+    lost_unlogged: u64,
+    lost: u64,
+    /// Whether its start was logged (then its end is too).
+    logged: bool,
+}
+
+impl Writer {
+    pub(crate) fn new(sink: Sink, shared: Arc<Shared>, metrics: Metrics) -> Writer {
+        Writer {
+            sink,
+            shared,
+            metrics,
+            max_pending: MAX_PENDING_BYTES,
+            pending: Pending::default(),
+            failure: None,
+            last_failure_log: None,
+            failure_logs: 0,
+        }
+    }
+
+    /// Writes records in arrival order until every sender is gone.
+    pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Record>) {
+        loop {
+            let open = if self.failure.is_some() {
+                self.wait_while_failing(&mut rx)
+            } else {
+                match rx.blocking_recv() {
+                    Some(record) => {
+                        self.push(&record);
+                        true
+                    }
+                    None => false,
+                }
+            };
+            let open = open && self.take_queued(&mut rx);
+            if self.due() {
+                self.flush();
+            }
+            if !open {
+                break;
+            }
+        }
+        self.flush();
+        self.lose_pending();
+    }
+
+    /// While failing: takes queued records in every [`POLL`] until the
+    /// next retry is due. Returns false once every sender is gone.
+    fn wait_while_failing(&mut self, rx: &mut mpsc::Receiver<Record>) -> bool {
+        loop {
+            if !self.take_queued(rx) {
+                return false;
+            }
+            let Some(next) = self.failure.as_ref().map(|f| f.next_try) else {
+                return true;
+            };
+            let now = Instant::now();
+            if now >= next {
+                return true;
+            }
+            std::thread::sleep(POLL.min(next - now));
+        }
+    }
+
+    /// Takes queued records without waiting, up to a batch while healthy.
+    /// Returns false once every sender is gone.
+    fn take_queued(&mut self, rx: &mut mpsc::Receiver<Record>) -> bool {
+        loop {
+            if self.failure.is_none() && self.pending.lines.len() >= BATCH_BYTES {
+                return true;
+            }
+            match rx.try_recv() {
+                Ok(record) => self.push(&record),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// Whether a write should be tried now.
+    fn due(&self) -> bool {
+        !self.pending.lines.is_empty()
+            && self
+                .failure
+                .as_ref()
+                .is_none_or(|f| Instant::now() >= f.next_try)
+    }
+
+    /// Serialises a record into the pending lines, or counts it lost when
+    /// the writer is failing and the retry buffer is full.
+    pub(crate) fn push(&mut self, record: &Record) {
+        let before = self.pending.lines.len();
+        let ok = serde_json::to_writer(&mut self.pending.lines, record).is_ok();
+        self.pending.lines.push(b'\n');
+        let over = self.failure.is_some()
+            && self.pending.lines.len() > self.max_pending
+            && self.pending.records > 0;
+        if !ok || over {
+            self.pending.lines.truncate(before);
+            self.lose(1);
+            return;
+        }
+        self.pending.records += 1;
+    }
+
+    /// Tries to write everything pending.
+    pub(crate) fn flush(&mut self) {
+        if self.pending.lines.is_empty() {
+            return;
+        }
+        let reopen = self.shared.reopen.swap(false, Ordering::Relaxed);
+        match self.sink.write_lines(&self.pending.lines, reopen) {
+            Ok(()) => {
+                self.metrics.audit_records.inc_by(self.pending.records);
+                self.pending = Pending::default();
+                self.recovered();
+            }
+            Err(e) => self.failed(&e),
+        }
+    }
+
+    fn failed(&mut self, e: &io::Error) {
+        self.metrics.audit_write_errors.inc();
+        let now = Instant::now();
+        let pending = self.pending.records;
+        match &mut self.failure {
+            None => {
+                let logged = self
+                    .last_failure_log
+                    .is_none_or(|at| now.duration_since(at) >= LOG_EVERY);
+                if logged {
+                    error!(error = %e, pending_records = pending, "writing the audit log failed; records are kept and retried");
+                    self.last_failure_log = Some(now);
+                    self.failure_logs += 1;
+                }
+                self.failure = Some(Failure {
+                    since: now,
+                    next_try: now + POLL,
+                    backoff: POLL,
+                    last_log: now,
+                    lost_unlogged: 0,
+                    lost: 0,
+                    logged,
+                });
+                self.shared.failing.store(true, Ordering::Relaxed);
+                self.metrics.audit_failing.set(1);
+            }
+            Some(f) => {
+                f.backoff = (f.backoff * 2).min(MAX_BACKOFF);
+                f.next_try = now + f.backoff;
+                if now.duration_since(f.last_log) >= LOG_EVERY {
+                    error!(error = %e, pending_records = pending, lost_records = f.lost_unlogged, failing_seconds = now.duration_since(f.since).as_secs(), "audit log writes still failing");
+                    f.last_log = now;
+                    f.lost_unlogged = 0;
+                    self.failure_logs += 1;
+                }
+            }
+        }
+    }
+
+    fn recovered(&mut self) {
+        if let Some(f) = self.failure.take() {
+            self.shared.failing.store(false, Ordering::Relaxed);
+            self.metrics.audit_failing.set(0);
+            if !f.logged {
+                return;
+            }
+            self.failure_logs += 1;
+            warn!(
+                failed_for_ms = f.since.elapsed().as_millis() as u64,
+                lost_records = f.lost,
+                "audit log writes succeed again"
+            );
+        }
+    }
+
+    fn lose(&mut self, n: u64) {
+        self.metrics.audit_records_lost.inc_by(n);
+        match &mut self.failure {
+            Some(f) => {
+                f.lost += n;
+                f.lost_unlogged += n;
+            }
+            None => error!(records = n, "audit records could not be serialised; lost"),
+        }
+    }
+
+    /// At exit: whatever could not be written is lost, and said so.
+    fn lose_pending(&mut self) {
+        let n = self.pending.records;
+        if n > 0 {
+            self.metrics.audit_records_lost.inc_by(n);
+            error!(
+                records = n,
+                "the audit writer stopped with records it could not write; lost"
+            );
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// A writer that has stopped (or panicked) audits nothing more: in
+    /// `refuse` mode every call is refused from now on.
+    fn drop(&mut self) {
+        self.shared.failing.store(true, Ordering::Relaxed);
+    }
+}
