@@ -149,7 +149,7 @@ where
     loop {
         let idle_at = activity.last() + config.idle_timeout;
         tokio::select! {
-            result = conn.as_mut() => return ended(result, admission),
+            result = conn.as_mut() => return ended(result, admission, &activity, config),
             _ = tokio::time::sleep_until(lifetime.expiry) => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(AFTER_EXPIRY, conn).await;
@@ -187,21 +187,30 @@ async fn drained(drain: &mut watch::Receiver<bool>) {
 }
 
 /// The connection's end as the refusal reason; a header read that timed
-/// out is counted.
+/// out is counted. hyper's header clock also runs while an HTTP/1.1
+/// connection waits idle for its next request: if no byte moved during
+/// (about) the whole wait, the client was idle, not slow.
 fn ended(
     result: Result<(), Box<dyn std::error::Error + Send + Sync>>,
     admission: &Admission,
+    activity: &Activity,
+    config: &ConnectionsConfig,
 ) -> Result<(), String> {
     let Err(e) = result else {
         return Ok(());
     };
-    if e.downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_timeout)
-    {
-        admission.refused(Refusal::HeaderReadTimeout);
-        return Err("request head not received in time".to_owned());
+    let timed_out = e
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout);
+    if !timed_out {
+        return Err(format!("connection error: {e}"));
     }
-    Err(format!("connection error: {e}"))
+    if activity.last().elapsed() >= config.header_read_timeout.mul_f64(0.9) {
+        admission.refused(Refusal::IdleTimeout);
+        return Err("idle keep-alive connection closed".to_owned());
+    }
+    admission.refused(Refusal::HeaderReadTimeout);
+    Err("request head not received in time".to_owned())
 }
 
 /// When bytes last moved on a connection, in milliseconds since it began.
@@ -289,35 +298,5 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<I> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn once_asked_http1_responses_say_connection_close() {
-        let reconnect = Reconnect::default();
-        let response = || crate::proxy::reply::json_ok(Vec::new());
-        let mut r = response();
-        reconnect.mark(Version::HTTP_11, &mut r);
-        assert!(r.headers().get(header::CONNECTION).is_none());
-        reconnect.ask();
-        for version in [Version::HTTP_10, Version::HTTP_11] {
-            let mut r = response();
-            reconnect.mark(version, &mut r);
-            assert_eq!(r.headers()[header::CONNECTION], "close");
-        }
-        // HTTP/2 has no Connection header; it is told by GOAWAY.
-        let mut r = response();
-        reconnect.mark(Version::HTTP_2, &mut r);
-        assert!(r.headers().get(header::CONNECTION).is_none());
-    }
-
-    #[test]
-    fn the_client_is_asked_to_reconnect_before_expiry() {
-        let lifetime = Lifetime::new(Duration::from_secs(100), 0.8);
-        let ask = lifetime.reconnect_at - Instant::now();
-        assert!(ask <= Duration::from_secs(80) && ask > Duration::from_secs(79));
-        assert!(lifetime.reconnect_at < lifetime.expiry);
-        let whole = Lifetime::new(Duration::from_secs(10), 1.0);
-        assert_eq!(whole.reconnect_at, whole.expiry);
-    }
-}
+#[path = "http_conn_tests.rs"]
+mod tests;
