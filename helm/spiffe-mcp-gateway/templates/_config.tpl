@@ -83,6 +83,10 @@ limits:
   max_body_bytes: {{ int64 $c.limits.maxBodyBytes }}
   session_idle_timeout_seconds: {{ int64 $c.limits.sessionIdleTimeoutSeconds }}
   max_sessions: {{ int64 $c.limits.maxSessions }}
+{{- with $c.connections }}
+connections:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 shutdown:
   drain_timeout_seconds: {{ int $c.shutdown.drainTimeoutSeconds }}
 log:
