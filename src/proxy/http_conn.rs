@@ -27,8 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::service::service_fn;
 use hyper::{Request, Response, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -37,6 +40,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::ConnectionsConfig;
+use crate::proxy::Gateway;
 use crate::proxy::admission::{Admission, Refusal};
 use crate::proxy::reply::ReplyBody;
 
@@ -67,11 +71,11 @@ impl Lifetime {
 /// on carries `Connection: close` (hyper then closes after it). HTTP/2 is
 /// told by GOAWAY instead. Shared by a connection and its service.
 #[derive(Clone, Default)]
-pub(crate) struct Reconnect(Arc<AtomicBool>);
+struct Reconnect(Arc<AtomicBool>);
 
 impl Reconnect {
     /// Adds `Connection: close` to an HTTP/1.x response once asked to.
-    pub fn mark(&self, version: Version, response: &mut Response<ReplyBody>) {
+    fn mark(&self, version: Version, response: &mut Response<ReplyBody>) {
         if version < Version::HTTP_2 && self.0.load(Ordering::Relaxed) {
             response
                 .headers_mut()
@@ -89,38 +93,44 @@ pub(crate) struct Served<'a> {
     pub config: &'a ConnectionsConfig,
     pub admission: &'a Admission,
     pub lifetime: Lifetime,
-    /// The flag the service marks its responses with.
-    pub reconnect: Reconnect,
     /// ALPN chose HTTP/2 (GOAWAY asks it to reconnect).
     pub http2: bool,
 }
 
-/// Serves `io` until it ends; the error (if any) is the refusal reason for
-/// the log. `drain` flips to true when the gateway drains.
-pub(crate) async fn serve<I, S, F>(
+impl<'a> Served<'a> {
+    /// A connection of `gateway` whose credential is valid for `remaining`.
+    pub fn new(gateway: &'a Gateway, remaining: Duration, http2: bool) -> Served<'a> {
+        Served {
+            config: &gateway.connections,
+            admission: &gateway.admission,
+            lifetime: Lifetime::new(remaining, gateway.connections.reconnect_after_fraction),
+            http2,
+        }
+    }
+}
+
+/// Serves `io` with `handler` until it ends; the error (if any) is the
+/// refusal reason for the log. `drain` flips to true when the gateway
+/// drains.
+pub(crate) async fn serve<I, H, F>(
     io: I,
-    service: S,
+    handler: H,
     served: Served<'_>,
     mut drain: watch::Receiver<bool>,
 ) -> Result<(), String>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ReplyBody>,
-            Error = std::convert::Infallible,
-            Future = F,
-        > + Send
-        + 'static,
-    F: Future<Output = Result<Response<ReplyBody>, std::convert::Infallible>> + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ReplyBody>> + Send + 'static,
 {
     let Served {
         config,
         admission,
         lifetime,
-        reconnect,
         http2,
     } = served;
+    let reconnect = Reconnect::default();
+    let service = marking(handler, reconnect.clone());
     let born_draining = *drain.borrow();
     if born_draining {
         reconnect.ask();
@@ -179,6 +189,35 @@ where
             }
         }
     }
+}
+
+/// `handler` as a hyper service whose HTTP/1.x responses say
+/// `Connection: close` once `reconnect` is asked.
+fn marking<H, F>(
+    handler: H,
+    reconnect: Reconnect,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ReplyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ReplyBody>, Infallible>> + Send + 'static,
+> + Send
++ 'static
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ReplyBody>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    service_fn(move |req: Request<Incoming>| {
+        let version = req.version();
+        let answer = handler(req);
+        let reconnect = reconnect.clone();
+        async move {
+            let mut response = answer.await;
+            reconnect.mark(version, &mut response);
+            Ok::<_, Infallible>(response)
+        }
+    })
 }
 
 /// Resolves when the gateway drains (or can no longer say it does not).

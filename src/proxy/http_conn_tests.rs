@@ -2,11 +2,8 @@
 //! clients, on tokio's paused clock: the lifetime and idle deadlines pass
 //! as soon as nothing else can happen, so no test sleeps for real.
 
-use std::convert::Infallible;
-
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 
@@ -22,8 +19,8 @@ fn admission() -> Admission {
     )
 }
 
-/// Serves one end of a pipe with `serve`; the response says `ok` and, once
-/// asked, `Connection: close`. Returns the other end.
+/// Serves one end of a pipe with `serve`; the handler answers `ok`.
+/// Returns the other end.
 fn start(
     config: ConnectionsConfig,
     lifetime: Lifetime,
@@ -31,26 +28,16 @@ fn start(
     drain: watch::Receiver<bool>,
 ) -> tokio::io::DuplexStream {
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let reconnect = Reconnect::default();
-    let marks = reconnect.clone();
-    let service = service_fn(move |req: Request<Incoming>| {
-        let marks = marks.clone();
-        async move {
-            let mut response = json_ok(b"ok".to_vec());
-            marks.mark(req.version(), &mut response);
-            Ok::<_, Infallible>(response)
-        }
-    });
+    let handler = |_req: Request<Incoming>| async { json_ok(b"ok".to_vec()) };
     tokio::spawn(async move {
         let admission = admission();
         let served = Served {
             config: &config,
             admission: &admission,
             lifetime,
-            reconnect,
             http2,
         };
-        let _ = serve(server, service, served, drain).await;
+        let _ = serve(server, handler, served, drain).await;
     });
     client
 }

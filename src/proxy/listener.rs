@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use hyper::Request;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
@@ -30,7 +29,7 @@ use tracing::{debug, warn};
 use crate::identity::{id_refusal, spiffe_id, unix_now};
 use crate::proxy::Gateway;
 use crate::proxy::accept::{Lifecycle, accept_loop};
-use crate::proxy::http_conn::{self, Lifetime, Reconnect, Served};
+use crate::proxy::http_conn::{self, Served};
 
 /// Time allowed for a client to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -136,33 +135,21 @@ async fn connection(
         Caller::Token(_) => (None, TOKEN_CONNECTION_LIFETIME),
     };
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let reconnect = Reconnect::default();
-    let service = {
+    let served = Served::new(&gateway, remaining, http2);
+    let handler = {
         let gateway = Arc::clone(&gateway);
-        let reconnect = reconnect.clone();
-        service_fn(move |req: Request<Incoming>| {
+        move |req: Request<Incoming>| {
             let gateway = Arc::clone(&gateway);
             let caller = caller.clone();
-            let reconnect = reconnect.clone();
             async move {
-                let version = req.version();
-                let mut response = match &caller {
+                match &caller {
                     Caller::Certificate(peer) => gateway.handle(req, peer).await,
                     Caller::Token(own_id) => gateway.handle_token_caller(req, own_id).await,
-                };
-                reconnect.mark(version, &mut response);
-                Ok::<_, std::convert::Infallible>(response)
+                }
             }
-        })
+        }
     };
-    let served = Served {
-        config: &gateway.connections,
-        admission: &gateway.admission,
-        lifetime: Lifetime::new(remaining, gateway.connections.reconnect_after_fraction),
-        reconnect,
-        http2,
-    };
-    http_conn::serve(tls, service, served, drain).await
+    http_conn::serve(tls, handler, served, drain).await
 }
 
 /// The TLS handshake and the caller it authenticated. Fail closed: without

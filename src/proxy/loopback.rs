@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::header::{self, HeaderMap};
-use hyper::service::service_fn;
 use hyper::{Request, Uri};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -34,7 +33,7 @@ use tracing::debug;
 
 use crate::identity::unix_now;
 use crate::proxy::accept::{Lifecycle, accept_loop};
-use crate::proxy::http_conn::{self, Lifetime, Reconnect, Served};
+use crate::proxy::http_conn::{self, Served};
 use crate::proxy::listener::{Peer, peer_from_leaf};
 use crate::proxy::{Gateway, ProxyError};
 
@@ -90,36 +89,24 @@ async fn connection(
     let peer = own_peer(&gateway)?;
     let _ = tcp.set_nodelay(true);
     let remaining = Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0));
-    let reconnect = Reconnect::default();
-    let service = {
-        let gateway = Arc::clone(&gateway);
-        let reconnect = reconnect.clone();
-        service_fn(move |req: Request<hyper::body::Incoming>| {
-            let gateway = Arc::clone(&gateway);
-            let peer = peer.clone();
-            let reconnect = reconnect.clone();
-            async move {
-                let version = req.version();
-                let mut response = match check_local_request(req.headers(), req.uri()) {
-                    Ok(()) => gateway.handle(req, &peer).await,
-                    Err(refusal) => gateway.refuse_request(req, &peer, refusal).await,
-                };
-                reconnect.mark(version, &mut response);
-                Ok::<_, std::convert::Infallible>(response)
-            }
-        })
-    };
     // As on the mTLS listener: no connection outlives the SVID it is
     // served with, and clients are asked to reconnect before it expires.
     // Plain HTTP has no ALPN: HTTP/2 (prior knowledge) is closed at expiry.
-    let served = Served {
-        config: &gateway.connections,
-        admission: &gateway.admission,
-        lifetime: Lifetime::new(remaining, gateway.connections.reconnect_after_fraction),
-        reconnect,
-        http2: false,
+    let served = Served::new(&gateway, remaining, false);
+    let handler = {
+        let gateway = Arc::clone(&gateway);
+        move |req: Request<hyper::body::Incoming>| {
+            let gateway = Arc::clone(&gateway);
+            let peer = peer.clone();
+            async move {
+                match check_local_request(req.headers(), req.uri()) {
+                    Ok(()) => gateway.handle(req, &peer).await,
+                    Err(refusal) => gateway.refuse_request(req, &peer, refusal).await,
+                }
+            }
+        }
     };
-    http_conn::serve(tcp, service, served, shutdown).await
+    http_conn::serve(tcp, handler, served, shutdown).await
 }
 
 /// The guard against browsers: the request must name a loopback host, and
