@@ -18,18 +18,13 @@ use spiffe::SpiffeId;
 use crate::identity::spiffe_id;
 
 mod connections;
+mod limits;
 
 pub use connections::ConnectionsConfig;
+pub use limits::LimitsConfig;
 
 /// Environment variable naming the Workload API socket when the config does not.
 pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
-
-/// Default request body limit: 1 MiB.
-const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
-/// Default idle timeout of an MCP session: 30 minutes.
-const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// Default bound on concurrent sessions.
-const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// Where environment overrides come from.
 pub trait Env {
@@ -65,11 +60,8 @@ pub struct Config {
     pub audit: AuditSink,
     /// What a call meets while audit records cannot be written.
     pub audit_on_failure: AuditOnFailure,
-    pub max_body_bytes: usize,
-    /// A session unused this long ends.
-    pub session_idle_timeout: Duration,
-    /// At most this many sessions at once; further `initialize`s are refused.
-    pub max_sessions: usize,
+    /// Body size and session table bounds (`limits:`).
+    pub limits: LimitsConfig,
     /// After SIGTERM, how long in-flight requests and streams may finish.
     pub drain_timeout: Duration,
     /// After SIGTERM, how long the listener keeps accepting while `/readyz`
@@ -263,7 +255,7 @@ struct RawConfig {
     #[serde(default)]
     audit: RawAudit,
     #[serde(default)]
-    limits: RawLimits,
+    limits: limits::RawLimits,
     #[serde(default)]
     shutdown: RawShutdown,
     #[serde(default)]
@@ -399,14 +391,6 @@ enum RawAuditSink {
     File,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_body_bytes: Option<usize>,
-    session_idle_timeout_seconds: Option<u64>,
-    max_sessions: Option<usize>,
-}
-
 impl Config {
     /// Reads, parses and validates the config file.
     pub fn load(path: &Path, env: &dyn Env) -> anyhow::Result<Config> {
@@ -449,22 +433,6 @@ impl RawConfig {
             (RawAuditSink::File, None) => bail!("audit.path: required with `sink: file`"),
         };
         let audit_on_failure = self.audit.on_failure.unwrap_or(AuditOnFailure::Refuse);
-        let max_body_bytes = match self.limits.max_body_bytes {
-            None => DEFAULT_MAX_BODY_BYTES,
-            Some(0) => bail!("limits.max_body_bytes: must be greater than 0"),
-            Some(n) if n > 64 << 20 => bail!("limits.max_body_bytes: at most 67108864 (64 MiB)"),
-            Some(n) => n,
-        };
-        let session_idle_timeout = match self.limits.session_idle_timeout_seconds {
-            None => DEFAULT_SESSION_IDLE,
-            Some(0) => bail!("limits.session_idle_timeout_seconds: must be greater than 0"),
-            Some(n) => Duration::from_secs(n),
-        };
-        let max_sessions = match self.limits.max_sessions {
-            None => DEFAULT_MAX_SESSIONS,
-            Some(0) => bail!("limits.max_sessions: must be greater than 0"),
-            Some(n) => n,
-        };
         let drain_timeout = match self.shutdown.drain_timeout_seconds {
             None => DEFAULT_DRAIN,
             Some(n) if n > 3600 => bail!("shutdown.drain_timeout_seconds: at most 3600"),
@@ -505,9 +473,7 @@ impl RawConfig {
             user_auth,
             audit,
             audit_on_failure,
-            max_body_bytes,
-            session_idle_timeout,
-            max_sessions,
+            limits: self.limits.validate()?,
             drain_timeout,
             not_ready_delay,
             log,

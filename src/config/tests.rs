@@ -41,7 +41,7 @@ fn good_config_parses_and_resolves_paths() {
     assert_eq!(c.workload_api.svid_hint.as_deref(), Some("gateway"));
     assert_eq!(c.policy_dir, Path::new("/etc/gw/policies"));
     assert_eq!(c.audit, AuditSink::File("/etc/gw/audit.jsonl".into()));
-    assert_eq!(c.max_body_bytes, 4096);
+    assert_eq!(c.limits.max_body_bytes, 4096);
     assert_eq!(
         c.upstream.spiffe_id.to_string(),
         "spiffe://example.org/ns/demo/sa/mcp-server"

@@ -63,10 +63,7 @@
 //! call to `github__x` can only reach github.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -78,14 +75,12 @@ use tracing::warn;
 
 use super::inspect::{self, PendingList};
 use super::reply::{self, ReplyBody, error_response};
-use super::session::SessionRefusal;
+use super::session::{Reservation, SessionRefusal, Sessions};
 use super::upstream::Upstream;
 use super::{Gateway, ProxyError, RequestFacts, linger, protocol};
 use crate::audit::Outcome;
-use crate::config::{AGGREGATE_SEPARATOR, AggregateConfig};
-use crate::identity::unix_now;
+use crate::config::{AGGREGATE_SEPARATOR, AggregateConfig, LimitsConfig};
 use crate::mcp::{self, Message};
-use crate::proxy::listener::Peer;
 
 /// Most `tools/list` pages read from one member per list.
 pub const MAX_PAGES: usize = 16;
@@ -107,28 +102,18 @@ pub struct Link {
 /// failed) for this session.
 pub type Links = Arc<[Option<Link>]>;
 
-struct AggSession {
-    owner: Arc<str>,
-    credential_expiry: AtomicI64,
-    last_seen: AtomicI64,
-    links: Links,
-}
-
 /// The aggregated endpoint: its members and its session table.
 pub struct Aggregate {
     pub name: String,
     pub members: Vec<Arc<Upstream>>,
-    table: RwLock<HashMap<Box<str>, AggSession>>,
-    idle: i64,
-    max: usize,
+    pub sessions: Sessions<Links>,
 }
 
 impl Aggregate {
     pub fn new(
         config: &AggregateConfig,
         upstreams: &[Arc<Upstream>],
-        idle: Duration,
-        max: usize,
+        limits: &LimitsConfig,
     ) -> anyhow::Result<Aggregate> {
         let members = config
             .upstreams
@@ -144,9 +129,11 @@ impl Aggregate {
         Ok(Aggregate {
             name: config.name.clone(),
             members,
-            table: RwLock::new(HashMap::new()),
-            idle: i64::try_from(idle.as_secs()).unwrap_or(i64::MAX),
-            max,
+            sessions: Sessions::new(
+                limits.session_idle_timeout,
+                limits.max_sessions,
+                limits.max_sessions_per_identity,
+            ),
         })
     }
 
@@ -164,74 +151,14 @@ impl Aggregate {
         Some((index, tool))
     }
 
-    /// Checks that `peer` may use session `id` now, records the use and
-    /// returns the member sessions.
-    pub fn check(&self, id: &str, peer: &Peer) -> Result<Links, SessionRefusal> {
-        let now = unix_now();
-        {
-            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-            let s = table.get(id).ok_or(SessionRefusal::Unknown)?;
-            if *s.owner != *peer.spiffe_id {
-                return Err(SessionRefusal::NotOwner);
-            }
-            if now - s.last_seen.load(Ordering::Relaxed) <= self.idle
-                && s.credential_expiry.load(Ordering::Relaxed) > now
-            {
-                s.last_seen.store(now, Ordering::Relaxed);
-                s.credential_expiry
-                    .fetch_max(peer.not_after, Ordering::Relaxed);
-                return Ok(Arc::clone(&s.links));
-            }
-        }
-        self.remove(id);
-        Err(SessionRefusal::Expired)
-    }
-
-    /// Binds a new session to `peer`; returns its id.
-    pub fn insert(&self, peer: &Peer, links: Links) -> Result<String, SessionRefusal> {
+    /// Binds a new session, in its reserved place; returns its id.
+    fn open_session(
+        reservation: Reservation<Links>,
+        links: Links,
+    ) -> Result<String, SessionRefusal> {
         let id = new_session_id().ok_or(SessionRefusal::Full)?;
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if table.len() >= self.max {
-            return Err(SessionRefusal::Full);
-        }
-        if table.contains_key(id.as_str()) {
-            return Err(SessionRefusal::Collision);
-        }
-        table.insert(
-            Box::from(id.as_str()),
-            AggSession {
-                owner: Arc::clone(&peer.spiffe_id),
-                credential_expiry: AtomicI64::new(peer.not_after),
-                last_seen: AtomicI64::new(unix_now()),
-                links,
-            },
-        );
+        reservation.bind(&id, links)?;
         Ok(id)
-    }
-
-    /// Removes a session; returns its member sessions.
-    pub fn remove(&self, id: &str) -> Option<Links> {
-        self.table
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id)
-            .map(|s| s.links)
-    }
-
-    /// Removes every idle or expired session; returns their member sessions.
-    pub fn sweep(&self) -> Vec<Links> {
-        let now = unix_now();
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let mut ended = Vec::new();
-        table.retain(|_, s| {
-            let live = now - s.last_seen.load(Ordering::Relaxed) <= self.idle
-                && s.credential_expiry.load(Ordering::Relaxed) > now;
-            if !live {
-                ended.push(Arc::clone(&s.links));
-            }
-            live
-        });
-        ended
     }
 
     /// Tells each member its session is over (best effort).
@@ -416,7 +343,7 @@ impl Gateway {
         }
         let links = match facts.session_id {
             None => None,
-            Some(id) => match agg.check(id, facts.peer) {
+            Some(id) => match agg.sessions.check(id, &facts.peer.spiffe_id) {
                 Ok(links) => Some(links),
                 Err(refusal) => {
                     linger(body);
@@ -429,7 +356,7 @@ impl Gateway {
         match (&parts.method, links) {
             (&Method::POST, links) => self.aggregate_post(agg, parts, body, facts, links).await,
             (&Method::DELETE, Some(_)) => {
-                if let Some(links) = facts.session_id.and_then(|id| agg.remove(id)) {
+                if let Some(links) = facts.session_id.and_then(|id| agg.sessions.remove(id)) {
                     agg.end_links(&links).await;
                 }
                 empty(StatusCode::OK)
@@ -696,6 +623,15 @@ impl Gateway {
         id: &str,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
+        // The session's place is taken before any member is asked.
+        let reservation = match agg.sessions.reserve(&facts.peer.spiffe_id) {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                return self
+                    .refuse_unparsed(ProxyError::Session(refusal), facts)
+                    .await;
+            }
+        };
         let requested = message.protocol_version.as_deref().unwrap_or("");
         let version = if requested != protocol::MODERN && protocol::SUPPORTED.contains(&requested) {
             requested
@@ -760,7 +696,7 @@ impl Gateway {
             return error_response(&refusal, Some(id), &correlation_id);
         }
         let links: Links = links.into();
-        let session = match agg.insert(facts.peer, Arc::clone(&links)) {
+        let session = match Aggregate::open_session(reservation, Arc::clone(&links)) {
             Ok(session) => session,
             Err(refusal) => {
                 agg.end_links(&links).await;
@@ -1323,20 +1259,11 @@ mod tests {
         );
     }
 
-    fn peer(id: &str) -> Peer {
-        Peer {
-            spiffe_id: Arc::from(id),
-            not_after: unix_now() + 3600,
-        }
-    }
-
     fn table(max: usize) -> Aggregate {
         Aggregate {
             name: "all".into(),
             members: Vec::new(),
-            table: RwLock::new(HashMap::new()),
-            idle: 60,
-            max,
+            sessions: Sessions::new(std::time::Duration::from_secs(60), max, max),
         }
     }
 
@@ -1348,43 +1275,26 @@ mod tests {
             version: "2025-11-25".into(),
         })]
         .into();
-        let a = agg
-            .insert(&peer("spiffe://t/a"), Arc::clone(&links))
-            .unwrap();
-        let b = agg
-            .insert(&peer("spiffe://t/a"), Arc::clone(&links))
-            .unwrap();
+        let owner: Arc<str> = Arc::from("spiffe://t/a");
+        let open = |agg: &Aggregate| {
+            let reservation = agg.sessions.reserve(&owner)?;
+            Aggregate::open_session(reservation, Arc::clone(&links))
+        };
+        let a = open(&agg).unwrap();
+        let b = open(&agg).unwrap();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
-        assert_eq!(agg.check(&a, &peer("spiffe://t/a")).unwrap(), links);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(agg.sessions.check(&a, "spiffe://t/a").unwrap(), links);
         assert_eq!(
-            agg.check(&a, &peer("spiffe://t/b")),
+            agg.sessions.check(&a, "spiffe://t/b"),
             Err(SessionRefusal::NotOwner)
         );
-        assert!(agg.check(&a, &peer("spiffe://t/a")).is_ok());
+        assert!(agg.sessions.check(&a, "spiffe://t/a").is_ok());
+        assert_eq!(open(&agg), Err(SessionRefusal::Full));
+        assert_eq!(agg.sessions.remove(&a), Some(links.clone()));
         assert_eq!(
-            agg.insert(&peer("spiffe://t/a"), Arc::clone(&links)),
-            Err(SessionRefusal::Full)
-        );
-        assert_eq!(agg.remove(&a), Some(links));
-        assert_eq!(
-            agg.check(&a, &peer("spiffe://t/a")),
-            Err(SessionRefusal::Unknown)
-        );
-    }
-
-    #[test]
-    fn idle_aggregated_sessions_are_swept() {
-        let mut agg = table(4);
-        agg.idle = 0;
-        let links: Links = vec![None].into();
-        let id = agg.insert(&peer("spiffe://t/a"), links).unwrap();
-        agg.table.read().unwrap()[id.as_str()]
-            .last_seen
-            .store(unix_now() - 5, Ordering::Relaxed);
-        assert_eq!(agg.sweep().len(), 1);
-        assert_eq!(
-            agg.check(&id, &peer("spiffe://t/a")),
+            agg.sessions.check(&a, "spiffe://t/a"),
             Err(SessionRefusal::Unknown)
         );
     }

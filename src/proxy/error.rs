@@ -34,6 +34,11 @@ pub const CODE_UPSTREAM_TIMEOUT: i32 = -32067;
 /// written (`audit.on_failure: refuse`, HTTP 503); served again once audit
 /// writes succeed.
 pub const CODE_AUDIT_UNAVAILABLE: i32 = -32068;
+/// JSON-RPC code for an `initialize` refused because no new session can
+/// start: the session table is full (HTTP 503) or the caller already holds
+/// `limits.max_sessions_per_identity` sessions (HTTP 429). Nothing reaches
+/// the upstream.
+pub const CODE_SESSION_LIMIT: i32 = -32069;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
 /// MCP 2026-07-28: unsupported protocol version.
@@ -86,7 +91,7 @@ pub enum ProxyError {
     HeaderMismatch(&'static str),
     #[error("{0} header appears more than once")]
     DuplicateHeader(&'static str),
-    #[error("session not found")]
+    #[error("{}", .0.message())]
     Session(SessionRefusal),
     #[error("JSON-RPC batches are not allowed in this protocol version")]
     BatchNotAllowed,
@@ -147,7 +152,10 @@ impl ProxyError {
             ProxyError::HeaderMismatch(_) => (StatusCode::BAD_REQUEST, CODE_HEADER_MISMATCH),
             ProxyError::DuplicateHeader(_) => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
             ProxyError::Session(SessionRefusal::Full) => {
-                (StatusCode::SERVICE_UNAVAILABLE, CODE_SESSION)
+                (StatusCode::SERVICE_UNAVAILABLE, CODE_SESSION_LIMIT)
+            }
+            ProxyError::Session(SessionRefusal::IdentityLimit) => {
+                (StatusCode::TOO_MANY_REQUESTS, CODE_SESSION_LIMIT)
             }
             ProxyError::Session(SessionRefusal::Collision) => {
                 (StatusCode::BAD_GATEWAY, CODE_SESSION)
@@ -263,6 +271,38 @@ mod tests {
             assert!(refusal.answers_the_call(), "{refusal}");
         }
         assert_ne!(CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE);
+    }
+
+    #[test]
+    fn a_session_that_cannot_start_is_not_called_not_found() {
+        let cases = [
+            (
+                SessionRefusal::Full,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_table_full",
+                "session table full",
+            ),
+            (
+                SessionRefusal::IdentityLimit,
+                StatusCode::TOO_MANY_REQUESTS,
+                "session_identity_limit",
+                "too many sessions for this identity",
+            ),
+        ];
+        for (refusal, status, reason, message) in cases {
+            let refusal = ProxyError::Session(refusal);
+            assert_eq!(refusal.status_and_code(), (status, CODE_SESSION_LIMIT));
+            assert_eq!(refusal.audit_reason(), reason);
+            assert!(refusal.to_string().starts_with(message), "{refusal}");
+            assert!(!refusal.answers_the_call());
+        }
+        assert_eq!(CODE_SESSION_LIMIT, -32069);
+        let unknown = ProxyError::Session(SessionRefusal::NotOwner);
+        assert_eq!(
+            unknown.status_and_code(),
+            (StatusCode::NOT_FOUND, CODE_SESSION)
+        );
+        assert_eq!(unknown.to_string(), "session not found");
     }
 
     #[test]

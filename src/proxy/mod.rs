@@ -190,21 +190,18 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         for (i, u) in config.upstreams.iter().enumerate() {
-            let sessions = session::Sessions::new(config.session_idle_timeout, config.max_sessions);
+            let sessions = session::Sessions::new(
+                config.limits.session_idle_timeout,
+                config.limits.max_sessions,
+                config.limits.max_sessions_per_identity,
+            );
             let upstream = Upstream::new(u, identity.clone(), i == 0, &metrics, sessions)?;
             upstreams.push(Arc::new(upstream));
         }
         let aggregate = config
             .aggregate
             .as_ref()
-            .map(|a| {
-                aggregate::Aggregate::new(
-                    a,
-                    &upstreams,
-                    config.session_idle_timeout,
-                    config.max_sessions,
-                )
-            })
+            .map(|a| aggregate::Aggregate::new(a, &upstreams, &config.limits))
             .transpose()?;
         let admission = Admission::new(
             config.connections.max_connections,
@@ -221,7 +218,7 @@ impl Gateway {
             policies,
             audit,
             path: config.listener.path.clone(),
-            max_body: config.max_body_bytes,
+            max_body: config.limits.max_body_bytes,
             connections: config.connections.clone(),
             admission,
             ids: CorrelationIds::new(),
@@ -390,7 +387,7 @@ impl Gateway {
             }
         }
         if let Some(id) = facts.session_id
-            && let Err(refusal) = up.sessions.check(id, peer)
+            && let Err(refusal) = up.sessions.check(id, &peer.spiffe_id)
         {
             return self
                 .refuse_unparsed(ProxyError::Session(refusal), &facts)
@@ -481,6 +478,24 @@ impl Gateway {
         if let Err(refusal) = self.check_framing(&parts.headers, &messages, batch, facts) {
             return self.refuse_unparsed(refusal, facts).await;
         }
+        // A new session's place is taken before anything is decided or
+        // sent: an initialize the table cannot hold never reaches the
+        // upstream.
+        let opens_session = !batch
+            && facts.session_id.is_none()
+            && messages[0].method.as_deref() == Some("initialize");
+        let reservation = if opens_session {
+            match up.sessions.reserve(&facts.peer.spiffe_id) {
+                Ok(reservation) => Some(reservation),
+                Err(refusal) => {
+                    return self
+                        .refuse_unparsed(ProxyError::Session(refusal), facts)
+                        .await;
+                }
+            }
+        } else {
+            None
+        };
         let mut denied = Vec::new();
         for (index, message) in messages.iter().enumerate() {
             let correlation_id = self.ids.next();
@@ -519,9 +534,6 @@ impl Gateway {
             [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
             _ => None,
         };
-        let opens_session = !batch
-            && facts.session_id.is_none()
-            && messages[0].method.as_deref() == Some("initialize");
         let mut ctx = self.reply_context(facts, up, inspect::pending_lists(&messages));
         ctx.extra_answers = answers;
         ctx.awaiting = reply_id.clone();
@@ -539,8 +551,10 @@ impl Gateway {
             )
             .await;
         match upstream {
-            Ok(resp) if opens_session => self.bind_session(resp, ctx).await,
-            Ok(resp) => self.inspect_reply(resp, ctx).await,
+            Ok(resp) => match reservation {
+                Some(reservation) => self.bind_session(resp, ctx, reservation).await,
+                None => self.inspect_reply(resp, ctx).await,
+            },
             Err(refusal) => refusal,
         }
     }
@@ -572,11 +586,13 @@ impl Gateway {
     }
 
     /// Binds the session the upstream issued in answer to `initialize` to
-    /// the caller. A session that cannot be bound is not handed out.
+    /// the caller, in the place reserved for it. A session that cannot be
+    /// bound is not handed out. No session issued: the place is given back.
     async fn bind_session(
         self: &Arc<Self>,
         resp: Response<Incoming>,
         mut ctx: inspect::ReplyContext,
+        reservation: session::Reservation<()>,
     ) -> Response<ReplyBody> {
         let issued = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)
             .ok()
@@ -586,7 +602,7 @@ impl Gateway {
             return self.inspect_reply(resp, ctx).await;
         };
         let up = Arc::clone(&ctx.upstream);
-        match up.sessions.insert(&id, &ctx.peer) {
+        match reservation.bind(&id, ()) {
             Ok(()) => {
                 ctx.session_id = Some(id);
                 self.inspect_reply(resp, ctx).await
@@ -783,7 +799,12 @@ impl Gateway {
     /// runs in its own task, so a slow upstream delays no other.
     pub async fn sweep_sessions(self: &Arc<Self>) {
         if let Some(agg) = &self.aggregate {
-            let ended = agg.sweep();
+            let ended: Vec<_> = agg
+                .sessions
+                .sweep()
+                .into_iter()
+                .map(|(_, links)| links)
+                .collect();
             if !ended.is_empty() {
                 let gateway = Arc::clone(self);
                 tokio::spawn(async move {
@@ -802,7 +823,7 @@ impl Gateway {
             }
             let up = Arc::clone(up);
             tokio::spawn(async move {
-                for id in ended {
+                for (id, ()) in ended {
                     up.end_session(&id).await;
                 }
             });

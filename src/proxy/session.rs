@@ -1,38 +1,49 @@
 //! Sessions belong to identities.
 //!
-//! An `Mcp-Session-Id` issued by the upstream in answer to an `initialize`
-//! is bound to the SPIFFE ID that sent the initialize. Any use of it by
-//! another identity, or of an id the gateway never saw issued, is refused
-//! before anything is forwarded. A session ends on DELETE, after the idle
-//! timeout, and when the owner's credential expires: each use by the owner
-//! extends the session's credential deadline to the notAfter of the
-//! certificate presented on that use, so an owner that rotates its SVID keeps
-//! its session, and one that stops presenting valid certificates loses it.
+//! A session id (issued by the upstream in answer to an `initialize`, or by
+//! the gateway on the aggregated endpoint) is bound to the SPIFFE ID that
+//! sent the initialize. Any use of it by another identity, or of an id the
+//! gateway never saw issued, is refused before anything is forwarded.
 //!
-//! The table is read on every request (a read lock and two atomic stores);
-//! writes happen only when a session starts or ends. It is bounded: when
-//! full, new sessions are refused rather than old ones evicted silently.
+//! A session belongs to the SPIFFE ID, not to one certificate: it stays
+//! valid while its owner keeps using it within the idle timeout, whichever
+//! of its SVIDs it presents. Every request already proves a currently valid
+//! credential (the handshake checks the certificate and the listener closes
+//! a connection before its certificate expires; a JWT-SVID is verified per
+//! request), so the table keeps no credential deadline of its own: one
+//! would end the session of an owner that rotates its SVID. A session ends
+//! on DELETE and after the idle timeout.
+//!
+//! The table is bounded twice: in all, and per owner. A new session takes a
+//! [`Reservation`] before its `initialize` goes to the upstream, so an
+//! `initialize` that would be refused is never sent; the reservation turns
+//! into the session when the upstream issues its id, or is given back when
+//! it is dropped. Neither bound evicts a live session.
+//!
+//! The table is read on every request (a read lock and one atomic store);
+//! writes happen only when a session is reserved, starts or ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use crate::identity::unix_now;
-use crate::proxy::listener::Peer;
 
-/// Why a session id was refused.
+/// Why a session id was refused, or no new session was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionRefusal {
     /// Never issued through this gateway, or already ended.
     Unknown,
     /// Issued to another identity.
     NotOwner,
-    /// Idle too long, or the owner's credential expired.
+    /// Unused for longer than the idle timeout.
     Expired,
     /// The table is full; no new session is started.
     Full,
-    /// The upstream issued an id that is already bound.
+    /// The caller already holds `limits.max_sessions_per_identity`.
+    IdentityLimit,
+    /// The upstream issued an id that is already bound to another identity.
     Collision,
 }
 
@@ -43,111 +54,176 @@ impl SessionRefusal {
             SessionRefusal::NotOwner => "session_not_owned",
             SessionRefusal::Expired => "session_expired",
             SessionRefusal::Full => "session_table_full",
+            SessionRefusal::IdentityLimit => "session_identity_limit",
             SessionRefusal::Collision => "session_id_collision",
         }
     }
+
+    /// What the caller is told. A session id is never confirmed or denied
+    /// to exist beyond "not found".
+    pub fn message(self) -> &'static str {
+        match self {
+            SessionRefusal::Unknown | SessionRefusal::NotOwner | SessionRefusal::Expired => {
+                "session not found"
+            }
+            SessionRefusal::Full => "session table full: no new session can start; retry later",
+            SessionRefusal::IdentityLimit => {
+                "too many sessions for this identity: end one (DELETE) or let it expire"
+            }
+            SessionRefusal::Collision => "the upstream issued a session id already in use",
+        }
+    }
 }
 
-struct Session {
+struct Session<V> {
     owner: Arc<str>,
-    /// The latest notAfter the owner presented, Unix seconds.
-    credential_expiry: AtomicI64,
     /// Unix seconds of the last use.
     last_seen: AtomicI64,
+    value: V,
 }
 
-/// The session table.
-pub struct Sessions {
-    table: RwLock<HashMap<Box<str>, Session>>,
+struct Table<V> {
+    sessions: HashMap<Box<str>, Session<V>>,
+    /// Per owner: its sessions plus its outstanding reservations.
+    held: HashMap<Arc<str>, usize>,
+    /// Reservations not yet bound or given back.
+    reserved: usize,
+}
+
+impl<V> Table<V> {
+    fn release(&mut self, owner: &str) {
+        if let Some(n) = self.held.get_mut(owner) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(owner);
+            }
+        }
+    }
+}
+
+struct Inner<V> {
+    table: RwLock<Table<V>>,
     idle: i64,
     max: usize,
+    max_per_identity: usize,
 }
 
-impl Sessions {
-    pub fn new(idle: Duration, max: usize) -> Sessions {
+impl<V> Inner<V> {
+    fn write(&self) -> RwLockWriteGuard<'_, Table<V>> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live(&self, session: &Session<V>, now: i64) -> bool {
+        now - session.last_seen.load(Ordering::Relaxed) <= self.idle
+    }
+}
+
+/// A session table. `V` is what a session carries besides its owner (the
+/// member sessions on the aggregated endpoint; nothing for an upstream's).
+pub struct Sessions<V = ()> {
+    inner: Arc<Inner<V>>,
+}
+
+/// A place in the table held for one owner while its `initialize` is under
+/// way. Dropped unbound, it is given back.
+pub struct Reservation<V> {
+    inner: Arc<Inner<V>>,
+    owner: Arc<str>,
+    bound: bool,
+}
+
+impl<V: Clone> Sessions<V> {
+    pub fn new(idle: Duration, max: usize, max_per_identity: usize) -> Sessions<V> {
         Sessions {
-            table: RwLock::new(HashMap::new()),
-            idle: i64::try_from(idle.as_secs()).unwrap_or(i64::MAX),
-            max,
+            inner: Arc::new(Inner {
+                table: RwLock::new(Table {
+                    sessions: HashMap::new(),
+                    held: HashMap::new(),
+                    reserved: 0,
+                }),
+                idle: i64::try_from(idle.as_secs()).unwrap_or(i64::MAX),
+                max,
+                max_per_identity,
+            }),
         }
     }
 
-    /// Checks that `peer` may use session `id` now, and records the use.
-    pub fn check(&self, id: &str, peer: &Peer) -> Result<(), SessionRefusal> {
+    /// Holds a place for a new session of `owner`, or says why there is
+    /// none. Call before anything is sent upstream.
+    pub fn reserve(&self, owner: &Arc<str>) -> Result<Reservation<V>, SessionRefusal> {
+        let mut table = self.inner.write();
+        if table.sessions.len() + table.reserved >= self.inner.max {
+            return Err(SessionRefusal::Full);
+        }
+        let held = table.held.get(&**owner).copied().unwrap_or(0);
+        if held >= self.inner.max_per_identity {
+            return Err(SessionRefusal::IdentityLimit);
+        }
+        table.held.insert(Arc::clone(owner), held + 1);
+        table.reserved += 1;
+        Ok(Reservation {
+            inner: Arc::clone(&self.inner),
+            owner: Arc::clone(owner),
+            bound: false,
+        })
+    }
+
+    /// Checks that `owner` may use session `id` now, records the use and
+    /// returns what the session carries.
+    pub fn check(&self, id: &str, owner: &str) -> Result<V, SessionRefusal> {
         let now = unix_now();
-        let expired = {
-            let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-            let session = table.get(id).ok_or(SessionRefusal::Unknown)?;
-            if *session.owner != *peer.spiffe_id {
+        {
+            let table = self.inner.table.read().unwrap_or_else(|e| e.into_inner());
+            let session = table.sessions.get(id).ok_or(SessionRefusal::Unknown)?;
+            if *session.owner != *owner {
                 return Err(SessionRefusal::NotOwner);
             }
-            let live = now - session.last_seen.load(Ordering::Relaxed) <= self.idle
-                && session.credential_expiry.load(Ordering::Relaxed) > now;
-            if live {
+            if self.inner.live(session, now) {
                 session.last_seen.store(now, Ordering::Relaxed);
-                session
-                    .credential_expiry
-                    .fetch_max(peer.not_after, Ordering::Relaxed);
-                return Ok(());
+                return Ok(session.value.clone());
             }
-            true
-        };
-        if expired {
-            self.remove(id);
         }
+        self.remove(id);
         Err(SessionRefusal::Expired)
     }
 
-    /// Binds a session the upstream just issued to the peer that opened it.
-    pub fn insert(&self, id: &str, peer: &Peer) -> Result<(), SessionRefusal> {
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = table.get(id) {
-            return if *existing.owner == *peer.spiffe_id {
-                Ok(())
-            } else {
-                Err(SessionRefusal::Collision)
-            };
-        }
-        if table.len() >= self.max {
-            return Err(SessionRefusal::Full);
-        }
-        table.insert(
-            Box::from(id),
-            Session {
-                owner: Arc::clone(&peer.spiffe_id),
-                credential_expiry: AtomicI64::new(peer.not_after),
-                last_seen: AtomicI64::new(unix_now()),
-            },
-        );
-        Ok(())
+    /// Ends session `id`; returns what it carried.
+    pub fn remove(&self, id: &str) -> Option<V> {
+        let mut table = self.inner.write();
+        let session = table.sessions.remove(id)?;
+        table.release(&session.owner);
+        Some(session.value)
     }
 
-    pub fn remove(&self, id: &str) {
-        self.table
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-    }
-
-    /// Removes every session past its idle timeout or credential expiry and
-    /// returns their ids (so the upstream can be told).
-    pub fn sweep(&self) -> Vec<String> {
+    /// Removes every session past its idle timeout and returns their ids
+    /// and values (so the upstreams can be told).
+    pub fn sweep(&self) -> Vec<(Box<str>, V)> {
         let now = unix_now();
-        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        let mut ended = Vec::new();
-        table.retain(|id, s| {
-            let live = now - s.last_seen.load(Ordering::Relaxed) <= self.idle
-                && s.credential_expiry.load(Ordering::Relaxed) > now;
-            if !live {
-                ended.push(id.to_string());
+        let mut table = self.inner.write();
+        let idle: Vec<Box<str>> = table
+            .sessions
+            .iter()
+            .filter(|(_, s)| !self.inner.live(s, now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut ended = Vec::with_capacity(idle.len());
+        for id in idle {
+            if let Some(session) = table.sessions.remove(&id) {
+                table.release(&session.owner);
+                ended.push((id, session.value));
             }
-            live
-        });
+        }
         ended
     }
 
+    /// Sessions in the table (reservations not counted).
     pub fn len(&self) -> usize {
-        self.table.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.inner
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .sessions
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -155,82 +231,44 @@ impl Sessions {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(id: &str, not_after: i64) -> Peer {
-        Peer {
-            spiffe_id: Arc::from(id),
-            not_after,
+impl<V> Reservation<V> {
+    /// Turns the reservation into session `id`. An id already bound to the
+    /// same owner is that owner's session already (the reservation is given
+    /// back); one bound to another owner is refused.
+    pub fn bind(mut self, id: &str, value: V) -> Result<(), SessionRefusal> {
+        let mut table = self.inner.write();
+        if let Some(existing) = table.sessions.get(id) {
+            return if existing.owner == self.owner {
+                Ok(())
+            } else {
+                Err(SessionRefusal::Collision)
+            };
         }
-    }
-
-    const A: &str = "spiffe://example.org/ns/demo/sa/agent";
-    const B: &str = "spiffe://example.org/ns/demo/sa/agent-b";
-
-    #[test]
-    fn a_session_is_usable_only_by_its_owner() {
-        let s = Sessions::new(Duration::from_secs(60), 10);
-        let later = unix_now() + 3600;
-        s.insert("s1", &peer(A, later)).unwrap();
-        assert_eq!(s.check("s1", &peer(A, later)), Ok(()));
-        assert_eq!(
-            s.check("s1", &peer(B, later)),
-            Err(SessionRefusal::NotOwner)
+        table.sessions.insert(
+            Box::from(id),
+            Session {
+                owner: Arc::clone(&self.owner),
+                last_seen: AtomicI64::new(unix_now()),
+                value,
+            },
         );
-        // A refused hijack does not end the owner's session.
-        assert_eq!(s.check("s1", &peer(A, later)), Ok(()));
-        assert_eq!(s.check("s2", &peer(A, later)), Err(SessionRefusal::Unknown));
-        s.remove("s1");
-        assert_eq!(s.check("s1", &peer(A, later)), Err(SessionRefusal::Unknown));
-    }
-
-    #[test]
-    fn a_session_ends_with_its_owners_credential() {
-        let s = Sessions::new(Duration::from_secs(60), 10);
-        s.insert("s1", &peer(A, unix_now() - 1)).unwrap();
-        assert_eq!(
-            s.check("s1", &peer(A, unix_now() + 60)),
-            Err(SessionRefusal::Expired)
-        );
-        assert_eq!(
-            s.check("s1", &peer(A, unix_now() + 60)),
-            Err(SessionRefusal::Unknown)
-        );
-    }
-
-    #[test]
-    fn a_rotated_owner_certificate_extends_the_session() {
-        let s = Sessions::new(Duration::from_secs(60), 10);
-        let soon = unix_now() + 2;
-        s.insert("s1", &peer(A, soon)).unwrap();
-        s.check("s1", &peer(A, unix_now() + 3600)).unwrap();
-        let table = s.table.read().unwrap();
-        assert!(table["s1"].credential_expiry.load(Ordering::Relaxed) > soon);
-    }
-
-    #[test]
-    fn idle_sessions_are_swept() {
-        let s = Sessions::new(Duration::from_secs(0), 10);
-        s.insert("s1", &peer(A, unix_now() + 3600)).unwrap();
-        s.table.read().unwrap()["s1"]
-            .last_seen
-            .store(unix_now() - 5, Ordering::Relaxed);
-        assert_eq!(s.sweep(), vec!["s1".to_owned()]);
-        assert!(s.is_empty());
-    }
-
-    #[test]
-    fn the_table_is_bounded_and_ids_do_not_change_hands() {
-        let s = Sessions::new(Duration::from_secs(60), 1);
-        let later = unix_now() + 3600;
-        s.insert("s1", &peer(A, later)).unwrap();
-        assert_eq!(
-            s.insert("s1", &peer(B, later)),
-            Err(SessionRefusal::Collision)
-        );
-        assert_eq!(s.insert("s2", &peer(A, later)), Err(SessionRefusal::Full));
-        assert_eq!(s.len(), 1);
+        table.reserved -= 1;
+        self.bound = true;
+        Ok(())
     }
 }
+
+impl<V> Drop for Reservation<V> {
+    fn drop(&mut self) {
+        if self.bound {
+            return;
+        }
+        let mut table = self.inner.write();
+        table.reserved -= 1;
+        table.release(&self.owner);
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
