@@ -38,6 +38,7 @@ use crate::audit::{AuditUser, Outcome, Record, now_rfc3339};
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind, Message};
 use crate::policy::{self, PolicyInput, Target, User};
+use crate::policy_store::Policies;
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
@@ -57,7 +58,7 @@ pub struct PendingList {
     kind: ListKind,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ListKind {
     Tools,
     Prompts,
@@ -73,6 +74,16 @@ impl ListKind {
             "resources/list" => Some(ListKind::Resources),
             "resources/templates/list" => Some(ListKind::Templates),
             _ => None,
+        }
+    }
+
+    /// The list method, as audited.
+    fn method(self) -> &'static str {
+        match self {
+            ListKind::Tools => "tools/list",
+            ListKind::Prompts => "prompts/list",
+            ListKind::Resources => "resources/list",
+            ListKind::Templates => "resources/templates/list",
         }
     }
 
@@ -96,6 +107,46 @@ impl ListKind {
     }
 }
 
+/// What the gateway did to a reply on its way back, as audited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WayBack {
+    /// Entries the caller may not use were taken out of a list result: the
+    /// reply was allowed, trimmed.
+    ListFiltered(ListKind),
+    /// The upstream's SSE stream broke the event grammar: closed.
+    SseError,
+    /// The upstream sent a batch in an SSE event: withheld.
+    BatchRefused,
+    /// The upstream sent an event that is not one JSON-RPC message: withheld.
+    ParseError,
+}
+
+impl WayBack {
+    fn reason(self) -> &'static str {
+        match self {
+            WayBack::ListFiltered(_) => "list_filtered",
+            WayBack::SseError => "upstream_sse_error",
+            WayBack::BatchRefused => "upstream_batch_refused",
+            WayBack::ParseError => "upstream_parse_error",
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        match self {
+            WayBack::ListFiltered(_) => Outcome::Allow,
+            WayBack::SseError | WayBack::BatchRefused | WayBack::ParseError => Outcome::Deny,
+        }
+    }
+
+    /// The method the record names: the list method that was filtered.
+    fn method(self) -> Option<&'static str> {
+        match self {
+            WayBack::ListFiltered(kind) => Some(kind.method()),
+            WayBack::SseError | WayBack::BatchRefused | WayBack::ParseError => None,
+        }
+    }
+}
+
 impl PendingList {
     /// A list request of `method` (`tools/list`, `prompts/list`,
     /// `resources/list`, `resources/templates/list`) the gateway itself sent
@@ -114,6 +165,11 @@ pub struct ReplyContext {
     pub protocol_version: Option<String>,
     pub user: Option<Arc<User>>,
     pub trace: super::trace::Trace,
+    /// The policies the request was decided by: list entries are filtered
+    /// and way-back records cite the same set, so one exchange never cites
+    /// two policy versions across a reload. (A server-to-client request is
+    /// a message of its own, decided by the set in force when it arrives.)
+    pub policies: Arc<Policies>,
     pub lists: Vec<PendingList>,
     /// A 2026-07-28 request whose result may be an `InputRequiredResult`
     /// carrying server-to-client requests to decide.
@@ -226,9 +282,16 @@ impl Gateway {
         let mut events = Vec::new();
         let mut answered = ctx.awaiting.is_none();
         loop {
-            let Ok(frame) =
-                tokio::time::timeout(ctx.upstream.stream_idle_timeout, body.frame()).await
-            else {
+            let read = tokio::time::timeout(ctx.upstream.stream_idle_timeout, body.frame());
+            let read = tokio::select! {
+                biased;
+                // The agent went away (its connection closed and hyper
+                // dropped the body): returning drops `body`, which ends the
+                // upstream stream now rather than at its idle timeout.
+                () = tx.closed() => return,
+                read = read => read,
+            };
+            let Ok(frame) = read else {
                 self.end_idle_stream(&tx, &ctx, answered).await;
                 return;
             };
@@ -247,7 +310,7 @@ impl Gateway {
             };
             if let Err(e) = parser.push(&data, &mut events) {
                 warn!(error = %e, "upstream SSE stream refused; closing it");
-                self.audit_way_back(&ctx, None, "upstream_sse_error", Some(e.to_string()))
+                self.audit_way_back(&ctx, WayBack::SseError, Some(e.to_string()))
                     .await;
                 return;
             }
@@ -315,12 +378,11 @@ impl Gateway {
         let message = match mcp::parse_body(event.data.as_bytes()) {
             Ok(mcp::Body::Single(m)) => m,
             Ok(mcp::Body::Batch(_)) => {
-                self.audit_way_back(ctx, None, "upstream_batch_refused", None)
-                    .await;
+                self.audit_way_back(ctx, WayBack::BatchRefused, None).await;
                 return None;
             }
             Err(e) => {
-                self.audit_way_back(ctx, None, "upstream_parse_error", Some(e.to_string()))
+                self.audit_way_back(ctx, WayBack::ParseError, Some(e.to_string()))
                     .await;
                 return None;
             }
@@ -583,11 +645,10 @@ impl Gateway {
         };
         let (field, _, action) = kind.shape();
         let now_unix_ms = policy::now_unix_ms();
-        // Lists are filtered by the enforced set only (shadow mode decides
-        // messages, not list entries).
-        let policies = self.policies.current();
+        // Lists are filtered by the enforced set the request was decided by
+        // (shadow mode decides messages, not list entries).
         let filtered = filter_entries(value, kind, |name| {
-            policies
+            ctx.policies
                 .enforced
                 .decide(&PolicyInput {
                     principal: &ctx.peer.spiffe_id,
@@ -607,7 +668,7 @@ impl Gateway {
             return false;
         };
         let detail = format!("hid {hidden} of {before} {field} the caller may not use");
-        self.audit_way_back(ctx, Some(field), "list_filtered", Some(detail))
+        self.audit_way_back(ctx, WayBack::ListFiltered(kind), Some(detail))
             .await;
         true
     }
@@ -620,57 +681,53 @@ impl Gateway {
         reason: &'static str,
         decision: Outcome,
     ) {
-        let mut record = self.way_back_record(ctx, None, reason, None);
-        record.correlation_id = correlation_id.to_owned();
-        record.decision = decision;
+        let record = way_back_record(ctx, correlation_id.to_owned(), reason, decision, None, None);
         self.audit.record(record).await;
     }
 
     /// An audit record for something done on the way back.
-    async fn audit_way_back(
-        &self,
-        ctx: &ReplyContext,
-        what: Option<&str>,
-        reason: &'static str,
-        detail: Option<String>,
-    ) {
-        let record = self.way_back_record(ctx, what, reason, detail);
+    async fn audit_way_back(&self, ctx: &ReplyContext, event: WayBack, detail: Option<String>) {
+        let record = way_back_record(
+            ctx,
+            self.ids.next(),
+            event.reason(),
+            event.outcome(),
+            event.method(),
+            detail,
+        );
         self.audit.record(record).await;
     }
+}
 
-    fn way_back_record(
-        &self,
-        ctx: &ReplyContext,
-        what: Option<&str>,
-        reason: &'static str,
-        detail: Option<String>,
-    ) -> Record {
-        Record {
-            time: now_rfc3339(),
-            correlation_id: self.ids.next(),
-            request_id: None,
-            caller: ctx.peer.spiffe_id.to_string(),
-            upstream: ctx.upstream.name.clone(),
-            upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
-            session_id: ctx.session_id.clone(),
-            method: what.map(|w| format!("{}/list", w.trim_end_matches('s'))),
-            target_kind: None,
-            target: None,
-            decision: if reason == "list_filtered" {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            reason,
-            policy_ids: Vec::new(),
-            policy_version: self.policies.current().enforced.version().to_owned(),
-            protocol_version: ctx.protocol_version.clone(),
-            detail,
-            shadow: None,
-            user: ctx.user.as_deref().map(AuditUser::from),
-            trace_id: Some(ctx.trace.trace_id.clone()),
-            span_id: Some(ctx.trace.span_id.clone()),
-        }
+fn way_back_record(
+    ctx: &ReplyContext,
+    correlation_id: String,
+    reason: &'static str,
+    decision: Outcome,
+    method: Option<&'static str>,
+    detail: Option<String>,
+) -> Record {
+    Record {
+        time: now_rfc3339(),
+        correlation_id,
+        request_id: None,
+        caller: ctx.peer.spiffe_id.to_string(),
+        upstream: ctx.upstream.name.clone(),
+        upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
+        session_id: ctx.session_id.clone(),
+        method: method.map(str::to_owned),
+        target_kind: None,
+        target: None,
+        decision,
+        reason,
+        policy_ids: Vec::new(),
+        policy_version: ctx.policies.enforced.version().to_owned(),
+        protocol_version: ctx.protocol_version.clone(),
+        detail,
+        shadow: None,
+        user: ctx.user.as_deref().map(AuditUser::from),
+        trace_id: Some(ctx.trace.trace_id.clone()),
+        span_id: Some(ctx.trace.span_id.clone()),
     }
 }
 

@@ -172,7 +172,7 @@ struct RequestFacts<'a> {
     /// The verified end user (`context.user`), when a token was presented.
     user: Option<&'a Arc<User>>,
     /// The policy sets this request is decided with, taken once.
-    policies: &'a Policies,
+    policies: &'a Arc<Policies>,
     /// W3C trace context: the caller's trace continued, or a new one.
     trace: &'a Trace,
     /// The upstream the request's path names; `None` only for a path that
@@ -609,13 +609,12 @@ impl Gateway {
             }
             Err(refusal) => {
                 up.end_session(&id).await;
-                let policies = self.policies.current();
                 let facts = RequestFacts {
                     peer: &ctx.peer,
                     session_id: Some(&id),
                     protocol_version: ctx.protocol_version.as_deref(),
                     user: ctx.user.as_ref(),
-                    policies: &policies,
+                    policies: &ctx.policies,
                     trace: &ctx.trace,
                     upstream: Some(&up),
                 };
@@ -638,6 +637,7 @@ impl Gateway {
             protocol_version: facts.protocol_version.map(str::to_owned),
             user: facts.user.cloned(),
             trace: facts.trace.clone(),
+            policies: Arc::clone(facts.policies),
             lists,
             extra_answers: Vec::new(),
             input_requests_possible: false,
