@@ -3,7 +3,7 @@
 //! `explain` and `policy matrix` are the policy tooling of [`cli`].
 #![forbid(unsafe_code)]
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,10 +55,7 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => {
-            init_logging(LogFormat::Text, "info");
-            check(&config)
-        }
+        Command::Check { config } => check(&config),
         // `serve` logs as its config says, once the config is read.
         Command::Serve { config } => serve(&config),
         // The policy tools print their results; logs only for what goes wrong.
@@ -105,7 +102,10 @@ fn report(result: Result<Outcome, CliError>) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = Config::load(path, &ProcessEnv)?;
+    // Loading the config logs nothing; the policies log as it says.
+    let config =
+        Config::load(path, &ProcessEnv).inspect_err(|_| init_logging(LogFormat::Text, "info"))?;
+    init_logging(config.log.format, &config.log.level);
     let policy = PolicyEngine::load_dir(&config.policy_dir)
         .map_err(|e| anyhow::anyhow!("policies in {}: {e}", config.policy_dir.display()))?;
     if let Some(dir) = &config.policy.shadow_dir {
@@ -133,12 +133,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr (the audit stream is separate: stdout or its file).
-/// `RUST_LOG`, when set, overrides `level`.
+/// `RUST_LOG`, when set, overrides `level`. Text is coloured only on a
+/// terminal, and never with `NO_COLOR` set: a file, a pipe or a log
+/// collector gets plain text.
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder

@@ -148,3 +148,41 @@ fn check_also_loads_the_shadow_set_and_the_jwks_file() {
     let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
     assert!(!ok && text.contains("shared secret"), "{text}");
 }
+
+/// `check` logs as the config's `log:` says, and writes no colour codes
+/// when stderr is not a terminal (here: a pipe).
+#[test]
+fn check_honours_log_format_and_writes_no_colour_to_a_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let base = std::fs::read_to_string(examples().join("gateway.yaml"))
+        .unwrap()
+        .replace("\"../policies\"", &format!("{:?}", shipped));
+    for format in ["text", "json"] {
+        let path = dir.path().join(format!("{format}.yaml"));
+        let text = format!("{base}\nlog:\n  format: {format}\n  level: info\n");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_spiffe-mcp-gateway"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .env_remove("SPIFFE_ENDPOINT_SOCKET")
+            .env_remove("NO_COLOR")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run the gateway binary");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "{format}: {stderr}");
+        assert!(
+            !stderr.contains('\u{1b}'),
+            "{format}: colour codes in {stderr:?}"
+        );
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert!(
+            lines.iter().any(|l| l.contains("policy set loaded")),
+            "{format}: {stderr}"
+        );
+        for line in lines {
+            let json = serde_json::from_str::<serde_json::Value>(line).is_ok();
+            assert_eq!(json, format == "json", "{format}: {line}");
+        }
+    }
+}
