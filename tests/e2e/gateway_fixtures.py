@@ -140,12 +140,14 @@ def write_config(
     upstream_extra: list[str] | None = None,
     upstreams: list[dict[str, Any]] | None = None,
     audit_extra: list[str] | None = None,
+    limits_extra: list[str] | None = None,
 ) -> Path:
     """`policy_extra`: more lines under `policy:` (indented by the caller);
     `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block);
     `listener_extra`: more lines under `listener:` (indented by the caller);
     `upstream_extra`: more lines under `upstream:` (indented by the caller);
     `audit_extra`: more lines under `audit:` (indented by the caller);
+    `limits_extra`: more lines under `limits:` (indented by the caller);
     `upstreams`: the list form instead (each a dict of `upstreams:` entry
     fields; `upstream_url`/`upstream_id` are then unused)."""
     lines = [
@@ -186,6 +188,7 @@ def write_config(
         limits.append(f"  max_body_bytes: {max_body_bytes}")
     if session_idle_timeout is not None:
         limits.append(f"  session_idle_timeout_seconds: {session_idle_timeout}")
+    limits += limits_extra or []
     if limits:
         lines += ["limits:", *limits]
     path = run_dir / "gateway.yaml"

@@ -28,6 +28,7 @@ import json
 import os
 import ssl
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -67,6 +68,27 @@ def build_ssl_context(args: argparse.Namespace) -> ssl.SSLContext | bool:
     if args.cert:
         ctx.load_cert_chain(args.cert, args.key)
     return ctx
+
+
+def reload_cert(ctx: ssl.SSLContext | bool, args: argparse.Namespace) -> None:
+    """--reload-cert: new TLS connections present the certificate the files
+    hold now (a rotated SVID). The pair is read once and tried on a scratch
+    context first, so one caught mid-replacement (new certificate, old key)
+    leaves the last whole pair in place."""
+    if not isinstance(ctx, ssl.SSLContext) or not args.cert:
+        return
+    with open(args.cert, "rb") as f:
+        cert = f.read()
+    with open(args.key, "rb") as f:
+        key = f.read()
+    with tempfile.NamedTemporaryFile(suffix=".pem") as both:
+        both.write(key + b"\n" + cert)
+        both.flush()
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(both.name)
+        except ssl.SSLError:
+            return
+        ctx.load_cert_chain(both.name)
 
 
 class HttpRecorder:
@@ -237,6 +259,8 @@ async def run_loop(args: argparse.Namespace, calls: list[str]) -> int:
             if args.repeat_until and os.path.exists(args.repeat_until):
                 break
             i += 1
+            if args.reload_cert:
+                reload_cert(verify, args)
             line: dict[str, Any] = {"iteration": i, "t": round(time.monotonic() - start, 3)}
             rec: HttpRecorder | None = None
             try:
@@ -316,6 +340,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=int, default=200)
     p.add_argument("--loop-same-client", action="store_true", help="rotation mode: keep one client/connection")
     p.add_argument("--quiet-iterations", action="store_true", help="rotation mode: print only the summary")
+    p.add_argument(
+        "--reload-cert",
+        action="store_true",
+        help="rotation mode: re-read --cert/--key before each iteration; new connections present them",
+    )
     p.add_argument("calls", nargs="*", help="'list', 'read:URI', 'prompts', 'resources', 'prompt:name:{json args}' or 'tool:{json args}'")
     args = p.parse_args(argv)
     if bool(args.cert) != bool(args.key):

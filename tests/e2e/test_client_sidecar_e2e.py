@@ -261,7 +261,7 @@ def test_identity_follows_the_sidecars_svid_past_its_first_expiry(spire, central
     the central gateway, which accepts no expired certificate, sees the
     agent's SPIFFE ID both times; and a session opened after the rotation
     outlives the first SVID (the sidecar's requests moved to connections
-    presenting the new SVID, so the central gateway extended the session)."""
+    presenting the new SVID; the session belongs to the SPIFFE ID)."""
     # A second entry for the agent's SPIFFE ID (another selector, so SPIRE
     # accepts it), with a short TTL; its hint picks it.
     entry = spire.register(AGENT_ID, "agent-short-lived", ttl=60, selector=f"unix:gid:{os.getgid()}")

@@ -17,7 +17,8 @@
 
 import { readFileSync, existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { Agent, fetch as undiciFetch } from 'undici';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
+import { Agent, buildConnector, fetch as undiciFetch } from 'undici';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport, StreamableHTTPError } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { McpError, ListRootsRequestSchema, ElicitRequestSchema } from '@modelcontextprotocol/sdk/types.js';
@@ -38,6 +39,7 @@ const { values: opts, positionals } = parseArgs({
     'interval-ms': { type: 'string', default: '200' },
     'loop-same-client': { type: 'boolean', default: false },
     'quiet-iterations': { type: 'boolean', default: false },
+    'reload-cert': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -45,7 +47,7 @@ const { values: opts, positionals } = parseArgs({
 if (opts.help || !opts.url) {
   process.stderr.write(
     'usage: agent.mjs --url URL [--cert PEM --key PEM] [--ca PEM] [--no-check-hostname] [--header "K: V"]... ' +
-      '[--terminate-session] [--loop N] [--repeat-until FILE] [--interval-ms M] [--loop-same-client] ' +
+      '[--terminate-session] [--loop N] [--repeat-until FILE] [--interval-ms M] [--loop-same-client] [--reload-cert] ' +
       "[--] CALLS... (CALL: list | read:URI | tool | 'tool:{json}')\n",
   );
   process.exit(opts.help ? 0 : 64);
@@ -89,9 +91,30 @@ for (const h of opts.header) {
   extraHeaders[h.slice(0, i).trim()] = h.slice(i + 1).trim();
 }
 
+// --reload-cert: every new TLS connection presents the certificate the
+// files hold now (a rotated SVID), as a client that follows its SVID does;
+// a pair caught mid-replacement (new certificate, old key) is skipped and
+// the last whole pair kept.
+let pair = { cert: tls.cert, key: tls.key };
+function currentPair() {
+  try {
+    const cert = readFileSync(opts.cert);
+    const key = readFileSync(opts.key);
+    if (new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) pair = { cert, key };
+  } catch {
+    // a file replaced under us: keep the last whole pair
+  }
+  return pair;
+}
+
+function connectOption() {
+  if (!opts['reload-cert']) return tls;
+  return (options, callback) => buildConnector({ ...tls, ...currentPair() })(options, callback);
+}
+
 // One undici Agent = one connection pool; a new Agent means new TLS handshakes.
 function makeConnection() {
-  const dispatcher = new Agent({ connect: tls });
+  const dispatcher = new Agent({ connect: connectOption() });
   const rec = { lastStatus: null, sessionId: null, requests: [] };
   const fetchFn = async (url, init) => {
     const res = await undiciFetch(url, { ...init, dispatcher });
