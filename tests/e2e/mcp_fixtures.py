@@ -61,6 +61,15 @@ class Upstream:
                 out.append(json.loads(line))
         return out
 
+    def ended(self) -> list[dict[str, Any]]:
+        """Every HTTP request the upstream finished (a stream: closed), oldest first."""
+        if self.request_log is None:
+            return []
+        path = Path(f"{self.request_log}.ended")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
     def clear_requests(self) -> None:
         if self.request_log is not None and self.request_log.exists():
             self.request_log.write_text("", encoding="utf-8")

@@ -133,3 +133,64 @@ def test_policy_change_applies_to_the_next_call_without_restart(spire, upstream,
     assert len(reached) == allowed
     assert sum(x["ok"] for x in summaries) == allowed
     assert sum(x["failed"] for x in summaries) == len(records) - allowed
+
+
+def test_a_reply_is_filtered_by_the_policies_its_request_was_decided_by(spire, svids, tmp_path):
+    """A reload lands while a tools/list is at the upstream (it answers after
+    3 s). The reply is filtered by the set the request was decided by, and
+    the way-back record cites that set's version: one exchange, one policy
+    version. The next list is decided and filtered by the new set."""
+    import threading
+
+    from mcp_fixtures import run_py_agent, start_upstream
+
+    s = svids["mcp-server"]
+    log = tmp_path / "requests.jsonl"
+    slow = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=log, extra_args=["--list-delay", "3"])
+    policies = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, policies)
+    gw = start_gateway(
+        tmp_path / "gw", spire.endpoint, slow.url, SERVER_ID, hint="gateway",
+        policy_dir=policies, policy_extra=["  watch_interval_ms: 200"],
+    )  # fmt: skip
+    try:
+        gw.wait_ready()
+        a = svids["agent"]
+        runs = []
+        agent = threading.Thread(target=lambda: runs.append(run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=["list"])))
+        agent.start()
+
+        def at_upstream():
+            return [r for r in slow.requests() if isinstance(r.get("body"), dict) and r["body"].get("method") == "tools/list"]
+
+        wait_for("the tools/list at the upstream", at_upstream)
+        reloads = gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}')
+        (policies / "freeze.cedar").write_text(FREEZE, encoding="utf-8")
+        wait_for("the reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}') > reloads)
+        agent.join(timeout=60)
+        (run,) = runs
+        listed = [t["name"] for t in call_result(run)["tools"]]
+        assert "echo" in listed, listed  # the set the request was decided by permits echo
+
+        records = [r for r in gw.audit() if r["caller"] == AGENT_ID and r["method"] == "tools/list"]
+        decided = [r for r in records if r["reason"] != "list_filtered"]
+        filtered = [r for r in records if r["reason"] == "list_filtered"]
+        assert len(decided) == 1 and len(filtered) == 1, records
+        assert filtered[0]["policy_version"] == decided[0]["policy_version"], records
+
+        # The next list: the new set hides echo and is the version cited.
+        after = run_py_agent(gw.url, a.cert, a.key, a.bundle, calls=["list"])
+        assert "echo" not in [t["name"] for t in call_result(after)["tools"]]
+        records = [r for r in gw.audit() if r["caller"] == AGENT_ID and r["method"] == "tools/list"]
+        newest = [r for r in records if r["reason"] == "list_filtered"][-1]
+        assert newest["policy_version"] != decided[0]["policy_version"], records
+        assert newest["policy_version"] == [r for r in records if r["reason"] != "list_filtered"][-1]["policy_version"]
+    finally:
+        gw.stop()
+        slow.stop()
+
+
+def call_result(run) -> dict:
+    results = [line for line in run.lines if line.get("call") == "list"]
+    assert results and results[0]["ok"] is True, run.stdout + run.stderr
+    return results[0]["result"]

@@ -176,3 +176,51 @@ def test_idle_sse_reply_is_ended_with_a_timeout_error(sdk, spire, svids, tmp_pat
     finally:
         gw.stop()
         upstream.stop()
+
+
+def test_an_agent_leaving_a_quiet_stream_ends_the_upstream_stream(gateway, upstream, svids):
+    """The agent opens its session's GET stream (the server has nothing to
+    say) and closes the connection. The gateway notices the agent leave and
+    ends the upstream stream at once, not after
+    `stream_idle_timeout_seconds` (300 s here)."""
+    import json
+
+    from raw_http import connect, post
+
+    a = svids["agent"]
+    init = {
+        "jsonrpc": "2.0", "id": "init", "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "leaver", "version": "1"}},
+    }  # fmt: skip
+    r = post(gateway.port, a, json.dumps(init).encode())
+    assert r.status == 200, r
+    sid = r.header("mcp-session-id")
+    headers = f"Mcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\n"
+    done = post(gateway.port, a, b'{"jsonrpc":"2.0","method":"notifications/initialized"}',
+                [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", "2025-11-25")])  # fmt: skip
+    assert done.status == 202, done
+
+    def gets_ended() -> int:
+        return sum(e["http_method"] == "GET" for e in upstream.ended())
+
+    def gets_seen() -> int:
+        return sum(r["http_method"] == "GET" and bool(r["headers"].get("mcp-session-id")) for r in upstream.requests())
+
+    ended, seen = gets_ended(), gets_seen()
+    tls = connect(gateway.port, a)
+    try:
+        tls.sendall(
+            f"GET /mcp HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n{headers}\r\n".encode()
+        )
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = tls.recv(65536)
+            assert chunk, buf
+            buf += chunk
+        assert buf.startswith(b"HTTP/1.1 200") and b"text/event-stream" in buf.lower(), buf
+        wait_for("the stream at the upstream", lambda: gets_seen() > seen)
+        assert gets_ended() == ended, "the upstream stream ended on its own"
+    finally:
+        tls.close()
+    # The stream is quiet: only the agent leaving can end it.
+    wait_for("the upstream stream to end", lambda: gets_ended() > ended, timeout=10)

@@ -33,7 +33,19 @@ def test_tools_list_shows_only_callable_tools(sdk, gateway, svids):
         lambda r: r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID
     )
     hidden = [r for r in records if r["reason"] == "list_filtered" and r["caller"] == AGENT_B_ID]
-    assert hidden[-1]["detail"] == "hid 8 of 8 tools the caller may not use"
+    record = hidden[-1]
+    assert record["detail"] == "hid 8 of 8 tools the caller may not use"
+    # The real method, an allowed (trimmed) reply, and the policy version
+    # the list request itself was decided by.
+    assert record["method"] == "tools/list" and record["decision"] == "allow", record
+    decided = [
+        r
+        for r in records
+        if r["caller"] == AGENT_B_ID and r["method"] == "tools/list" and r["reason"] != "list_filtered"
+        and r["session_id"] == record["session_id"]
+    ]
+    assert decided and decided[-1]["decision"] == "allow", records[-5:]
+    assert decided[-1]["policy_version"] == record["policy_version"], (decided[-1], record)
 
 
 def test_denied_server_request_never_reaches_the_agent(gateway, upstream, svids):

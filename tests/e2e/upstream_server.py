@@ -49,8 +49,11 @@ class PagedServer(MCPServer):
     `nextCursor` (0: one page, as MCPServer does)."""
 
     page_size = 0
+    list_delay = 0.0
 
     async def _handle_list_tools(self, ctx, params):  # noqa: ANN001, ANN202
+        if self.list_delay:
+            await asyncio.sleep(self.list_delay)
         tools = await self.list_tools()
         if not self.page_size:
             return ListToolsResult(tools=tools)
@@ -302,7 +305,17 @@ class RequestLogMiddleware:
                 return replay.pop(0)
             return await receive()
 
-        await self.app(scope, replay_receive, send)
+        try:
+            await self.app(scope, replay_receive, send)
+        finally:
+            # When each request ended (a stream: when it was closed), in a
+            # file of its own so the request log keeps one line per request.
+            self._write_ended({"ts": time.time(), "http_method": scope.get("method"), "path": scope.get("path")})
+
+    def _write_ended(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record) + "\n"
+        with self.lock, open(f"{self.path}.ended", "a", encoding="utf-8") as f:
+            f.write(line)
 
 
 # --------------------------------------------------------------------------
@@ -348,6 +361,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resource", action="append", default=[], help="also offer a text resource at this URI")
     p.add_argument("--prompt", action="append", default=[], help="also offer a prompt of this name (argument: topic)")
     p.add_argument("--tools-page-size", type=int, default=0, help="tools/list pages of this many tools (0: one page)")
+    p.add_argument("--list-delay", type=float, default=0.0, help="answer tools/list only after this many seconds")
     args = p.parse_args(argv)
     if not args.plain and not (args.cert and args.key and args.ca):
         p.error("--cert, --key and --ca are required unless --plain")
@@ -357,6 +371,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     server = build_server(args.echo_alias, args.tools_page_size, args.prompt, args.resource)
+    server.list_delay = args.list_delay
 
     if args.no_host_check:
         security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
