@@ -8,7 +8,7 @@ import json
 from conftest import AGENT_B_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import finish_agent, run_py_agent, start_py_agent_loop
-from test_gateway_e2e import ECHO, PROBE, call, https_post
+from test_gateway_e2e import ECHO, PROBE, https_post
 
 import pytest
 import ssl
@@ -105,8 +105,13 @@ def test_upstream_presenting_another_id_is_refused(spire, upstream, svids, tmp_p
         assert record["upstream_spiffe_id"] == AGENT_B_ID
         assert len(upstream.requests()) == seen
         assert gw.metric("mcp_gateway_upstream_errors_total", '{kind="upstream_identity"}') == 1
-        # And the SDK sees a JSON-RPC error, not a crash.
+        # And the SDK sees this refusal as a JSON-RPC error, not a crash or
+        # a dropped connection: its first request (the discovery probe) is
+        # answered -32062 with a correlation id, so it cannot connect.
         run = run_py_agent(gw.url, s.cert, s.key, s.bundle, calls=[ECHO])
-        assert run.connect_error or call(run, ECHO)["ok"] is False
+        error = run.connect_error
+        assert error and error["code"] == -32062, run.stdout + run.stderr
+        assert error["message"] == "upstream identity rejected" and error["data"]["correlation_id"], error
+        assert not run.calls, run.stdout
     finally:
         gw.stop()
