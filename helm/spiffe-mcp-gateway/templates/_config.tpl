@@ -83,6 +83,9 @@ limits:
   max_body_bytes: {{ int64 $c.limits.maxBodyBytes }}
   session_idle_timeout_seconds: {{ int64 $c.limits.sessionIdleTimeoutSeconds }}
   max_sessions: {{ int64 $c.limits.maxSessions }}
+  {{- with $c.limits.maxSessionsPerIdentity }}
+  max_sessions_per_identity: {{ int64 . }}
+  {{- end }}
 {{- with $c.connections }}
 connections:
   {{- toYaml . | nindent 2 }}
