@@ -1,0 +1,111 @@
+//! An agent: an HTTPS client presenting an SVID from the test CA, trusting
+//! the CA for the gateway's certificate (whose DNS SAN is `localhost`).
+//! One connection per request unless a test holds a `Connection`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Request};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::ca::{Ca, Leaf};
+
+/// What came back.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `data:` payloads of an SSE body, parsed.
+    pub fn sse_messages(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .map(|d| serde_json::from_str(d.trim()).unwrap())
+            .collect()
+    }
+
+    /// The JSON-RPC error code of a single-message answer.
+    pub fn error_code(&self) -> Option<i64> {
+        self.json()["error"]["code"].as_i64()
+    }
+}
+
+pub struct Agent {
+    pub spiffe_id: String,
+    addr: SocketAddr,
+    tls: TlsConnector,
+}
+
+impl Agent {
+    pub fn new(ca: &Ca, leaf: &Leaf, addr: SocketAddr) -> Agent {
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der.clone()).unwrap();
+        let mut config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![leaf.cert.clone()], leaf.key())
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Agent {
+            spiffe_id: leaf.spiffe_id.clone(),
+            addr,
+            tls: TlsConnector::from(Arc::new(config)),
+        }
+    }
+
+    /// Sends one request on a new connection.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = self.tls.connect(name, tcp).await.expect("TLS handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Answer {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// POSTs `body` to `path` with the MCP headers a client sends, plus
+    /// `headers`.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Answer {
+        self.post_bytes(path, headers, Bytes::from(body.to_string()))
+            .await
+    }
+
+    pub async fn post_bytes(&self, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
+        let mut req = Request::post(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(req.body(Full::new(body)).unwrap()).await
+    }
+}

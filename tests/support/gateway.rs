@@ -1,0 +1,197 @@
+//! The gateway under test: `app::build` on port 0 with an identity from
+//! the fake Workload API, one stub upstream, the shipped schema, and an
+//! audit file the test reads back.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use spiffe_mcp_gateway::app::{self, App};
+use spiffe_mcp_gateway::config::{Config, Env};
+
+use super::agent::{Agent, Answer};
+use super::ca::Ca;
+use super::upstream::{self, Handler, StubUpstream};
+use super::workload_api::{Svid, WorkloadApi};
+
+pub const GATEWAY: &str = "spiffe://example.org/ns/demo/sa/gateway";
+pub const AGENT: &str = "spiffe://example.org/ns/demo/sa/agent";
+pub const AGENT_B: &str = "spiffe://example.org/ns/demo/sa/agent-b";
+pub const SERVER: &str = "spiffe://example.org/ns/demo/sa/mcp-server";
+
+/// How the gateway is set up; `Default` is the shipped demo policies and
+/// the `upstream::mcp` stub.
+pub struct Options {
+    /// Cedar policies beside the shipped schema; `None`: `policies/demo.cedar`.
+    pub policies: Option<String>,
+    /// YAML appended to the config (top-level sections not set here).
+    pub extra_config: String,
+    pub handler: Handler,
+    /// The SPIFFE ID the stub upstream presents; `None`: the configured one.
+    pub upstream_presents: Option<&'static str>,
+    /// `upstream.url` instead of the stub's (e.g. a closed port).
+    pub upstream_url: Option<String>,
+    /// More `upstream:` fields, e.g. `request_timeout_seconds: 1`.
+    pub upstream_fields: String,
+    /// `audit.path`; `None`: `audit.log` in the test's directory.
+    pub audit_path: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            policies: None,
+            extra_config: String::new(),
+            handler: upstream::mcp(),
+            upstream_presents: None,
+            upstream_url: None,
+            upstream_fields: String::new(),
+            audit_path: None,
+        }
+    }
+}
+
+pub struct Harness {
+    pub ca: Ca,
+    pub workload_api: WorkloadApi,
+    pub upstream: StubUpstream,
+    pub app: App,
+    dir: tempfile::TempDir,
+}
+
+/// No environment: the config says everything.
+struct NoEnv;
+
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Harness::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Harness {
+        let ca = Ca::new("example.org test CA");
+        let svid = Svid {
+            leaf: ca.leaf_with(GATEWAY, &["localhost"], time::Duration::hours(1)),
+            bundle: vec![ca.der.to_vec()],
+            federated: Vec::new(),
+        };
+        let workload_api = WorkloadApi::start(Some(svid)).await;
+        let presents = options.upstream_presents.unwrap_or(SERVER);
+        let upstream = StubUpstream::start(&ca, presents, options.handler).await;
+        let dir = tempfile::tempdir().unwrap();
+        write_policies(&dir.path().join("policies"), options.policies.as_deref());
+        let text = format!(
+            "listener: {{address: \"127.0.0.1:0\", path: /mcp}}\n\
+             admin: {{address: \"127.0.0.1:0\"}}\n\
+             workload_api: {{socket: \"{socket}\"}}\n\
+             policy: {{dir: policies}}\n\
+             upstream: {{name: demo, url: \"{url}\", spiffe_id: \"{SERVER}\", {fields}}}\n\
+             audit: {{sink: file, path: \"{audit}\"}}\n{extra}",
+            socket = workload_api.endpoint,
+            url = options.upstream_url.unwrap_or_else(|| upstream.url()),
+            fields = options.upstream_fields,
+            audit = options.audit_path.as_deref().unwrap_or("audit.log"),
+            extra = options.extra_config,
+        );
+        let config = Config::parse(&text, dir.path(), &NoEnv).expect("test config");
+        let app = app::build(config).await.expect("app::build");
+        let mut identity = app.identity.clone();
+        tokio::time::timeout(Duration::from_secs(10), identity.wait_ready())
+            .await
+            .expect("the gateway took its SVID from the test Workload API");
+        Harness {
+            ca,
+            workload_api,
+            upstream,
+            app,
+            dir,
+        }
+    }
+
+    /// An agent presenting an SVID for `spiffe_id` from the test CA.
+    pub fn agent(&self, spiffe_id: &str) -> Agent {
+        Agent::new(&self.ca, &self.ca.leaf(spiffe_id), self.app.listen_addr)
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.log")
+    }
+
+    /// The audit records once at least `n` are written (the writer is a
+    /// thread of its own; records reach the file shortly after the answer).
+    pub async fn audit(&self, n: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = read_records(&self.audit_path());
+            if records.len() >= n {
+                return records;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "expected {n} audit records, have {}: {records:#?}",
+                records.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// `/metrics` from the admin listener.
+    pub async fn metrics(&self) -> String {
+        admin_get(self.app.admin_addr, "/metrics").await.1
+    }
+}
+
+fn write_policies(dir: &Path, policies: Option<&str>) {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(shipped.join("mcp.cedarschema"), dir.join("mcp.cedarschema")).unwrap();
+    let text = match policies {
+        Some(text) => text.to_owned(),
+        None => std::fs::read_to_string(shipped.join("demo.cedar")).unwrap(),
+    };
+    std::fs::write(dir.join("policies.cedar"), text).unwrap();
+}
+
+fn read_records(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A plain-HTTP GET on the admin listener: status and body.
+pub async fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The request's JSON-RPC error, checked against what the README's error
+/// table promises.
+pub fn assert_refused(answer: &Answer, status: u16, code: i64) {
+    assert_eq!(answer.status, status, "status; body {:?}", answer.body);
+    assert_eq!(
+        answer.error_code(),
+        Some(code),
+        "code; body {:?}",
+        answer.body
+    );
+}
