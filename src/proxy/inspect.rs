@@ -256,7 +256,10 @@ impl Gateway {
     ) -> Response<ReplyBody> {
         // The pump bounds the silences itself, so it can answer the
         // awaited request when the upstream goes quiet.
-        let (parts, body) = reply::from_upstream(resp).into_parts();
+        let (mut parts, body) = reply::from_upstream(resp).into_parts();
+        // Events may be dropped or rewritten: the upstream's length no
+        // longer holds (the agent's connection would break mid-reply).
+        parts.headers.remove(header::CONTENT_LENGTH);
         let (tx, rx) = mpsc::channel(CHANNEL);
         let gateway = Arc::clone(self);
         tokio::spawn(async move { gateway.pump_events(body, tx, ctx).await });
