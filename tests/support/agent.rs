@@ -72,6 +72,15 @@ impl Agent {
         }
     }
 
+    /// The leaf certificate the gateway presents on a new handshake.
+    pub async fn server_certificate(&self) -> Vec<u8> {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls = self.tls.connect(name, tcp).await.expect("TLS handshake");
+        let (_, conn) = tls.get_ref();
+        conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
     /// Sends one request on a new connection.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
         let tcp = TcpStream::connect(self.addr).await.unwrap();

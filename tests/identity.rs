@@ -1,0 +1,146 @@
+//! Identity and what crosses the gateway in process: the SVID rotating
+//! under a running gateway, identity headers stripped, the verified caller
+//! passed on only where configured, trace context, metrics.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use support::gateway::{AGENT, GATEWAY, Harness, Options};
+use support::workload_api::Svid;
+
+const MODERN: &str = "2026-07-28";
+
+fn call(tool: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": tool, "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}})
+}
+
+fn headers(tool: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("mcp-protocol-version", MODERN),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+    ]
+}
+
+#[tokio::test]
+async fn a_rotated_svid_is_presented_on_the_next_handshake_without_restart() {
+    let gw = Harness::start().await;
+    let agent = gw.agent(AGENT);
+    let first = agent.server_certificate().await;
+    assert_eq!(gw.app.identity.svid_generation(), 1);
+    let rotated = gw
+        .ca
+        .leaf_with(GATEWAY, &["localhost"], time::Duration::hours(1));
+    gw.workload_api.set(Svid {
+        leaf: rotated.clone(),
+        bundle: vec![gw.ca.der.to_vec()],
+        federated: Vec::new(),
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw.app.identity.svid_generation() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotation was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = agent.server_certificate().await;
+    assert_ne!(first, second);
+    assert_eq!(second, rotated.cert.to_vec());
+    // Calls go on, upstream connections re-made with the new SVID.
+    let answer = agent.post("/mcp", &headers("echo"), &call("echo")).await;
+    assert_eq!(answer.json()["result"]["content"][0]["text"], "echo");
+    assert!(
+        gw.metrics()
+            .await
+            .contains("mcp_gateway_svid_rotations_total 1")
+    );
+}
+
+#[tokio::test]
+async fn identity_and_hop_headers_from_the_caller_never_reach_the_upstream() {
+    let gw = Harness::start_with(Options {
+        upstream_fields: "caller_id_header: x-mcp-caller".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut sent = headers("echo");
+    sent.extend([
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-client-cert", "By=spiffe://example.org/admin"),
+        ("x-spiffe-id", "spiffe://example.org/ns/demo/sa/admin"),
+        ("x-client-cert", "forged"),
+        ("x-ssl-client-s-dn", "CN=admin"),
+        ("forwarded", "for=10.0.0.1"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-envoy-peer-metadata", "forged"),
+        ("x-mcp-caller", "spiffe://example.org/ns/demo/sa/admin"),
+        ("accept-encoding", "gzip"),
+        ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("x-custom", "kept"),
+    ]);
+    let answer = gw.agent(AGENT).post("/mcp", &sent, &call("echo")).await;
+    assert_eq!(answer.status, 200);
+    let received = &gw.upstream.received()[0];
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-client-cert",
+        "x-spiffe-id",
+        "x-client-cert",
+        "x-ssl-client-s-dn",
+        "forwarded",
+        "x-real-ip",
+        "x-envoy-peer-metadata",
+        "accept-encoding",
+        "proxy-authorization",
+    ] {
+        assert!(!received.headers.contains_key(name), "{name} was forwarded");
+    }
+    let callers: Vec<_> = received.headers.get_all("x-mcp-caller").iter().collect();
+    assert_eq!(callers, [AGENT], "only the verified caller");
+    assert_eq!(received.headers["x-custom"], "kept");
+    let trace = received.headers["traceparent"].to_str().unwrap();
+    assert!(
+        trace.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{trace}"
+    );
+    assert!(
+        !trace.contains("b7ad6b7169203331"),
+        "the gateway is a hop: its own span"
+    );
+    let record = &gw.audit(1).await[0];
+    assert_eq!(record["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+}
+
+#[tokio::test]
+async fn decisions_are_counted_by_decision_and_method() {
+    let gw = Harness::start().await;
+    let agent = gw.agent(AGENT);
+    agent.post("/mcp", &headers("echo"), &call("echo")).await;
+    agent
+        .post("/mcp", &headers("get_weather"), &call("get_weather"))
+        .await;
+    agent
+        .post(
+            "/mcp",
+            &headers("delete_repository"),
+            &call("delete_repository"),
+        )
+        .await;
+    let metrics = gw.metrics().await;
+    for line in [
+        "mcp_gateway_decisions_total{decision=\"allow\",method=\"tools/call\"} 2",
+        "mcp_gateway_decisions_total{decision=\"deny\",method=\"tools/call\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+}
