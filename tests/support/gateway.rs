@@ -33,6 +33,11 @@ pub struct Options {
     pub upstream_url: Option<String>,
     /// More `upstream:` fields, e.g. `request_timeout_seconds: 1`.
     pub upstream_fields: String,
+    /// More upstreams beside `demo` (name, SPIFFE ID, handler): the config
+    /// then uses `upstreams:`, each served on `/mcp/<name>`.
+    pub more_upstreams: Vec<(&'static str, &'static str, Handler)>,
+    /// With `more_upstreams`: `aggregate: {name: all}` over all of them.
+    pub aggregate: bool,
     /// `audit.path`; `None`: `audit.log` in the test's directory.
     pub audit_path: Option<String>,
 }
@@ -46,6 +51,8 @@ impl Default for Options {
             upstream_presents: None,
             upstream_url: None,
             upstream_fields: String::new(),
+            more_upstreams: Vec::new(),
+            aggregate: false,
             audit_path: None,
         }
     }
@@ -55,6 +62,8 @@ pub struct Harness {
     pub ca: Ca,
     pub workload_api: WorkloadApi,
     pub upstream: StubUpstream,
+    /// `more_upstreams`, in order.
+    pub others: Vec<StubUpstream>,
     pub app: App,
     dir: tempfile::TempDir,
 }
@@ -73,7 +82,7 @@ impl Harness {
         Harness::start_with(Options::default()).await
     }
 
-    pub async fn start_with(options: Options) -> Harness {
+    pub async fn start_with(mut options: Options) -> Harness {
         let ca = Ca::new("example.org test CA");
         let svid = Svid {
             leaf: ca.leaf_with(GATEWAY, &["localhost"], time::Duration::hours(1)),
@@ -82,19 +91,19 @@ impl Harness {
         };
         let workload_api = WorkloadApi::start(Some(svid)).await;
         let presents = options.upstream_presents.unwrap_or(SERVER);
-        let upstream = StubUpstream::start(&ca, presents, options.handler).await;
+        let handler = std::sync::Arc::clone(&options.handler);
+        let upstream = StubUpstream::start(&ca, presents, handler).await;
         let dir = tempfile::tempdir().unwrap();
         write_policies(&dir.path().join("policies"), options.policies.as_deref());
+        let (upstreams, others) = upstreams_config(&ca, &upstream, &mut options).await;
         let text = format!(
             "listener: {{address: \"127.0.0.1:0\", path: /mcp}}\n\
              admin: {{address: \"127.0.0.1:0\"}}\n\
              workload_api: {{socket: \"{socket}\"}}\n\
              policy: {{dir: policies}}\n\
-             upstream: {{name: demo, url: \"{url}\", spiffe_id: \"{SERVER}\", {fields}}}\n\
+             {upstreams}\
              audit: {{sink: file, path: \"{audit}\"}}\n{extra}",
             socket = workload_api.endpoint,
-            url = options.upstream_url.unwrap_or_else(|| upstream.url()),
-            fields = options.upstream_fields,
             audit = options.audit_path.as_deref().unwrap_or("audit.log"),
             extra = options.extra_config,
         );
@@ -108,6 +117,7 @@ impl Harness {
             ca,
             workload_api,
             upstream,
+            others,
             app,
             dir,
         }
@@ -144,6 +154,42 @@ impl Harness {
     pub async fn metrics(&self) -> String {
         admin_get(self.app.admin_addr, "/metrics").await.1
     }
+}
+
+/// The `upstream:` (or `upstreams:` and `aggregate:`) section, and the
+/// further stub upstreams it names, started.
+async fn upstreams_config(
+    ca: &Ca,
+    upstream: &StubUpstream,
+    options: &mut Options,
+) -> (String, Vec<StubUpstream>) {
+    let url = options
+        .upstream_url
+        .take()
+        .unwrap_or_else(|| upstream.url());
+    let fields = &options.upstream_fields;
+    let mut upstreams =
+        format!("upstream: {{name: demo, url: \"{url}\", spiffe_id: \"{SERVER}\", {fields}}}\n");
+    let mut others = Vec::new();
+    if !options.more_upstreams.is_empty() {
+        upstreams = format!(
+            "upstreams:\n  - {{name: demo, url: \"{url}\", spiffe_id: \"{SERVER}\", {fields}}}\n"
+        );
+        let mut names = vec!["demo"];
+        for (name, id, handler) in std::mem::take(&mut options.more_upstreams) {
+            let stub = StubUpstream::start(ca, id, handler).await;
+            upstreams.push_str(&format!(
+                "  - {{name: {name}, url: \"{}\", spiffe_id: \"{id}\"}}\n",
+                stub.url()
+            ));
+            names.push(name);
+            others.push(stub);
+        }
+        if options.aggregate {
+            upstreams.push_str(&format!("aggregate: {{name: all, upstreams: {names:?}}}\n"));
+        }
+    }
+    (upstreams, others)
 }
 
 fn write_policies(dir: &Path, policies: Option<&str>) {
