@@ -9,30 +9,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// Methods counted under their own label value; anything else is `other`.
-const KNOWN_METHODS: &[&str] = &[
-    "initialize",
-    "ping",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/templates/list",
-    "resources/read",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "completion/complete",
-    "logging/setLevel",
-    "server/discover",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-    "sampling/createMessage",
-    "elicitation/create",
-    "roots/list",
-];
+use crate::mcp::method::metric_label;
 
 /// All gateway metrics. Clones share the same series.
 #[derive(Clone)]
@@ -332,7 +309,7 @@ impl Metrics {
     pub fn decision(&self, allowed: bool, method: &str, caller: &str) {
         let decision = if allowed { "allow" } else { "deny" };
         self.decisions
-            .with_label_values(&[decision, method_label(method)])
+            .with_label_values(&[decision, metric_label(method)])
             .inc();
         if let Some(c) = &self.caller_decisions {
             c.with_label_values(&[caller, decision]).inc();
@@ -349,7 +326,7 @@ impl Metrics {
     pub fn shadow_disagreement(&self, allowed: bool, method: &str) {
         let decision = if allowed { "allow" } else { "deny" };
         self.shadow_disagreements
-            .with_label_values(&[decision, method_label(method)])
+            .with_label_values(&[decision, metric_label(method)])
             .inc();
     }
 
@@ -388,14 +365,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn method_label(method: &str) -> &'static str {
-    KNOWN_METHODS
-        .iter()
-        .find(|m| **m == method)
-        .copied()
-        .unwrap_or("other")
 }
 
 #[cfg(test)]

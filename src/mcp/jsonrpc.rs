@@ -37,6 +37,7 @@ use serde::ser::{Error as _, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::json::{JsonType, Scanner};
+use super::method::{self, TargetKind};
 
 /// Deepest nesting of objects and arrays accepted anywhere in a body (a batch
 /// array counts as one level).
@@ -503,7 +504,7 @@ impl<'a> Fields<'a> {
             return Err(Invalid::ControlCharacter);
         }
         let (params, extracted) = match self.params.take() {
-            None if target_member(&method).is_some() => return Err(Invalid::MissingTarget),
+            None if method::target_kind(&method).is_some() => return Err(Invalid::MissingTarget),
             None => (None, Extracted::default()),
             Some((raw, JsonType::Object)) => (Some(raw), self.params_fields.extract(&method)?),
             Some(_) => return Err(Invalid::ParamsNotObject),
@@ -563,23 +564,6 @@ struct Extracted<'a> {
     protocol_version: Option<Cow<'a, str>>,
 }
 
-/// Which member of `params` names the target of a method, if any.
-#[derive(Clone, Copy)]
-enum TargetMember {
-    Name,
-    Uri,
-}
-
-fn target_member(method: &str) -> Option<TargetMember> {
-    match method {
-        "tools/call" | "prompts/get" => Some(TargetMember::Name),
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            Some(TargetMember::Uri)
-        }
-        _ => None,
-    }
-}
-
 impl<'a> ParamsFields<'a> {
     fn extract(&mut self, method: &str) -> Result<Extracted<'a>, Invalid> {
         let meta_version = match self.meta.take() {
@@ -595,10 +579,10 @@ impl<'a> ParamsFields<'a> {
             "initialize" => version(self.protocol_version.take())?.or(meta_version),
             _ => meta_version,
         };
-        let (target, arguments) = match target_member(method) {
+        let (target, arguments) = match method::target_kind(method) {
             None => (None, None),
-            Some(TargetMember::Uri) => (Some(required(self.uri.take())?), None),
-            Some(TargetMember::Name) => {
+            Some(TargetKind::Resource) => (Some(required(self.uri.take())?), None),
+            Some(TargetKind::Tool | TargetKind::Prompt) => {
                 let arguments = match self.arguments {
                     Some((raw, JsonType::Object)) => Some(raw),
                     Some(_) => return Err(Invalid::ArgumentsNotObject),

@@ -7,6 +7,7 @@
 
 mod json;
 pub mod jsonrpc;
+pub mod method;
 pub mod sse;
 
 pub use jsonrpc::{Body, Id, Invalid, Kind, MAX_DEPTH, Message, ParseError, RawJson, parse_body};

@@ -111,6 +111,8 @@ use cedar_policy_core::extensions::Extensions;
 use index::{ActionIndex, Candidates, EntityRef, Reads, Rule};
 use request::{EntityTypes, Resource};
 
+use crate::mcp::method::TargetKind;
+
 /// One message to decide, borrowed from the parsed request.
 #[derive(Debug, Clone, Copy)]
 pub struct PolicyInput<'a> {
@@ -148,6 +150,47 @@ pub enum Target<'a> {
     /// Server->client requests (sampling, elicitation, roots): the SPIFFE ID
     /// of the agent the request goes to.
     Workload(&'a str),
+}
+
+impl<'a> Target<'a> {
+    /// The target of `method` named `name` (its tool, prompt or resource);
+    /// the server for a method without one, or without a name.
+    pub fn of_method(method: &str, name: Option<&'a str>) -> Target<'a> {
+        match (crate::mcp::method::target_kind(method), name) {
+            (Some(kind), Some(name)) => Target::named(kind, name),
+            _ => Target::Server,
+        }
+    }
+
+    /// A tool, prompt or resource by name.
+    pub fn named(kind: TargetKind, name: &'a str) -> Target<'a> {
+        match kind {
+            TargetKind::Tool => Target::Tool(name),
+            TargetKind::Prompt => Target::Prompt(name),
+            TargetKind::Resource => Target::Resource(name),
+        }
+    }
+
+    /// As audited (`target_kind`).
+    pub fn audit_kind(&self) -> &'static str {
+        match self {
+            Target::Server => "server",
+            Target::Tool(_) => TargetKind::Tool.as_str(),
+            Target::Prompt(_) => TargetKind::Prompt.as_str(),
+            Target::Resource(_) => TargetKind::Resource.as_str(),
+            Target::Workload(_) => "workload",
+        }
+    }
+
+    /// The name audited as `target`; none for the server.
+    pub fn name(&self) -> Option<&'a str> {
+        match *self {
+            Target::Server => None,
+            Target::Tool(n) | Target::Prompt(n) | Target::Resource(n) | Target::Workload(n) => {
+                Some(n)
+            }
+        }
+    }
 }
 
 /// The outcome of one decision, with what the audit record needs.

@@ -80,6 +80,7 @@ use super::upstream::Upstream;
 use super::{Gateway, ProxyError, RequestFacts, linger, protocol};
 use crate::audit::Outcome;
 use crate::config::{AGGREGATE_SEPARATOR, AggregateConfig, LimitsConfig};
+use crate::mcp::method::ListKind;
 use crate::mcp::{self, Message};
 
 /// Most `tools/list` pages read from one member per list.
@@ -184,18 +185,14 @@ pub fn split_tool(name: &str) -> Option<(&str, &str)> {
         .filter(|(server, tool)| !server.is_empty() && !tool.is_empty())
 }
 
+/// The lists the aggregated endpoint merges (not resource templates).
+fn offered_list(method: &str) -> Option<ListKind> {
+    mcp::method::list_kind(method).filter(|kind| *kind != ListKind::Templates)
+}
+
 /// The name a member's tool is listed under.
 pub fn prefixed(server: &str, tool: &str) -> String {
     format!("{server}{AGGREGATE_SEPARATOR}{tool}")
-}
-
-/// The result array of an aggregated list method.
-fn list_field(method: &str) -> &'static str {
-    match method {
-        "prompts/list" => "prompts",
-        "resources/list" => "resources",
-        _ => "tools",
-    }
 }
 
 /// Prefixes the names of the entries in one list result's `field` array
@@ -420,21 +417,14 @@ impl Gateway {
             let refusal = ProxyError::Session(SessionRefusal::Unknown);
             return self.refuse_unparsed(refusal, facts).await;
         };
+        let list = offered_list(method);
         match (method, id) {
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
-            ("tools/list", Some(id)) => {
-                self.aggregate_list(agg, parts, "tools/list", &id, &links, None, facts)
+            (_, Some(id)) if let Some(kind) = list => {
+                self.aggregate_list(agg, parts, kind, &id, &links, None, facts)
                     .await
             }
-            ("prompts/list", Some(id)) => {
-                self.aggregate_list(agg, parts, "prompts/list", &id, &links, None, facts)
-                    .await
-            }
-            ("resources/list", Some(id)) => {
-                self.aggregate_list(agg, parts, "resources/list", &id, &links, None, facts)
-                    .await
-            }
-            ("tools/call" | "prompts/get" | "resources/read", Some(id)) => {
+            (m, Some(id)) if mcp::method::is_named_call(m) => {
                 self.aggregate_call(agg, parts, &bytes, &message, &id, &links, facts)
                     .await
             }
@@ -475,27 +465,23 @@ impl Gateway {
             })
             .collect();
         let method = message.method.as_deref().unwrap_or("");
+        let list = offered_list(method);
         match (method, id) {
             ("server/discover", Some(id)) => {
                 self.aggregate_discover(agg, parts, bytes, message, &id, &links, facts)
                     .await
             }
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
-            ("tools/list" | "prompts/list" | "resources/list", Some(id)) => {
-                let method = match method {
-                    "prompts/list" => "prompts/list",
-                    "resources/list" => "resources/list",
-                    _ => "tools/list",
-                };
+            (_, Some(id)) if let Some(kind) = list => {
                 // The caller's `_meta` (version, client info and
                 // capabilities) goes with every member's request.
                 let meta = serde_json::from_slice::<Value>(bytes)
                     .ok()
                     .and_then(|mut v| v.pointer_mut("/params/_meta").map(Value::take));
-                self.aggregate_list(agg, parts, method, &id, &links, meta.as_ref(), facts)
+                self.aggregate_list(agg, parts, kind, &id, &links, meta.as_ref(), facts)
                     .await
             }
-            ("tools/call" | "prompts/get" | "resources/read", Some(id)) => {
+            (m, Some(id)) if mcp::method::is_named_call(m) => {
                 self.aggregate_call(agg, parts, bytes, message, &id, &links, facts)
                     .await
             }
@@ -765,21 +751,21 @@ impl Gateway {
         self: &Arc<Self>,
         agg: &Aggregate,
         parts: &hyper::http::request::Parts,
-        method: &'static str,
+        kind: ListKind,
         id: &str,
         links: &Links,
         meta: Option<&Value>,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
-        let field = list_field(method);
+        let field = kind.field();
         let mut merged = Vec::new();
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
             let mut f = *facts;
             f.upstream = Some(member);
             let listed = self
-                .member_list(member, link, parts, method, &id_value, meta, &f)
+                .member_list(member, link, parts, kind, &id_value, meta, &f)
                 .await;
             if let Some(entries) = listed {
                 merged.extend(entries);
@@ -805,16 +791,17 @@ impl Gateway {
         member: &Arc<Upstream>,
         link: &Link,
         parts: &hyper::http::request::Parts,
-        method: &'static str,
+        kind: ListKind,
         id: &Value,
         meta: Option<&Value>,
         facts: &RequestFacts<'_>,
     ) -> Option<Vec<Value>> {
+        let method = kind.method();
         let mut headers = member_headers(&parts.headers, Some(link));
         if link.version == protocol::MODERN {
             headers.insert(protocol::METHOD_HEADER, HeaderValue::from_static(method));
         }
-        let field = list_field(method);
+        let field = kind.field();
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -857,13 +844,13 @@ impl Gateway {
                     return None;
                 }
             };
-            let pending = PendingList::for_method(method, id.clone())?;
+            let pending = PendingList::new(kind, id.clone());
             let mut ctx = self.reply_context(facts, member, vec![pending]);
             ctx.session_id = link.session.clone();
             ctx.protocol_version = Some(link.version.clone());
             self.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
-            if field == "resources" {
+            if kind == ListKind::Resources {
                 tools.extend(wrap_resources(&member.name, result));
             } else {
                 tools.extend(prefix_names(&member.name, result, field));
@@ -1092,8 +1079,9 @@ mod tests {
 
     #[test]
     fn prompts_are_prefixed_under_their_own_field() {
-        assert_eq!(list_field("prompts/list"), "prompts");
-        assert_eq!(list_field("tools/list"), "tools");
+        assert_eq!(offered_list("prompts/list").unwrap().field(), "prompts");
+        assert_eq!(offered_list("tools/list").unwrap().field(), "tools");
+        assert_eq!(offered_list("resources/templates/list"), None);
         let mut result = serde_json::json!({
             "prompts": [
                 { "name": "review", "arguments": [{ "name": "topic" }] },
@@ -1180,7 +1168,7 @@ mod tests {
             "mcp-gateway://alpha/file%3A%2F%2F%2Fdocs%2Freadme.md"
         );
         assert_eq!(resources[0]["name"], "readme");
-        assert_eq!(list_field("resources/list"), "resources");
+        assert_eq!(offered_list("resources/list").unwrap().field(), "resources");
     }
 
     #[test]

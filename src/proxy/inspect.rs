@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::audit::{AuditUser, Outcome, Record, now_rfc3339};
+use crate::mcp::method::{self, ListKind};
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind, Message};
 use crate::policy::{self, PolicyInput, Target, User};
@@ -56,55 +57,6 @@ const CHANNEL: usize = 16;
 pub struct PendingList {
     id: Value,
     kind: ListKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ListKind {
-    Tools,
-    Prompts,
-    Resources,
-    Templates,
-}
-
-impl ListKind {
-    fn of(method: &str) -> Option<ListKind> {
-        match method {
-            "tools/list" => Some(ListKind::Tools),
-            "prompts/list" => Some(ListKind::Prompts),
-            "resources/list" => Some(ListKind::Resources),
-            "resources/templates/list" => Some(ListKind::Templates),
-            _ => None,
-        }
-    }
-
-    /// The list method, as audited.
-    fn method(self) -> &'static str {
-        match self {
-            ListKind::Tools => "tools/list",
-            ListKind::Prompts => "prompts/list",
-            ListKind::Resources => "resources/list",
-            ListKind::Templates => "resources/templates/list",
-        }
-    }
-
-    /// The result array, the entry field naming it, and the action whose
-    /// permission makes an entry visible.
-    fn shape(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            ListKind::Tools => ("tools", "name", "tools/call"),
-            ListKind::Prompts => ("prompts", "name", "prompts/get"),
-            ListKind::Resources => ("resources", "uri", "resources/read"),
-            ListKind::Templates => ("resourceTemplates", "uriTemplate", "resources/read"),
-        }
-    }
-
-    fn target(self, name: &str) -> Target<'_> {
-        match self {
-            ListKind::Tools => Target::Tool(name),
-            ListKind::Prompts => Target::Prompt(name),
-            ListKind::Resources | ListKind::Templates => Target::Resource(name),
-        }
-    }
 }
 
 /// What the gateway did to a reply on its way back, as audited.
@@ -148,11 +100,10 @@ impl WayBack {
 }
 
 impl PendingList {
-    /// A list request of `method` (`tools/list`, `prompts/list`,
-    /// `resources/list`, `resources/templates/list`) the gateway itself sent
-    /// (the aggregated endpoint), whose reply is filtered like a caller's.
-    pub(super) fn for_method(method: &str, id: Value) -> Option<PendingList> {
-        ListKind::of(method).map(|kind| PendingList { id, kind })
+    /// A list request the gateway itself sent (the aggregated endpoint),
+    /// whose reply is filtered like a caller's.
+    pub(super) fn new(kind: ListKind, id: Value) -> PendingList {
+        PendingList { id, kind }
     }
 }
 
@@ -185,11 +136,7 @@ pub struct ReplyContext {
 /// Whether a reply to these messages may carry 2026-07-28 input requests.
 pub fn input_requests_possible(messages: &[Message<'_>], header: Option<&str>) -> bool {
     messages.iter().any(|m| {
-        protocol::is_modern(m, header)
-            && matches!(
-                m.method.as_deref(),
-                Some("tools/call" | "prompts/get" | "resources/read")
-            )
+        protocol::is_modern(m, header) && m.method.as_deref().is_some_and(method::is_named_call)
     })
 }
 
@@ -205,7 +152,7 @@ pub fn pending_lists(messages: &[Message<'_>]) -> Vec<PendingList> {
         .iter()
         .filter(|m| m.kind == Kind::Request)
         .filter_map(|m| {
-            let kind = ListKind::of(m.method.as_deref()?)?;
+            let kind = method::list_kind(m.method.as_deref()?)?;
             let id = serde_json::from_str(m.id.as_ref()?.raw_json()).ok()?;
             Some(PendingList { id, kind })
         })
@@ -646,7 +593,7 @@ impl Gateway {
         else {
             return false;
         };
-        let (field, _, action) = kind.shape();
+        let (field, action) = (kind.field(), kind.use_method());
         let now_unix_ms = policy::now_unix_ms();
         // Lists are filtered by the enforced set the request was decided by
         // (shadow mode decides messages, not list entries).
@@ -658,7 +605,7 @@ impl Gateway {
                     action,
                     server: &ctx.upstream.name,
                     server_spiffe_id: &ctx.upstream.spiffe_id,
-                    target: kind.target(name),
+                    target: Target::named(kind.entry_kind(), name),
                     arguments: None,
                     session_id: ctx.session_id.as_deref(),
                     protocol_version: ctx.protocol_version.as_deref(),
@@ -744,7 +691,7 @@ fn filter_entries(
     kind: ListKind,
     mut allowed: impl FnMut(&str) -> bool,
 ) -> Option<(usize, usize)> {
-    let (field, key, _) = kind.shape();
+    let (field, key) = (kind.field(), kind.entry_key());
     let Some(Value::Array(entries)) = value.get_mut("result").and_then(|r| r.get_mut(field)) else {
         return None;
     };

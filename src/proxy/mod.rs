@@ -661,7 +661,7 @@ impl Gateway {
             action: method,
             server: &up.name,
             server_spiffe_id: &up.spiffe_id,
-            target: target_of(method, message.target.as_deref()),
+            target: Target::of_method(method, message.target.as_deref()),
             arguments: message.arguments.map(|a| a.get()),
             session_id: facts.session_id,
             protocol_version: message
@@ -839,7 +839,7 @@ impl Gateway {
         correlation_id: &str,
     ) {
         let method = message.method.as_deref();
-        let target = method.map(|m| target_of(m, message.target.as_deref()));
+        let target = method.map(|m| Target::of_method(m, message.target.as_deref()));
         let record = Record {
             time: now_rfc3339(),
             correlation_id: correlation_id.to_owned(),
@@ -851,8 +851,8 @@ impl Gateway {
             upstream_spiffe_id: up.spiffe_id.clone(),
             session_id: facts.session_id.map(str::to_owned),
             method: method.map(str::to_owned),
-            target_kind: target.as_ref().map(target_kind),
-            target: target.as_ref().and_then(target_name).map(str::to_owned),
+            target_kind: target.as_ref().map(Target::audit_kind),
+            target: target.as_ref().and_then(Target::name).map(str::to_owned),
             decision: if verdict.allowed {
                 Outcome::Allow
             } else {
@@ -944,35 +944,6 @@ fn permitted_elements(body: &[u8], denied: &[(usize, String)]) -> Option<Bytes> 
         .map(|(_, raw)| raw.get().as_bytes().to_vec())
         .collect();
     Some(Bytes::from(reply::json_array(&kept)))
-}
-
-/// The policy resource a method targets.
-fn target_of<'a>(method: &str, name: Option<&'a str>) -> Target<'a> {
-    match (method, name) {
-        ("tools/call", Some(n)) => Target::Tool(n),
-        ("prompts/get", Some(n)) => Target::Prompt(n),
-        ("resources/read" | "resources/subscribe" | "resources/unsubscribe", Some(uri)) => {
-            Target::Resource(uri)
-        }
-        _ => Target::Server,
-    }
-}
-
-fn target_kind(target: &Target<'_>) -> &'static str {
-    match target {
-        Target::Server => "server",
-        Target::Tool(_) => "tool",
-        Target::Prompt(_) => "prompt",
-        Target::Resource(_) => "resource",
-        Target::Workload(_) => "workload",
-    }
-}
-
-fn target_name<'a>(target: &Target<'a>) -> Option<&'a str> {
-    match *target {
-        Target::Server => None,
-        Target::Tool(n) | Target::Prompt(n) | Target::Resource(n) | Target::Workload(n) => Some(n),
-    }
 }
 
 /// Refuses bodies the gateway would not see as the upstream does.

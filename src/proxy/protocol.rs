@@ -17,6 +17,7 @@ use base64::Engine;
 use hyper::header::{HeaderMap, HeaderValue};
 
 use crate::mcp::Message;
+use crate::mcp::method;
 use crate::proxy::error::ProxyError;
 
 pub const MODERN: &str = "2026-07-28";
@@ -74,10 +75,7 @@ pub fn check_modern_headers(headers: &HeaderMap, message: &Message<'_>) -> Resul
     if method != message.method.as_deref() {
         return Err(ProxyError::HeaderMismatch(METHOD_HEADER));
     }
-    let name_bearing = matches!(
-        message.method.as_deref(),
-        Some("tools/call" | "prompts/get" | "resources/read")
-    );
+    let name_bearing = message.method.as_deref().is_some_and(method::is_named_call);
     let name = single_header(headers, NAME_HEADER)?;
     match (name_bearing, name, message.target.as_deref()) {
         (true, Some(raw), Some(target)) if decode_header_value(raw).as_deref() == Some(target) => {
