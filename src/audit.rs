@@ -21,6 +21,7 @@ use tracing::error;
 
 use crate::config::{AuditOnFailure, AuditSink};
 use crate::metrics::Metrics;
+use crate::policy::Target;
 use writer::{FileSink, Sink, Writer};
 
 /// Records buffered between the request path and the writer.
@@ -71,6 +72,86 @@ pub struct Record {
     pub trace_id: Option<String>,
     /// The gateway's span id: the parent id the upstream received.
     pub span_id: Option<String>,
+}
+
+/// The facts every record of one exchange repeats: who asked, which
+/// upstream, which session, which trace, under which policy version.
+#[derive(Clone, Copy)]
+pub struct Exchange<'a> {
+    pub caller: &'a str,
+    /// Empty only for a request refused before it named an upstream.
+    pub upstream: &'a str,
+    pub upstream_spiffe_id: &'a str,
+    pub session_id: Option<&'a str>,
+    pub protocol_version: Option<&'a str>,
+    pub user: Option<&'a crate::policy::User>,
+    pub trace_id: &'a str,
+    pub span_id: &'a str,
+    pub policy_version: &'a str,
+}
+
+impl Record {
+    /// A record of `exchange` about no message in particular (a refusal
+    /// before parsing, an upstream failure, a way-back event); `about`,
+    /// `decided_by` and `with_detail` fill in the rest.
+    pub fn new(
+        exchange: &Exchange<'_>,
+        correlation_id: String,
+        decision: Outcome,
+        reason: &'static str,
+    ) -> Record {
+        Record {
+            time: now_rfc3339(),
+            correlation_id,
+            request_id: None,
+            caller: exchange.caller.to_owned(),
+            upstream: exchange.upstream.to_owned(),
+            upstream_spiffe_id: exchange.upstream_spiffe_id.to_owned(),
+            session_id: exchange.session_id.map(str::to_owned),
+            method: None,
+            target_kind: None,
+            target: None,
+            decision,
+            reason,
+            policy_ids: Vec::new(),
+            policy_version: exchange.policy_version.to_owned(),
+            protocol_version: exchange.protocol_version.map(str::to_owned),
+            detail: None,
+            shadow: None,
+            user: exchange.user.map(AuditUser::from),
+            trace_id: Some(exchange.trace_id.to_owned()),
+            span_id: Some(exchange.span_id.to_owned()),
+        }
+    }
+
+    /// The message the record is about: its JSON-RPC id (raw JSON), method
+    /// and target.
+    pub fn about(
+        mut self,
+        request_id: Option<&str>,
+        method: Option<&str>,
+        target: Option<Target<'_>>,
+    ) -> Record {
+        self.request_id =
+            request_id.and_then(|id| serde_json::value::RawValue::from_string(id.to_owned()).ok());
+        self.method = method.map(str::to_owned);
+        self.target_kind = target.as_ref().map(Target::audit_kind);
+        self.target = target.as_ref().and_then(Target::name).map(str::to_owned);
+        self
+    }
+
+    /// The policies that determined the decision, and the shadow set's
+    /// disagreement, if any.
+    pub fn decided_by(mut self, policy_ids: Vec<String>, shadow: Option<ShadowRecord>) -> Record {
+        self.policy_ids = policy_ids;
+        self.shadow = shadow;
+        self
+    }
+
+    pub fn with_detail(mut self, detail: Option<String>) -> Record {
+        self.detail = detail;
+        self
+    }
 }
 
 /// What the shadow (candidate) policy set would have decided.

@@ -7,7 +7,7 @@ mod support;
 
 use serde_json::json;
 
-use support::gateway::{AGENT, AGENT_B, Harness, assert_refused};
+use support::gateway::{AGENT, AGENT_B, Harness, SERVER, assert_refused};
 
 const V2025: &str = "2025-11-25";
 
@@ -53,6 +53,7 @@ async fn one_session_allows_the_low_risk_call_and_denies_the_sensitive_one() {
     assert_eq!(gw.upstream.rpc_methods(), ["initialize", "tools/call"]);
     let records = gw.audit(3).await;
     let allowed = &records[1];
+    assert_record_shape(allowed);
     assert_eq!(allowed["decision"], "allow");
     assert_eq!(allowed["caller"], AGENT);
     assert_eq!(allowed["target"], "echo");
@@ -91,4 +92,59 @@ async fn a_session_opened_by_one_identity_is_not_found_for_another() {
     let records = gw.audit(2).await;
     assert_eq!(records[1]["caller"], AGENT_B);
     assert_eq!(records[1]["decision"], "deny");
+}
+
+/// Every field of an allowed tools/call's record: the SIEM contract.
+fn assert_record_shape(record: &serde_json::Value) {
+    let mut keys: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "caller",
+            "correlation_id",
+            "decision",
+            "method",
+            "policy_ids",
+            "policy_version",
+            "protocol_version",
+            "reason",
+            "request_id",
+            "session_id",
+            "span_id",
+            "target",
+            "target_kind",
+            "time",
+            "trace_id",
+            "upstream",
+            "upstream_spiffe_id",
+        ]
+    );
+    assert_eq!(record["request_id"], 2);
+    assert_eq!(record["upstream"], "demo");
+    assert_eq!(record["upstream_spiffe_id"], SERVER);
+    assert_eq!(record["method"], "tools/call");
+    assert_eq!(record["target_kind"], "tool");
+    assert_eq!(record["reason"], "permit");
+    assert_eq!(record["protocol_version"], V2025);
+    let hex = |v: &serde_json::Value, n: usize| {
+        v.as_str()
+            .is_some_and(|s| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    assert!(
+        hex(&record["trace_id"], 32) && hex(&record["span_id"], 16),
+        "{record}"
+    );
+    assert!(hex(&record["correlation_id"], 32), "{record}");
+    let time = record["time"].as_str().unwrap();
+    assert!(
+        time.ends_with('Z') && time.len() == "2026-12-03T23:41:34.123Z".len(),
+        "{time}"
+    );
+    assert!(!record["policy_version"].as_str().unwrap().is_empty());
 }

@@ -34,7 +34,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::audit::{AuditUser, Outcome, Record, now_rfc3339};
+use crate::audit::{Exchange, Outcome, Record};
 use crate::mcp::method::{self, ListKind};
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind, Message};
@@ -131,6 +131,24 @@ pub struct ReplyContext {
     /// The id (raw JSON) of the one request this reply answers, if any: an
     /// SSE reply that goes idle before answering it gets an error for it.
     pub awaiting: Option<String>,
+}
+
+impl ReplyContext {
+    /// What every audit record of the exchange repeats, citing the policy
+    /// set the request was decided by.
+    fn exchange(&self) -> Exchange<'_> {
+        Exchange {
+            caller: &self.peer.spiffe_id,
+            upstream: &self.upstream.name,
+            upstream_spiffe_id: &self.upstream.spiffe_id,
+            session_id: self.session_id.as_deref(),
+            protocol_version: self.protocol_version.as_deref(),
+            user: self.user.as_deref(),
+            trace_id: &self.trace.trace_id,
+            span_id: &self.trace.span_id,
+            policy_version: self.policies.enforced.version(),
+        }
+    }
 }
 
 /// Whether a reply to these messages may carry 2026-07-28 input requests.
@@ -552,33 +570,22 @@ impl Gateway {
         self.metrics
             .decision(decision.allowed, method, &ctx.upstream.spiffe_id);
         let correlation_id = self.ids.next();
-        let record = Record {
-            time: now_rfc3339(),
-            correlation_id: correlation_id.clone(),
-            request_id: request_id
-                .and_then(|id| serde_json::value::RawValue::from_string(id.to_owned()).ok()),
-            caller: ctx.upstream.spiffe_id.clone(),
-            upstream: ctx.upstream.name.clone(),
-            upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
-            session_id: ctx.session_id.clone(),
-            method: Some(method.to_owned()),
-            target_kind: Some("workload"),
-            target: Some(ctx.peer.spiffe_id.to_string()),
-            decision: if decision.allowed {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            reason: decision.reason.as_str(),
-            policy_ids: decision.policy_ids,
-            policy_version: policies.enforced.version().to_owned(),
-            protocol_version: ctx.protocol_version.clone(),
-            detail: Some(detail.to_owned()),
-            shadow,
-            user: ctx.user.as_deref().map(AuditUser::from),
-            trace_id: Some(ctx.trace.trace_id.clone()),
-            span_id: Some(ctx.trace.span_id.clone()),
+        let exchange = Exchange {
+            caller: &ctx.upstream.spiffe_id,
+            policy_version: policies.enforced.version(),
+            ..ctx.exchange()
         };
+        let outcome = if decision.allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        let target = Target::Workload(&ctx.peer.spiffe_id);
+        let reason = decision.reason.as_str();
+        let record = Record::new(&exchange, correlation_id.clone(), outcome, reason)
+            .about(request_id, Some(method), Some(target))
+            .decided_by(decision.policy_ids, shadow)
+            .with_detail(Some(detail.to_owned()));
         self.audit.record(record).await;
         (decision.allowed, correlation_id)
     }
@@ -631,53 +638,21 @@ impl Gateway {
         reason: &'static str,
         decision: Outcome,
     ) {
-        let record = way_back_record(ctx, correlation_id.to_owned(), reason, decision, None, None);
+        let record = Record::new(&ctx.exchange(), correlation_id.to_owned(), decision, reason);
         self.audit.record(record).await;
     }
 
     /// An audit record for something done on the way back.
     async fn audit_way_back(&self, ctx: &ReplyContext, event: WayBack, detail: Option<String>) {
-        let record = way_back_record(
-            ctx,
+        let record = Record::new(
+            &ctx.exchange(),
             self.ids.next(),
-            event.reason(),
             event.outcome(),
-            event.method(),
-            detail,
-        );
+            event.reason(),
+        )
+        .about(None, event.method(), None)
+        .with_detail(detail);
         self.audit.record(record).await;
-    }
-}
-
-fn way_back_record(
-    ctx: &ReplyContext,
-    correlation_id: String,
-    reason: &'static str,
-    decision: Outcome,
-    method: Option<&'static str>,
-    detail: Option<String>,
-) -> Record {
-    Record {
-        time: now_rfc3339(),
-        correlation_id,
-        request_id: None,
-        caller: ctx.peer.spiffe_id.to_string(),
-        upstream: ctx.upstream.name.clone(),
-        upstream_spiffe_id: ctx.upstream.spiffe_id.clone(),
-        session_id: ctx.session_id.clone(),
-        method: method.map(str::to_owned),
-        target_kind: None,
-        target: None,
-        decision,
-        reason,
-        policy_ids: Vec::new(),
-        policy_version: ctx.policies.enforced.version().to_owned(),
-        protocol_version: ctx.protocol_version.clone(),
-        detail,
-        shadow: None,
-        user: ctx.user.as_deref().map(AuditUser::from),
-        trace_id: Some(ctx.trace.trace_id.clone()),
-        span_id: Some(ctx.trace.span_id.clone()),
     }
 }
 

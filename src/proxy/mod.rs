@@ -48,7 +48,7 @@ use listener::Peer;
 use reply::{ReplyBody, error_response};
 use upstream::{ConnectError, Upstream};
 
-use crate::audit::{AuditLog, AuditUser, Outcome, Record, ShadowRecord, now_rfc3339};
+use crate::audit::{AuditLog, Exchange, Outcome, Record, ShadowRecord};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::mcp::{self, Message};
@@ -178,6 +178,24 @@ struct RequestFacts<'a> {
     /// The upstream the request's path names; `None` only for a path that
     /// names none (refused).
     upstream: Option<&'a Upstream>,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// What every audit record of this request repeats.
+    fn exchange(&self) -> Exchange<'a> {
+        Exchange {
+            caller: &self.peer.spiffe_id,
+            // Empty only for a path that names no upstream.
+            upstream: self.upstream.map_or("", |u| u.name.as_str()),
+            upstream_spiffe_id: self.upstream.map_or("", |u| u.spiffe_id.as_str()),
+            session_id: self.session_id,
+            protocol_version: self.protocol_version,
+            user: self.user.map(|u| &**u),
+            trace_id: &self.trace.trace_id,
+            span_id: &self.trace.span_id,
+            policy_version: self.policies.enforced.version(),
+        }
+    }
 }
 
 impl Gateway {
@@ -840,38 +858,28 @@ impl Gateway {
     ) {
         let method = message.method.as_deref();
         let target = method.map(|m| Target::of_method(m, message.target.as_deref()));
-        let record = Record {
-            time: now_rfc3339(),
-            correlation_id: correlation_id.to_owned(),
-            request_id: message.id.as_ref().and_then(|id| {
-                serde_json::value::RawValue::from_string(id.raw_json().to_owned()).ok()
-            }),
-            caller: facts.peer.spiffe_id.to_string(),
-            upstream: up.name.clone(),
-            upstream_spiffe_id: up.spiffe_id.clone(),
-            session_id: facts.session_id.map(str::to_owned),
-            method: method.map(str::to_owned),
-            target_kind: target.as_ref().map(Target::audit_kind),
-            target: target.as_ref().and_then(Target::name).map(str::to_owned),
-            decision: if verdict.allowed {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            reason: verdict.reason,
-            policy_ids: verdict.policy_ids,
-            policy_version: facts.policies.enforced.version().to_owned(),
-            shadow: verdict.shadow,
-            user: facts.user.map(|u| AuditUser::from(&**u)),
-            trace_id: Some(facts.trace.trace_id.clone()),
-            span_id: Some(facts.trace.span_id.clone()),
+        let exchange = Exchange {
+            upstream: &up.name,
+            upstream_spiffe_id: &up.spiffe_id,
             protocol_version: message
                 .protocol_version
                 .as_deref()
-                .or(facts.protocol_version)
-                .map(str::to_owned),
-            detail: None,
+                .or(facts.protocol_version),
+            ..facts.exchange()
         };
+        let decision = if verdict.allowed {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        };
+        let record = Record::new(
+            &exchange,
+            correlation_id.to_owned(),
+            decision,
+            verdict.reason,
+        )
+        .about(message.id.as_ref().map(|id| id.raw_json()), method, target)
+        .decided_by(verdict.policy_ids, verdict.shadow);
         self.audit.record(record).await;
     }
 
@@ -895,32 +903,14 @@ impl Gateway {
         decision: Outcome,
         correlation_id: &str,
     ) -> Record {
-        Record {
-            time: now_rfc3339(),
-            correlation_id: correlation_id.to_owned(),
-            request_id: None,
-            caller: facts.peer.spiffe_id.to_string(),
-            // Empty only for a path that names no upstream.
-            upstream: facts.upstream.map(|u| u.name.clone()).unwrap_or_default(),
-            upstream_spiffe_id: facts
-                .upstream
-                .map(|u| u.spiffe_id.clone())
-                .unwrap_or_default(),
-            session_id: facts.session_id.map(str::to_owned),
-            method: None,
-            target_kind: None,
-            target: None,
+        let reason = refusal.audit_reason();
+        Record::new(
+            &facts.exchange(),
+            correlation_id.to_owned(),
             decision,
-            reason: refusal.audit_reason(),
-            policy_ids: Vec::new(),
-            policy_version: facts.policies.enforced.version().to_owned(),
-            shadow: None,
-            user: facts.user.map(|u| AuditUser::from(&**u)),
-            trace_id: Some(facts.trace.trace_id.clone()),
-            span_id: Some(facts.trace.span_id.clone()),
-            protocol_version: facts.protocol_version.map(str::to_owned),
-            detail: Some(refusal.to_string()),
-        }
+            reason,
+        )
+        .with_detail(Some(refusal.to_string()))
     }
 }
 
