@@ -28,8 +28,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Response};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -44,7 +44,7 @@ use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Gateway, ProxyError, protocol};
+use crate::proxy::{Gateway, ProxyError, forward, protocol};
 
 /// Largest SSE event the gateway will hold while deciding on it.
 const MAX_EVENT_BYTES: usize = 4 << 20;
@@ -407,11 +407,7 @@ impl Gateway {
             "forbidden by gateway policy",
             correlation_id,
         );
-        let mut req = Request::new(Full::new(Bytes::from(body)));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = ctx.upstream.uri.clone();
-        let h = req.headers_mut();
-        h.insert(header::HOST, ctx.upstream.authority.clone());
+        let mut h = HeaderMap::new();
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -431,6 +427,7 @@ impl Gateway {
                 h.insert(name, v);
             }
         }
+        let req = forward::request(&ctx.upstream, Method::POST, Bytes::from(body), h);
         let sent = ctx.upstream.client.request(req);
         match tokio::time::timeout(ctx.upstream.request_timeout, sent).await {
             Ok(Ok(resp)) => debug!(status = %resp.status(), "refusal sent to the upstream"),

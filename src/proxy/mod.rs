@@ -17,6 +17,7 @@ mod accept;
 pub mod admission;
 mod aggregate;
 mod error;
+mod forward;
 mod http_conn;
 mod inspect;
 pub mod listener;
@@ -36,7 +37,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
 use tracing::warn;
 
@@ -58,34 +59,6 @@ use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{CallerTokens, TokenError, UserAuth};
 use admission::{Admission, Refusal};
 use trace::Trace;
-
-/// Headers a caller may use to claim an identity or a hop; never forwarded.
-const IDENTITY_HEADER_PREFIXES: &[&str] = &[
-    "x-forwarded-",
-    "x-spiffe",
-    "x-client-cert",
-    "x-ssl-client",
-    "ssl-client",
-    "x-real-ip",
-    "forwarded",
-    "x-envoy-",
-    "x-amzn-mtls",
-];
-
-/// Hop-by-hop headers (RFC 9110 7.6.1) plus ones the gateway sets itself.
-const HOP_HEADERS: &[HeaderName] = &[
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    header::HOST,
-    header::CONTENT_LENGTH,
-    // The gateway must see the bytes it decides on; no compressed replies.
-    header::ACCEPT_ENCODING,
-];
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -756,10 +729,7 @@ impl Gateway {
         facts: &RequestFacts<'_>,
         reply_id: Option<&str>,
     ) -> Result<Response<Incoming>, Response<ReplyBody>> {
-        let mut req = Request::new(http_body_util::Full::new(body));
-        *req.method_mut() = method;
-        *req.uri_mut() = up.uri.clone();
-        *req.headers_mut() = upstream_headers(headers);
+        let mut req = forward::request(up, method, body, forward::upstream_headers(headers));
         if self.user_auth.is_some() || self.jwt_callers.is_some() {
             // The token's audience is the gateway: never passed through.
             req.headers_mut().remove(header::AUTHORIZATION);
@@ -769,7 +739,6 @@ impl Gateway {
         if !facts.trace.continued() {
             req.headers_mut().remove(trace::TRACESTATE);
         }
-        req.headers_mut().insert(header::HOST, up.authority.clone());
         if let Some(name) = &up.caller_id_header
             && let Ok(value) = HeaderValue::from_str(&facts.peer.spiffe_id)
         {
@@ -1034,33 +1003,6 @@ fn linger(mut body: Incoming) {
         };
         let _ = tokio::time::timeout(LINGER_TIME, drain).await;
     });
-}
-
-/// The caller's headers as the upstream may see them: no hop-by-hop headers
-/// (including those named by `Connection`) and no identity claims.
-fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
-    let named_by_connection: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let drop = HOP_HEADERS.contains(name)
-            || is_identity_header(name.as_str())
-            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
-            || named_by_connection.contains(name);
-        if !drop {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
-}
-
-fn is_identity_header(name: &str) -> bool {
-    IDENTITY_HEADER_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {

@@ -131,16 +131,6 @@ where
     B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
 {
     let (mut parts, body) = resp.into_parts();
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::TRAILER,
-        header::TE,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        parts.headers.remove(name);
-    }
-    parts.headers.remove("keep-alive");
+    super::forward::strip_hop_headers(&mut parts.headers);
     Response::from_parts(parts, body.boxed_unsync())
 }

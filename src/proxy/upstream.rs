@@ -24,7 +24,7 @@ use std::time::Duration;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::{Method, Request, Response, Uri};
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -264,12 +264,9 @@ impl Upstream {
         let Ok(value) = HeaderValue::from_str(id) else {
             return;
         };
-        let mut req = Request::new(http_body_util::Full::new(Bytes::new()));
-        *req.method_mut() = Method::DELETE;
-        *req.uri_mut() = self.uri.clone();
-        req.headers_mut()
-            .insert(header::HOST, self.authority.clone());
-        req.headers_mut().insert(protocol::SESSION_HEADER, value);
+        let mut headers = HeaderMap::new();
+        headers.insert(protocol::SESSION_HEADER, value);
+        let req = super::forward::request(self, Method::DELETE, Bytes::new(), headers);
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

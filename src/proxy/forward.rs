@@ -1,0 +1,164 @@
+//! Forwarding: the one way a request to an upstream is built (a caller's
+//! call, the gateway's answer to a server-to-client request, the end of a
+//! session), and the one list of headers that never cross a hop.
+//!
+//! Must never: pass on a header by which a caller claims an identity or a
+//! hop (identity comes from the verified certificate only), a hop-by-hop
+//! header, or `Accept-Encoding` (the gateway must read the bytes it
+//! decides on, so replies come uncompressed).
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::{Method, Request};
+
+use crate::proxy::upstream::Upstream;
+
+/// Headers a caller may use to claim an identity or a hop; never forwarded.
+const IDENTITY_HEADER_PREFIXES: &[&str] = &[
+    "x-forwarded-",
+    "x-spiffe",
+    "x-client-cert",
+    "x-ssl-client",
+    "ssl-client",
+    "x-real-ip",
+    "forwarded",
+    "x-envoy-",
+    "x-amzn-mtls",
+];
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), both ways; with the names a
+/// `Connection` header lists.
+const HOP_HEADERS: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Request headers the gateway sets itself (or must not pass on).
+const REQUEST_OWN_HEADERS: &[HeaderName] = &[
+    header::HOST,
+    header::CONTENT_LENGTH,
+    // The gateway must see the bytes it decides on; no compressed replies.
+    header::ACCEPT_ENCODING,
+];
+
+/// A request to `up`: its URI and `Host`, with `headers` as given.
+pub fn request(
+    up: &Upstream,
+    method: Method,
+    body: Bytes,
+    headers: HeaderMap,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = up.uri.clone();
+    *req.headers_mut() = headers;
+    req.headers_mut().insert(header::HOST, up.authority.clone());
+    req
+}
+
+/// The caller's headers as the upstream may see them: no hop-by-hop
+/// headers, none the gateway sets itself, no identity claims.
+pub fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
+    let named = named_by_connection(headers);
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let drop = is_hop(name, &named)
+            || REQUEST_OWN_HEADERS.contains(name)
+            || is_identity_header(name.as_str());
+        if !drop {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Removes the hop-by-hop headers of an upstream's reply.
+pub fn strip_hop_headers(headers: &mut HeaderMap) {
+    let named = named_by_connection(headers);
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop(n, &named))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+fn is_hop(name: &HeaderName, named: &[HeaderName]) -> bool {
+    HOP_HEADERS.contains(name)
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+        || named.contains(name)
+}
+
+fn named_by_connection(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+fn is_identity_header(name: &str) -> bool {
+    IDENTITY_HEADER_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::header::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_request_keeps_only_what_the_upstream_may_see() {
+        let h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("host", "gateway"),
+            ("content-length", "10"),
+            ("accept-encoding", "gzip"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("forwarded", "for=x"),
+            ("x-spiffe-id", "spiffe://example.org/admin"),
+            ("mcp-session-id", "s"),
+            ("content-type", "application/json"),
+        ]);
+        let out = upstream_headers(&h);
+        let mut kept: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-type", "mcp-session-id"]);
+    }
+
+    #[test]
+    fn a_reply_loses_its_hop_headers_and_keeps_its_length() {
+        let mut h = headers(&[
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("mcp-session-id", "s"),
+        ]);
+        strip_hop_headers(&mut h);
+        let mut kept: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["content-length", "mcp-session-id"]);
+    }
+}
