@@ -24,6 +24,7 @@ pub mod listener;
 pub mod loopback;
 mod protocol;
 mod reply;
+mod route;
 pub mod session;
 mod trace;
 pub mod upstream;
@@ -58,6 +59,7 @@ use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{CallerTokens, TokenError, UserAuth};
 use admission::{Admission, Refusal};
+use route::{Route, Router};
 use trace::Trace;
 
 /// Everything the request path needs, shared by all connections.
@@ -66,7 +68,6 @@ pub struct Gateway {
     pub metrics: Metrics,
     policies: Arc<PolicyStore>,
     audit: AuditLog,
-    path: String,
     max_body: usize,
     /// Client timeouts and connection caps (`connections:`).
     pub connections: ConnectionsConfig,
@@ -77,13 +78,8 @@ pub struct Gateway {
     /// JWT-SVID callers on connections without a client certificate
     /// (`listener.jwt_svid_callers`), if configured.
     jwt_callers: Option<CallerTokens>,
-    /// Every configured upstream, in config order.
-    upstreams: Vec<Arc<Upstream>>,
-    /// `upstreams:` form: upstream `<name>` is served on `<path>/<name>`;
-    /// otherwise the one upstream on `path`.
-    route_by_name: bool,
-    /// The aggregated endpoint (`aggregate:`), on `<path>/<name>`.
-    aggregate: Option<aggregate::Aggregate>,
+    /// The endpoints: each upstream, and the aggregated one.
+    router: Router,
 }
 
 /// The outcome of deciding one message, with the labels audit and metrics use.
@@ -201,14 +197,11 @@ impl Gateway {
             metrics.connection_refusals.clone(),
         );
         Ok(Gateway {
-            aggregate,
-            upstreams,
-            route_by_name: config.route_by_name,
+            router: Router::new(config, upstreams, aggregate),
             identity,
             metrics,
             policies,
             audit,
-            path: config.listener.path.clone(),
             max_body: config.limits.max_body_bytes,
             connections: config.connections.clone(),
             admission,
@@ -317,15 +310,19 @@ impl Gateway {
         self.refuse_request(req, &anonymous, refusal).await
     }
 
+    /// Routes the request and runs the checks every endpoint shares, in
+    /// order, before the body is read: audit available, a path that names
+    /// an endpoint, well-formed protocol and session headers, a valid user
+    /// token. A refusal is audited and answered, and the body drained.
     async fn route(self: &Arc<Self>, req: Request<Incoming>, peer: &Peer) -> Response<ReplyBody> {
         let (parts, body) = req.into_parts();
         let headers = &parts.headers;
-        // Protocol and session headers are checked before the body is read.
         let version = protocol::version_header(headers);
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
         let user = self.user_of(headers);
         let trace = Trace::from_headers(headers);
+        let route = self.router.route(parts.uri.path());
         let mut facts = RequestFacts {
             peer,
             session_id: session.as_ref().ok().copied().flatten(),
@@ -333,86 +330,63 @@ impl Gateway {
             user: None,
             policies: &policies,
             trace: &trace,
-            upstream: None,
+            upstream: route.as_ref().ok().and_then(Route::upstream),
         };
-        // `audit.on_failure: refuse`: a call that cannot be audited is not
-        // served (one atomic load; the writer sets the flag).
-        if !self.audit.accepting() {
-            linger(body);
-            facts.upstream = self.upstream_for(parts.uri.path()).ok().map(|u| &**u);
-            return self
-                .refuse_unparsed(ProxyError::AuditUnavailable, &facts)
-                .await;
-        }
-        if let Some(agg) = &self.aggregate
-            && routed_name(&self.path, parts.uri.path()) == Some(agg.name.as_str())
-        {
-            if let Err(refusal) = version.and(session) {
-                linger(body);
-                return self.refuse_unparsed(refusal, &facts).await;
-            }
-            match &user {
-                Ok(user) => facts.user = user.as_ref(),
-                Err(refusal) => {
-                    linger(body);
-                    let refusal = ProxyError::UserToken(refusal.to_string());
-                    return self.refuse_unparsed(refusal, &facts).await;
-                }
-            }
-            return self.aggregate_route(agg, &parts, body, &facts).await;
-        }
-        let up = match self.upstream_for(parts.uri.path()) {
-            Ok(up) => up,
-            Err(refusal) => return self.refuse_unparsed(refusal, &facts).await,
+        let checked = if self.audit.accepting() {
+            // `audit.on_failure: refuse`: a call that cannot be audited is
+            // not served (one atomic load; the writer sets the flag).
+            route.and_then(|route| {
+                version.and(session)?;
+                facts.user = user
+                    .as_ref()
+                    .map_err(|e| ProxyError::UserToken(e.to_string()))?
+                    .as_ref();
+                Ok(route)
+            })
+        } else {
+            Err(ProxyError::AuditUnavailable)
         };
-        facts.upstream = Some(up);
-        if let Err(refusal) = version.and(session) {
-            return self.refuse_unparsed(refusal, &facts).await;
-        }
-        match &user {
-            Ok(user) => facts.user = user.as_ref(),
+        match checked {
+            Ok(Route::Aggregate(agg)) => self.aggregate_route(agg, &parts, body, &facts).await,
+            Ok(Route::Upstream(up)) => self.upstream_route(&parts, body, &facts, up).await,
             Err(refusal) => {
                 linger(body);
-                let refusal = ProxyError::UserToken(refusal.to_string());
-                return self.refuse_unparsed(refusal, &facts).await;
-            }
-        }
-        if let Some(id) = facts.session_id
-            && let Err(refusal) = up.sessions.check(id, &peer.spiffe_id)
-        {
-            return self
-                .refuse_unparsed(ProxyError::Session(refusal), &facts)
-                .await;
-        }
-        let modern = facts.protocol_version == Some(protocol::MODERN);
-        match parts.method {
-            Method::POST => self.post(&parts, body, &facts, up).await,
-            // 2026-07-28 is stateless POST only.
-            Method::GET | Method::DELETE if !modern => {
-                self.stream_or_delete(&parts, &facts, up).await
-            }
-            _ => {
-                self.refuse_unparsed(ProxyError::MethodNotAllowed, &facts)
-                    .await
+                self.refuse_unparsed(refusal, &facts).await
             }
         }
     }
 
-    /// The upstream a request path names: the listener path itself for the
-    /// one `upstream:`, `<path>/<name>` with `upstreams:`. Anything else is
-    /// refused before the body is read.
-    fn upstream_for(&self, path: &str) -> Result<&Arc<Upstream>, ProxyError> {
-        if !self.route_by_name {
-            return match self.upstreams.first() {
-                Some(up) if path == self.path => Ok(up),
-                _ => Err(ProxyError::NotFound),
-            };
+    /// A request to one upstream: the session must be the caller's; POST
+    /// carries messages, GET and DELETE (2025 era only) none.
+    async fn upstream_route(
+        self: &Arc<Self>,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+        up: &Arc<Upstream>,
+    ) -> Response<ReplyBody> {
+        if let Some(id) = facts.session_id
+            && let Err(refusal) = up.sessions.check(id, &facts.peer.spiffe_id)
+        {
+            linger(body);
+            return self
+                .refuse_unparsed(ProxyError::Session(refusal), facts)
+                .await;
         }
-        let name = routed_name(&self.path, path).ok_or(ProxyError::NotFound)?;
-        self.upstreams
-            .iter()
-            .find(|up| up.name == name)
-            .ok_or(ProxyError::UnknownUpstream)
+        let modern = facts.protocol_version == Some(protocol::MODERN);
+        match parts.method {
+            Method::POST => self.post(parts, body, facts, up).await,
+            // 2026-07-28 is stateless POST only.
+            Method::GET | Method::DELETE if !modern => {
+                linger(body);
+                self.stream_or_delete(parts, facts, up).await
+            }
+            _ => {
+                linger(body);
+                self.refuse_unparsed(ProxyError::MethodNotAllowed, facts)
+                    .await
+            }
+        }
     }
 
     /// POST: one JSON-RPC message or a batch, decided before anything is sent.
@@ -778,14 +752,14 @@ impl Gateway {
 
     /// Every configured upstream, in config order.
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
+        &self.router.upstreams
     }
 
     /// Ends idle and expired sessions, here and at the upstream. The
     /// sessions are gone from the gateway at once; telling each upstream
     /// runs in its own task, so a slow upstream delays no other.
     pub async fn sweep_sessions(self: &Arc<Self>) {
-        if let Some(agg) = &self.aggregate {
+        if let Some(agg) = &self.router.aggregate {
             let ended: Vec<_> = agg
                 .sessions
                 .sweep()
@@ -795,7 +769,7 @@ impl Gateway {
             if !ended.is_empty() {
                 let gateway = Arc::clone(self);
                 tokio::spawn(async move {
-                    if let Some(agg) = &gateway.aggregate {
+                    if let Some(agg) = &gateway.router.aggregate {
                         for links in &ended {
                             agg.end_links(links).await;
                         }
@@ -803,7 +777,7 @@ impl Gateway {
                 });
             }
         }
-        for up in &self.upstreams {
+        for up in &self.router.upstreams {
             let ended = up.sessions.sweep();
             if ended.is_empty() {
                 continue;
@@ -881,15 +855,6 @@ impl Gateway {
         )
         .with_detail(Some(refusal.to_string()))
     }
-}
-
-/// The upstream name in `<prefix>/<name>` (a listener path ending in `/`
-/// takes no second one). Only the form: whether the name exists is the
-/// caller's question.
-fn routed_name<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
-    path.strip_prefix(prefix.trim_end_matches('/'))?
-        .strip_prefix('/')
-        .filter(|name| !name.is_empty())
 }
 
 /// The elements of a batch not in `denied`, as a new batch of their original
@@ -1050,6 +1015,3 @@ impl CorrelationIds {
         format!("{:016x}{:016x}", self.prefix, n)
     }
 }
-
-#[cfg(test)]
-mod tests;
