@@ -73,11 +73,12 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::Value;
 use tracing::warn;
 
+use super::ingress::linger;
 use super::inspect::{self, PendingList};
 use super::reply::{self, ReplyBody, error_response};
 use super::session::{Reservation, SessionRefusal, Sessions};
 use super::upstream::Upstream;
-use super::{Gateway, ProxyError, RequestFacts, linger, protocol};
+use super::{Gateway, ProxyError, RequestFacts, protocol};
 use crate::audit::Outcome;
 use crate::config::{AGGREGATE_SEPARATOR, AggregateConfig, LimitsConfig};
 use crate::mcp::method::ListKind;

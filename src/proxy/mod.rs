@@ -19,6 +19,7 @@ mod aggregate;
 mod error;
 mod forward;
 mod http_conn;
+mod ingress;
 mod inspect;
 pub mod listener;
 pub mod loopback;
@@ -36,8 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
 use tracing::warn;
@@ -53,12 +53,13 @@ use upstream::{ConnectError, Upstream};
 use crate::audit::{AuditLog, Exchange, Outcome, Record, ShadowRecord};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
-use crate::mcp::{self, Message};
+use crate::mcp::Message;
 use crate::metrics::Metrics;
 use crate::policy::{self, Decision, PolicyInput, Target, User};
 use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{CallerTokens, TokenError, UserAuth};
 use admission::{Admission, Refusal};
+use ingress::{Ingress, linger};
 use route::{Route, Router};
 use trace::Trace;
 
@@ -68,7 +69,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     policies: Arc<PolicyStore>,
     audit: AuditLog,
-    max_body: usize,
+    /// Body limits and the body read timeout.
+    ingress: Ingress,
     /// Client timeouts and connection caps (`connections:`).
     pub connections: ConnectionsConfig,
     pub admission: Admission,
@@ -202,7 +204,10 @@ impl Gateway {
             metrics,
             policies,
             audit,
-            max_body: config.limits.max_body_bytes,
+            ingress: Ingress {
+                max_body: config.limits.max_body_bytes,
+                body_read_timeout: config.connections.body_read_timeout,
+            },
             connections: config.connections.clone(),
             admission,
             ids: CorrelationIds::new(),
@@ -389,7 +394,6 @@ impl Gateway {
         }
     }
 
-    /// POST: one JSON-RPC message or a batch, decided before anything is sent.
     /// A POST body, its entity headers checked and read up to the limit;
     /// a refusal is audited and answered (the rest of the body drained).
     async fn read_post_body(
@@ -398,29 +402,18 @@ impl Gateway {
         body: Incoming,
         facts: &RequestFacts<'_>,
     ) -> Result<Bytes, Response<ReplyBody>> {
-        if let Err(refusal) = check_entity_headers(&parts.headers, self.max_body) {
-            linger(body);
-            return Err(self.refuse_unparsed(refusal, facts).await);
-        }
-        let read = tokio::time::timeout(
-            self.connections.body_read_timeout,
-            read_body(body, self.max_body),
-        );
-        let Ok(read) = read.await else {
-            self.admission.refused(Refusal::BodyReadTimeout);
-            return Err(self.refuse_unparsed(ProxyError::BodyTimeout, facts).await);
-        };
-        match read {
+        match self.ingress.read(&parts.headers, body).await {
             Ok(bytes) => Ok(bytes),
-            Err((refusal, rest)) => {
-                if let Some(rest) = rest {
-                    linger(rest);
+            Err(refusal) => {
+                if matches!(refusal, ProxyError::BodyTimeout) {
+                    self.admission.refused(Refusal::BodyReadTimeout);
                 }
                 Err(self.refuse_unparsed(refusal, facts).await)
             }
         }
     }
 
+    /// POST: one JSON-RPC message or a batch, decided before anything is sent.
     async fn post(
         self: &Arc<Self>,
         parts: &hyper::http::request::Parts,
@@ -432,17 +425,11 @@ impl Gateway {
             Ok(bytes) => bytes,
             Err(refused) => return refused,
         };
-        let (messages, batch) = match mcp::parse_body(&bytes) {
-            Ok(mcp::Body::Single(m)) => (vec![m], false),
-            Ok(mcp::Body::Batch(ms)) => (ms, true),
-            Err(e) => {
-                let refusal = ProxyError::Parse(e.to_string(), e.jsonrpc_code());
-                return self.refuse_unparsed(refusal, facts).await;
-            }
+        let (messages, batch) = match ingress::parse(&bytes, &parts.headers, facts.protocol_version)
+        {
+            Ok(parsed) => (parsed.messages, parsed.batch),
+            Err(refusal) => return self.refuse_unparsed(refusal, facts).await,
         };
-        if let Err(refusal) = self.check_framing(&parts.headers, &messages, batch, facts) {
-            return self.refuse_unparsed(refusal, facts).await;
-        }
         // A new session's place is taken before anything is decided or
         // sent: an initialize the table cannot hold never reaches the
         // upstream.
@@ -486,7 +473,7 @@ impl Gateway {
         let forwarded = if denied.is_empty() {
             bytes.clone()
         } else {
-            match permitted_elements(&bytes, &denied) {
+            match ingress::permitted_elements(&bytes, &denied) {
                 Some(b) => b,
                 None => {
                     let refusal = ProxyError::BadRequest("batch could not be split");
@@ -522,32 +509,6 @@ impl Gateway {
             },
             Err(refusal) => refusal,
         }
-    }
-
-    /// Protocol rules a body must meet before any decision: 2026-07-28
-    /// headers match the body, and batches only where the version has them.
-    fn check_framing(
-        &self,
-        headers: &HeaderMap,
-        messages: &[Message<'_>],
-        batch: bool,
-        facts: &RequestFacts<'_>,
-    ) -> Result<(), ProxyError> {
-        let modern = messages
-            .iter()
-            .any(|m| protocol::is_modern(m, facts.protocol_version));
-        if batch {
-            let version = facts.protocol_version.unwrap_or(protocol::BATCH_VERSION);
-            return if modern || version != protocol::BATCH_VERSION {
-                Err(ProxyError::BatchNotAllowed)
-            } else {
-                Ok(())
-            };
-        }
-        if modern {
-            protocol::check_modern_headers(headers, &messages[0])?;
-        }
-        Ok(())
     }
 
     /// Binds the session the upstream issued in answer to `initialize` to
@@ -855,119 +816,6 @@ impl Gateway {
         )
         .with_detail(Some(refusal.to_string()))
     }
-}
-
-/// The elements of a batch not in `denied`, as a new batch of their original
-/// bytes. The body was already parsed strictly; this pass only slices it.
-fn permitted_elements(body: &[u8], denied: &[(usize, String)]) -> Option<Bytes> {
-    let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
-    let kept: Vec<Vec<u8>> = elements
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !denied.iter().any(|(d, _)| d == i))
-        .map(|(_, raw)| raw.get().as_bytes().to_vec())
-        .collect();
-    Some(Bytes::from(reply::json_array(&kept)))
-}
-
-/// Refuses bodies the gateway would not see as the upstream does.
-fn check_entity_headers(headers: &HeaderMap, max_body: usize) -> Result<(), ProxyError> {
-    // hyper decodes `chunked` only; any other transfer coding would be
-    // passed on as if it were identity.
-    for value in headers.get_all(header::TRANSFER_ENCODING) {
-        let v = value.to_str().unwrap_or("?");
-        if v.split(',')
-            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"))
-        {
-            return Err(ProxyError::TransferEncoding(v.to_owned()));
-        }
-    }
-    // Refuse a declared over-limit body at once, without reading it.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body as u64) {
-        return Err(ProxyError::TooLarge(max_body));
-    }
-    for value in headers.get_all(header::CONTENT_ENCODING) {
-        let v = value.to_str().unwrap_or("?").trim();
-        if !v.eq_ignore_ascii_case("identity") {
-            return Err(ProxyError::ContentEncoding(v.to_owned()));
-        }
-    }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ProxyError::ContentType)?;
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
-        return Err(ProxyError::ContentType);
-    }
-    if headers.get_all(header::CONTENT_TYPE).iter().count() > 1 {
-        return Err(ProxyError::BadRequest("more than one Content-Type header"));
-    }
-    Ok(())
-}
-
-/// Reads the whole request body, refusing more than `limit` bytes.
-/// Reads a request body of at most `limit` bytes. On overflow the rest of the
-/// body comes back with the refusal so that it can be drained ([`linger`]).
-async fn read_body(
-    mut body: Incoming,
-    limit: usize,
-) -> Result<Bytes, (ProxyError, Option<Incoming>)> {
-    let mut first: Option<Bytes> = None;
-    let mut joined: Vec<u8> = Vec::new();
-    let mut total = 0usize;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Err((ProxyError::BodyRead, None));
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers carry nothing the gateway forwards
-        };
-        total = total.saturating_add(data.len());
-        if total > limit {
-            return Err((ProxyError::TooLarge(limit), Some(body)));
-        }
-        // The common case, a body in one frame, is kept without copying.
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            None => joined.extend_from_slice(&data),
-            Some(f) => {
-                joined.reserve(f.len() + data.len());
-                joined.extend_from_slice(&f);
-                joined.extend_from_slice(&data);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
-}
-
-/// The most of a refused body the gateway reads and discards, and for how
-/// long, so that its early refusal (413) reaches a caller that is still
-/// sending instead of being lost to a TCP reset when the connection closes
-/// with unread data. Beyond either bound the connection is simply closed.
-const LINGER_BYTES: usize = 4 << 20;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn linger(mut body: Incoming) {
-    if body.is_end_stream() {
-        return;
-    }
-    tokio::spawn(async move {
-        let drain = async {
-            let mut seen = 0usize;
-            while let Some(Ok(frame)) = body.frame().await {
-                seen += frame.data_ref().map_or(0, Bytes::len);
-                if seen > LINGER_BYTES {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(LINGER_TIME, drain).await;
-    });
 }
 
 fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
