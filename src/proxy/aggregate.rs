@@ -514,7 +514,7 @@ impl Gateway {
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let mut f = *facts;
             f.upstream = Some(member);
-            let (allowed, correlation_id) = self.decide_for_member(message, &f, member).await;
+            let (allowed, correlation_id) = self.decide_message(message, &f, member).await;
             if !allowed {
                 last_denial = Some(correlation_id);
                 continue;
@@ -580,26 +580,6 @@ impl Gateway {
         error_response(&refusal, id, &correlation_id)
     }
 
-    /// Decides one message for one member, counted and audited.
-    async fn decide_for_member(
-        &self,
-        message: &Message<'_>,
-        facts: &RequestFacts<'_>,
-        member: &Upstream,
-    ) -> (bool, String) {
-        let correlation_id = self.ids.next();
-        let verdict = self.decide(message, facts, member);
-        let allowed = verdict.allowed;
-        self.metrics.decision(
-            allowed,
-            message.method.as_deref().unwrap_or("response"),
-            &facts.peer.spiffe_id,
-        );
-        self.audit_decision(message, facts, member, verdict, &correlation_id)
-            .await;
-        (allowed, correlation_id)
-    }
-
     /// `initialize`: sent to every member policy allows; the gateway answers.
     async fn aggregate_initialize(
         self: &Arc<Self>,
@@ -631,7 +611,7 @@ impl Gateway {
         for member in &agg.members {
             let mut f = *facts;
             f.upstream = Some(member);
-            let (allowed, correlation_id) = self.decide_for_member(message, &f, member).await;
+            let (allowed, correlation_id) = self.decide_message(message, &f, member).await;
             if !allowed {
                 last_denial = Some(correlation_id);
                 links.push(None);
@@ -735,7 +715,7 @@ impl Gateway {
             let Some(link) = link else { continue };
             let mut f = *facts;
             f.upstream = Some(member);
-            if !self.decide_for_member(message, &f, member).await.0 {
+            if !self.decide_message(message, &f, member).await.0 {
                 continue;
             }
             let headers = member_headers(&parts.headers, Some(link));
@@ -821,7 +801,7 @@ impl Gateway {
             let Ok(mcp::Body::Single(message)) = mcp::parse_body(&bytes) else {
                 return None;
             };
-            if !self.decide_for_member(&message, facts, member).await.0 {
+            if !self.decide_message(&message, facts, member).await.0 {
                 return None;
             }
             let resp = self
@@ -920,7 +900,7 @@ impl Gateway {
         };
         let mut f = *facts;
         f.upstream = Some(member);
-        let (allowed, correlation_id) = self.decide_for_member(&message, &f, member).await;
+        let (allowed, correlation_id) = self.decide_message(&message, &f, member).await;
         if !allowed {
             let answers = reply::denial_answers(
                 std::slice::from_ref(&message),

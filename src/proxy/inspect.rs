@@ -38,8 +38,9 @@ use crate::audit::{Exchange, Outcome, Record};
 use crate::mcp::method::{self, ListKind};
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind, Message};
-use crate::policy::{self, PolicyInput, Target, User};
+use crate::policy::{self, Target, User};
 use crate::policy_store::Policies;
+use crate::proxy::decide::{self, Subject};
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
@@ -134,6 +135,17 @@ pub struct ReplyContext {
 }
 
 impl ReplyContext {
+    /// The policy input's shared part, with `principal` asking.
+    fn subject<'a>(&'a self, principal: &'a str) -> Subject<'a> {
+        Subject {
+            principal,
+            server: &self.upstream,
+            session_id: self.session_id.as_deref(),
+            protocol_version: self.protocol_version.as_deref(),
+            user: self.user.as_deref(),
+        }
+    }
+
     /// What every audit record of the exchange repeats, citing the policy
     /// set the request was decided by.
     fn exchange(&self) -> Exchange<'_> {
@@ -551,19 +563,9 @@ impl Gateway {
         ctx: &ReplyContext,
     ) -> (bool, String) {
         let policies = self.policies.current();
-        let input = PolicyInput {
-            principal: &ctx.upstream.spiffe_id,
-            action: method,
-            server: &ctx.upstream.name,
-            server_spiffe_id: &ctx.upstream.spiffe_id,
-            target: Target::Workload(&ctx.peer.spiffe_id),
-            arguments: None,
-            session_id: ctx.session_id.as_deref(),
-            protocol_version: ctx.protocol_version.as_deref(),
-            user: ctx.user.as_deref(),
-            now_unix_ms: policy::now_unix_ms(),
-        };
-        let (decision, shadow) = super::decide_with(&policies, &input, &self.metrics);
+        let subject = ctx.subject(&ctx.upstream.spiffe_id);
+        let input = subject.input(method, Target::Workload(&ctx.peer.spiffe_id), None);
+        let (decision, shadow) = decide::with_shadow(&policies, &input, &self.metrics);
         self.metrics
             .decision(decision.allowed, method, &ctx.upstream.spiffe_id);
         let correlation_id = self.ids.next();
@@ -601,22 +603,11 @@ impl Gateway {
         let now_unix_ms = policy::now_unix_ms();
         // Lists are filtered by the enforced set the request was decided by
         // (shadow mode decides messages, not list entries).
+        let subject = ctx.subject(&ctx.peer.spiffe_id);
         let filtered = filter_entries(value, kind, |name| {
-            ctx.policies
-                .enforced
-                .decide(&PolicyInput {
-                    principal: &ctx.peer.spiffe_id,
-                    action,
-                    server: &ctx.upstream.name,
-                    server_spiffe_id: &ctx.upstream.spiffe_id,
-                    target: Target::named(kind.entry_kind(), name),
-                    arguments: None,
-                    session_id: ctx.session_id.as_deref(),
-                    protocol_version: ctx.protocol_version.as_deref(),
-                    user: ctx.user.as_deref(),
-                    now_unix_ms,
-                })
-                .allowed
+            let mut input = subject.input(action, Target::named(kind.entry_kind(), name), None);
+            input.now_unix_ms = now_unix_ms;
+            ctx.policies.enforced.decide(&input).allowed
         });
         let Some((hidden, before)) = filtered.filter(|(hidden, _)| *hidden > 0) else {
             return false;

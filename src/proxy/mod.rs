@@ -16,6 +16,7 @@
 mod accept;
 pub mod admission;
 mod aggregate;
+mod decide;
 mod error;
 mod forward;
 mod http_conn;
@@ -50,15 +51,16 @@ use listener::Peer;
 use reply::{ReplyBody, error_response};
 use upstream::{ConnectError, Upstream};
 
-use crate::audit::{AuditLog, Exchange, Outcome, Record, ShadowRecord};
+use crate::audit::{AuditLog, Exchange, Outcome, Record};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision, PolicyInput, Target, User};
+use crate::policy::{Target, User};
 use crate::policy_store::{Policies, PolicyStore};
 use crate::user_auth::{CallerTokens, TokenError, UserAuth};
 use admission::{Admission, Refusal};
+use decide::{Subject, Verdict};
 use ingress::{Ingress, linger};
 use route::{Route, Router};
 use trace::Trace;
@@ -82,56 +84,6 @@ pub struct Gateway {
     jwt_callers: Option<CallerTokens>,
     /// The endpoints: each upstream, and the aggregated one.
     router: Router,
-}
-
-/// The outcome of deciding one message, with the labels audit and metrics use.
-struct Verdict {
-    allowed: bool,
-    reason: &'static str,
-    policy_ids: Vec<String>,
-    /// The shadow set's decision, when it disagrees with the enforced one.
-    shadow: Option<ShadowRecord>,
-}
-
-impl From<Decision> for Verdict {
-    fn from(d: Decision) -> Verdict {
-        Verdict {
-            allowed: d.allowed,
-            reason: d.reason.as_str(),
-            policy_ids: d.policy_ids,
-            shadow: None,
-        }
-    }
-}
-
-/// Decides with the enforced set and, in shadow mode, with the candidate
-/// set too; a disagreement is counted and returned for the audit record,
-/// never enforced.
-pub(crate) fn decide_with(
-    policies: &Policies,
-    input: &PolicyInput<'_>,
-    metrics: &Metrics,
-) -> (Decision, Option<ShadowRecord>) {
-    let decision = policies.enforced.decide(input);
-    let Some(shadow) = &policies.shadow else {
-        return (decision, None);
-    };
-    let candidate = shadow.decide(input);
-    if candidate.allowed == decision.allowed {
-        return (decision, None);
-    }
-    metrics.shadow_disagreement(decision.allowed, input.action);
-    let record = ShadowRecord {
-        decision: if candidate.allowed {
-            Outcome::Allow
-        } else {
-            Outcome::Deny
-        },
-        reason: candidate.reason.as_str(),
-        policy_ids: candidate.policy_ids,
-        policy_version: shadow.version().to_owned(),
-    };
-    (decision, Some(record))
 }
 
 /// The facts of one HTTP request that every audit record repeats.
@@ -450,16 +402,7 @@ impl Gateway {
         };
         let mut denied = Vec::new();
         for (index, message) in messages.iter().enumerate() {
-            let correlation_id = self.ids.next();
-            let verdict = self.decide(message, facts, up);
-            let allowed = verdict.allowed;
-            self.metrics.decision(
-                allowed,
-                message.method.as_deref().unwrap_or("response"),
-                &facts.peer.spiffe_id,
-            );
-            self.audit_decision(message, facts, up, verdict, &correlation_id)
-                .await;
+            let (allowed, correlation_id) = self.decide_message(message, facts, up).await;
             if !allowed {
                 denied.push((index, correlation_id));
             }
@@ -571,36 +514,32 @@ impl Gateway {
         }
     }
 
-    /// Decides one message. Pure: no I/O. Responses from the caller (answers
-    /// to server-to-client requests) carry no action and are permitted here.
-    fn decide(&self, message: &Message<'_>, facts: &RequestFacts<'_>, up: &Upstream) -> Verdict {
-        let Some(method) = message.method.as_deref() else {
-            return Verdict {
-                allowed: true,
-                reason: "caller_response",
-                policy_ids: Vec::new(),
-                shadow: None,
-            };
-        };
-        let input = PolicyInput {
+    /// Decides one message of the caller's to `up`, counts and audits it.
+    /// Returns whether it is allowed, and its record's correlation id.
+    async fn decide_message(
+        &self,
+        message: &Message<'_>,
+        facts: &RequestFacts<'_>,
+        up: &Upstream,
+    ) -> (bool, String) {
+        let correlation_id = self.ids.next();
+        let subject = Subject {
             principal: &facts.peer.spiffe_id,
-            action: method,
-            server: &up.name,
-            server_spiffe_id: &up.spiffe_id,
-            target: Target::of_method(method, message.target.as_deref()),
-            arguments: message.arguments.map(|a| a.get()),
+            server: up,
             session_id: facts.session_id,
-            protocol_version: message
-                .protocol_version
-                .as_deref()
-                .or(facts.protocol_version),
+            protocol_version: facts.protocol_version,
             user: facts.user.map(|u| &**u),
-            now_unix_ms: policy::now_unix_ms(),
         };
-        let (decision, shadow) = decide_with(facts.policies, &input, &self.metrics);
-        let mut verdict = Verdict::from(decision);
-        verdict.shadow = shadow;
-        verdict
+        let verdict = decide::message(facts.policies, &self.metrics, &subject, message);
+        let allowed = verdict.allowed;
+        self.metrics.decision(
+            allowed,
+            message.method.as_deref().unwrap_or("response"),
+            &facts.peer.spiffe_id,
+        );
+        self.audit_decision(message, facts, up, verdict, &correlation_id)
+            .await;
+        (allowed, correlation_id)
     }
 
     /// GET (server stream) and DELETE (end session) carry no JSON-RPC message;
