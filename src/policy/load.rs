@@ -16,7 +16,7 @@ use cedar_policy::{
 };
 use cedar_policy_core::ast;
 use miette::Diagnostic;
-use sha2::{Digest, Sha256};
+use ring::digest::{Context, SHA256};
 
 use super::index::{ActionIndex, Rule};
 use super::request::EntityTypes;
@@ -124,15 +124,20 @@ fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, PolicyError> {
 /// `sha256:<first 16 hex>` over each file's name and text, length-prefixed
 /// so that no two different directories hash alike.
 fn version(files: &[SourceFile]) -> String {
-    let mut hasher = Sha256::new();
+    let mut hasher = Context::new(&SHA256);
     for file in files {
         for part in [file.name.as_bytes(), file.text.as_bytes()] {
-            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(&(part.len() as u64).to_le_bytes());
             hasher.update(part);
         }
     }
-    let digest = hasher.finalize();
-    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let digest = hasher.finish();
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("sha256:{hex}")
 }
 
@@ -468,4 +473,25 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 fn line_of(text: &str, snippet: &str) -> usize {
     text.find(snippet)
         .map_or(1, |offset| line_column(text, offset).0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The version is SHA-256 over length-prefixed names and texts: pinned
+    /// here (computed independently) so a change of digest library or of
+    /// framing cannot go unnoticed.
+    #[test]
+    fn the_version_is_sha256_over_length_prefixed_names_and_texts() {
+        let file = |name: &str, text: &str| SourceFile {
+            name: name.to_owned(),
+            text: text.to_owned(),
+        };
+        let files = [
+            file("a.cedar", "permit(principal,action,resource);"),
+            file("s.cedarschema", "namespace Mcp {}"),
+        ];
+        assert_eq!(version(&files), "sha256:722ab31a6f223957");
+    }
 }
