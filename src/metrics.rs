@@ -4,12 +4,197 @@
 //! MCP methods is counted as `other`, so a caller cannot grow the label space.
 //! Nothing here may block the request path: counters are atomics.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::mcp::method::metric_label;
+
+/// A metric's name, its help text, and its labels (empty for one series).
+type Def = (&'static str, &'static str, &'static [&'static str]);
+
+// Every metric the gateway exports, one row each (README "Metrics").
+const DECISIONS: Def = (
+    "mcp_gateway_decisions_total",
+    "Policy decisions by decision and MCP method.",
+    &["decision", "method"],
+);
+const REQUEST_DURATION: Def = (
+    "mcp_gateway_request_duration_seconds",
+    "Time from a request's arrival to its response headers.",
+    &[],
+);
+const UPSTREAM_ERRORS: Def = (
+    "mcp_gateway_upstream_errors_total",
+    "Failed calls to the upstream by kind.",
+    &["kind"],
+);
+const REFUSED: Def = (
+    "mcp_gateway_refused_requests_total",
+    "HTTP requests refused before any policy decision, by reason.",
+    &["reason"],
+);
+const SVID_EXPIRY: Def = (
+    "mcp_gateway_svid_expiry_timestamp_seconds",
+    "notAfter of the gateway's current X.509-SVID, Unix seconds.",
+    &[],
+);
+const SVID_ROTATIONS: Def = (
+    "mcp_gateway_svid_rotations_total",
+    "Times a new X.509-SVID replaced the previous one.",
+    &[],
+);
+const IDENTITY_UPDATES: Def = (
+    "mcp_gateway_identity_updates_total",
+    "Workload API updates received (SVIDs or bundles).",
+    &[],
+);
+const TLS_HANDSHAKE_FAILURES: Def = (
+    "mcp_gateway_tls_handshake_failures_total",
+    "Listener handshakes refused or failed.",
+    &[],
+);
+const CONNECTIONS_OPEN: Def = (
+    "mcp_gateway_connections_open",
+    "Connections open on the listener (TLS handshakes in progress included).",
+    &[],
+);
+const CONNECTION_REFUSALS: Def = (
+    "mcp_gateway_connection_refusals_total",
+    "Connections closed, or request bodies refused, by a connection limit or timeout.",
+    &["reason"],
+);
+const ACCEPT_ERRORS: Def = (
+    "mcp_gateway_accept_errors_total",
+    "Failed accepts on a listener (e.g. out of file descriptors); each is followed by a pause.",
+    &[],
+);
+const AUDIT_RECORDS: Def = (
+    "mcp_gateway_audit_records_total",
+    "Audit records written.",
+    &[],
+);
+const AUDIT_WRITE_ERRORS: Def = (
+    "mcp_gateway_audit_write_errors_total",
+    "Failed audit write attempts (the records are kept and retried).",
+    &[],
+);
+const AUDIT_RECORDS_LOST: Def = (
+    "mcp_gateway_audit_records_lost_total",
+    "Audit records never written: the retry buffer was full, or the writer stopped.",
+    &[],
+);
+const AUDIT_FAILING: Def = (
+    "mcp_gateway_audit_failing",
+    "1 while audit writes fail (with on_failure: refuse, calls are refused).",
+    &[],
+);
+const READY: Def = (
+    "mcp_gateway_ready",
+    "1 when the gateway holds a usable SVID.",
+    &[],
+);
+const POLICY_COUNT: Def = ("mcp_gateway_policies", "Policies in the loaded set.", &[]);
+const POLICY_RELOADS: Def = (
+    "mcp_gateway_policy_reloads_total",
+    "Policy reload attempts by result (success, failure).",
+    &["result"],
+);
+const POLICY_LAST_RELOAD_SUCCESS: Def = (
+    "mcp_gateway_policy_last_reload_success_timestamp_seconds",
+    "When the policy set in force was loaded, Unix seconds.",
+    &[],
+);
+const POLICY_RELOAD_FAILING: Def = (
+    "mcp_gateway_policy_reload_failing",
+    "1 when the last policy reload was rejected and an older set is in force.",
+    &[],
+);
+const SHADOW_POLICY_COUNT: Def = (
+    "mcp_gateway_shadow_policies",
+    "Policies in the shadow (candidate) set; 0 without shadow mode.",
+    &[],
+);
+const SHADOW_DISAGREEMENTS: Def = (
+    "mcp_gateway_shadow_disagreements_total",
+    "Messages the shadow policy set decided differently, by enforced decision and method.",
+    &["decision", "method"],
+);
+const CALLER_DECISIONS: Def = (
+    "mcp_gateway_caller_decisions_total",
+    "Policy decisions by caller SPIFFE ID (opt-in: metrics.caller_labels).",
+    &["caller", "decision"],
+);
+const TRUST_BUNDLES: Def = (
+    "mcp_gateway_trust_bundles",
+    "Trust domains the gateway holds an X.509 bundle for (its own and federated ones).",
+    &[],
+);
+const UPSTREAM_UP: Def = (
+    "mcp_gateway_upstream_up",
+    "1 when the last connection attempt or call to the upstream succeeded, 0 when it could not connect.",
+    &["upstream"],
+);
+const UPSTREAM_REQUEST_DURATION: Def = (
+    "mcp_gateway_upstream_request_duration_seconds",
+    "Time from sending a request to the upstream to its response head.",
+    &["upstream"],
+);
+const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+const UPSTREAM_REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Defines and registers a metric in one step. The definitions are the
+/// constants above: `expect` can only fail on a typo in a name or a name
+/// used twice, which `every_metric_is_exported_once` catches.
+struct Defs<'a>(&'a Registry);
+
+impl Defs<'_> {
+    fn register<C: Collector + Clone + 'static>(&self, metric: prometheus::Result<C>) -> C {
+        let metric = metric.expect("static metric definition");
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("metric names are unique");
+        metric
+    }
+
+    fn counter(&self, (name, help, _): Def) -> IntCounter {
+        self.register(IntCounter::new(name, help))
+    }
+
+    fn counters(&self, (name, help, labels): Def) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn gauge(&self, (name, help, _): Def) -> IntGauge {
+        self.register(IntGauge::new(name, help))
+    }
+
+    fn gauges(&self, (name, help, labels): Def) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn float_gauge(&self, (name, help, _): Def) -> Gauge {
+        self.register(Gauge::new(name, help))
+    }
+
+    fn histogram(&self, (name, help, _): Def, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts))
+    }
+
+    fn histograms(&self, (name, help, labels): Def, buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels))
+    }
+}
 
 /// All gateway metrics. Clones share the same series.
 #[derive(Clone)]
@@ -73,190 +258,37 @@ impl Metrics {
     /// With `caller_labels`, also `mcp_gateway_caller_decisions_total{caller,decision}`.
     pub fn with_caller_labels(caller_labels: bool) -> Metrics {
         let registry = Registry::new();
+        let d = Defs(&registry);
         let m = Metrics {
-            decisions: IntCounterVec::new(
-                Opts::new(
-                    "mcp_gateway_decisions_total",
-                    "Policy decisions by decision and MCP method.",
-                ),
-                &["decision", "method"],
-            )
-            .expect("static metric definition"),
-            request_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "mcp_gateway_request_duration_seconds",
-                    "Time from a request's arrival to its response headers.",
-                )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0,
-                ]),
-            )
-            .expect("static metric definition"),
-            upstream_errors: IntCounterVec::new(
-                Opts::new(
-                    "mcp_gateway_upstream_errors_total",
-                    "Failed calls to the upstream by kind.",
-                ),
-                &["kind"],
-            )
-            .expect("static metric definition"),
-            refused: IntCounterVec::new(
-                Opts::new(
-                    "mcp_gateway_refused_requests_total",
-                    "HTTP requests refused before any policy decision, by reason.",
-                ),
-                &["reason"],
-            )
-            .expect("static metric definition"),
-            svid_expiry: Gauge::new(
-                "mcp_gateway_svid_expiry_timestamp_seconds",
-                "notAfter of the gateway's current X.509-SVID, Unix seconds.",
-            )
-            .expect("static metric definition"),
-            svid_rotations: IntCounter::new(
-                "mcp_gateway_svid_rotations_total",
-                "Times a new X.509-SVID replaced the previous one.",
-            )
-            .expect("static metric definition"),
-            identity_updates: IntCounter::new(
-                "mcp_gateway_identity_updates_total",
-                "Workload API updates received (SVIDs or bundles).",
-            )
-            .expect("static metric definition"),
-            tls_handshake_failures: IntCounter::new(
-                "mcp_gateway_tls_handshake_failures_total",
-                "Listener handshakes refused or failed.",
-            )
-            .expect("static metric definition"),
-            connections_open: IntGauge::new(
-                "mcp_gateway_connections_open",
-                "Connections open on the listener (TLS handshakes in progress included).",
-            )
-            .expect("static metric definition"),
-            connection_refusals: IntCounterVec::new(
-                Opts::new(
-                    "mcp_gateway_connection_refusals_total",
-                    "Connections closed, or request bodies refused, by a connection limit or timeout.",
-                ),
-                &["reason"],
-            )
-            .expect("static metric definition"),
-            accept_errors: IntCounter::new(
-                "mcp_gateway_accept_errors_total",
-                "Failed accepts on a listener (e.g. out of file descriptors); each is followed by a pause.",
-            )
-            .expect("static metric definition"),
-            audit_records: IntCounter::new(
-                "mcp_gateway_audit_records_total",
-                "Audit records written.",
-            )
-            .expect("static metric definition"),
-            audit_write_errors: IntCounter::new(
-                "mcp_gateway_audit_write_errors_total",
-                "Failed audit write attempts (the records are kept and retried).",
-            )
-            .expect("static metric definition"),
-            audit_records_lost: IntCounter::new(
-                "mcp_gateway_audit_records_lost_total",
-                "Audit records never written: the retry buffer was full, or the writer stopped.",
-            )
-            .expect("static metric definition"),
-            audit_failing: IntGauge::new(
-                "mcp_gateway_audit_failing",
-                "1 while audit writes fail (with on_failure: refuse, calls are refused).",
-            )
-            .expect("static metric definition"),
-            ready: IntGauge::new(
-                "mcp_gateway_ready",
-                "1 when the gateway holds a usable SVID.",
-            )
-            .expect("static metric definition"),
-            policy_count: IntGauge::new("mcp_gateway_policies", "Policies in the loaded set.")
-                .expect("static metric definition"),
-            policy_reloads: IntCounterVec::new(
-                Opts::new(
-                    "mcp_gateway_policy_reloads_total",
-                    "Policy reload attempts by result (success, failure).",
-                ),
-                &["result"],
-            )
-            .expect("static metric definition"),
-            policy_last_reload_success: Gauge::new(
-                "mcp_gateway_policy_last_reload_success_timestamp_seconds",
-                "When the policy set in force was loaded, Unix seconds.",
-            )
-            .expect("static metric definition"),
-            policy_reload_failing: IntGauge::new(
-                "mcp_gateway_policy_reload_failing",
-                "1 when the last policy reload was rejected and an older set is in force.",
-            )
-            .expect("static metric definition"),
-            shadow_policy_count: IntGauge::new(
-                "mcp_gateway_shadow_policies",
-                "Policies in the shadow (candidate) set; 0 without shadow mode.",
-            )
-            .expect("static metric definition"),
-            shadow_disagreements: IntCounterVec::new(
-                Opts::new(
-                    "mcp_gateway_shadow_disagreements_total",
-                    "Messages the shadow policy set decided differently, by enforced decision and method.",
-                ),
-                &["decision", "method"],
-            )
-            .expect("static metric definition"),
-            caller_decisions: caller_labels.then(|| {
-                IntCounterVec::new(
-                    Opts::new(
-                        "mcp_gateway_caller_decisions_total",
-                        "Policy decisions by caller SPIFFE ID (opt-in: metrics.caller_labels).",
-                    ),
-                    &["caller", "decision"],
-                )
-                .expect("static metric definition")
-            }),
-            trust_bundles: IntGauge::new(
-                "mcp_gateway_trust_bundles",
-                "Trust domains the gateway holds an X.509 bundle for (its own and federated ones).",
-            )
-            .expect("static metric definition"),
-            upstream_up: IntGaugeVec::new(
-                Opts::new(
-                    "mcp_gateway_upstream_up",
-                    "1 when the last connection attempt or call to the upstream succeeded, 0 when it could not connect.",
-                ),
-                &["upstream"],
-            )
-            .expect("static metric definition"),
-            upstream_request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "mcp_gateway_upstream_request_duration_seconds",
-                    "Time from sending a request to the upstream to its response head.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0, 10.0, 30.0, 60.0,
-                ]),
-                &["upstream"],
-            )
-            .expect("static metric definition"),
-            registry,
+            decisions: d.counters(DECISIONS),
+            request_duration: d.histogram(REQUEST_DURATION, REQUEST_DURATION_BUCKETS),
+            upstream_errors: d.counters(UPSTREAM_ERRORS),
+            refused: d.counters(REFUSED),
+            svid_expiry: d.float_gauge(SVID_EXPIRY),
+            svid_rotations: d.counter(SVID_ROTATIONS),
+            identity_updates: d.counter(IDENTITY_UPDATES),
+            tls_handshake_failures: d.counter(TLS_HANDSHAKE_FAILURES),
+            connections_open: d.gauge(CONNECTIONS_OPEN),
+            connection_refusals: d.counters(CONNECTION_REFUSALS),
+            accept_errors: d.counter(ACCEPT_ERRORS),
+            audit_records: d.counter(AUDIT_RECORDS),
+            audit_write_errors: d.counter(AUDIT_WRITE_ERRORS),
+            audit_records_lost: d.counter(AUDIT_RECORDS_LOST),
+            audit_failing: d.gauge(AUDIT_FAILING),
+            ready: d.gauge(READY),
+            policy_count: d.gauge(POLICY_COUNT),
+            policy_reloads: d.counters(POLICY_RELOADS),
+            policy_last_reload_success: d.float_gauge(POLICY_LAST_RELOAD_SUCCESS),
+            policy_reload_failing: d.gauge(POLICY_RELOAD_FAILING),
+            shadow_policy_count: d.gauge(SHADOW_POLICY_COUNT),
+            shadow_disagreements: d.counters(SHADOW_DISAGREEMENTS),
+            caller_decisions: caller_labels.then(|| d.counters(CALLER_DECISIONS)),
+            trust_bundles: d.gauge(TRUST_BUNDLES),
+            upstream_up: d.gauges(UPSTREAM_UP),
+            upstream_request_duration: d
+                .histograms(UPSTREAM_REQUEST_DURATION, UPSTREAM_REQUEST_DURATION_BUCKETS),
+            registry: registry.clone(),
         };
-        m.register_all();
-        m.registry
-            .register(Box::new(m.trust_bundles.clone()))
-            .expect("metric names are unique");
-        for c in [
-            Box::new(m.upstream_up.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.upstream_request_duration.clone()),
-        ] {
-            m.registry.register(c).expect("metric names are unique");
-        }
-        if let Some(c) = &m.caller_decisions {
-            m.registry
-                .register(Box::new(c.clone()))
-                .expect("metric names are unique");
-        }
         // Export the error series at 0 from the start, so a rate() or an
         // alert on them works before the first error.
         for kind in [
@@ -271,39 +303,6 @@ impl Metrics {
             m.policy_reloads.with_label_values(&[result]);
         }
         m
-    }
-
-    // The definitions above are constants: `expect` can only fail on a typo
-    // in a name, which the unit test below catches.
-    fn register_all(&self) {
-        let r = &self.registry;
-        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(self.decisions.clone()),
-            Box::new(self.request_duration.clone()),
-            Box::new(self.upstream_errors.clone()),
-            Box::new(self.refused.clone()),
-            Box::new(self.svid_expiry.clone()),
-            Box::new(self.svid_rotations.clone()),
-            Box::new(self.identity_updates.clone()),
-            Box::new(self.tls_handshake_failures.clone()),
-            Box::new(self.accept_errors.clone()),
-            Box::new(self.connections_open.clone()),
-            Box::new(self.connection_refusals.clone()),
-            Box::new(self.audit_records.clone()),
-            Box::new(self.audit_write_errors.clone()),
-            Box::new(self.audit_records_lost.clone()),
-            Box::new(self.audit_failing.clone()),
-            Box::new(self.ready.clone()),
-            Box::new(self.policy_count.clone()),
-            Box::new(self.policy_reloads.clone()),
-            Box::new(self.policy_last_reload_success.clone()),
-            Box::new(self.policy_reload_failing.clone()),
-            Box::new(self.shadow_policy_count.clone()),
-            Box::new(self.shadow_disagreements.clone()),
-        ];
-        for c in all {
-            r.register(c).expect("metric names are unique");
-        }
     }
 
     pub fn decision(&self, allowed: bool, method: &str, caller: &str) {
@@ -370,6 +369,49 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_metric_is_exported_once() {
+        let all = [
+            DECISIONS,
+            REQUEST_DURATION,
+            UPSTREAM_ERRORS,
+            REFUSED,
+            SVID_EXPIRY,
+            SVID_ROTATIONS,
+            IDENTITY_UPDATES,
+            TLS_HANDSHAKE_FAILURES,
+            CONNECTIONS_OPEN,
+            CONNECTION_REFUSALS,
+            ACCEPT_ERRORS,
+            AUDIT_RECORDS,
+            AUDIT_WRITE_ERRORS,
+            AUDIT_RECORDS_LOST,
+            AUDIT_FAILING,
+            READY,
+            POLICY_COUNT,
+            POLICY_RELOADS,
+            POLICY_LAST_RELOAD_SUCCESS,
+            POLICY_RELOAD_FAILING,
+            SHADOW_POLICY_COUNT,
+            SHADOW_DISAGREEMENTS,
+            CALLER_DECISIONS,
+            TRUST_BUNDLES,
+            UPSTREAM_UP,
+            UPSTREAM_REQUEST_DURATION,
+        ];
+        for (i, (name, help, labels)) in all.iter().enumerate() {
+            assert!(name.starts_with("mcp_gateway_"), "{name}");
+            assert!(
+                !help.is_empty() && labels.iter().all(|l| !l.is_empty()),
+                "{name}"
+            );
+            assert!(all[i + 1..].iter().all(|d| d.0 != *name), "{name} twice");
+        }
+        // Defining and registering every one succeeds (names valid, unique).
+        let text = String::from_utf8(Metrics::with_caller_labels(true).render()).unwrap();
+        assert!(text.contains("# HELP mcp_gateway_ready "));
+    }
 
     #[test]
     fn unknown_methods_share_one_label() {
