@@ -160,3 +160,43 @@ async fn a_2025_session_on_the_aggregate_opens_one_member_session_each_and_is_th
     assert_refused(&stolen, 404, -32065);
     assert_eq!(gw.upstream.received().len(), 2);
 }
+
+/// jira lists its tools with a result given twice: serde_json alone would
+/// read the last one.
+fn duplicate_keys() -> upstream::Handler {
+    std::sync::Arc::new(|req: &upstream::Received| {
+        let message = req.json();
+        if message["method"] != "tools/list" {
+            return upstream::Reply::json(&upstream::answer(&message).unwrap());
+        }
+        let id = &message["id"];
+        upstream::Reply::raw_json(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[]}},"result":{{"tools":[{{"name":"get_smuggled","inputSchema":{{"type":"object"}}}}]}}}}"#
+        ))
+    })
+}
+
+#[tokio::test]
+async fn a_member_reply_the_strict_parser_refuses_contributes_nothing() {
+    let gw = Harness::start_with(Options {
+        policies: Some(POLICIES.into()),
+        more_upstreams: vec![("jira", JIRA, duplicate_keys())],
+        aggregate: true,
+        ..Options::default()
+    })
+    .await;
+    let (list, headers) = modern("tools/list", "");
+    let answer = gw
+        .agent(AGENT)
+        .post("/mcp/all", &headers, &list)
+        .await
+        .json();
+    let names: Vec<&str> = answer["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo__echo"]);
+    assert_eq!(gw.others[0].rpc_methods(), ["tools/list"]);
+}

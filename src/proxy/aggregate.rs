@@ -261,6 +261,16 @@ fn result_response(id: &str, result: Value, session: Option<&str>) -> Response<R
     resp
 }
 
+/// A member's reply as a JSON value, only if the strict parser reads it as
+/// one JSON-RPC message: a reply the gateway would read differently from
+/// the agent (duplicate keys, bad UTF-8, a batch) is no answer.
+fn strict_answer(bytes: &[u8]) -> Option<Value> {
+    match mcp::parse_body(bytes) {
+        Ok(mcp::Body::Single(_)) => serde_json::from_slice(bytes).ok(),
+        _ => None,
+    }
+}
+
 /// Reads the answer to request `id` from an upstream reply (JSON, or the
 /// first matching event of an SSE stream), bounded in size and by the
 /// upstream's timeouts.
@@ -282,7 +292,7 @@ async fn read_answer(
     let limit = inspect::MAX_LIST_REPLY_BYTES;
     if !sse {
         let bytes = inspect::read_reply(body, limit, up.stream_idle_timeout).await?;
-        return serde_json::from_slice(&bytes).map_err(|_| ProxyError::UpstreamUnavailable);
+        return strict_answer(&bytes).ok_or(ProxyError::UpstreamUnavailable);
     }
     let mut parser = mcp::sse::SseParser::new(limit);
     let mut events = Vec::new();
@@ -300,7 +310,7 @@ async fn read_answer(
                 .push(&data, &mut events)
                 .map_err(|_| ProxyError::UpstreamUnavailable)?;
             for event in events.drain(..) {
-                let Ok(value) = serde_json::from_str::<Value>(&event.data) else {
+                let Some(value) = strict_answer(event.data.as_bytes()) else {
                     continue;
                 };
                 let answers = value.get("id") == Some(id)

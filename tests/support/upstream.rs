@@ -68,6 +68,14 @@ impl Reply {
         }
     }
 
+    /// A JSON body exactly as given (for replies no serializer writes).
+    pub fn raw_json(body: &str) -> Reply {
+        Reply {
+            body: Bytes::from(body.to_owned()),
+            ..Reply::json(&Value::Null)
+        }
+    }
+
     /// One SSE event per message, each `data:` a JSON-RPC message.
     pub fn sse(messages: &[Value]) -> Reply {
         let mut body = String::new();
