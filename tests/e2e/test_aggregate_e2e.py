@@ -27,7 +27,7 @@ from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post, request
-from test_gateway_e2e import call, tool_calls
+from helpers import call, tool_calls
 
 # The beta upstream's SVID fixture (a module-scoped entry of its own here),
 # its ID and the upstreams: list are the many-upstreams test's.

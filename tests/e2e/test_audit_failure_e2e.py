@@ -22,7 +22,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import pytest
 
 from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
+from helpers import wait_for
 from raw_http import PROBE, PROBE_HEADERS, assert_serving, post
 
 CODE_AUDIT_UNAVAILABLE = -32068
@@ -69,17 +69,6 @@ def call(gw, svid):
     marker = f"call-{uuid.uuid4().hex}"
     body = PROBE.replace(b'"id":1', f'"id":"{marker}"'.encode())
     return marker, post(gw.port, svid, body, PROBE_HEADERS)
-
-
-def wait_for(what: str, pred, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_whole_lines(path: Path) -> list[dict]:

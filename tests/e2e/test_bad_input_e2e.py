@@ -10,7 +10,7 @@ import pytest
 
 from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import start_gateway
-from test_gateway_e2e import MODERN_PROBE_HEADERS, PROBE, https_post
+from helpers import MODERN_PROBE_HEADERS, PROBE, https_post
 
 BIG = 1 << 20  # the default body limit
 

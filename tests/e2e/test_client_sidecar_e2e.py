@@ -38,7 +38,7 @@ from everything_fixtures import (  # noqa: F401 (fixtures)
 from gateway_fixtures import Gateway, gateway_bin, start_gateway, write_config
 from mcp_fixtures import run_py_agent, run_ts_agent
 from raw_http import PROBE, PROBE_HEADERS, post
-from test_gateway_e2e import assert_denied, call
+from helpers import assert_denied, call
 from test_sessions_e2e import session_headers
 
 ECHO = 'echo:{"message":"no TLS on this side"}'

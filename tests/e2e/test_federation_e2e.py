@@ -35,7 +35,7 @@ from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent
 from spire_env import Spire
-from test_gateway_e2e import ECHO, PROBE, WEATHER, assert_denied, call, https_post, tool_calls
+from helpers import ECHO, PROBE, WEATHER, assert_denied, call, https_post, tool_calls
 
 PARTNER_TD = "partner.test"
 # The same path as the example.org demo agent: only the trust domain differs.

@@ -8,7 +8,7 @@ import json
 from conftest import AGENT_B_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import finish_agent, run_py_agent, start_py_agent_loop
-from test_gateway_e2e import ECHO, PROBE, https_post
+from helpers import ECHO, PROBE, https_post
 
 import pytest
 import ssl

@@ -24,7 +24,7 @@ import pytest
 from conftest import AGENT_ID, GATEWAY_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, REPO_ROOT, gateway_bin, start_gateway
 from mcp_fixtures import run_py_agent
-from test_gateway_e2e import DELETE, ECHO, assert_denied, call, tool_calls
+from helpers import DELETE, ECHO, assert_denied, call, tool_calls
 
 NONROOT = 65532
 ENTRYPOINT = "/usr/local/bin/spiffe-mcp-gateway"

@@ -33,7 +33,7 @@ from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent
 from raw_http import PROBE, PROBE_HEADERS, Resp
 from test_federation_e2e import refused_at_handshake
-from test_gateway_e2e import DELETE, ECHO, assert_denied, bad_leaves, call, tool_calls
+from helpers import DELETE, ECHO, assert_denied, bad_leaves, call, tool_calls
 from test_sessions_e2e import INITIALIZED, V, init_body, session_headers
 
 SHORT_ID = "spiffe://example.org/ns/jwt/sa/short-lived"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mcp_fixtures import run_py_agent
-from test_gateway_e2e import DELETE, ECHO
+from helpers import DELETE, ECHO
 
 SERIES = [
     'mcp_gateway_decisions_total{decision="allow",method="tools/call"}',

@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import shutil
 import signal
-import time
 
 from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import finish_agent, start_py_agent_loop
-from test_gateway_e2e import tool_calls
+from helpers import tool_calls, wait_for
 
 FREEZE = """
 @id("echo-frozen")
 forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");
 """
-
-
-def wait_for(what: str, pred, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def echo_records(gw) -> list[dict]:

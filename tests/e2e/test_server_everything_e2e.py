@@ -28,7 +28,7 @@ from everything_fixtures import (  # noqa: F401 (fixtures)
     tool_records,
 )
 from mcp_fixtures import run_py_agent, run_ts_agent
-from test_gateway_e2e import assert_denied, call
+from helpers import assert_denied, call
 
 ECHO = 'echo:{"message":"hello through two gateways"}'
 GET_ENV = "get-env"

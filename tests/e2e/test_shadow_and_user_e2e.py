@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent
-from test_gateway_e2e import ECHO, WEATHER, assert_denied, call, tool_calls
+from helpers import ECHO, WEATHER, assert_denied, call, tool_calls
 
 FREEZE = """
 @id("echo-frozen")

@@ -17,7 +17,7 @@ from conftest import AGENT_B_ID, AGENT_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import PROBE, PROBE_HEADERS, assert_refused, assert_serving, curl, post, request
-from test_gateway_e2e import DELETE, ECHO, WEATHER, assert_denied, call, tool_calls
+from helpers import DELETE, ECHO, WEATHER, assert_denied, call, tool_calls
 from test_sessions_e2e import INITIALIZED, assert_session_works, session_headers
 
 

@@ -23,8 +23,8 @@ import pytest
 from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
-from test_gateway_e2e import call, tool_calls
-from test_policy_reload_e2e import wait_for
+from helpers import call, tool_calls
+from helpers import wait_for
 
 ECHO = 'echo:{"text":"hi"}'
 UP = 'mcp_gateway_upstream_up'

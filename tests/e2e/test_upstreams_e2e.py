@@ -27,8 +27,8 @@ from conftest import AGENT_ID, SERVER_ID, TD
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post
-from test_gateway_e2e import call, tool_calls
-from test_policy_reload_e2e import wait_for
+from helpers import call, tool_calls
+from helpers import wait_for
 
 BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
 ECHO = 'echo:{"text":"hi"}'

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import AGENT_B_ID, AGENT_ID, SERVER_ID
 from mcp_fixtures import run_py_agent, run_ts_agent
-from test_gateway_e2e import call
+from helpers import call
 
 
 def listed_tools(run) -> list[str]:
