@@ -1,0 +1,512 @@
+//! The aggregated endpoint (`aggregate:`): one path, `<path>/<name>`,
+//! presenting the tools and prompts of several upstreams as
+//! `<upstream>__<tool>` and `<upstream>__<prompt>`, and their resources as
+//! `mcp-gateway://<upstream>/<percent-encoded uri>`.
+//!
+//! Resource URIs are not prefixed like names: a client may interpret a URI
+//! (scheme, path), and `<upstream>__file:///x` would be no URI at all. The
+//! gateway URI names the upstream as its authority and carries the original
+//! URI whole, percent-encoded (every byte but `A-Za-z0-9-._~`, upper-case
+//! hex), so any URI round-trips. Only that exact encoding is accepted back
+//! ([`names::unwrap_uri`]): one URI per resource, no aliases.
+//!
+//! Protocol 2026-07-28 is stateless (POST only, no session id; one that
+//! names a session is refused): its headers must match the body as on the
+//! per-upstream path (-32020, nothing forwarded), and every member is asked
+//! at 2026-07-28 with no session id.
+//!
+//! - `server/discover` fans out, each member decided as `server/discover`
+//!   on its own `Mcp::Server`; the gateway answers with the versions every
+//!   answering member supports (members denied or failing left out).
+//! - The lists, calls, reads and prompts take the same code as below, the
+//!   caller's `_meta` kept on each member's list request and a routed call's
+//!   `Mcp-Name` rewritten to the real name (header and body agree at the
+//!   member too). `InputRequiredResult` replies are inspected as on the
+//!   per-upstream path; the retry carries the same prefixed name.
+//!
+//! Protocol 2025-11-25 (and earlier session-based versions): the gateway
+//! issues its own session id (random, bound to the caller's SPIFFE ID like
+//! every session) and holds one upstream session per member:
+//!
+//! - `initialize` fans out, each member decided as `initialize` on its own
+//!   `Mcp::Server`; the gateway answers itself (tools, prompts and
+//!   resources, without subscriptions or list-changed notifications).
+//! - `notifications/initialized` fans out to the members that were opened.
+//! - `tools/list` (and `prompts/list`, `resources/list` alike, entries kept
+//!   where policy permits `prompts/get` / `resources/read`) asks every
+//!   opened member (decided as the list method on it),
+//!   follows `nextCursor` up to [`MAX_PAGES`], filters each page exactly as
+//!   the per-upstream path does, prefixes each name and answers one merged
+//!   list. A member that fails, times out or answers an error contributes
+//!   nothing; the failure is logged, counted and audited.
+//! - `tools/call <upstream>__<tool>` splits on the first `__`; an unknown
+//!   upstream or no prefix is answered -32602 and nothing is forwarded. The
+//!   message is re-serialised with the real tool name, and the re-serialised
+//!   bytes are what is decided (`Mcp::Tool::"<upstream>/<tool>"`), audited
+//!   and forwarded, only ever to that upstream, over its own connection
+//!   (whose SPIFFE ID is checked) and with its own session id.
+//! - `prompts/get <upstream>__<prompt>` is routed the same way, decided on
+//!   `Mcp::Prompt::"<upstream>/<prompt>"`; an unroutable name is -32602.
+//! - `resources/read mcp-gateway://<upstream>/<enc>` likewise, re-serialised
+//!   with the original URI and decided on
+//!   `Mcp::Resource::"<upstream>/<uri>"`; any other URI is -32602.
+//! - `resources/templates/list` and `resources/subscribe` are -32601: a
+//!   template's expansion would put unencoded values into the gateway URI
+//!   (so it would not round-trip), and subscriptions need the server stream
+//!   this endpoint does not offer.
+//! - `ping` is answered by the gateway; other notifications are accepted and
+//!   not forwarded; every other method is answered -32601.
+//! - DELETE fans out; GET (the server stream) is 405.
+//!
+//! No tool shadowing: a name is only ever routed by its own prefix, so a
+//! tool `github__x` offered by jira is listed as `jira__github__x` and a
+//! call to `github__x` can only reach github.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Response, StatusCode};
+use serde_json::Value;
+use tracing::warn;
+
+use super::ingress::linger;
+use super::inspect::{self};
+use super::reply::{self, ReplyBody, error_response};
+use super::session::{Reservation, SessionRefusal, Sessions};
+use super::upstream::Upstream;
+use super::{Gateway, ProxyError, RequestFacts, protocol};
+use crate::audit::Outcome;
+use crate::config::{AggregateConfig, LimitsConfig};
+use crate::mcp::method::ListKind;
+use crate::mcp::{self, Message};
+use names::{split_tool, unwrap_uri};
+
+/// Most `tools/list` pages read from one member per list.
+pub const MAX_PAGES: usize = 16;
+/// The start of a resource URI on the aggregated endpoint.
+pub const GATEWAY_URI_PREFIX: &str = "mcp-gateway://";
+/// The version answered when the caller asks for one the endpoint lacks.
+const DEFAULT_VERSION: &str = "2025-11-25";
+
+/// A member's side of an aggregated session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The upstream's own session id, if it issued one.
+    pub session: Option<String>,
+    /// The protocol version the upstream answered `initialize` with.
+    pub version: String,
+}
+
+/// Per member, in member order: `None` when it was not opened (denied or
+/// failed) for this session.
+pub type Links = Arc<[Option<Link>]>;
+
+/// The aggregated endpoint: its members and its session table.
+pub struct Aggregate {
+    pub name: String,
+    pub members: Vec<Arc<Upstream>>,
+    pub sessions: Sessions<Links>,
+}
+
+impl Aggregate {
+    pub fn new(
+        config: &AggregateConfig,
+        upstreams: &[Arc<Upstream>],
+        limits: &LimitsConfig,
+    ) -> anyhow::Result<Aggregate> {
+        let members = config
+            .upstreams
+            .iter()
+            .map(|name| {
+                upstreams
+                    .iter()
+                    .find(|u| u.name == *name)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("aggregate.upstreams: no upstream {name:?}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Aggregate {
+            name: config.name.clone(),
+            members,
+            sessions: Sessions::new(
+                limits.session_idle_timeout,
+                limits.max_sessions,
+                limits.max_sessions_per_identity,
+            ),
+        })
+    }
+
+    /// The member a gateway resource URI routes to, and the original URI.
+    pub fn route_uri(&self, uri: &str) -> Option<(usize, String)> {
+        let (server, original) = unwrap_uri(uri)?;
+        let index = self.members.iter().position(|m| m.name == server)?;
+        Some((index, original))
+    }
+
+    /// The member a prefixed tool name routes to, and the real tool name.
+    pub fn route<'n>(&self, name: &'n str) -> Option<(usize, &'n str)> {
+        let (server, tool) = split_tool(name)?;
+        let index = self.members.iter().position(|m| m.name == server)?;
+        Some((index, tool))
+    }
+
+    /// Binds a new session, in its reserved place; returns its id.
+    fn open_session(
+        reservation: Reservation<Links>,
+        links: Links,
+    ) -> Result<String, SessionRefusal> {
+        let id = new_session_id().ok_or(SessionRefusal::Full)?;
+        reservation.bind(&id, links)?;
+        Ok(id)
+    }
+
+    /// Tells each member its session is over (best effort).
+    pub async fn end_links(&self, links: &Links) {
+        for (member, link) in self.members.iter().zip(links.iter()) {
+            if let Some(sid) = link.as_ref().and_then(|l| l.session.as_deref()) {
+                member.end_session(sid).await;
+            }
+        }
+    }
+}
+
+/// The lists the aggregated endpoint merges (not resource templates).
+fn offered_list(method: &str) -> Option<ListKind> {
+    mcp::method::list_kind(method).filter(|kind| *kind != ListKind::Templates)
+}
+
+/// 128 random bits, hex: unguessable.
+fn new_session_id() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The caller's headers with the member's session and version in place of
+/// the aggregated ones.
+fn member_headers(headers: &HeaderMap, link: Option<&Link>) -> HeaderMap {
+    let mut out = headers.clone();
+    out.remove(protocol::SESSION_HEADER);
+    let Some(link) = link else {
+        return out;
+    };
+    if let Some(v) = link
+        .session
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        out.insert(protocol::SESSION_HEADER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&link.version) {
+        out.insert(protocol::PROTOCOL_VERSION_HEADER, v);
+    }
+    out
+}
+
+fn empty(status: StatusCode) -> Response<ReplyBody> {
+    let mut resp = Response::new(
+        http_body_util::Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+fn result_response(id: &str, result: Value, session: Option<&str>) -> Response<ReplyBody> {
+    let id: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+    let body = serde_json::json!({ "jsonrpc": "2.0", "id": id, "result": result });
+    let mut resp = reply::json_ok(serde_json::to_vec(&body).unwrap_or_default());
+    if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        resp.headers_mut().insert(protocol::SESSION_HEADER, v);
+    }
+    resp
+}
+
+/// A member's reply as a JSON value, only if the strict parser reads it as
+/// one JSON-RPC message: a reply the gateway would read differently from
+/// the agent (duplicate keys, bad UTF-8, a batch) is no answer.
+fn strict_answer(bytes: &[u8]) -> Option<Value> {
+    match mcp::parse_body(bytes) {
+        Ok(mcp::Body::Single(_)) => serde_json::from_slice(bytes).ok(),
+        _ => None,
+    }
+}
+
+/// Reads the answer to request `id` from an upstream reply (JSON, or the
+/// first matching event of an SSE stream), bounded in size and by the
+/// upstream's timeouts.
+async fn read_answer(
+    up: &Upstream,
+    resp: Response<Incoming>,
+    id: &Value,
+) -> Result<Value, ProxyError> {
+    let sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    let mut body = resp.into_body();
+    let limit = inspect::MAX_LIST_REPLY_BYTES;
+    if !sse {
+        let bytes = inspect::read_reply(body, limit, up.stream_idle_timeout).await?;
+        return strict_answer(&bytes).ok_or(ProxyError::UpstreamUnavailable);
+    }
+    let mut parser = mcp::sse::SseParser::new(limit);
+    let mut events = Vec::new();
+    let read = async {
+        loop {
+            let frame = match tokio::time::timeout(up.stream_idle_timeout, body.frame()).await {
+                Err(_) => return Err(ProxyError::UpstreamStreamIdle),
+                Ok(None) | Ok(Some(Err(_))) => return Err(ProxyError::UpstreamUnavailable),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            parser
+                .push(&data, &mut events)
+                .map_err(|_| ProxyError::UpstreamUnavailable)?;
+            for event in events.drain(..) {
+                let Some(value) = strict_answer(event.data.as_bytes()) else {
+                    continue;
+                };
+                let answers = value.get("id") == Some(id)
+                    && (value.get("result").is_some() || value.get("error").is_some());
+                if answers {
+                    return Ok(value);
+                }
+            }
+        }
+    };
+    tokio::time::timeout(up.request_timeout, read)
+        .await
+        .unwrap_or(Err(ProxyError::UpstreamTimeout))
+}
+
+impl Gateway {
+    /// A request on the aggregated path. Protocol, session and user headers
+    /// were read by `route`; here they are checked, then the method decides
+    /// the way.
+    pub(super) async fn aggregate_route(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        if facts.protocol_version == Some(protocol::MODERN) {
+            // 2026-07-28 is stateless POST only: no session to name.
+            let refusal = match (&parts.method, facts.session_id) {
+                (&Method::POST, None) => {
+                    return self.aggregate_post(agg, parts, body, facts, None).await;
+                }
+                (&Method::POST, Some(_)) => ProxyError::Session(SessionRefusal::Unknown),
+                _ => ProxyError::MethodNotAllowed,
+            };
+            linger(body);
+            return self.refuse_unparsed(refusal, facts).await;
+        }
+        let links = match facts.session_id {
+            None => None,
+            Some(id) => match agg.sessions.check(id, &facts.peer.spiffe_id) {
+                Ok(links) => Some(links),
+                Err(refusal) => {
+                    linger(body);
+                    return self
+                        .refuse_unparsed(ProxyError::Session(refusal), facts)
+                        .await;
+                }
+            },
+        };
+        match (&parts.method, links) {
+            (&Method::POST, links) => self.aggregate_post(agg, parts, body, facts, links).await,
+            (&Method::DELETE, Some(_)) => {
+                if let Some(links) = facts.session_id.and_then(|id| agg.sessions.remove(id)) {
+                    agg.end_links(&links).await;
+                }
+                empty(StatusCode::OK)
+            }
+            (&Method::DELETE, None) => {
+                let refusal = ProxyError::Session(SessionRefusal::Unknown);
+                self.refuse_unparsed(refusal, facts).await
+            }
+            _ => {
+                linger(body);
+                self.refuse_unparsed(ProxyError::MethodNotAllowed, facts)
+                    .await
+            }
+        }
+    }
+
+    async fn aggregate_post(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+        links: Option<Links>,
+    ) -> Response<ReplyBody> {
+        let bytes = match self.read_post_body(parts, body, facts).await {
+            Ok(bytes) => bytes,
+            Err(refused) => return refused,
+        };
+        let message = match mcp::parse_body(&bytes) {
+            Ok(mcp::Body::Single(m)) => m,
+            Ok(mcp::Body::Batch(_)) => {
+                return self
+                    .refuse_unparsed(ProxyError::BatchNotAllowed, facts)
+                    .await;
+            }
+            Err(e) => {
+                let refusal = ProxyError::Parse(e.to_string(), e.jsonrpc_code());
+                return self.refuse_unparsed(refusal, facts).await;
+            }
+        };
+        let id = message.id.as_ref().map(|id| id.raw_json().to_owned());
+        let method = message.method.as_deref().unwrap_or("");
+        if protocol::is_modern(&message, facts.protocol_version) {
+            if let Err(refusal) = protocol::check_modern_headers(&parts.headers, &message) {
+                return self.refuse_unparsed(refusal, facts).await;
+            }
+            // The headers matched, so the version header is 2026-07-28 and
+            // `aggregate_route` let no session id through.
+            return self
+                .aggregate_modern(agg, parts, &bytes, &message, id, facts)
+                .await;
+        }
+        let Some(links) = links else {
+            if method == "initialize"
+                && let Some(id) = id
+            {
+                return self
+                    .aggregate_initialize(agg, parts, &bytes, &message, &id, facts)
+                    .await;
+            }
+            let refusal = ProxyError::Session(SessionRefusal::Unknown);
+            return self.refuse_unparsed(refusal, facts).await;
+        };
+        let list = offered_list(method);
+        match (method, id) {
+            ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
+            (_, Some(id)) if let Some(kind) = list => {
+                self.aggregate_list(agg, parts, kind, &id, &links, None, facts)
+                    .await
+            }
+            (m, Some(id)) if mcp::method::is_named_call(m) => {
+                self.aggregate_call(agg, parts, &bytes, &message, &id, &links, facts)
+                    .await
+            }
+            ("notifications/initialized", None) => {
+                self.aggregate_initialized(agg, parts, &bytes, &message, &links, facts)
+                    .await;
+                empty(StatusCode::ACCEPTED)
+            }
+            // Other notifications (cancellation, progress) concern requests
+            // the gateway answered or forwarded whole: accepted, not sent on.
+            (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
+            (_, id) => {
+                self.refuse_message(ProxyError::AggregateMethod, facts, id.as_deref())
+                    .await
+            }
+        }
+    }
+
+    /// A 2026-07-28 request (headers already checked against the body): no
+    /// session; every member is asked at 2026-07-28, with no session id.
+    async fn aggregate_modern(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        id: Option<String>,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let links: Links = agg
+            .members
+            .iter()
+            .map(|_| {
+                Some(Link {
+                    session: None,
+                    version: protocol::MODERN.to_owned(),
+                })
+            })
+            .collect();
+        let method = message.method.as_deref().unwrap_or("");
+        let list = offered_list(method);
+        match (method, id) {
+            ("server/discover", Some(id)) => {
+                self.aggregate_discover(agg, parts, bytes, message, &id, &links, facts)
+                    .await
+            }
+            ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
+            (_, Some(id)) if let Some(kind) = list => {
+                // The caller's `_meta` (version, client info and
+                // capabilities) goes with every member's request.
+                let meta = serde_json::from_slice::<Value>(bytes)
+                    .ok()
+                    .and_then(|mut v| v.pointer_mut("/params/_meta").map(Value::take));
+                self.aggregate_list(agg, parts, kind, &id, &links, meta.as_ref(), facts)
+                    .await
+            }
+            (m, Some(id)) if mcp::method::is_named_call(m) => {
+                self.aggregate_call(agg, parts, bytes, message, &id, &links, facts)
+                    .await
+            }
+            (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
+            (_, id) => {
+                self.refuse_message(ProxyError::AggregateMethod, facts, id.as_deref())
+                    .await
+            }
+        }
+    }
+
+    /// A refusal answered under the request's id; audited, nothing forwarded.
+    async fn refuse_message(
+        &self,
+        refusal: ProxyError,
+        facts: &RequestFacts<'_>,
+        id: Option<&str>,
+    ) -> Response<ReplyBody> {
+        let correlation_id = self.ids.next();
+        self.metrics.refused(refusal.audit_reason());
+        let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
+        self.audit.record(record).await;
+        error_response(&refusal, id, &correlation_id)
+    }
+
+    /// A member failed on the way back: logged, counted and audited.
+    async fn member_failed(
+        &self,
+        member: &Arc<Upstream>,
+        facts: &RequestFacts<'_>,
+        refusal: ProxyError,
+        what: &'static str,
+    ) {
+        warn!(upstream = %member.name, error = %refusal, what, "aggregated upstream left out");
+        self.metrics.upstream_error(refusal.audit_reason());
+        let ctx = self.reply_context(facts, member, Vec::new());
+        let correlation_id = self.ids.next();
+        self.audit_way_back_as(
+            &ctx,
+            &correlation_id,
+            refusal.audit_reason(),
+            Outcome::UpstreamError,
+        )
+        .await;
+    }
+}
+
+mod call;
+mod fanout;
+mod names;
+#[cfg(test)]
+mod tests;
