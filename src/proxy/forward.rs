@@ -7,12 +7,18 @@
 //! header, or `Accept-Encoding` (the gateway must read the bytes it
 //! decides on, so replies come uncompressed).
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{self, HeaderMap, HeaderName};
-use hyper::{Method, Request};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response};
+use tracing::warn;
 
-use crate::proxy::upstream::Upstream;
+use crate::proxy::ProxyError;
+use crate::proxy::trace::{self, Trace};
+use crate::proxy::upstream::{ConnectError, Upstream};
 
 /// Headers a caller may use to claim an identity or a hop; never forwarded.
 const IDENTITY_HEADER_PREFIXES: &[&str] = &[
@@ -60,6 +66,96 @@ pub fn request(
     *req.headers_mut() = headers;
     req.headers_mut().insert(header::HOST, up.authority.clone());
     req
+}
+
+/// A caller's call as the upstream receives it.
+pub struct Call<'a> {
+    /// The verified caller, for `upstream.caller_id_header`.
+    pub caller: &'a str,
+    pub trace: &'a Trace,
+    /// Drop `Authorization` (a token whose audience is the gateway).
+    pub strip_authorization: bool,
+}
+
+impl Call<'_> {
+    /// The request to `up`: the caller's headers as the upstream may see
+    /// them, the gateway's trace span, and the verified caller where
+    /// configured.
+    pub fn request(
+        &self,
+        up: &Upstream,
+        method: Method,
+        body: Bytes,
+        headers: &HeaderMap,
+    ) -> Request<Full<Bytes>> {
+        let mut req = request(up, method, body, upstream_headers(headers));
+        let h = req.headers_mut();
+        if self.strip_authorization {
+            h.remove(header::AUTHORIZATION);
+        }
+        h.insert(trace::TRACEPARENT, self.trace.header());
+        if !self.trace.continued() {
+            h.remove(trace::TRACESTATE);
+        }
+        if let Some(name) = &up.caller_id_header
+            && let Ok(value) = HeaderValue::from_str(self.caller)
+        {
+            h.insert(name.clone(), value);
+        }
+        req
+    }
+}
+
+/// Sends `req` to `up` within its request timeout and keeps its metrics
+/// (up or down, time to the response head). A failure comes back as the
+/// refusal the caller gets.
+pub async fn send(
+    up: &Upstream,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let started = Instant::now();
+    match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let m = &up.metrics;
+            m.request_duration.observe(started.elapsed().as_secs_f64());
+            m.up.set(1);
+            Ok(resp)
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, upstream = %up.name, "upstream call failed");
+            // Could not connect, or the connection failed: down until a
+            // call or the probe gets through again.
+            up.metrics.up.set(0);
+            Err(classify(&e))
+        }
+        Err(_) => {
+            // The upstream accepted the call but is slow: it stays up.
+            warn!(
+                upstream = %up.name,
+                timeout_seconds = up.request_timeout.as_secs(),
+                "upstream gave no response head in time"
+            );
+            Err(ProxyError::UpstreamTimeout)
+        }
+    }
+}
+
+/// What a failed upstream call means for the caller.
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(connect) = err.downcast_ref::<ConnectError>() {
+            return if connect.is_identity() {
+                ProxyError::UpstreamIdentity
+            } else if matches!(connect, ConnectError::Timeout) {
+                ProxyError::UpstreamTimeout
+            } else {
+                ProxyError::UpstreamUnavailable
+            };
+        }
+        source = err.source();
+    }
+    ProxyError::UpstreamUnavailable
 }
 
 /// The caller's headers as the upstream may see them: no hop-by-hop

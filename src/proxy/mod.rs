@@ -41,7 +41,6 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response};
-use tracing::warn;
 
 pub use error::{
     CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY, CODE_UPSTREAM_TIMEOUT,
@@ -49,7 +48,7 @@ pub use error::{
 };
 use listener::Peer;
 use reply::{ReplyBody, error_response};
-use upstream::{ConnectError, Upstream};
+use upstream::Upstream;
 
 use crate::audit::{AuditLog, Exchange, Outcome, Record};
 use crate::config::{Config, ConnectionsConfig};
@@ -603,45 +602,16 @@ impl Gateway {
         facts: &RequestFacts<'_>,
         reply_id: Option<&str>,
     ) -> Result<Response<Incoming>, Response<ReplyBody>> {
-        let mut req = forward::request(up, method, body, forward::upstream_headers(headers));
-        if self.user_auth.is_some() || self.jwt_callers.is_some() {
-            // The token's audience is the gateway: never passed through.
-            req.headers_mut().remove(header::AUTHORIZATION);
-        }
-        req.headers_mut()
-            .insert(trace::TRACEPARENT, facts.trace.header());
-        if !facts.trace.continued() {
-            req.headers_mut().remove(trace::TRACESTATE);
-        }
-        if let Some(name) = &up.caller_id_header
-            && let Ok(value) = HeaderValue::from_str(&facts.peer.spiffe_id)
-        {
-            req.headers_mut().insert(name.clone(), value);
-        }
-        let started = Instant::now();
-        let refusal = match tokio::time::timeout(up.request_timeout, up.client.request(req)).await {
-            Ok(Ok(resp)) => {
-                let m = &up.metrics;
-                m.request_duration.observe(started.elapsed().as_secs_f64());
-                m.up.set(1);
-                return Ok(resp);
-            }
-            Ok(Err(e)) => {
-                warn!(error = %e, upstream = %up.name, "upstream call failed");
-                // Could not connect, or the connection failed: down until a
-                // call or the probe gets through again.
-                up.metrics.up.set(0);
-                classify_upstream_error(&e)
-            }
-            Err(_) => {
-                // The upstream accepted the call but is slow: it stays up.
-                warn!(
-                    upstream = %up.name,
-                    timeout_seconds = up.request_timeout.as_secs(),
-                    "upstream gave no response head in time"
-                );
-                ProxyError::UpstreamTimeout
-            }
+        let call = forward::Call {
+            caller: &facts.peer.spiffe_id,
+            trace: facts.trace,
+            // A bearer token's audience is the gateway: never passed on.
+            strip_authorization: self.user_auth.is_some() || self.jwt_callers.is_some(),
+        };
+        let req = call.request(up, method, body, headers);
+        let refusal = match forward::send(up, req).await {
+            Ok(resp) => return Ok(resp),
+            Err(refusal) => refusal,
         };
         self.metrics.upstream_error(refusal.audit_reason());
         let correlation_id = self.ids.next();
@@ -755,23 +725,6 @@ impl Gateway {
         )
         .with_detail(Some(refusal.to_string()))
     }
-}
-
-fn classify_upstream_error(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(connect) = err.downcast_ref::<ConnectError>() {
-            return if connect.is_identity() {
-                ProxyError::UpstreamIdentity
-            } else if matches!(connect, ConnectError::Timeout) {
-                ProxyError::UpstreamTimeout
-            } else {
-                ProxyError::UpstreamUnavailable
-            };
-        }
-        source = err.source();
-    }
-    ProxyError::UpstreamUnavailable
 }
 
 /// Correlation ids: a random per-process prefix and a counter. Unique, cheap,
