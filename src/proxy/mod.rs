@@ -18,6 +18,7 @@ pub mod admission;
 mod aggregate;
 mod decide;
 mod error;
+mod facts;
 mod forward;
 mod http_conn;
 mod ingress;
@@ -34,7 +35,6 @@ pub mod upstream;
 pub use accept::{Lifecycle, raise_open_files_limit};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -50,16 +50,17 @@ use listener::Peer;
 use reply::{ReplyBody, error_response};
 use upstream::Upstream;
 
-use crate::audit::{AuditLog, Exchange, Outcome, Record};
+use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Record};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
 use crate::policy::{Target, User};
-use crate::policy_store::{Policies, PolicyStore};
+use crate::policy_store::PolicyStore;
 use crate::user_auth::{CallerTokens, TokenError, UserAuth};
 use admission::{Admission, Refusal};
 use decide::{Subject, Verdict};
+use facts::RequestFacts;
 use ingress::{Ingress, linger};
 use route::{Route, Router};
 use trace::Trace;
@@ -83,41 +84,6 @@ pub struct Gateway {
     jwt_callers: Option<CallerTokens>,
     /// The endpoints: each upstream, and the aggregated one.
     router: Router,
-}
-
-/// The facts of one HTTP request that every audit record repeats.
-#[derive(Clone, Copy)]
-struct RequestFacts<'a> {
-    peer: &'a Peer,
-    session_id: Option<&'a str>,
-    protocol_version: Option<&'a str>,
-    /// The verified end user (`context.user`), when a token was presented.
-    user: Option<&'a Arc<User>>,
-    /// The policy sets this request is decided with, taken once.
-    policies: &'a Arc<Policies>,
-    /// W3C trace context: the caller's trace continued, or a new one.
-    trace: &'a Trace,
-    /// The upstream the request's path names; `None` only for a path that
-    /// names none (refused).
-    upstream: Option<&'a Upstream>,
-}
-
-impl<'a> RequestFacts<'a> {
-    /// What every audit record of this request repeats.
-    fn exchange(&self) -> Exchange<'a> {
-        Exchange {
-            caller: &self.peer.spiffe_id,
-            // Empty only for a path that names no upstream.
-            upstream: self.upstream.map_or("", |u| u.name.as_str()),
-            upstream_spiffe_id: self.upstream.map_or("", |u| u.spiffe_id.as_str()),
-            session_id: self.session_id,
-            protocol_version: self.protocol_version,
-            user: self.user.map(|u| &**u),
-            trace_id: &self.trace.trace_id,
-            span_id: &self.trace.span_id,
-            policy_version: self.policies.enforced.version(),
-        }
-    }
 }
 
 impl Gateway {
@@ -428,7 +394,7 @@ impl Gateway {
             [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
             _ => None,
         };
-        let mut ctx = self.reply_context(facts, up, inspect::pending_lists(&messages));
+        let mut ctx = facts.reply_context(up, inspect::pending_lists(&messages));
         ctx.extra_answers = answers;
         ctx.awaiting = reply_id.clone();
         ctx.input_requests_possible =
@@ -492,27 +458,6 @@ impl Gateway {
         }
     }
 
-    fn reply_context(
-        &self,
-        facts: &RequestFacts<'_>,
-        up: &Arc<Upstream>,
-        lists: Vec<inspect::PendingList>,
-    ) -> inspect::ReplyContext {
-        inspect::ReplyContext {
-            upstream: Arc::clone(up),
-            peer: facts.peer.clone(),
-            session_id: facts.session_id.map(str::to_owned),
-            protocol_version: facts.protocol_version.map(str::to_owned),
-            user: facts.user.cloned(),
-            trace: facts.trace.clone(),
-            policies: Arc::clone(facts.policies),
-            lists,
-            extra_answers: Vec::new(),
-            input_requests_possible: false,
-            awaiting: None,
-        }
-    }
-
     /// Decides one message of the caller's to `up`, counts and audits it.
     /// Returns whether it is allowed, and its record's correlation id.
     async fn decide_message(
@@ -571,7 +516,7 @@ impl Gateway {
                     return up.reply(resp);
                 }
                 // The GET stream carries server-to-client requests: inspect it.
-                self.inspect_reply(resp, self.reply_context(facts, up, Vec::new()))
+                self.inspect_reply(resp, facts.reply_context(up, Vec::new()))
                     .await
             }
             Err(refusal) => refusal,
@@ -724,34 +669,5 @@ impl Gateway {
             reason,
         )
         .with_detail(Some(refusal.to_string()))
-    }
-}
-
-/// Correlation ids: a random per-process prefix and a counter. Unique, cheap,
-/// and no lock on the request path.
-struct CorrelationIds {
-    prefix: u64,
-    counter: AtomicU64,
-}
-
-impl CorrelationIds {
-    fn new() -> CorrelationIds {
-        let mut seed = [0u8; 8];
-        // SystemRandom failing means the OS RNG is broken; a time-based
-        // prefix still keeps ids unique within this process.
-        let prefix =
-            match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
-                Ok(()) => u64::from_le_bytes(seed),
-                Err(_) => crate::identity::unix_now() as u64,
-            };
-        CorrelationIds {
-            prefix,
-            counter: AtomicU64::new(0),
-        }
-    }
-
-    fn next(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
     }
 }

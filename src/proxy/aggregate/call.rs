@@ -97,7 +97,7 @@ impl Gateway {
             .await;
         match sent {
             Ok(resp) => {
-                let mut ctx = self.reply_context(&f, member, Vec::new());
+                let mut ctx = f.reply_context(member, Vec::new());
                 ctx.session_id = link.session.clone();
                 ctx.protocol_version = Some(link.version.clone());
                 ctx.awaiting = Some(id.to_owned());

@@ -320,7 +320,7 @@ impl Gateway {
                 }
             };
             let pending = PendingList::new(kind, id.clone());
-            let mut ctx = self.reply_context(facts, member, vec![pending]);
+            let mut ctx = facts.reply_context(member, vec![pending]);
             ctx.session_id = link.session.clone();
             ctx.protocol_version = Some(link.version.clone());
             self.filter_list_value(&mut answer, &ctx).await;

@@ -493,7 +493,7 @@ impl Gateway {
     ) {
         warn!(upstream = %member.name, error = %refusal, what, "aggregated upstream left out");
         self.metrics.upstream_error(refusal.audit_reason());
-        let ctx = self.reply_context(facts, member, Vec::new());
+        let ctx = facts.reply_context(member, Vec::new());
         let correlation_id = self.ids.next();
         self.audit_way_back_as(
             &ctx,

@@ -1,0 +1,72 @@
+//! The facts of one request that every stage reads: who asked (the
+//! verified peer), in which session and protocol version, as which end
+//! user, under which policy snapshot and trace, to which upstream. Taken
+//! once when the request is routed; borrowed by the stages, and copied into
+//! an owned `ReplyContext` for the way back.
+
+use std::sync::Arc;
+
+use crate::audit::Exchange;
+use crate::policy::User;
+use crate::policy_store::Policies;
+use crate::proxy::inspect::{PendingList, ReplyContext};
+use crate::proxy::listener::Peer;
+use crate::proxy::trace::Trace;
+use crate::proxy::upstream::Upstream;
+
+/// The facts of one HTTP request that every audit record repeats.
+#[derive(Clone, Copy)]
+pub(super) struct RequestFacts<'a> {
+    pub(super) peer: &'a Peer,
+    pub(super) session_id: Option<&'a str>,
+    pub(super) protocol_version: Option<&'a str>,
+    /// The verified end user (`context.user`), when a token was presented.
+    pub(super) user: Option<&'a Arc<User>>,
+    /// The policy sets this request is decided with, taken once.
+    pub(super) policies: &'a Arc<Policies>,
+    /// W3C trace context: the caller's trace continued, or a new one.
+    pub(super) trace: &'a Trace,
+    /// The upstream the request's path names; `None` only for a path that
+    /// names none (refused).
+    pub(super) upstream: Option<&'a Upstream>,
+}
+
+impl<'a> RequestFacts<'a> {
+    /// What every audit record of this request repeats.
+    pub(super) fn exchange(&self) -> Exchange<'a> {
+        Exchange {
+            caller: &self.peer.spiffe_id,
+            // Empty only for a path that names no upstream.
+            upstream: self.upstream.map_or("", |u| u.name.as_str()),
+            upstream_spiffe_id: self.upstream.map_or("", |u| u.spiffe_id.as_str()),
+            session_id: self.session_id,
+            protocol_version: self.protocol_version,
+            user: self.user.map(|u| &**u),
+            trace_id: &self.trace.trace_id,
+            span_id: &self.trace.span_id,
+            policy_version: self.policies.enforced.version(),
+        }
+    }
+
+    /// What the way back needs to know about this request, owned: it
+    /// outlives the request's borrow while the reply streams.
+    pub(super) fn reply_context(
+        &self,
+        up: &Arc<Upstream>,
+        lists: Vec<PendingList>,
+    ) -> ReplyContext {
+        ReplyContext {
+            upstream: Arc::clone(up),
+            peer: self.peer.clone(),
+            session_id: self.session_id.map(str::to_owned),
+            protocol_version: self.protocol_version.map(str::to_owned),
+            user: self.user.cloned(),
+            trace: self.trace.clone(),
+            policies: Arc::clone(self.policies),
+            lists,
+            extra_answers: Vec::new(),
+            input_requests_possible: false,
+            awaiting: None,
+        }
+    }
+}
