@@ -173,6 +173,10 @@ def _mask(text: str) -> str:
     return text
 
 
+def _is_event_stream(headers: dict) -> bool:
+    return any(h.lower() == "content-type" and str(v).startswith("text/event-stream") for h, v in headers.items())
+
+
 def _no_hop(value: Any) -> Any:
     """The value with hop-by-hop headers left out of every `headers` object in it."""
     if isinstance(value, dict):
@@ -180,6 +184,11 @@ def _no_hop(value: Any) -> Any:
         for k, sub in value.items():
             if k == "headers" and isinstance(sub, dict):
                 out[k] = {h: v for h, v in sub.items() if h.lower() not in _HOP_BY_HOP}
+                # An SSE reply is relayed event by event, and an event may be
+                # withheld or rewritten: its length is the upstream's, not the
+                # relayed body's, so the gateway streams it chunked instead.
+                if _is_event_stream(sub):
+                    out[k].pop(next((h for h in out[k] if h.lower() == "content-length"), ""), None)
             else:
                 out[k] = _no_hop(sub)
         return out
