@@ -9,10 +9,10 @@ use std::sync::Arc;
 use crate::audit::Exchange;
 use crate::policy::User;
 use crate::policy_store::Policies;
-use crate::proxy::inspect::{PendingList, ReplyContext};
 use crate::proxy::listener::Peer;
 use crate::proxy::trace::Trace;
 use crate::proxy::upstream::Upstream;
+use crate::proxy::way_back::{PendingList, ReplyContext};
 
 /// The facts of one HTTP request that every audit record repeats.
 #[derive(Clone, Copy)]

@@ -22,7 +22,6 @@ mod facts;
 mod forward;
 mod http_conn;
 mod ingress;
-mod inspect;
 pub mod listener;
 pub mod loopback;
 mod protocol;
@@ -31,6 +30,7 @@ mod route;
 pub mod session;
 mod trace;
 pub mod upstream;
+mod way_back;
 
 pub use accept::{Lifecycle, raise_open_files_limit};
 
@@ -394,11 +394,11 @@ impl Gateway {
             [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
             _ => None,
         };
-        let mut ctx = facts.reply_context(up, inspect::pending_lists(&messages));
+        let mut ctx = facts.reply_context(up, way_back::pending_lists(&messages));
         ctx.extra_answers = answers;
         ctx.awaiting = reply_id.clone();
         ctx.input_requests_possible =
-            inspect::input_requests_possible(&messages, facts.protocol_version);
+            way_back::input_requests_possible(&messages, facts.protocol_version);
         drop(messages);
         let upstream = self
             .call_upstream(
@@ -425,7 +425,7 @@ impl Gateway {
     async fn bind_session(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        mut ctx: inspect::ReplyContext,
+        mut ctx: way_back::ReplyContext,
         reservation: session::Reservation<()>,
     ) -> Response<ReplyBody> {
         let issued = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::{Aggregate, Links, member_headers};
 use crate::mcp::{self, Message};
-use crate::proxy::inspect;
 use crate::proxy::reply::{self, ReplyBody};
+use crate::proxy::way_back;
 use crate::proxy::{Gateway, ProxyError, RequestFacts, protocol};
 
 impl Gateway {
@@ -81,7 +81,7 @@ impl Gateway {
             return reply::denied(answers, false, &correlation_id);
         }
         let input_requests_possible =
-            inspect::input_requests_possible(std::slice::from_ref(&message), f.protocol_version);
+            way_back::input_requests_possible(std::slice::from_ref(&message), f.protocol_version);
         drop(message);
         let mut headers = member_headers(&parts.headers, Some(link));
         if link.version == protocol::MODERN {

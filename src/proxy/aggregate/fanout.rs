@@ -17,9 +17,9 @@ use super::{
 };
 use crate::mcp::method::ListKind;
 use crate::mcp::{self, Message};
-use crate::proxy::inspect::PendingList;
 use crate::proxy::reply::{ReplyBody, error_response};
 use crate::proxy::upstream::Upstream;
+use crate::proxy::way_back::PendingList;
 use crate::proxy::{Gateway, ProxyError, RequestFacts, protocol};
 
 impl Gateway {

@@ -73,10 +73,10 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::ingress::linger;
-use super::inspect::{self};
 use super::reply::{self, ReplyBody, error_response};
 use super::session::{Reservation, SessionRefusal, Sessions};
 use super::upstream::Upstream;
+use super::way_back::{self};
 use super::{Gateway, ProxyError, RequestFacts, protocol};
 use crate::audit::Outcome;
 use crate::config::{AggregateConfig, LimitsConfig};
@@ -254,9 +254,9 @@ async fn read_answer(
                 .starts_with("text/event-stream")
         });
     let mut body = resp.into_body();
-    let limit = inspect::MAX_LIST_REPLY_BYTES;
+    let limit = way_back::MAX_LIST_REPLY_BYTES;
     if !sse {
-        let bytes = inspect::read_reply(body, limit, up.stream_idle_timeout).await?;
+        let bytes = way_back::read_reply(body, limit, up.stream_idle_timeout).await?;
         return strict_answer(&bytes).ok_or(ProxyError::UpstreamUnavailable);
     }
     let mut parser = mcp::sse::SseParser::new(limit);
