@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use crate::audit::Exchange;
+use crate::mcp::Message;
 use crate::policy::User;
 use crate::policy_store::Policies;
 use crate::proxy::listener::Peer;
 use crate::proxy::trace::Trace;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::way_back::{PendingList, ReplyContext};
+use crate::proxy::way_back::{self, PendingList, ReplyContext};
 
 /// The facts of one HTTP request that every audit record repeats.
 #[derive(Clone, Copy)]
@@ -68,5 +69,26 @@ impl<'a> RequestFacts<'a> {
             input_requests_possible: false,
             awaiting: None,
         }
+    }
+
+    /// The way back of a POST of `messages`: its list requests, whether
+    /// the reply may embed input requests, the gateway's answers for denied
+    /// batch elements, and the one request it answers (whose upstream
+    /// failure is answered under its id).
+    pub(super) fn post_reply_context(
+        &self,
+        up: &Arc<Upstream>,
+        messages: &[Message<'_>],
+        answers: Vec<Vec<u8>>,
+    ) -> ReplyContext {
+        let mut ctx = self.reply_context(up, way_back::pending_lists(messages));
+        ctx.extra_answers = answers;
+        ctx.awaiting = match messages {
+            [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
+            _ => None,
+        };
+        ctx.input_requests_possible =
+            way_back::input_requests_possible(messages, self.protocol_version);
+        ctx
     }
 }

@@ -98,9 +98,19 @@ fn check_framing(
     Ok(())
 }
 
+/// What goes to the upstream: the body as it came, or, for a batch with
+/// denied elements, its permitted elements as their exact bytes (the denied
+/// ones are answered by the gateway).
+pub fn permitted_body(body: &Bytes, denied: &[(usize, String)]) -> Option<Bytes> {
+    if denied.is_empty() {
+        return Some(body.clone());
+    }
+    permitted_elements(body, denied)
+}
+
 /// The elements of a batch not in `denied`, as a new batch of their original
 /// bytes. The body was already parsed strictly; this pass only slices it.
-pub fn permitted_elements(body: &[u8], denied: &[(usize, String)]) -> Option<Bytes> {
+fn permitted_elements(body: &[u8], denied: &[(usize, String)]) -> Option<Bytes> {
     let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
     let kept: Vec<Vec<u8>> = elements
         .iter()

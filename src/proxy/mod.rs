@@ -342,65 +342,37 @@ impl Gateway {
             Ok(bytes) => bytes,
             Err(refused) => return refused,
         };
-        let (messages, batch) = match ingress::parse(&bytes, &parts.headers, facts.protocol_version)
-        {
-            Ok(parsed) => (parsed.messages, parsed.batch),
+        let parsed = match ingress::parse(&bytes, &parts.headers, facts.protocol_version) {
+            Ok(parsed) => parsed,
             Err(refusal) => return self.refuse_unparsed(refusal, facts).await,
         };
-        // A new session's place is taken before anything is decided or
-        // sent: an initialize the table cannot hold never reaches the
-        // upstream.
-        let opens_session = !batch
-            && facts.session_id.is_none()
-            && messages[0].method.as_deref() == Some("initialize");
-        let reservation = if opens_session {
-            match up.sessions.reserve(&facts.peer.spiffe_id) {
-                Ok(reservation) => Some(reservation),
-                Err(refusal) => {
-                    return self
-                        .refuse_unparsed(ProxyError::Session(refusal), facts)
-                        .await;
-                }
+        let reservation = match reserve_if_opening(up, facts, &parsed) {
+            Ok(reservation) => reservation,
+            Err(refusal) => {
+                return self
+                    .refuse_unparsed(ProxyError::Session(refusal), facts)
+                    .await;
             }
-        } else {
-            None
         };
         let mut denied = Vec::new();
-        for (index, message) in messages.iter().enumerate() {
+        for (index, message) in parsed.messages.iter().enumerate() {
             let (allowed, correlation_id) = self.decide_message(message, facts, up).await;
             if !allowed {
                 denied.push((index, correlation_id));
             }
         }
-        let answers = reply::denial_answers(&messages, &denied);
-        if denied.len() == messages.len() {
-            return reply::denied(answers, batch, &denied[0].1);
+        let answers = reply::denial_answers(&parsed.messages, &denied);
+        if denied.len() == parsed.messages.len() {
+            return reply::denied(answers, parsed.batch, &denied[0].1);
         }
-        // A batch with denied elements: only the permitted ones go on, each
-        // as the exact bytes it arrived as; the denied ones are answered here.
-        let forwarded = if denied.is_empty() {
-            bytes.clone()
-        } else {
-            match ingress::permitted_elements(&bytes, &denied) {
-                Some(b) => b,
-                None => {
-                    let refusal = ProxyError::BadRequest("batch could not be split");
-                    return self.refuse_unparsed(refusal, facts).await;
-                }
-            }
+        let Some(forwarded) = ingress::permitted_body(&bytes, &denied) else {
+            let refusal = ProxyError::BadRequest("batch could not be split");
+            return self.refuse_unparsed(refusal, facts).await;
         };
-        // A single request gets its upstream failure answered under its own id.
-        let reply_id = match messages.as_slice() {
-            [only] => only.id.as_ref().map(|id| id.raw_json().to_owned()),
-            _ => None,
-        };
-        let mut ctx = facts.reply_context(up, way_back::pending_lists(&messages));
-        ctx.extra_answers = answers;
-        ctx.awaiting = reply_id.clone();
-        ctx.input_requests_possible =
-            way_back::input_requests_possible(&messages, facts.protocol_version);
-        drop(messages);
-        let upstream = self
+        let ctx = facts.post_reply_context(up, &parsed.messages, answers);
+        let reply_id = ctx.awaiting.clone();
+        drop(parsed);
+        let sent = self
             .call_upstream(
                 up,
                 &parts.headers,
@@ -410,12 +382,10 @@ impl Gateway {
                 reply_id.as_deref(),
             )
             .await;
-        match upstream {
-            Ok(resp) => match reservation {
-                Some(reservation) => self.bind_session(resp, ctx, reservation).await,
-                None => self.inspect_reply(resp, ctx).await,
-            },
-            Err(refusal) => refusal,
+        match (sent, reservation) {
+            (Ok(resp), Some(reservation)) => self.bind_session(resp, ctx, reservation).await,
+            (Ok(resp), None) => self.inspect_reply(resp, ctx).await,
+            (Err(refusal), _) => refusal,
         }
     }
 
@@ -670,4 +640,20 @@ impl Gateway {
         )
         .with_detail(Some(refusal.to_string()))
     }
+}
+
+/// A new session's place, taken before anything is decided or sent: an
+/// `initialize` the table cannot hold never reaches the upstream.
+fn reserve_if_opening(
+    up: &Upstream,
+    facts: &RequestFacts<'_>,
+    parsed: &ingress::Parsed<'_>,
+) -> Result<Option<session::Reservation<()>>, session::SessionRefusal> {
+    let opens = !parsed.batch
+        && facts.session_id.is_none()
+        && parsed.messages[0].method.as_deref() == Some("initialize");
+    if !opens {
+        return Ok(None);
+    }
+    up.sessions.reserve(&facts.peer.spiffe_id).map(Some)
 }
