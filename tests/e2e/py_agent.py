@@ -166,6 +166,14 @@ def error_dict(exc: BaseException, rec: HttpRecorder | None) -> dict[str, Any]:
 
 
 async def run_call(client: Client, spec: str, rec: HttpRecorder) -> dict[str, Any]:
+    """One call, reported with how long it took to be answered (`seconds`)."""
+    started = time.monotonic()
+    out = await _run_call(client, spec, rec)
+    out["seconds"] = round(time.monotonic() - started, 3)
+    return out
+
+
+async def _run_call(client: Client, spec: str, rec: HttpRecorder) -> dict[str, Any]:
     try:
         name, arguments = parse_call(spec)
         if name == "list":

@@ -194,6 +194,14 @@ function errorDict(err, rec) {
 }
 
 async function runCall(client, spec, rec) {
+  // Each call is reported with how long it took to be answered (`seconds`).
+  const started = performance.now();
+  const out = await runCallOnce(client, spec, rec);
+  out.seconds = Math.round(performance.now() - started) / 1000;
+  return out;
+}
+
+async function runCallOnce(client, spec, rec) {
   try {
     const [name, args] = parseCall(spec);
     const result =
