@@ -49,6 +49,18 @@ impl<'a> RequestFacts<'a> {
         }
     }
 
+    /// The same request as one to `up` (a member of the aggregated
+    /// endpoint): its decisions and records name that upstream.
+    pub(super) fn on<'b>(&self, up: &'b Upstream) -> RequestFacts<'b>
+    where
+        'a: 'b,
+    {
+        RequestFacts {
+            upstream: Some(up),
+            ..*self
+        }
+    }
+
     /// What the way back needs to know about this request, owned: it
     /// outlives the request's borrow while the reply streams.
     pub(super) fn reply_context(

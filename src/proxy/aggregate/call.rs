@@ -70,8 +70,7 @@ impl Gateway {
                 return self.refuse_message(refusal, facts, Some(id)).await;
             }
         };
-        let mut f = *facts;
-        f.upstream = Some(member);
+        let f = facts.on(member);
         let (allowed, correlation_id) = self.decide_message(&message, &f, member).await;
         if !allowed {
             let answers = reply::denial_answers(

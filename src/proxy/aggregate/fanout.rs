@@ -41,8 +41,7 @@ impl Gateway {
         let mut versions: Option<Vec<&'static str>> = None;
         let mut last_denial = None;
         for (member, link) in agg.members.iter().zip(links.iter()) {
-            let mut f = *facts;
-            f.upstream = Some(member);
+            let f = facts.on(member);
             let (allowed, correlation_id) = self.decide_message(message, &f, member).await;
             if !allowed {
                 last_denial = Some(correlation_id);
@@ -124,8 +123,7 @@ impl Gateway {
         let mut links = Vec::with_capacity(agg.members.len());
         let mut last_denial = None;
         for member in &agg.members {
-            let mut f = *facts;
-            f.upstream = Some(member);
+            let f = facts.on(member);
             let (allowed, correlation_id) = self.decide_message(message, &f, member).await;
             if !allowed {
                 last_denial = Some(correlation_id);
@@ -207,8 +205,7 @@ impl Gateway {
     ) {
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
-            let mut f = *facts;
-            f.upstream = Some(member);
+            let f = facts.on(member);
             if !self.decide_message(message, &f, member).await.0 {
                 continue;
             }
@@ -237,8 +234,7 @@ impl Gateway {
         let mut merged = Vec::new();
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
-            let mut f = *facts;
-            f.upstream = Some(member);
+            let f = facts.on(member);
             let listed = self
                 .member_list(member, link, parts, kind, &id_value, meta, &f)
                 .await;

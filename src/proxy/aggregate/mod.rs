@@ -67,7 +67,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde_json::Value;
 use tracing::warn;
@@ -244,15 +244,7 @@ async fn read_answer(
     resp: Response<Incoming>,
     id: &Value,
 ) -> Result<Value, ProxyError> {
-    let sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
+    let sse = way_back::is_event_stream(&resp);
     let mut body = resp.into_body();
     let limit = way_back::MAX_LIST_REPLY_BYTES;
     if !sse {

@@ -183,7 +183,8 @@ pub fn pending_lists(messages: &[Message<'_>]) -> Vec<PendingList> {
         .collect()
 }
 
-fn is_event_stream(resp: &Response<Incoming>) -> bool {
+/// Whether an upstream reply is an SSE stream (by its content type).
+pub(in crate::proxy) fn is_event_stream(resp: &Response<Incoming>) -> bool {
     resp.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
