@@ -10,27 +10,29 @@ use hyper::header::HeaderValue;
 use hyper::{Method, Response};
 use serde_json::Value;
 
-use super::{Aggregate, Links, member_headers};
+use super::{Asked, member_headers};
 use crate::mcp::{self, Message};
 use crate::proxy::reply::{self, ReplyBody};
 use crate::proxy::way_back;
-use crate::proxy::{Gateway, ProxyError, RequestFacts, protocol};
+use crate::proxy::{Gateway, ProxyError, protocol};
 
 impl Gateway {
     /// `tools/call <upstream>__<tool>` (or `prompts/get
     /// <upstream>__<prompt>`): decided and forwarded as `<tool>` on that
     /// upstream only.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn aggregate_call(
         self: &Arc<Self>,
-        agg: &Aggregate,
-        parts: &hyper::http::request::Parts,
+        asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
         id: &str,
-        links: &Links,
-        facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
+        let Asked {
+            agg,
+            parts,
+            links,
+            facts,
+        } = *asked;
         let method = message.method.as_deref();
         let resource = method == Some("resources/read");
         let target = message.target.as_deref();

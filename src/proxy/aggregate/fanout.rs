@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::names::{prefix_names, wrap_resources};
 use super::{
-    Aggregate, DEFAULT_VERSION, Link, Links, MAX_PAGES, member_headers, read_answer,
+    Aggregate, Asked, DEFAULT_VERSION, Link, Links, MAX_PAGES, member_headers, read_answer,
     result_response,
 };
 use crate::mcp::method::ListKind;
@@ -26,17 +26,19 @@ impl Gateway {
     /// `server/discover` (2026-07-28): sent to every member policy allows;
     /// the gateway answers with the versions every answering member
     /// supports. A member that is denied or fails is left out.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn aggregate_discover(
         self: &Arc<Self>,
-        agg: &Aggregate,
-        parts: &hyper::http::request::Parts,
+        asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
         id: &str,
-        links: &Links,
-        facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
+        let Asked {
+            agg,
+            parts,
+            links,
+            facts,
+        } = *asked;
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
         let mut versions: Option<Vec<&'static str>> = None;
         let mut last_denial = None;
@@ -218,25 +220,20 @@ impl Gateway {
 
     /// `tools/list` or `prompts/list`: every opened member's allowed
     /// entries, prefixed, merged.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn aggregate_list(
         self: &Arc<Self>,
-        agg: &Aggregate,
-        parts: &hyper::http::request::Parts,
+        asked: &Asked<'_, '_>,
         kind: ListKind,
         id: &str,
-        links: &Links,
         meta: Option<&Value>,
-        facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
         let field = kind.field();
         let mut merged = Vec::new();
-        for (member, link) in agg.members.iter().zip(links.iter()) {
+        for (member, link) in asked.agg.members.iter().zip(asked.links.iter()) {
             let Some(link) = link else { continue };
-            let f = facts.on(member);
             let listed = self
-                .member_list(member, link, parts, kind, &id_value, meta, &f)
+                .member_list(asked, member, link, kind, &id_value, meta)
                 .await;
             if let Some(entries) = listed {
                 merged.extend(entries);
@@ -256,17 +253,17 @@ impl Gateway {
 
     /// One member's list (`method`), every page, filtered and prefixed;
     /// `None` if it was denied or failed (then it contributes nothing).
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn member_list(
         self: &Arc<Self>,
+        asked: &Asked<'_, '_>,
         member: &Arc<Upstream>,
         link: &Link,
-        parts: &hyper::http::request::Parts,
         kind: ListKind,
         id: &Value,
         meta: Option<&Value>,
-        facts: &RequestFacts<'_>,
     ) -> Option<Vec<Value>> {
+        let parts = asked.parts;
+        let facts = &asked.facts.on(member);
         let method = kind.method();
         let mut headers = member_headers(&parts.headers, Some(link));
         if link.version == protocol::MODERN {

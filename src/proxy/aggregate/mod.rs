@@ -283,6 +283,16 @@ async fn read_answer(
         .unwrap_or(Err(ProxyError::UpstreamTimeout))
 }
 
+/// One request on the aggregated endpoint, as its handlers read it.
+#[derive(Clone, Copy)]
+struct Asked<'r, 'f> {
+    agg: &'r Aggregate,
+    parts: &'r hyper::http::request::Parts,
+    /// The member sessions (in 2026-07-28: every member, stateless).
+    links: &'r Links,
+    facts: &'r RequestFacts<'f>,
+}
+
 impl Gateway {
     /// A request on the aggregated path. Protocol, session and user headers
     /// were read by `route`; here they are checked, then the method decides
@@ -386,15 +396,19 @@ impl Gateway {
             return self.refuse_unparsed(refusal, facts).await;
         };
         let list = offered_list(method);
+        let asked = Asked {
+            agg,
+            parts,
+            links: &links,
+            facts,
+        };
         match (method, id) {
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
             (_, Some(id)) if let Some(kind) = list => {
-                self.aggregate_list(agg, parts, kind, &id, &links, None, facts)
-                    .await
+                self.aggregate_list(&asked, kind, &id, None).await
             }
             (m, Some(id)) if mcp::method::is_named_call(m) => {
-                self.aggregate_call(agg, parts, &bytes, &message, &id, &links, facts)
-                    .await
+                self.aggregate_call(&asked, &bytes, &message, &id).await
             }
             ("notifications/initialized", None) => {
                 self.aggregate_initialized(agg, parts, &bytes, &message, &links, facts)
@@ -434,10 +448,15 @@ impl Gateway {
             .collect();
         let method = message.method.as_deref().unwrap_or("");
         let list = offered_list(method);
+        let asked = Asked {
+            agg,
+            parts,
+            links: &links,
+            facts,
+        };
         match (method, id) {
             ("server/discover", Some(id)) => {
-                self.aggregate_discover(agg, parts, bytes, message, &id, &links, facts)
-                    .await
+                self.aggregate_discover(&asked, bytes, message, &id).await
             }
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
             (_, Some(id)) if let Some(kind) = list => {
@@ -446,12 +465,10 @@ impl Gateway {
                 let meta = serde_json::from_slice::<Value>(bytes)
                     .ok()
                     .and_then(|mut v| v.pointer_mut("/params/_meta").map(Value::take));
-                self.aggregate_list(agg, parts, kind, &id, &links, meta.as_ref(), facts)
-                    .await
+                self.aggregate_list(&asked, kind, &id, meta.as_ref()).await
             }
             (m, Some(id)) if mcp::method::is_named_call(m) => {
-                self.aggregate_call(agg, parts, bytes, message, &id, &links, facts)
-                    .await
+                self.aggregate_call(&asked, bytes, message, &id).await
             }
             (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
             (_, id) => {
