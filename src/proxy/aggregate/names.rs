@@ -2,6 +2,7 @@
 //! prompts, `mcp-gateway://<upstream>/<percent-encoded uri>` for resources,
 //! with exactly one spelling accepted back.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde_json::Value;
 
 use super::GATEWAY_URI_PREFIX;
@@ -35,56 +36,35 @@ pub fn prefix_names(server: &str, result: &mut Value, field: &str) -> Vec<Value>
         .collect()
 }
 
-const HEX: &[u8; 16] = b"0123456789ABCDEF";
+/// Every byte but the RFC 3986 unreserved ones (`A-Za-z0-9-._~`) is
+/// encoded (upper-case hex, as `percent-encoding` writes it).
+const ENCODED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// `mcp-gateway://<upstream>/<percent-encoded uri>`: how a member's
 /// resource URI is listed on the aggregated endpoint.
 pub fn wrap_uri(server: &str, uri: &str) -> String {
-    let mut out = String::with_capacity(GATEWAY_URI_PREFIX.len() + server.len() + 1 + uri.len());
-    out.push_str(GATEWAY_URI_PREFIX);
-    out.push_str(server);
-    out.push('/');
-    for b in uri.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
-        }
-    }
-    out
+    format!(
+        "{GATEWAY_URI_PREFIX}{server}/{}",
+        utf8_percent_encode(uri, ENCODED)
+    )
 }
 
 /// The upstream and original URI of a gateway URI; `None` unless `uri` is
-/// exactly what [`wrap_uri`] makes (one encoding only: no aliases).
+/// exactly what [`wrap_uri`] makes. The decoder is lenient (a stray `%`
+/// or lower-case hex passes), so the round trip is what makes the one
+/// encoding the only one: no aliases.
 pub fn unwrap_uri(uri: &str) -> Option<(&str, String)> {
     let rest = uri.strip_prefix(GATEWAY_URI_PREFIX)?;
     let (server, encoded) = rest.split_once('/')?;
     if server.is_empty() || encoded.is_empty() {
         return None;
     }
-    let mut bytes = Vec::with_capacity(encoded.len());
-    let mut input = encoded.bytes();
-    while let Some(b) = input.next() {
-        if b != b'%' {
-            bytes.push(b);
-            continue;
-        }
-        let hi = hex_value(input.next()?)?;
-        let lo = hex_value(input.next()?)?;
-        bytes.push(hi << 4 | lo);
-    }
-    let original = String::from_utf8(bytes).ok()?;
+    let original = percent_decode_str(encoded).decode_utf8().ok()?.into_owned();
     (wrap_uri(server, &original) == uri).then_some((server, original))
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Wraps the `uri` of each entry of one `resources/list` result; entries
