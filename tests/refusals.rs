@@ -401,3 +401,79 @@ async fn session_caps_refuse_initialize_before_the_upstream_sees_it() {
         ]
     );
 }
+
+/// A raw request head for `/mcp`, 2025-11-25, with `extra` header lines.
+fn head(extra: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\n\
+         Connection: close\r\n{extra}\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_501_and_a_slow_body_408() {
+    let gw = Harness::start_with(Options {
+        extra_config: "connections: {body_read_timeout_seconds: 1}\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let agent = gw.agent(AGENT);
+    let ping = br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let coded = head("Transfer-Encoding: gzip, chunked\r\n");
+    let (status, code) = agent.raw(&coded, &[b"0\r\n\r\n"], Duration::ZERO).await;
+    assert_eq!((status, code), (501, Some(-32064)));
+    // Half the body, then nothing: refused at the body timeout.
+    let slow = head(&format!("Content-Length: {}\r\n", ping.len()));
+    let (status, code) = agent.raw(&slow, &[&ping[..10]], Duration::ZERO).await;
+    assert_eq!((status, code), (408, Some(-32064)));
+    let records = gw.audit(2).await;
+    let reasons: Vec<&str> = records
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["transfer_encoding", "body_read_timeout"]);
+    assert!(gw.upstream.received().is_empty());
+}
+
+/// A JWKS with one P-256 key the test never signs with.
+fn jwks() -> String {
+    use base64::Engine;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let point = key.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+        "x": b64(&point[1..33]), "y": b64(&point[33..65])}]})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_missing_or_bad_user_token_is_401_and_32066_when_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    std::fs::write(&path, jwks()).unwrap();
+    let gw = Harness::start_with(Options {
+        extra_config: format!(
+            "user_auth: {{jwks_file: \"{}\", issuer: \"https://idp.test\", audience: gw, required: true}}\n",
+            path.display()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let agent = gw.agent(AGENT);
+    let call = modern_call("echo");
+    let missing = agent
+        .post("/mcp", &modern_headers("tools/call", "echo"), &call)
+        .await;
+    assert_refused(&missing, 401, -32066);
+    let mut forged = modern_headers("tools/call", "echo");
+    forged.push(("authorization", "Bearer e30.e30.c2ln"));
+    assert_refused(&agent.post("/mcp", &forged, &call).await, 401, -32066);
+    let records = gw.audit(2).await;
+    assert!(
+        records
+            .iter()
+            .all(|r| r["reason"] == "user_token" && r["decision"] == "deny")
+    );
+    assert!(gw.upstream.received().is_empty());
+}

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -79,6 +80,38 @@ impl Agent {
         let tls = self.tls.connect(name, tcp).await.expect("TLS handshake");
         let (_, conn) = tls.get_ref();
         conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// Writes `head` (an HTTP/1.1 request head, CRLF line ends) and then
+    /// each of `body` with `pause` between them, on a new connection, and
+    /// reads until the server closes it: for requests no client library
+    /// would send. Returns the status and the JSON-RPC error code.
+    pub async fn raw(&self, head: &str, body: &[&[u8]], pause: Duration) -> (u16, Option<i64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = self.tls.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(head.as_bytes()).await.unwrap();
+        for chunk in body {
+            tokio::time::sleep(pause).await;
+            if tls.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let code = text
+            .find("{\"")
+            .zip(text.rfind('}'))
+            .and_then(|(a, b)| serde_json::from_str::<Value>(&text[a..=b]).ok())
+            .and_then(|v| v["error"]["code"].as_i64());
+        (status, code)
     }
 
     /// Sends one request on a new connection.
