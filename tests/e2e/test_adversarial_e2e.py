@@ -67,18 +67,6 @@ def modern_headers(method: str = "tools/call", name: str | None = None) -> list[
     return h
 
 
-def nested(depth: int) -> bytes:
-    """A tools/call whose arguments nest `depth` levels in total."""
-    # top object (1) + params (2) + arguments (3) + arrays
-    arrays = depth - 3
-    return (
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":'
-        + b"[" * arrays
-        + b"]" * arrays
-        + b"}}}"
-    )
-
-
 def upstream_mentions(upstream, seen: int, needle: str) -> list[dict]:
     return [r for r in upstream.requests()[seen:] if needle in json.dumps(r)]
 
@@ -104,132 +92,9 @@ def assert_only_decided_requests_reached_upstream(gateway, upstream, seen: int, 
     assert not bad, bad
 
 
-# ---------------------------------------------------------------------------
-# Strict parsing: anything two JSON parsers could read differently is refused
-# ---------------------------------------------------------------------------
-
-ECHO_OK = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
-
-PARSE_CASES = [
-    # (case, body, JSON-RPC code)
-    (
-        "duplicate top-level method (tools/list then tools/call)",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call",'
-        b'"params":{"name":"delete_repository","arguments":{"repo":"acme/prod"}}}',
-        -32700,
-    ),
-    (
-        "duplicate name inside params",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{},'
-        b'"name":"delete_repository"}}',
-        -32700,
-    ),
-    (
-        "duplicate key inside arguments",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
-        b'"arguments":{"text":"harmless","text":"rm -rf /"}}}',
-        -32700,
-    ),
-    (
-        "duplicate key deep inside arguments",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo",'
-        b'"arguments":{"text":"x","o":{"p":[{"q":1,"q":2}]}}}}',
-        -32700,
-    ),
-    (
-        "keys equal only after unescaping (name, n\\u0061me)",
-        rb'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","n\u0061me":"delete_repository","arguments":{}}}',
-        -32700,
-    ),
-    (
-        "method keys equal only after unescaping (method, m\\u0065thod)",
-        rb'{"jsonrpc":"2.0","id":1,"method":"tools/list","m\u0065thod":"tools/call","params":{"name":"delete_repository"}}',
-        -32700,
-    ),
-    (
-        "raw 0xff byte inside a string",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"a\xffb"}}}',
-        -32700,
-    ),
-    (
-        "overlong UTF-8 encoding of '/' in the method",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools\xc0\xafcall","params":{"name":"echo","arguments":{}}}',
-        -32700,
-    ),
-    (
-        "unpaired surrogate escape in the tool name",
-        rb'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo\ud800","arguments":{}}}',
-        -32700,
-    ),
-    ("nesting 65 deep", nested(65), -32700),
-    ("nesting 500 deep", nested(500), -32700),
-    ("trailing garbage after the message", ECHO_OK + b" x", -32700),
-    (
-        "a second message after the first",
-        ECHO_OK + tools_call("delete_repository", {"repo": "acme/prod"}),
-        -32700,
-    ),
-    ("UTF-8 byte order mark before the message", b"\xef\xbb\xbf" + ECHO_OK, -32700),
-    ("NaN in the arguments", ECHO_OK.replace(b'"hi"', b"NaN"), -32700),
-    ("empty body", b"", -32700),
-    ('"jsonrpc":"1.0"', ECHO_OK.replace(b'"2.0"', b'"1.0"'), -32600),
-    ('"jsonrpc" missing', ECHO_OK.replace(b'"jsonrpc":"2.0",', b""), -32600),
-    ('"jsonrpc":2.0 as a number', ECHO_OK.replace(b'"2.0"', b"2.0"), -32600),
-    (
-        "params an array",
-        b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["delete_repository",{"repo":"acme/prod"}]}',
-        -32600,
-    ),
-    ("params a string", b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"delete_repository"}', -32600),
-    ('"method": 5', b'{"jsonrpc":"2.0","id":1,"method":5,"params":{}}', -32600),
-    ("empty batch []", b"[]", -32600),
-    ("a bare string", b'"tools/call"', -32600),
-    (
-        "tool name with a NUL (policy sees one name, a C upstream another)",
-        rb'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo\u0000delete_repository","arguments":{}}}',
-        -32600,
-    ),
-    (
-        "unknown member next to method",
-        b'{"jsonrpc":"2.0","id":1,"Method":"tools/call","method":"tools/list"}',
-        -32600,
-    ),
-    ("id null on a tools/call", ECHO_OK.replace(b'"id":1', b'"id":null'), -32600),
-    ("id an object", ECHO_OK.replace(b'"id":1', b'"id":{"a":1}'), -32600),
-    ("tool name a number", b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":5}}', -32600),
-    (
-        "one bad element in a batch",
-        b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"1.0","id":2,"method":"tools/list"}]',
-        -32600,
-    ),
-]
-
-
-@pytest.mark.parametrize("case,body,code", PARSE_CASES, ids=[c[0] for c in PARSE_CASES])
-def test_strict_parsing_refuses_ambiguous_json(gateway, upstream, svids, case, body, code):
-    """Parser differentials: if the gateway and the upstream could read one
-    body as two different requests (duplicate keys, escapes, bad UTF-8,
-    depth, trailing data, loose JSON-RPC), the gateway's decision would be
-    about a request the upstream never executes. Each is refused with 400 and
-    -32700 (not JSON) or -32600 (not JSON-RPC), audited as parse_error, and
-    nothing reaches the upstream."""
-    s = svids["agent"]
-    seen = len(upstream.requests())
-    resp = post(gateway.port, s, body)
-    assert_refused(gateway, upstream, resp, status=400, code=code, reason="parse_error", seen=seen, caller=AGENT_ID)
-    assert_serving(gateway.port, s)
-
-
-def test_nesting_at_the_limit_is_accepted_and_decided(gateway, upstream, svids):
-    """Control for the depth cases: 64 levels is within the limit, so the
-    65-level refusal is about depth and not about the shape of the body. The
-    64-deep call is decided (allowed: echo) rather than refused as parse error."""
-    s = svids["agent"]
-    body = nested(64).replace(b'"id":1', b'"id":"deep64"')
-    resp = post(gateway.port, s, body)
-    records = gateway.wait_audit(lambda r: r.get("request_id") == "deep64")
-    record = next(r for r in records if r.get("request_id") == "deep64")
-    assert record["decision"] == "allow" and record["target"] == "echo", (record, resp)
+# Strict parsing (duplicate keys, escapes, bad UTF-8, depth, trailing data,
+# loose JSON-RPC) and the 64-deep control moved to the in-process floor:
+# tests/parsing.rs, the same table.
 
 
 # ---------------------------------------------------------------------------
