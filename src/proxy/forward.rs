@@ -174,15 +174,16 @@ pub fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Removes the hop-by-hop headers of an upstream's reply.
+/// Removes the hop-by-hop headers of an upstream's reply. No allocation
+/// unless a `Connection` header names more.
 pub fn strip_hop_headers(headers: &mut HeaderMap) {
     let named = named_by_connection(headers);
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop(n, &named))
-        .cloned()
-        .collect();
-    for name in hop {
+    for name in HOP_HEADERS {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    for name in named {
         headers.remove(name);
     }
 }

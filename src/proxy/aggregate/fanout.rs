@@ -198,13 +198,16 @@ impl Gateway {
     /// `notifications/initialized` to each opened member policy allows.
     pub(super) async fn aggregate_initialized(
         self: &Arc<Self>,
-        agg: &Aggregate,
-        parts: &hyper::http::request::Parts,
+        asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
-        links: &Links,
-        facts: &RequestFacts<'_>,
     ) {
+        let Asked {
+            agg,
+            parts,
+            links,
+            facts,
+        } = *asked;
         for (member, link) in agg.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
             let f = facts.on(member);

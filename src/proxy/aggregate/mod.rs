@@ -72,7 +72,7 @@ use hyper::{Method, Response, StatusCode};
 use serde_json::Value;
 use tracing::warn;
 
-use super::ingress::linger;
+use super::ingress::{self, linger};
 use super::reply::{self, ReplyBody, error_response};
 use super::session::{Reservation, SessionRefusal, Sessions};
 use super::upstream::Upstream;
@@ -360,28 +360,25 @@ impl Gateway {
             Ok(bytes) => bytes,
             Err(refused) => return refused,
         };
-        let message = match mcp::parse_body(&bytes) {
-            Ok(mcp::Body::Single(m)) => m,
-            Ok(mcp::Body::Batch(_)) => {
+        // The same strict parse and framing rules as every endpoint (a
+        // 2026-07-28 message's headers checked against it); no batches here.
+        let parsed = match ingress::parse(&bytes, &parts.headers, facts.protocol_version) {
+            Ok(parsed) if !parsed.batch => parsed,
+            Ok(_) => {
                 return self
                     .refuse_unparsed(ProxyError::BatchNotAllowed, facts)
                     .await;
             }
-            Err(e) => {
-                let refusal = ProxyError::Parse(e.to_string(), e.jsonrpc_code());
-                return self.refuse_unparsed(refusal, facts).await;
-            }
+            Err(refusal) => return self.refuse_unparsed(refusal, facts).await,
         };
+        let message = &parsed.messages[0];
         let id = message.id.as_ref().map(|id| id.raw_json().to_owned());
         let method = message.method.as_deref().unwrap_or("");
-        if protocol::is_modern(&message, facts.protocol_version) {
-            if let Err(refusal) = protocol::check_modern_headers(&parts.headers, &message) {
-                return self.refuse_unparsed(refusal, facts).await;
-            }
+        if protocol::is_modern(message, facts.protocol_version) {
             // The headers matched, so the version header is 2026-07-28 and
             // `aggregate_route` let no session id through.
             return self
-                .aggregate_modern(agg, parts, &bytes, &message, id, facts)
+                .aggregate_modern(agg, parts, &bytes, message, id, facts)
                 .await;
         }
         let Some(links) = links else {
@@ -389,7 +386,7 @@ impl Gateway {
                 && let Some(id) = id
             {
                 return self
-                    .aggregate_initialize(agg, parts, &bytes, &message, &id, facts)
+                    .aggregate_initialize(agg, parts, &bytes, message, &id, facts)
                     .await;
             }
             let refusal = ProxyError::Session(SessionRefusal::Unknown);
@@ -408,11 +405,10 @@ impl Gateway {
                 self.aggregate_list(&asked, kind, &id, None).await
             }
             (m, Some(id)) if mcp::method::is_named_call(m) => {
-                self.aggregate_call(&asked, &bytes, &message, &id).await
+                self.aggregate_call(&asked, &bytes, message, &id).await
             }
             ("notifications/initialized", None) => {
-                self.aggregate_initialized(agg, parts, &bytes, &message, &links, facts)
-                    .await;
+                self.aggregate_initialized(&asked, &bytes, message).await;
                 empty(StatusCode::ACCEPTED)
             }
             // Other notifications (cancellation, progress) concern requests
