@@ -95,7 +95,7 @@ impl CorrelationIds {
         let prefix =
             match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed) {
                 Ok(()) => u64::from_le_bytes(seed),
-                Err(_) => crate::identity::unix_now() as u64,
+                Err(_) => crate::clock::unix_ms() as u64,
             };
         CorrelationIds {
             prefix,
@@ -308,8 +308,10 @@ pub fn now_rfc3339() -> String {
     let format = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    time::OffsetDateTime::now_utc()
-        .format(&format)
+    let nanos = i128::from(crate::clock::unix_ms()) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|at| at.format(&format).ok())
         .unwrap_or_default()
 }
 

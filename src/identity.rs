@@ -31,6 +31,7 @@ use spiffe::{X509BundleSet, X509Source, X509Svid};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::clock;
 use crate::config::{UpstreamConfig, WorkloadApiConfig};
 use crate::metrics::Metrics;
 
@@ -71,7 +72,7 @@ impl TlsConfigs {
                 .source
                 .try_svid()
                 .and_then(|svid| leaf_not_after(&svid))
-                .is_some_and(|not_after| not_after > unix_now())
+                .is_some_and(|not_after| not_after > clock::unix_seconds())
     }
 }
 
@@ -316,12 +317,6 @@ fn leaf_der(svid: &X509Svid) -> &[u8] {
 fn leaf_not_after(svid: &X509Svid) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf_der(svid)).ok()?;
     Some(cert.validity().not_after.timestamp())
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod mcp;

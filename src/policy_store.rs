@@ -98,7 +98,7 @@ impl PolicyStore {
             reloading: Mutex::new(fingerprints),
         };
         store.publish_gauges();
-        store.metrics.policy_last_reload_success.set(unix_now());
+        store.metrics.policy_last_reload_success.set(crate::clock::unix_ms() as f64 / 1000.0);
         Ok(store)
     }
 
@@ -192,7 +192,7 @@ impl PolicyStore {
         let ok = failures == 0;
         self.metrics.policy_reload_failing.set(i64::from(!ok));
         if ok {
-            self.metrics.policy_last_reload_success.set(unix_now());
+            self.metrics.policy_last_reload_success.set(crate::clock::unix_ms() as f64 / 1000.0);
         }
         ok
     }
@@ -282,12 +282,6 @@ fn fingerprint(dir: &Path) -> Vec<FileStamp> {
         .collect();
     stamps.sort_by(|a, b| a.name.cmp(&b.name));
     stamps
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -299,7 +299,7 @@ impl CallerTokens {
             return Err(TokenError::Claims("`sub` is ambiguous".to_owned()));
         }
         // RFC 7519 4.1.4: not accepted on or after `exp`.
-        if verified.exp <= crate::identity::unix_now() {
+        if verified.exp <= crate::clock::unix_seconds() {
             return Err(TokenError::Invalid("ExpiredSignature".to_owned()));
         }
         Ok(TokenCaller {

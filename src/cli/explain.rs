@@ -17,7 +17,8 @@ use super::query::{
 };
 use super::{CliError, Format, Outcome, id_list, load_policies};
 use crate::config::{Config, Env, ProcessEnv, SPIFFE_ENDPOINT_SOCKET};
-use crate::policy::{Decision, DecisionReason, now_unix_ms};
+use crate::clock;
+use crate::policy::{Decision, DecisionReason};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["policies", "config"])))]
@@ -263,7 +264,7 @@ fn build_query(
     };
     let now_unix_ms = match &args.time {
         Some(time) => parse_time(time).map_err(flag("--time"))?,
-        None => now_unix_ms(),
+        None => clock::unix_ms(),
     };
     Ok(Query {
         principal: args.principal.clone(),

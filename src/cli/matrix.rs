@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::inventory::{Identity, Inventory, Item};
 use super::query::{Query, format_time, parse_time, user_from_json};
 use super::{CliError, EXIT_FAILED, Format, Outcome, id_list, load_policies};
-use crate::policy::{Decision, PolicyEngine, User, now_unix_ms};
+use crate::clock;
+use crate::policy::{Decision, PolicyEngine, User};
 
 #[derive(Debug, clap::Args)]
 pub struct MatrixArgs {
@@ -163,7 +164,7 @@ impl Conditions {
         };
         let now_unix_ms = match &args.time {
             Some(time) => parse_time(time).map_err(flag("--time"))?,
-            None => now_unix_ms(),
+            None => clock::unix_ms(),
         };
         Ok(Conditions { user, now_unix_ms })
     }

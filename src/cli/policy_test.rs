@@ -21,7 +21,8 @@ use super::query::{
     yaml_to_json,
 };
 use super::{CliError, EXIT_FAILED, Outcome, id_list, load_policies, read_file};
-use crate::policy::{Decision, PolicyEngine, now_unix_ms};
+use crate::clock;
+use crate::policy::{Decision, PolicyEngine};
 
 /// Test files are the files of the policy directory ending in this.
 const TEST_SUFFIX: &str = ".test.yaml";
@@ -133,7 +134,7 @@ fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Yaml>, D
 /// Runs every case of every test file in `args.dir`.
 pub fn run(args: &TestArgs) -> Result<Outcome, CliError> {
     let engine = load_policies(&args.dir)?;
-    let now = now_unix_ms();
+    let now = clock::unix_ms();
     let mut suites = Vec::new();
     let mut errors = Vec::new();
     for path in test_files(&args.dir)? {

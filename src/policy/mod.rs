@@ -322,13 +322,6 @@ pub enum PolicyError {
     Index { message: String },
 }
 
-/// Now, as `PolicyInput::now_unix_ms` wants it.
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl DecisionReason {
     /// The stable label used in audit records and metrics.
     pub fn as_str(&self) -> &'static str {

@@ -10,7 +10,8 @@
 use crate::audit::{Outcome, ShadowRecord};
 use crate::mcp::Message;
 use crate::metrics::Metrics;
-use crate::policy::{self, Decision, PolicyInput, Target, User};
+use crate::clock;
+use crate::policy::{Decision, PolicyInput, Target, User};
 use crate::policy_store::Policies;
 use crate::proxy::upstream::Upstream;
 
@@ -63,7 +64,7 @@ impl<'a> Subject<'a> {
             session_id: self.session_id,
             protocol_version: self.protocol_version,
             user: self.user,
-            now_unix_ms: policy::now_unix_ms(),
+            now_unix_ms: clock::unix_ms(),
         }
     }
 }

@@ -26,7 +26,8 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::identity::{id_refusal, spiffe_id, unix_now};
+use crate::clock::unix_seconds;
+use crate::identity::{id_refusal, spiffe_id};
 use crate::proxy::Gateway;
 use crate::proxy::accept::{Lifecycle, accept_loop};
 use crate::proxy::http_conn::{self, Served};
@@ -129,7 +130,7 @@ async fn connection(
                 .admission
                 .identity(&peer.spiffe_id)
                 .ok_or("connections.max_connections_per_identity reached")?;
-            let left = u64::try_from(peer.not_after - unix_now()).unwrap_or(0);
+            let left = u64::try_from(peer.not_after - unix_seconds()).unwrap_or(0);
             (Some(slot), Duration::from_secs(left))
         }
         Caller::Token(_) => (None, TOKEN_CONNECTION_LIFETIME),

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use crate::identity::unix_now;
+use crate::clock::unix_seconds;
 use crate::proxy::accept::{Lifecycle, accept_loop};
 use crate::proxy::http_conn::{self, Served};
 use crate::proxy::listener::{Peer, peer_from_leaf};
@@ -88,7 +88,7 @@ async fn connection(
         .ok_or("connections.max_connections reached")?;
     let peer = own_peer(&gateway)?;
     let _ = tcp.set_nodelay(true);
-    let remaining = Duration::from_secs(u64::try_from(peer.not_after - unix_now()).unwrap_or(0));
+    let remaining = Duration::from_secs(u64::try_from(peer.not_after - unix_seconds()).unwrap_or(0));
     // As on the mTLS listener: no connection outlives the SVID it is
     // served with, and clients are asked to reconnect before it expires.
     // Plain HTTP has no ALPN: HTTP/2 (prior knowledge) is closed at expiry.

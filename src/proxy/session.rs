@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
-use crate::identity::unix_now;
+use crate::clock::unix_seconds;
 
 /// Why a session id was refused, or no new session was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +171,7 @@ impl<V: Clone> Sessions<V> {
     /// Checks that `owner` may use session `id` now, records the use and
     /// returns what the session carries.
     pub fn check(&self, id: &str, owner: &str) -> Result<V, SessionRefusal> {
-        let now = unix_now();
+        let now = unix_seconds();
         {
             let table = self.inner.table.read().unwrap_or_else(|e| e.into_inner());
             let session = table.sessions.get(id).ok_or(SessionRefusal::Unknown)?;
@@ -198,7 +198,7 @@ impl<V: Clone> Sessions<V> {
     /// Removes every session past its idle timeout and returns their ids
     /// and values (so the upstreams can be told).
     pub fn sweep(&self) -> Vec<(Box<str>, V)> {
-        let now = unix_now();
+        let now = unix_seconds();
         let mut table = self.inner.write();
         let idle: Vec<Box<str>> = table
             .sessions
@@ -248,7 +248,7 @@ impl<V> Reservation<V> {
             Box::from(id),
             Session {
                 owner: Arc::clone(&self.owner),
-                last_seen: AtomicI64::new(unix_now()),
+                last_seen: AtomicI64::new(unix_seconds()),
                 value,
             },
         );

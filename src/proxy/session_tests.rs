@@ -19,7 +19,7 @@ fn age(s: &Sessions, id: &str, seconds: i64) {
     let table = s.inner.table.read().unwrap();
     table.sessions[id]
         .last_seen
-        .store(unix_now() - seconds, Ordering::Relaxed);
+        .store(unix_seconds() - seconds, Ordering::Relaxed);
 }
 
 #[test]

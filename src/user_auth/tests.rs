@@ -42,7 +42,7 @@ impl Signer {
 }
 
 fn now() -> i64 {
-    crate::policy::now_unix_ms() / 1000
+    crate::clock::unix_seconds()
 }
 
 fn claims(sub: &str) -> serde_json::Value {

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{ReplyContext, WayBack};
 use crate::mcp::method::ListKind;
-use crate::policy::{self, Target};
+use crate::policy::Target;
 use crate::proxy::Gateway;
 
 impl Gateway {
@@ -24,7 +24,7 @@ impl Gateway {
             return false;
         };
         let (field, action) = (kind.field(), kind.use_method());
-        let now_unix_ms = policy::now_unix_ms();
+        let now_unix_ms = crate::clock::unix_ms();
         // Lists are filtered by the enforced set the request was decided by
         // (shadow mode decides messages, not list entries).
         let subject = ctx.subject(&ctx.peer.spiffe_id);
