@@ -124,7 +124,7 @@ fn input<'a>(principal: &'a str, message: &'a Message<'a>) -> PolicyInput<'a> {
         session_id: Some("5f1c0e52-8d1c-4f9e-9a53-0c8e8b9f2a11"),
         protocol_version: Some("2025-11-25"),
         user: None,
-        now_unix_ms: policy::now_unix_ms(),
+        now_unix_ms: spiffe_mcp_gateway::clock::unix_ms(),
     }
 }
 

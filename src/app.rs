@@ -54,12 +54,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         Some(_) => ClientCerts::Optional,
         None => ClientCerts::Required,
     };
-    let identity = Identity::spawn_with(
-        config.workload_api.clone(),
-        &config.upstream,
-        metrics.clone(),
-        client_certs,
-    );
+    let identity = Identity::spawn(config.workload_api.clone(), metrics.clone(), client_certs);
 
     let listener = TcpListener::bind(config.listener.address)
         .await
@@ -125,7 +120,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     info!(
         %listen_addr,
         %admin_addr,
-        upstream = %config.upstream.url,
+        upstreams = config.upstreams.len(),
         plaintext_loopback = config.listener.plaintext_loopback,
         "gateway listening"
     );

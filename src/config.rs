@@ -42,6 +42,16 @@ impl Env for ProcessEnv {
     }
 }
 
+/// Which path of the listener serves which upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// `upstream:`: the one upstream, on `listener.path`.
+    OnePath,
+    /// `upstreams:`: each upstream on `<listener.path>/<name>` (and the
+    /// aggregated endpoint on `<listener.path>/<aggregate.name>`).
+    ByName,
+}
+
 /// The validated configuration the gateway runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -50,13 +60,10 @@ pub struct Config {
     pub workload_api: WorkloadApiConfig,
     pub policy_dir: PathBuf,
     pub policy: PolicyConfig,
-    /// The one upstream, or the first of `upstreams`.
-    pub upstream: UpstreamConfig,
-    /// Every upstream (at least one; `upstream` is the first).
+    /// Every upstream, in config order (at least one).
     pub upstreams: Vec<UpstreamConfig>,
-    /// Set by the `upstreams:` list form: each upstream is served on
-    /// `<listener.path>/<name>`; otherwise the one upstream on the path.
-    pub route_by_name: bool,
+    /// Which path serves which upstream.
+    pub routing: Routing,
     /// End-user tokens (`context.user`); `None`: requests have no user.
     pub user_auth: Option<UserAuthConfig>,
     pub audit: AuditSink,
@@ -337,9 +344,8 @@ impl RawConfig {
             bail!("admin.address: must differ from listener.address");
         }
         let workload_api = self.workload_api.validate(env)?;
-        let (upstreams, route_by_name) = validate_upstreams(self.upstream, self.upstreams)?;
-        let upstream = upstreams[0].clone();
-        let aggregate = validate_aggregate(self.aggregate, &upstreams, route_by_name)?;
+        let (upstreams, routing) = validate_upstreams(self.upstream, self.upstreams)?;
+        let aggregate = validate_aggregate(self.aggregate, &upstreams, routing)?;
         if listener.plaintext_loopback && upstreams.iter().any(|u| u.plaintext) {
             bail!(
                 "listener.plaintext_loopback: a client sidecar forwards over mTLS with its SVID; \
@@ -387,9 +393,8 @@ impl RawConfig {
             workload_api,
             policy_dir: policy.dir.clone(),
             policy,
-            upstream,
             upstreams,
-            route_by_name,
+            routing,
             user_auth,
             audit,
             audit_on_failure,

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::clock;
-use crate::config::{UpstreamConfig, WorkloadApiConfig};
+use crate::config::WorkloadApiConfig;
 use crate::metrics::Metrics;
 
 mod client_auth;
@@ -49,15 +49,15 @@ const UPSTREAM_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 #[derive(Clone)]
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
-    pub upstream: Arc<ClientConfig>,
     source: X509Source,
     /// The gateway's own SPIFFE ID (the default JWT-SVID caller audience).
     pub spiffe_id: Arc<str>,
 }
 
 impl TlsConfigs {
-    /// A client config from the same source that accepts exactly
-    /// `spiffe_id`: for an upstream other than the one `upstream` is for.
+    /// A client config from the same source that presents the current SVID
+    /// and accepts exactly `spiffe_id` (an upstream's). Its resolver reads
+    /// the source on each handshake, so it follows rotations.
     pub fn client_for(&self, spiffe_id: &str) -> Result<ClientConfig, spiffe_rustls::Error> {
         spiffe_rustls::mtls_client(self.source.clone())
             .authorize(spiffe_rustls::exact([spiffe_id])?)
@@ -96,29 +96,19 @@ pub struct Identity {
 
 impl Identity {
     /// Starts fetching the SVID in the background and returns at once.
+    /// `client_certs`: the listener's client-certificate mode (`Optional`
+    /// only for `listener.jwt_svid_callers`).
     pub fn spawn(
         workload: WorkloadApiConfig,
-        upstream: &UpstreamConfig,
-        metrics: Metrics,
-    ) -> Identity {
-        Identity::spawn_with(workload, upstream, metrics, ClientCerts::Required)
-    }
-
-    /// As [`Identity::spawn`], with the listener's client-certificate mode
-    /// (`Optional` only for `listener.jwt_svid_callers`).
-    pub fn spawn_with(
-        workload: WorkloadApiConfig,
-        upstream: &UpstreamConfig,
         metrics: Metrics,
         client_certs: ClientCerts,
     ) -> Identity {
         let (tx, rx) = watch::channel(None);
-        let expected = upstream.spiffe_id.to_string();
         let svid_generation = Arc::new(AtomicU64::new(0));
         let generation = Arc::clone(&svid_generation);
         tokio::spawn(async move {
             let source = connect(&workload).await;
-            match build_configs(source, &expected, client_certs) {
+            match build_configs(source, client_certs) {
                 Ok(configs) => {
                     watch_rotations(configs.source.clone(), metrics, generation);
                     let _ = tx.send(Some(configs));
@@ -221,11 +211,7 @@ pub enum ClientCerts {
     Optional,
 }
 
-fn build_configs(
-    source: X509Source,
-    upstream_id: &str,
-    client_certs: ClientCerts,
-) -> Result<TlsConfigs, ConfigError> {
+fn build_configs(source: X509Source, client_certs: ClientCerts) -> Result<TlsConfigs, ConfigError> {
     // spiffe-rustls' resolver presents the current SVID; callers are
     // verified by `client_auth` (canonical SPIFFE IDs, exactly as written).
     let resolver = spiffe_rustls::mtls_server(source.clone())
@@ -237,13 +223,8 @@ fn build_configs(
         .try_svid()
         .map(|svid| Arc::from(svid.spiffe_id().to_string()))
         .ok_or(spiffe_rustls::Error::NoSvid)?;
-    let upstream = spiffe_rustls::mtls_client(source.clone())
-        .authorize(spiffe_rustls::exact([upstream_id])?)
-        .with_alpn_protocols(UPSTREAM_ALPN)
-        .build()?;
     Ok(TlsConfigs {
         server: Arc::new(server),
-        upstream: Arc::new(upstream),
         source,
         spiffe_id,
     })

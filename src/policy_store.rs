@@ -98,7 +98,10 @@ impl PolicyStore {
             reloading: Mutex::new(fingerprints),
         };
         store.publish_gauges();
-        store.metrics.policy_last_reload_success.set(crate::clock::unix_ms() as f64 / 1000.0);
+        store
+            .metrics
+            .policy_last_reload_success
+            .set(crate::clock::unix_ms() as f64 / 1000.0);
         Ok(store)
     }
 
@@ -192,7 +195,9 @@ impl PolicyStore {
         let ok = failures == 0;
         self.metrics.policy_reload_failing.set(i64::from(!ok));
         if ok {
-            self.metrics.policy_last_reload_success.set(crate::clock::unix_ms() as f64 / 1000.0);
+            self.metrics
+                .policy_last_reload_success
+                .set(crate::clock::unix_ms() as f64 / 1000.0);
         }
         ok
     }

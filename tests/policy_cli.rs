@@ -618,6 +618,17 @@ fn explain_with_an_upstreams_config_takes_the_named_entry() {
         "spiffe://example.org/ns/tools/sa/jira-mcp"
     );
     assert_eq!(jira["request"]["resource"], "Mcp::Tool::\"jira/echo\"");
+    // A name the config does not have is refused, not replaced by the
+    // first entry's identity.
+    let unknown = gateway(&[&base[..], &["--server", "jria"]].concat());
+    assert_eq!(unknown.code, 2, "{}{}", unknown.out, unknown.err);
+    assert!(
+        unknown
+            .err
+            .contains("--server: \"jria\" is not an upstream"),
+        "{}",
+        unknown.err
+    );
     // Without --server: the first entry.
     let first = json(&gateway(&base));
     assert_eq!(first["request"]["server"], "github");

@@ -16,8 +16,8 @@ use super::query::{
     OwnedTarget, Query, check_server_name, check_spiffe_id, format_time, parse_time, user_from_json,
 };
 use super::{CliError, Format, Outcome, id_list, load_policies};
-use crate::config::{Config, Env, ProcessEnv, SPIFFE_ENDPOINT_SOCKET};
 use crate::clock;
+use crate::config::{Config, Env, ProcessEnv, SPIFFE_ENDPOINT_SOCKET};
 use crate::policy::{Decision, DecisionReason};
 
 #[derive(Debug, clap::Args)]
@@ -194,13 +194,20 @@ impl Source {
             (None, Some(path)) => {
                 let config = Config::load(path, &NoSocketNeeded)
                     .map_err(|e| CliError::Config(format!("{e:#}")))?;
-                // With `upstreams:`, --server picks the entry (and so its
-                // SPIFFE ID); otherwise the first.
-                let chosen = args
-                    .server
-                    .as_deref()
-                    .and_then(|name| config.upstreams.iter().find(|u| u.name == name))
-                    .unwrap_or(&config.upstream);
+                // --server picks the upstream (and so its SPIFFE ID);
+                // without it, the first. A name the config does not have is
+                // refused, never replaced by another upstream's identity.
+                let chosen = match args.server.as_deref() {
+                    None => &config.upstreams[0],
+                    Some(name) => config
+                        .upstreams
+                        .iter()
+                        .find(|u| u.name == name)
+                        .ok_or_else(|| CliError::Flag {
+                            flag: "--server",
+                            message: format!("{name:?} is not an upstream in the config"),
+                        })?,
+                };
                 (
                     config.policy_dir.clone(),
                     Some(chosen.name.clone()),

@@ -43,10 +43,10 @@ fn good_config_parses_and_resolves_paths() {
     assert_eq!(c.audit, AuditSink::File("/etc/gw/audit.jsonl".into()));
     assert_eq!(c.limits.max_body_bytes, 4096);
     assert_eq!(
-        c.upstream.spiffe_id.to_string(),
+        c.upstreams[0].spiffe_id.to_string(),
         "spiffe://example.org/ns/demo/sa/mcp-server"
     );
-    assert!(!c.upstream.plaintext);
+    assert!(!c.upstreams[0].plaintext);
 }
 
 #[test]
@@ -159,7 +159,7 @@ fn plain_http_only_to_declared_loopback() {
             "spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"",
             "spiffe_id: \"spiffe://example.org/ns/demo/sa/mcp-server\"\n  plaintext_loopback: true",
         );
-    assert!(parse(&plain).unwrap().upstream.plaintext);
+    assert!(parse(&plain).unwrap().upstreams[0].plaintext);
     let remote = plain.replace("127.0.0.1:9443", "10.0.0.5:9443");
     assert!(format!("{:#}", parse(&remote).unwrap_err()).contains("loopback"));
     let by_name = plain.replace("127.0.0.1:9443", "localhost:9443");
@@ -381,7 +381,7 @@ fn plaintext_listener_refuses_jwt_svid_callers() {
 
 #[test]
 fn upstream_connection_defaults_are_sane() {
-    let c = parse(GOOD).unwrap().upstream.connection;
+    let c = parse(GOOD).unwrap().upstreams[0].connection.clone();
     assert_eq!(c, UpstreamConnection::default());
     assert_eq!(c.connect_timeout, Duration::from_secs(10));
     assert_eq!(c.request_timeout, Duration::from_secs(60));
@@ -402,7 +402,7 @@ fn upstream_connection_settings_parse() {
   health_check_interval_seconds: 0
 ",
     );
-    let c = parse(&text).unwrap().upstream.connection;
+    let c = parse(&text).unwrap().upstreams[0].connection.clone();
     assert_eq!(c.connect_timeout, Duration::from_secs(2));
     assert_eq!(c.request_timeout, Duration::from_secs(5));
     assert_eq!(c.stream_idle_timeout, Duration::from_secs(7));
@@ -488,10 +488,9 @@ upstreams:
 #[test]
 fn an_upstream_list_routes_by_name() {
     let c = parse(LIST).unwrap();
-    assert!(c.route_by_name);
+    assert_eq!(c.routing, Routing::ByName);
     let names: Vec<_> = c.upstreams.iter().map(|u| u.name.as_str()).collect();
     assert_eq!(names, ["github", "jira"]);
-    assert_eq!(c.upstream.name, "github", "`upstream` is the first");
     assert_eq!(
         c.upstreams[0].connection.request_timeout,
         Duration::from_secs(30)
@@ -505,7 +504,7 @@ fn an_upstream_list_routes_by_name() {
         Some("x-caller")
     );
     let single = parse(GOOD).unwrap();
-    assert!(!single.route_by_name);
+    assert_eq!(single.routing, Routing::OnePath);
     assert_eq!(single.upstreams.len(), 1);
 }
 

@@ -10,7 +10,7 @@ use hyper::header::HeaderName;
 use serde::Deserialize;
 use spiffe::SpiffeId;
 
-use super::parse_spiffe_id;
+use super::{Routing, parse_spiffe_id};
 
 /// `aggregate:`: one endpoint, `<listener.path>/<name>`, presenting the
 /// tools of several upstreams as `<upstream>__<tool>`.
@@ -208,9 +208,9 @@ impl RawUpstream {
 pub(super) fn validate_upstreams(
     one: Option<RawUpstream>,
     list: Option<Vec<RawUpstream>>,
-) -> anyhow::Result<(Vec<UpstreamConfig>, bool)> {
+) -> anyhow::Result<(Vec<UpstreamConfig>, Routing)> {
     let raw = match (one, list) {
-        (Some(u), None) => return Ok((vec![u.validate()?], false)),
+        (Some(u), None) => return Ok((vec![u.validate()?], Routing::OnePath)),
         (Some(_), Some(_)) => bail!("upstream, upstreams: set one of the two, not both"),
         (None, None) => bail!("upstreams: required (or a single `upstream:`)"),
         (None, Some(list)) if list.is_empty() => bail!("upstreams: must not be empty"),
@@ -251,7 +251,7 @@ pub(super) fn validate_upstreams(
         }
         out.push(u);
     }
-    Ok((out, true))
+    Ok((out, Routing::ByName))
 }
 
 /// Checks `aggregate:`: only with the `upstreams:` list; its name is a path
@@ -261,12 +261,12 @@ pub(super) fn validate_upstreams(
 pub(super) fn validate_aggregate(
     raw: Option<RawAggregate>,
     upstreams: &[UpstreamConfig],
-    route_by_name: bool,
+    routing: Routing,
 ) -> anyhow::Result<Option<AggregateConfig>> {
     let Some(raw) = raw else {
         return Ok(None);
     };
-    if !route_by_name {
+    if routing != Routing::ByName {
         bail!("aggregate: only with the `upstreams:` list (each upstream has a name)");
     }
     let valid_name = !raw.name.is_empty()

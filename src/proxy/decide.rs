@@ -8,9 +8,9 @@
 //! shadow decision change what is enforced.
 
 use crate::audit::{Outcome, ShadowRecord};
+use crate::clock;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
-use crate::clock;
 use crate::policy::{Decision, PolicyInput, Target, User};
 use crate::policy_store::Policies;
 use crate::proxy::upstream::Upstream;

@@ -88,7 +88,8 @@ async fn connection(
         .ok_or("connections.max_connections reached")?;
     let peer = own_peer(&gateway)?;
     let _ = tcp.set_nodelay(true);
-    let remaining = Duration::from_secs(u64::try_from(peer.not_after - unix_seconds()).unwrap_or(0));
+    let remaining =
+        Duration::from_secs(u64::try_from(peer.not_after - unix_seconds()).unwrap_or(0));
     // As on the mTLS listener: no connection outlives the SVID it is
     // served with, and clients are asked to reconnect before it expires.
     // Plain HTTP has no ALPN: HTTP/2 (prior knowledge) is closed at expiry.

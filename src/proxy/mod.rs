@@ -96,13 +96,13 @@ impl Gateway {
         metrics: Metrics,
     ) -> anyhow::Result<Gateway> {
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
-        for (i, u) in config.upstreams.iter().enumerate() {
+        for u in &config.upstreams {
             let sessions = session::Sessions::new(
                 config.limits.session_idle_timeout,
                 config.limits.max_sessions,
                 config.limits.max_sessions_per_identity,
             );
-            let upstream = Upstream::new(u, identity.clone(), i == 0, &metrics, sessions)?;
+            let upstream = Upstream::new(u, identity.clone(), &metrics, sessions)?;
             upstreams.push(Arc::new(upstream));
         }
         let aggregate = config

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Routing};
 use crate::proxy::ProxyError;
 use crate::proxy::aggregate::Aggregate;
 use crate::proxy::upstream::Upstream;
@@ -34,9 +34,7 @@ pub struct Router {
     path: String,
     /// Every configured upstream, in config order.
     pub upstreams: Vec<Arc<Upstream>>,
-    /// `upstreams:` form: upstream `<name>` is served on `<path>/<name>`;
-    /// otherwise the one upstream on `path`.
-    by_name: bool,
+    routing: Routing,
     /// The aggregated endpoint (`aggregate:`), on `<path>/<name>`.
     pub aggregate: Option<Aggregate>,
 }
@@ -50,16 +48,16 @@ impl Router {
         Router {
             path: config.listener.path.clone(),
             upstreams,
-            by_name: config.route_by_name,
+            routing: config.routing,
             aggregate,
         }
     }
 
     /// The endpoint `path` names.
     pub fn route(&self, path: &str) -> Result<Route<'_>, ProxyError> {
-        if !self.by_name {
-            return match self.upstreams.first() {
-                Some(up) if path == self.path => Ok(Route::Upstream(up)),
+        if self.routing == Routing::OnePath {
+            return match self.upstreams.as_slice() {
+                [up] if path == self.path => Ok(Route::Upstream(up)),
                 _ => Err(ProxyError::NotFound),
             };
         }

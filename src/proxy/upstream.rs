@@ -39,7 +39,7 @@ use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
 
 use crate::config::{UpstreamConfig, UpstreamConnection};
-use crate::identity::{Identity, TlsConfigs, spiffe_id};
+use crate::identity::{Identity, spiffe_id};
 use crate::metrics::{Metrics, UpstreamMetrics};
 use crate::proxy::protocol;
 use crate::proxy::reply::{self, ReplyBody};
@@ -175,12 +175,9 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// `primary`: the upstream whose client config [`Identity`] builds;
-    /// every other one gets its own, for its own SPIFFE ID.
     pub fn new(
         config: &UpstreamConfig,
         identity: Identity,
-        primary: bool,
         metrics: &Metrics,
         sessions: Sessions,
     ) -> anyhow::Result<Upstream> {
@@ -190,18 +187,12 @@ impl Upstream {
             .ok_or_else(|| anyhow::anyhow!("upstream.url: no authority"))?;
         let conn = &config.connection;
         let spiffe_id = config.spiffe_id.to_string();
-        let mut connector = UpstreamConnector::new(
+        let connector = UpstreamConnector::new(
             identity,
             config.plaintext,
             conn.connect_timeout,
             Arc::from(spiffe_id.as_str()),
         );
-        if !primary {
-            connector.own_id = Some(Arc::new(OwnClientConfig {
-                spiffe_id: spiffe_id.clone(),
-                built: ArcSwapOption::empty(),
-            }));
-        }
         let prober = conn
             .health_check_interval
             .map(|every| Prober::new(connector.clone(), uri.clone(), every));
@@ -285,36 +276,37 @@ pub struct UpstreamConnector {
     timeout: Duration,
     /// The SPIFFE ID the upstream must present, byte for byte.
     expected: Arc<str>,
-    /// For a non-primary upstream: its own client config, accepting only
-    /// its SPIFFE ID.
-    own_id: Option<Arc<OwnClientConfig>>,
+    /// This upstream's rustls client config.
+    client_config: Arc<ClientConfigCache>,
 }
 
-/// A client config for one SPIFFE ID, built from the identity's current
-/// TLS configs and rebuilt if those are ever replaced. Read on each new
-/// connection, not on each request.
-struct OwnClientConfig {
-    spiffe_id: String,
-    /// (the identity's server config it was built beside, the client config)
-    built: ArcSwapOption<(Arc<rustls::ServerConfig>, Arc<ClientConfig>)>,
+/// One upstream's client config (accepting only its SPIFFE ID), built on
+/// the first connection after the SVID generation moves and reused until
+/// it moves again: read on each new connection, never on each request.
+/// The pool is replaced on the same move (`Pool::client`), so connections
+/// and the config they were opened with rotate together.
+#[derive(Default)]
+struct ClientConfigCache {
+    /// (the SVID generation it was built in, the config)
+    built: ArcSwapOption<(u64, Arc<ClientConfig>)>,
 }
 
-impl OwnClientConfig {
-    fn get(&self, configs: &TlsConfigs) -> Result<Arc<ClientConfig>, ConnectError> {
+impl ClientConfigCache {
+    fn get(&self, identity: &Identity, expected: &str) -> Result<Arc<ClientConfig>, ConnectError> {
+        let generation = identity.svid_generation();
         if let Some(built) = self.built.load_full()
-            && Arc::ptr_eq(&built.0, &configs.server)
+            && built.0 == generation
         {
             return Ok(Arc::clone(&built.1));
         }
+        let configs = identity.current().ok_or(ConnectError::NoIdentity)?;
         let client = Arc::new(
             configs
-                .client_for(&self.spiffe_id)
+                .client_for(expected)
                 .map_err(|_| ConnectError::NoIdentity)?,
         );
-        self.built.store(Some(Arc::new((
-            Arc::clone(&configs.server),
-            Arc::clone(&client),
-        ))));
+        self.built
+            .store(Some(Arc::new((generation, Arc::clone(&client)))));
         Ok(client)
     }
 }
@@ -331,7 +323,7 @@ impl UpstreamConnector {
             plaintext,
             timeout,
             expected,
-            own_id: None,
+            client_config: Arc::default(),
         }
     }
 }
@@ -370,11 +362,7 @@ impl UpstreamConnector {
         if self.plaintext {
             return Ok(UpstreamStream::Plain(TokioIo::new(tcp)));
         }
-        let configs = self.identity.current().ok_or(ConnectError::NoIdentity)?;
-        let tls_config = match &self.own_id {
-            None => Arc::clone(&configs.upstream),
-            Some(own) => own.get(&configs)?,
-        };
+        let tls_config = self.client_config.get(&self.identity, &self.expected)?;
         // The server name is not used for verification (identity is the
         // SPIFFE ID); it only goes into SNI.
         let name = ServerName::try_from(host).map_err(|_| ConnectError::BadUri)?;

@@ -205,7 +205,11 @@ fn write_policies(dir: &Path, policies: Option<&str>) {
 
 fn read_records(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
+    // Only whole lines: the writer may be between the two halves of a
+    // record when the file is read.
+    let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+    whole
+        .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
