@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use spiffe_mcp_gateway::mcp::{self, Body, Message};
-use spiffe_mcp_gateway::policy::{self, DecisionReason, PolicyEngine, PolicyInput, Target};
+use spiffe_mcp_gateway::policy::{DecisionReason, PolicyEngine, PolicyInput, Target};
 
 const AGENT: &str = "spiffe://example.org/ns/demo/sa/agent";
 const SERVER_ID: &str = "spiffe://example.org/ns/demo/sa/mcp-server";
