@@ -10,7 +10,10 @@
 //! cannot be kept is counted as lost, never dropped silently. The audit
 //! stream is its own output, never mixed with debug logs.
 
+mod reason;
 mod writer;
+
+pub use reason::Reason;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,8 +57,8 @@ pub struct Record {
     pub target_kind: Option<&'static str>,
     pub target: Option<String>,
     pub decision: Outcome,
-    /// Why: `permit`, `forbid`, `default_deny`, `error`, `parse_error`, ...
-    pub reason: &'static str,
+    /// Why (`permit`, `forbid`, `default_deny`, `parse_error`, ...).
+    pub reason: Reason,
     pub policy_ids: Vec<String>,
     pub policy_version: String,
     pub protocol_version: Option<String>,
@@ -133,7 +136,7 @@ impl Record {
         exchange: &Exchange<'_>,
         correlation_id: String,
         decision: Outcome,
-        reason: &'static str,
+        reason: Reason,
     ) -> Record {
         Record {
             time: now_rfc3339(),
@@ -193,7 +196,7 @@ impl Record {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct ShadowRecord {
     pub decision: Outcome,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub policy_ids: Vec<String>,
     pub policy_version: String,
 }

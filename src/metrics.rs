@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::audit::Reason;
 use crate::mcp::method::metric_label;
 
 /// A metric's name, its help text, and its labels (empty for one series).
@@ -329,8 +330,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_error(&self, kind: &'static str) {
-        self.upstream_errors.with_label_values(&[kind]).inc();
+    pub fn upstream_error(&self, kind: Reason) {
+        self.upstream_errors
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     /// The series of one configured upstream (created, so exported, now).
@@ -347,8 +350,8 @@ impl Metrics {
         }
     }
 
-    pub fn refused(&self, reason: &'static str) {
-        self.refused.with_label_values(&[reason]).inc();
+    pub fn refused(&self, reason: Reason) {
+        self.refused.with_label_values(&[reason.as_str()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

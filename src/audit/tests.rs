@@ -21,7 +21,7 @@ fn record(n: usize) -> Record {
         target_kind: Some("tool"),
         target: Some("echo".into()),
         decision: Outcome::Allow,
-        reason: "permit",
+        reason: Reason::Permit,
         policy_ids: vec!["p".into()],
         policy_version: "v".into(),
         protocol_version: None,

@@ -7,7 +7,7 @@
 //! a message against a set other than the one its request took, or let a
 //! shadow decision change what is enforced.
 
-use crate::audit::{Outcome, ShadowRecord};
+use crate::audit::{Outcome, Reason, ShadowRecord};
 use crate::clock;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
@@ -18,7 +18,7 @@ use crate::proxy::upstream::Upstream;
 /// The outcome of deciding one message, with the labels audit and metrics use.
 pub struct Verdict {
     pub allowed: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub policy_ids: Vec<String>,
     /// The shadow set's decision, when it disagrees with the enforced one.
     pub shadow: Option<ShadowRecord>,
@@ -28,7 +28,7 @@ impl From<Decision> for Verdict {
     fn from(d: Decision) -> Verdict {
         Verdict {
             allowed: d.allowed,
-            reason: d.reason.as_str(),
+            reason: d.reason.into(),
             policy_ids: d.policy_ids,
             shadow: None,
         }
@@ -80,7 +80,7 @@ pub fn message(
     let Some(method) = message.method.as_deref() else {
         return Verdict {
             allowed: true,
-            reason: "caller_response",
+            reason: Reason::CallerResponse,
             policy_ids: Vec::new(),
             shadow: None,
         };
@@ -123,7 +123,7 @@ pub fn with_shadow(
         } else {
             Outcome::Deny
         },
-        reason: candidate.reason.as_str(),
+        reason: candidate.reason.into(),
         policy_ids: candidate.policy_ids,
         policy_version: shadow.version().to_owned(),
     };

@@ -9,6 +9,7 @@
 
 use hyper::StatusCode;
 
+use crate::audit::Reason;
 use crate::proxy::session::SessionRefusal;
 
 /// JSON-RPC code for a message refused by policy.
@@ -178,38 +179,38 @@ impl ProxyError {
     }
 
     /// The audit `reason` for a refusal before or after a decision.
-    pub fn audit_reason(&self) -> &'static str {
+    pub fn audit_reason(&self) -> Reason {
         match self {
-            ProxyError::Parse(..) => "parse_error",
-            ProxyError::Denied => "denied",
-            ProxyError::TooLarge(_) => "body_too_large",
-            ProxyError::BodyRead => "body_read_error",
-            ProxyError::BodyTimeout => "body_read_timeout",
-            ProxyError::ContentEncoding(_) => "content_encoding",
-            ProxyError::ContentType => "content_type",
-            ProxyError::TransferEncoding(_) => "transfer_encoding",
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::UpstreamUnavailable => "upstream_unavailable",
-            ProxyError::UpstreamIdentity => "upstream_identity",
-            ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::UpstreamStreamIdle => "upstream_stream_idle",
-            ProxyError::MethodNotAllowed => "method_not_allowed",
-            ProxyError::NotFound => "not_found",
-            ProxyError::UnknownUpstream => "unknown_upstream",
-            ProxyError::UnsupportedVersion(_) => "unsupported_protocol_version",
-            ProxyError::HeaderMismatch(_) => "header_mismatch",
-            ProxyError::DuplicateHeader(_) => "duplicate_header",
+            ProxyError::Parse(..) => Reason::ParseError,
+            ProxyError::Denied => Reason::Denied,
+            ProxyError::TooLarge(_) => Reason::BodyTooLarge,
+            ProxyError::BodyRead => Reason::BodyReadError,
+            ProxyError::BodyTimeout => Reason::BodyReadTimeout,
+            ProxyError::ContentEncoding(_) => Reason::ContentEncoding,
+            ProxyError::ContentType => Reason::ContentType,
+            ProxyError::TransferEncoding(_) => Reason::TransferEncoding,
+            ProxyError::BadRequest(_) => Reason::BadRequest,
+            ProxyError::UpstreamUnavailable => Reason::UpstreamUnavailable,
+            ProxyError::UpstreamIdentity => Reason::UpstreamIdentity,
+            ProxyError::UpstreamTimeout => Reason::UpstreamTimeout,
+            ProxyError::UpstreamStreamIdle => Reason::UpstreamStreamIdle,
+            ProxyError::MethodNotAllowed => Reason::MethodNotAllowed,
+            ProxyError::NotFound => Reason::NotFound,
+            ProxyError::UnknownUpstream => Reason::UnknownUpstream,
+            ProxyError::UnsupportedVersion(_) => Reason::UnsupportedProtocolVersion,
+            ProxyError::HeaderMismatch(_) => Reason::HeaderMismatch,
+            ProxyError::DuplicateHeader(_) => Reason::DuplicateHeader,
             ProxyError::Session(r) => r.audit_reason(),
-            ProxyError::BatchNotAllowed => "batch_not_allowed",
-            ProxyError::UserToken(_) => "user_token",
-            ProxyError::ForeignHost => "foreign_host",
-            ProxyError::ForeignOrigin => "foreign_origin",
-            ProxyError::CallerToken(_) => "caller_token",
-            ProxyError::AggregateUnknownTool => "aggregate_unknown_tool",
-            ProxyError::AggregateMethod => "aggregate_method",
-            ProxyError::AggregateUnknownPrompt => "aggregate_unknown_prompt",
-            ProxyError::AggregateUnknownResource => "aggregate_unknown_resource",
-            ProxyError::AuditUnavailable => "audit_unavailable",
+            ProxyError::BatchNotAllowed => Reason::BatchNotAllowed,
+            ProxyError::UserToken(_) => Reason::UserToken,
+            ProxyError::ForeignHost => Reason::ForeignHost,
+            ProxyError::ForeignOrigin => Reason::ForeignOrigin,
+            ProxyError::CallerToken(_) => Reason::CallerToken,
+            ProxyError::AggregateUnknownTool => Reason::AggregateUnknownTool,
+            ProxyError::AggregateMethod => Reason::AggregateMethod,
+            ProxyError::AggregateUnknownPrompt => Reason::AggregateUnknownPrompt,
+            ProxyError::AggregateUnknownResource => Reason::AggregateUnknownResource,
+            ProxyError::AuditUnavailable => Reason::AuditUnavailable,
         }
     }
 
@@ -266,7 +267,7 @@ mod tests {
         ];
         for (refusal, status, code, reason) in cases {
             assert_eq!(refusal.status_and_code(), (status, code), "{refusal}");
-            assert_eq!(refusal.audit_reason(), reason);
+            assert_eq!(refusal.audit_reason().as_str(), reason);
             // A call-level failure: answered under the request's id.
             assert!(refusal.answers_the_call(), "{refusal}");
         }
@@ -292,7 +293,7 @@ mod tests {
         for (refusal, status, reason, message) in cases {
             let refusal = ProxyError::Session(refusal);
             assert_eq!(refusal.status_and_code(), (status, CODE_SESSION_LIMIT));
-            assert_eq!(refusal.audit_reason(), reason);
+            assert_eq!(refusal.audit_reason().as_str(), reason);
             assert!(refusal.to_string().starts_with(message), "{refusal}");
             assert!(!refusal.answers_the_call());
         }
@@ -313,7 +314,7 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, CODE_AUDIT_UNAVAILABLE)
         );
         assert_eq!(CODE_AUDIT_UNAVAILABLE, -32068);
-        assert_eq!(refusal.audit_reason(), "audit_unavailable");
+        assert_eq!(refusal.audit_reason().as_str(), "audit_unavailable");
         // Refused at the transport level: the client retries the request.
         assert!(!refusal.answers_the_call());
     }

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
+use crate::audit::Reason;
 use crate::clock::unix_seconds;
 
 /// Why a session id was refused, or no new session was started.
@@ -48,14 +49,14 @@ pub enum SessionRefusal {
 }
 
 impl SessionRefusal {
-    pub fn audit_reason(self) -> &'static str {
+    pub fn audit_reason(self) -> Reason {
         match self {
-            SessionRefusal::Unknown => "session_unknown",
-            SessionRefusal::NotOwner => "session_not_owned",
-            SessionRefusal::Expired => "session_expired",
-            SessionRefusal::Full => "session_table_full",
-            SessionRefusal::IdentityLimit => "session_identity_limit",
-            SessionRefusal::Collision => "session_id_collision",
+            SessionRefusal::Unknown => Reason::SessionUnknown,
+            SessionRefusal::NotOwner => Reason::SessionNotOwned,
+            SessionRefusal::Expired => Reason::SessionExpired,
+            SessionRefusal::Full => Reason::SessionTableFull,
+            SessionRefusal::IdentityLimit => Reason::SessionIdentityLimit,
+            SessionRefusal::Collision => Reason::SessionIdCollision,
         }
     }
 

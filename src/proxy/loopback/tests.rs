@@ -74,7 +74,7 @@ fn check(headers: &[(&str, &str)], uri: &str) -> Result<(), &'static str> {
             HeaderValue::from_str(v).unwrap(),
         );
     }
-    check_local_request(&map, &uri.parse().unwrap()).map_err(|e| e.audit_reason())
+    check_local_request(&map, &uri.parse().unwrap()).map_err(|e| e.audit_reason().as_str())
 }
 
 #[test]

@@ -30,7 +30,7 @@ use hyper::body::{Body, Incoming};
 use hyper::header::{self};
 use serde_json::Value;
 
-use crate::audit::{Exchange, Outcome, Record};
+use crate::audit::{Exchange, Outcome, Reason, Record};
 use crate::mcp::method::{self, ListKind};
 use crate::mcp::{Kind, Message};
 use crate::policy::User;
@@ -69,12 +69,12 @@ enum WayBack {
 }
 
 impl WayBack {
-    fn reason(self) -> &'static str {
+    fn reason(self) -> Reason {
         match self {
-            WayBack::ListFiltered(_) => "list_filtered",
-            WayBack::SseError => "upstream_sse_error",
-            WayBack::BatchRefused => "upstream_batch_refused",
-            WayBack::ParseError => "upstream_parse_error",
+            WayBack::ListFiltered(_) => Reason::ListFiltered,
+            WayBack::SseError => Reason::UpstreamSseError,
+            WayBack::BatchRefused => Reason::UpstreamBatchRefused,
+            WayBack::ParseError => Reason::UpstreamParseError,
         }
     }
 
@@ -225,7 +225,7 @@ impl Gateway {
         &self,
         ctx: &ReplyContext,
         correlation_id: &str,
-        reason: &'static str,
+        reason: Reason,
         decision: Outcome,
     ) {
         let record = Record::new(&ctx.exchange(), correlation_id.to_owned(), decision, reason);

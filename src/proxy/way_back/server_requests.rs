@@ -146,7 +146,7 @@ impl Gateway {
             Outcome::Deny
         };
         let target = Target::Workload(&ctx.peer.spiffe_id);
-        let reason = decision.reason.as_str();
+        let reason = decision.reason.into();
         let record = Record::new(&exchange, correlation_id.clone(), outcome, reason)
             .about(request_id, Some(method), Some(target))
             .decided_by(decision.policy_ids, shadow)
