@@ -15,6 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -22,7 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
+
+use crate::proxy::Gateway;
 
 /// First pause after a failed accept.
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -42,11 +45,43 @@ pub struct Lifecycle {
     pub stop: watch::Receiver<bool>,
 }
 
+/// Serves a listener until `lifecycle.stop` flips to true: each accepted
+/// connection runs `connection` (the listener's own: handshake or not,
+/// identity, then HTTP until it ends or drains) on `connections`, so
+/// shutdown can wait for them to drain. Why a connection ended early is
+/// logged at debug level.
+pub(crate) async fn serve<F, Fut>(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    lifecycle: Lifecycle,
+    connections: TaskTracker,
+    connection: F,
+) where
+    F: Fn(TcpStream, Arc<Gateway>, watch::Receiver<bool>) -> Fut + Copy,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let errors = gateway.metrics.accept_errors.clone();
+    accept_loop(
+        listener,
+        lifecycle,
+        connections,
+        errors,
+        move |tcp, addr, drain| {
+            let served = connection(tcp, Arc::clone(&gateway), drain);
+            async move {
+                if let Err(reason) = served.await {
+                    debug!(%addr, %reason, "connection ended");
+                }
+            }
+        },
+    )
+    .await;
+}
+
 /// Accepts connections until `stop` flips to true, then drops the
 /// listening socket (new connections are refused). Each accepted
-/// connection runs `serve_one` (given the drain signal) on `connections`,
-/// so shutdown can wait for them to drain.
-pub(crate) async fn accept_loop<F, Fut>(
+/// connection runs `serve_one` (given the drain signal) on `connections`.
+async fn accept_loop<F, Fut>(
     listener: TcpListener,
     lifecycle: Lifecycle,
     connections: TaskTracker,

@@ -24,12 +24,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::clock::unix_seconds;
 use crate::identity::{id_refusal, spiffe_id};
 use crate::proxy::Gateway;
-use crate::proxy::accept::{Lifecycle, accept_loop};
+use crate::proxy::accept::{self, Lifecycle};
 use crate::proxy::http_conn::{self, Served};
 
 /// Time allowed for a client to complete the TLS handshake.
@@ -91,22 +91,7 @@ pub async fn serve(
     lifecycle: Lifecycle,
     connections: TaskTracker,
 ) {
-    let errors = gateway.metrics.accept_errors.clone();
-    accept_loop(
-        listener,
-        lifecycle,
-        connections,
-        errors,
-        move |tcp, addr, shutdown| {
-            let gateway = Arc::clone(&gateway);
-            async move {
-                if let Err(reason) = connection(tcp, gateway, shutdown).await {
-                    debug!(%addr, %reason, "connection ended");
-                }
-            }
-        },
-    )
-    .await;
+    accept::serve(listener, gateway, lifecycle, connections, connection).await;
 }
 
 /// One connection: a place under the connection cap, handshake, identity

@@ -29,10 +29,9 @@ use hyper::{Request, Uri};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
 
 use crate::clock::unix_seconds;
-use crate::proxy::accept::{Lifecycle, accept_loop};
+use crate::proxy::accept::{self, Lifecycle};
 use crate::proxy::http_conn::{self, Served};
 use crate::proxy::listener::{Peer, peer_from_leaf};
 use crate::proxy::{Gateway, ProxyError};
@@ -45,22 +44,7 @@ pub async fn serve(
     lifecycle: Lifecycle,
     connections: TaskTracker,
 ) {
-    let errors = gateway.metrics.accept_errors.clone();
-    accept_loop(
-        listener,
-        lifecycle,
-        connections,
-        errors,
-        move |tcp, addr, shutdown| {
-            let gateway = Arc::clone(&gateway);
-            async move {
-                if let Err(reason) = connection(tcp, gateway, shutdown).await {
-                    debug!(%addr, %reason, "connection refused");
-                }
-            }
-        },
-    )
-    .await;
+    accept::serve(listener, gateway, lifecycle, connections, connection).await;
 }
 
 /// The caller identity of a new connection: this process's current SVID.

@@ -40,6 +40,8 @@ pub struct Options {
     pub aggregate: bool,
     /// `audit.path`; `None`: `audit.log` in the test's directory.
     pub audit_path: Option<String>,
+    /// More `listener:` fields, e.g. `plaintext_loopback: true`.
+    pub listener_fields: String,
 }
 
 impl Default for Options {
@@ -54,6 +56,7 @@ impl Default for Options {
             more_upstreams: Vec::new(),
             aggregate: false,
             audit_path: None,
+            listener_fields: String::new(),
         }
     }
 }
@@ -97,7 +100,7 @@ impl Harness {
         write_policies(&dir.path().join("policies"), options.policies.as_deref());
         let (upstreams, others) = upstreams_config(&ca, &upstream, &mut options).await;
         let text = format!(
-            "listener: {{address: \"127.0.0.1:0\", path: /mcp}}\n\
+            "listener: {{address: \"127.0.0.1:0\", path: /mcp, {listener}}}\n\
              admin: {{address: \"127.0.0.1:0\"}}\n\
              workload_api: {{socket: \"{socket}\"}}\n\
              policy: {{dir: policies}}\n\
@@ -106,6 +109,7 @@ impl Harness {
             socket = workload_api.endpoint,
             audit = options.audit_path.as_deref().unwrap_or("audit.log"),
             extra = options.extra_config,
+            listener = options.listener_fields,
         );
         let config = Config::parse(&text, dir.path(), &NoEnv).expect("test config");
         let app = app::build(config).await.expect("app::build");
