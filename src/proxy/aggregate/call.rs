@@ -6,11 +6,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Response};
 use serde_json::Value;
 
-use super::{Asked, member_headers};
+use super::{Asked, Link, member_headers};
 use crate::mcp::{self, Message};
 use crate::proxy::reply::{self, ReplyBody};
 use crate::proxy::way_back;
@@ -27,39 +27,21 @@ impl Gateway {
         message: &Message<'_>,
         id: &str,
     ) -> Response<ReplyBody> {
-        let Asked {
-            agg,
-            parts,
-            links,
-            facts,
-        } = *asked;
-        let method = message.method.as_deref();
-        let resource = method == Some("resources/read");
-        let target = message.target.as_deref();
-        let routed = if resource {
-            target
-                .and_then(|uri| agg.route_uri(uri))
-                .map(|(i, uri)| (i, Cow::Owned(uri)))
-        } else {
-            target
-                .and_then(|name| agg.route(name))
-                .map(|(i, name)| (i, Cow::Borrowed(name)))
-        };
-        let routed = routed.and_then(|(i, tool)| Some((i, tool, links.get(i)?.as_ref()?)));
-        let Some((index, tool, link)) = routed else {
-            let refusal = match method {
-                Some("prompts/get") => ProxyError::AggregateUnknownPrompt,
-                Some("resources/read") => ProxyError::AggregateUnknownResource,
-                _ => ProxyError::AggregateUnknownTool,
-            };
+        let facts = asked.facts;
+        let Some((index, tool, link)) = route_call(asked, message) else {
+            let refusal = unknown_target(message.method.as_deref());
             return self.refuse_message(refusal, facts, Some(id)).await;
         };
         let tool: &str = &tool;
-        let member = &agg.members[index];
-        let field = if resource { "uri" } else { "name" };
+        let member = &asked.agg.members[index];
+        let not_rewritten = ProxyError::BadRequest("the request could not be rewritten");
+        let field = if is_resource_read(message) {
+            "uri"
+        } else {
+            "name"
+        };
         let Some(rewritten) = rename_target(bytes, field, tool) else {
-            let refusal = ProxyError::BadRequest("the request could not be rewritten");
-            return self.refuse_message(refusal, facts, Some(id)).await;
+            return self.refuse_message(not_rewritten, facts, Some(id)).await;
         };
         let message = match mcp::parse_body(&rewritten) {
             Ok(mcp::Body::Single(m))
@@ -67,55 +49,89 @@ impl Gateway {
             {
                 m
             }
-            _ => {
-                let refusal = ProxyError::BadRequest("the request could not be rewritten");
-                return self.refuse_message(refusal, facts, Some(id)).await;
-            }
+            _ => return self.refuse_message(not_rewritten, facts, Some(id)).await,
         };
         let f = facts.on(member);
         let (allowed, correlation_id) = self.decide_message(&message, &f, member).await;
         if !allowed {
-            let answers = reply::denial_answers(
-                std::slice::from_ref(&message),
-                &[(0, correlation_id.clone())],
-            );
+            let denied = [(0, correlation_id.clone())];
+            let answers = reply::denial_answers(std::slice::from_ref(&message), &denied);
             return reply::denied(answers, false, &correlation_id);
         }
         let input_requests_possible =
             way_back::input_requests_possible(std::slice::from_ref(&message), f.protocol_version);
         drop(message);
-        let mut headers = member_headers(&parts.headers, Some(link));
-        if link.version == protocol::MODERN {
-            // Header and body name the same target at the member too.
-            let Some(name) = protocol::encode_header_value(tool) else {
-                let refusal = ProxyError::BadRequest("the request could not be rewritten");
-                return self.refuse_message(refusal, facts, Some(id)).await;
-            };
-            headers.insert(protocol::NAME_HEADER, name);
-        }
+        let Some(headers) = call_headers(&asked.parts.headers, link, tool) else {
+            return self.refuse_message(not_rewritten, facts, Some(id)).await;
+        };
         let sent = self
             .call_upstream(member, &headers, Method::POST, rewritten, &f, Some(id))
             .await;
-        match sent {
-            Ok(resp) => {
-                let mut ctx = f.reply_context(member, Vec::new());
-                ctx.session_id = link.session.clone();
-                ctx.protocol_version = Some(link.version.clone());
-                ctx.awaiting = Some(id.to_owned());
-                ctx.input_requests_possible = input_requests_possible;
-                let mut reply = self.inspect_reply(resp, ctx).await;
-                // The member's session id is the gateway's to hold: the
-                // caller only ever sees the aggregated one.
-                let headers = reply.headers_mut();
-                headers.remove(protocol::SESSION_HEADER);
-                if let Some(v) = facts.session_id.and_then(|s| HeaderValue::from_str(s).ok()) {
-                    headers.insert(protocol::SESSION_HEADER, v);
-                }
-                reply
-            }
-            Err(refusal) => refusal,
-        }
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(refusal) => return refusal,
+        };
+        let mut ctx = f.reply_context(member, Vec::new());
+        ctx.session_id = link.session.clone();
+        ctx.protocol_version = Some(link.version.clone());
+        ctx.awaiting = Some(id.to_owned());
+        ctx.input_requests_possible = input_requests_possible;
+        let mut reply = self.inspect_reply(resp, ctx).await;
+        show_aggregated_session(reply.headers_mut(), facts.session_id);
+        reply
     }
+}
+
+/// The member's session id is the gateway's to hold: the caller only ever
+/// sees the aggregated one.
+fn show_aggregated_session(headers: &mut HeaderMap, aggregated: Option<&str>) {
+    headers.remove(protocol::SESSION_HEADER);
+    if let Some(v) = aggregated.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(protocol::SESSION_HEADER, v);
+    }
+}
+
+fn is_resource_read(message: &Message<'_>) -> bool {
+    message.method.as_deref() == Some("resources/read")
+}
+
+/// The member a call names (by prefixed name, or gateway URI for
+/// `resources/read`), the member's own name for the target, and the
+/// member's link; `None` if it names no member opened in this session.
+fn route_call<'a, 'm>(
+    asked: &Asked<'a, '_>,
+    message: &'m Message<'_>,
+) -> Option<(usize, Cow<'m, str>, &'a Link)> {
+    let target = message.target.as_deref()?;
+    let (index, tool) = if is_resource_read(message) {
+        let (i, uri) = asked.agg.route_uri(target)?;
+        (i, Cow::Owned(uri))
+    } else {
+        let (i, name) = asked.agg.route(target)?;
+        (i, Cow::Borrowed(name))
+    };
+    let link = asked.links.get(index)?.as_ref()?;
+    Some((index, tool, link))
+}
+
+/// The refusal of a call that names no member's tool, prompt or resource.
+fn unknown_target(method: Option<&str>) -> ProxyError {
+    match method {
+        Some("prompts/get") => ProxyError::AggregateUnknownPrompt,
+        Some("resources/read") => ProxyError::AggregateUnknownResource,
+        _ => ProxyError::AggregateUnknownTool,
+    }
+}
+
+/// The headers of a call to a member: its session, and in 2026-07-28 the
+/// `Mcp-Name` header naming the member's own target, as the body does.
+/// `None` if the name cannot be a header value.
+fn call_headers(headers: &HeaderMap, link: &Link, tool: &str) -> Option<HeaderMap> {
+    let mut headers = member_headers(headers, Some(link));
+    if link.version == protocol::MODERN {
+        headers.insert(protocol::NAME_HEADER, protocol::encode_header_value(tool)?);
+    }
+    Some(headers)
 }
 
 /// The message with `params.<field>` (`name`, or `uri` for

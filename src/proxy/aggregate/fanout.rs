@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Response};
 use serde_json::Value;
 use tracing::warn;
@@ -22,7 +22,127 @@ use crate::proxy::upstream::Upstream;
 use crate::proxy::way_back::PendingList;
 use crate::proxy::{Gateway, ProxyError, RequestFacts, protocol};
 
+/// A message the gateway asks each member on the caller's behalf.
+struct Question<'q, 'm> {
+    message: &'q Message<'m>,
+    bytes: &'q Bytes,
+    /// The caller's JSON-RPC id: raw JSON, and parsed (a member's answer
+    /// must carry it).
+    id: &'q str,
+    id_value: &'q Value,
+    /// The method, for the record of a member's failure.
+    method: &'static str,
+}
+
+/// What one member made of a [`Question`].
+enum MemberAnswer<T> {
+    /// Policy denied the message to this member: the denial's correlation id.
+    Denied(String),
+    /// Not delivered, or answered without what was asked (audited as the
+    /// member's failure); the session id it issued, if any.
+    Failed(Option<String>),
+    /// What was asked, from a successful answer; the session id it issued.
+    Answered(T, Option<String>),
+}
+
 impl Gateway {
+    /// Asks one member: the message decided for it, sent, and `extract`
+    /// applied to its answer (read by the strict parser). A non-2xx status,
+    /// an unreadable answer or one `extract` finds nothing in is the
+    /// member's failure: logged, counted and audited as `method`'s.
+    async fn ask_member<T>(
+        self: &Arc<Self>,
+        member: &Arc<Upstream>,
+        facts: &RequestFacts<'_>,
+        headers: &HeaderMap,
+        question: &Question<'_, '_>,
+        extract: impl FnOnce(Value) -> Option<T>,
+    ) -> MemberAnswer<T> {
+        let (allowed, correlation_id) = self.decide_message(question.message, facts, member).await;
+        if !allowed {
+            return MemberAnswer::Denied(correlation_id);
+        }
+        let bytes = question.bytes.clone();
+        let sent = self
+            .call_upstream(
+                member,
+                headers,
+                Method::POST,
+                bytes,
+                facts,
+                Some(question.id),
+            )
+            .await;
+        // A failure to deliver is audited by `call_upstream`.
+        let Ok(resp) = sent else {
+            return MemberAnswer::Failed(None);
+        };
+        let session = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)
+            .ok()
+            .flatten()
+            .map(str::to_owned);
+        let answer = if resp.status().is_success() {
+            read_answer(member, resp, question.id_value).await
+        } else {
+            Err(ProxyError::UpstreamUnavailable)
+        };
+        let refusal = match answer.map(extract) {
+            Ok(Some(found)) => return MemberAnswer::Answered(found, session),
+            Ok(None) => ProxyError::UpstreamUnavailable,
+            Err(refusal) => refusal,
+        };
+        self.member_failed(member, facts, refusal, question.method)
+            .await;
+        MemberAnswer::Failed(session)
+    }
+
+    /// No member could be used: the last denial's refusal if `refusal` is
+    /// one, under its correlation id; otherwise a new one.
+    fn no_member_answered(
+        &self,
+        refusal: ProxyError,
+        last_denial: Option<String>,
+        id: &str,
+    ) -> Response<ReplyBody> {
+        let correlation_id = last_denial.unwrap_or_else(|| self.ids.next());
+        error_response(&refusal, Some(id), &correlation_id)
+    }
+
+    /// `initialize` asked of every member: per member, the link it opened
+    /// (`None` if denied or failed), and the last denial's correlation id.
+    async fn open_links(
+        self: &Arc<Self>,
+        agg: &Aggregate,
+        parts: &hyper::http::request::Parts,
+        facts: &RequestFacts<'_>,
+        question: &Question<'_, '_>,
+    ) -> (Vec<Option<Link>>, Option<String>) {
+        let mut links = Vec::with_capacity(agg.members.len());
+        let mut last_denial = None;
+        for member in &agg.members {
+            let f = facts.on(member);
+            let headers = member_headers(&parts.headers, None);
+            let answer = self
+                .ask_member(member, &f, &headers, question, answered_version)
+                .await;
+            links.push(match answer {
+                MemberAnswer::Answered(version, session) => Some(Link { session, version }),
+                MemberAnswer::Denied(correlation_id) => {
+                    last_denial = Some(correlation_id);
+                    None
+                }
+                MemberAnswer::Failed(session) => {
+                    // A session the member opened for nothing is ended.
+                    if let Some(sid) = session {
+                        member.end_session(&sid).await;
+                    }
+                    None
+                }
+            });
+        }
+        (links, last_denial)
+    }
+
     /// `server/discover` (2026-07-28): sent to every member policy allows;
     /// the gateway answers with the versions every answering member
     /// supports. A member that is denied or fails is left out.
@@ -33,67 +153,41 @@ impl Gateway {
         message: &Message<'_>,
         id: &str,
     ) -> Response<ReplyBody> {
-        let Asked {
-            agg,
-            parts,
-            links,
-            facts,
-        } = *asked;
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
+        let question = Question {
+            message,
+            bytes,
+            id,
+            id_value: &id_value,
+            method: "server/discover",
+        };
         let mut versions: Option<Vec<&'static str>> = None;
         let mut last_denial = None;
-        for (member, link) in agg.members.iter().zip(links.iter()) {
-            let f = facts.on(member);
-            let (allowed, correlation_id) = self.decide_message(message, &f, member).await;
-            if !allowed {
-                last_denial = Some(correlation_id);
-                continue;
+        for (member, link) in asked.agg.members.iter().zip(asked.links.iter()) {
+            let f = asked.facts.on(member);
+            let headers = member_headers(&asked.parts.headers, link.as_ref());
+            match self
+                .ask_member(member, &f, &headers, &question, supported_versions)
+                .await
+            {
+                MemberAnswer::Answered(supported, _) => {
+                    keep_common_versions(&mut versions, &supported);
+                }
+                MemberAnswer::Denied(correlation_id) => last_denial = Some(correlation_id),
+                MemberAnswer::Failed(_) => {}
             }
-            let headers = member_headers(&parts.headers, link.as_ref());
-            let sent = self
-                .call_upstream(member, &headers, Method::POST, bytes.clone(), &f, Some(id))
-                .await;
-            let Ok(resp) = sent else { continue };
-            let ok = resp.status().is_success();
-            let answer = read_answer(member, resp, &id_value).await;
-            let supported = match &answer {
-                Ok(v) if ok => v
-                    .pointer("/result/supportedVersions")
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>()),
-                _ => None,
-            };
-            let Some(supported) = supported else {
-                let refusal = answer.err().unwrap_or(ProxyError::UpstreamUnavailable);
-                self.member_failed(member, &f, refusal, "server/discover")
-                    .await;
-                continue;
-            };
-            keep_common_versions(&mut versions, &supported);
         }
-        let versions = match versions {
-            Some(v) if !v.is_empty() => v,
+        match versions {
+            Some(v) if !v.is_empty() => result_response(id, discover_result(&v), None),
             answered => {
                 let refusal = if answered.is_none() && last_denial.is_some() {
                     ProxyError::Denied
                 } else {
                     ProxyError::UpstreamUnavailable
                 };
-                let correlation_id = last_denial.unwrap_or_else(|| self.ids.next());
-                return error_response(&refusal, Some(id), &correlation_id);
+                self.no_member_answered(refusal, last_denial, id)
             }
-        };
-        let result = serde_json::json!({
-            "supportedVersions": versions,
-            "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
-            "resultType": "complete",
-            "ttlMs": 0,
-            "cacheScope": "private",
-            "_meta": { "io.modelcontextprotocol/serverInfo": {
-                "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION"),
-            } },
-        });
-        result_response(id, result, None)
+        }
     }
 
     /// `initialize`: sent to every member policy allows; the gateway answers.
@@ -115,67 +209,22 @@ impl Gateway {
                     .await;
             }
         };
-        let requested = message.protocol_version.as_deref().unwrap_or("");
-        let version = if requested != protocol::MODERN && protocol::SUPPORTED.contains(&requested) {
-            requested
-        } else {
-            DEFAULT_VERSION
-        };
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
-        let mut links = Vec::with_capacity(agg.members.len());
-        let mut last_denial = None;
-        for member in &agg.members {
-            let f = facts.on(member);
-            let (allowed, correlation_id) = self.decide_message(message, &f, member).await;
-            if !allowed {
-                last_denial = Some(correlation_id);
-                links.push(None);
-                continue;
-            }
-            let headers = member_headers(&parts.headers, None);
-            let sent = self
-                .call_upstream(member, &headers, Method::POST, bytes.clone(), &f, Some(id))
-                .await;
-            let Ok(resp) = sent else {
-                links.push(None);
-                continue;
-            };
-            let session = protocol::single_header(resp.headers(), protocol::SESSION_HEADER)
-                .ok()
-                .flatten()
-                .map(str::to_owned);
-            let ok = resp.status().is_success();
-            let answer = read_answer(member, resp, &id_value).await;
-            let answered = match &answer {
-                Ok(v) if ok => v
-                    .pointer("/result/protocolVersion")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-                _ => None,
-            };
-            match answered {
-                Some(v) => links.push(Some(Link {
-                    session,
-                    version: v,
-                })),
-                None => {
-                    let refusal = answer.err().unwrap_or(ProxyError::UpstreamUnavailable);
-                    self.member_failed(member, &f, refusal, "initialize").await;
-                    if let Some(sid) = session {
-                        member.end_session(&sid).await;
-                    }
-                    links.push(None);
-                }
-            }
-        }
+        let question = Question {
+            message,
+            bytes,
+            id,
+            id_value: &id_value,
+            method: "initialize",
+        };
+        let (links, last_denial) = self.open_links(agg, parts, facts, &question).await;
         if links.iter().all(Option::is_none) {
             let refusal = if last_denial.is_some() {
                 ProxyError::Denied
             } else {
                 ProxyError::UpstreamUnavailable
             };
-            let correlation_id = last_denial.unwrap_or_else(|| self.ids.next());
-            return error_response(&refusal, Some(id), &correlation_id);
+            return self.no_member_answered(refusal, last_denial, id);
         }
         let links: Links = links.into();
         let session = match Aggregate::open_session(reservation, Arc::clone(&links)) {
@@ -187,11 +236,7 @@ impl Gateway {
                     .await;
             }
         };
-        let result = serde_json::json!({
-            "protocolVersion": version,
-            "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
-            "serverInfo": { "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION") },
-        });
+        let result = initialize_result(message.protocol_version.as_deref());
         result_response(id, result, Some(&session))
     }
 
@@ -254,7 +299,7 @@ impl Gateway {
         result_response(id, Value::Object(result), None)
     }
 
-    /// One member's list (`method`), every page, filtered and prefixed;
+    /// One member's list (`kind`), every page, filtered and prefixed;
     /// `None` if it was denied or failed (then it contributes nothing).
     pub(super) async fn member_list(
         self: &Arc<Self>,
@@ -265,55 +310,34 @@ impl Gateway {
         id: &Value,
         meta: Option<&Value>,
     ) -> Option<Vec<Value>> {
-        let parts = asked.parts;
         let facts = &asked.facts.on(member);
         let method = kind.method();
-        let mut headers = member_headers(&parts.headers, Some(link));
+        let mut headers = member_headers(&asked.parts.headers, Some(link));
         if link.version == protocol::MODERN {
             headers.insert(protocol::METHOD_HEADER, HeaderValue::from_static(method));
         }
-        let field = kind.field();
-        let mut tools = Vec::new();
+        let mut entries = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let mut request = serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": method });
-            let mut params = serde_json::Map::new();
-            if let Some(c) = cursor.take() {
-                params.insert("cursor".to_owned(), Value::String(c));
-            }
-            if let Some(meta) = meta {
-                params.insert("_meta".to_owned(), meta.clone());
-            }
-            if !params.is_empty() {
-                request["params"] = Value::Object(params);
-            }
-            let bytes = Bytes::from(serde_json::to_vec(&request).ok()?);
+            let bytes = list_request(method, id, cursor.take(), meta)?;
             let Ok(mcp::Body::Single(message)) = mcp::parse_body(&bytes) else {
                 return None;
             };
-            if !self.decide_message(&message, facts, member).await.0 {
-                return None;
-            }
-            let resp = self
-                .call_upstream(member, &headers, Method::POST, bytes.clone(), facts, None)
+            let raw_id = id.to_string();
+            let question = Question {
+                message: &message,
+                bytes: &bytes,
+                id: &raw_id,
+                id_value: id,
+                method,
+            };
+            let has_result = |answer: Value| answer.get("result").is_some().then_some(answer);
+            let mut answer = match self
+                .ask_member(member, facts, &headers, &question, has_result)
                 .await
-                .ok()?;
-            if !resp.status().is_success() {
-                self.member_failed(member, facts, ProxyError::UpstreamUnavailable, method)
-                    .await;
-                return None;
-            }
-            let mut answer = match read_answer(member, resp, id).await {
-                Ok(answer) if answer.get("result").is_some() => answer,
-                Ok(_) => {
-                    let refusal = ProxyError::UpstreamUnavailable;
-                    self.member_failed(member, facts, refusal, method).await;
-                    return None;
-                }
-                Err(refusal) => {
-                    self.member_failed(member, facts, refusal, method).await;
-                    return None;
-                }
+            {
+                MemberAnswer::Answered(answer, _) => answer,
+                MemberAnswer::Denied(_) | MemberAnswer::Failed(_) => return None,
             };
             let pending = PendingList::new(kind, id.clone());
             let mut ctx = facts.reply_context(member, vec![pending]);
@@ -322,23 +346,98 @@ impl Gateway {
             self.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
             if kind == ListKind::Resources {
-                tools.extend(wrap_resources(&member.name, result));
+                entries.extend(wrap_resources(&member.name, result));
             } else {
-                tools.extend(prefix_names(&member.name, result, field));
+                entries.extend(prefix_names(&member.name, result, kind.field()));
             }
             match result.get("nextCursor").and_then(Value::as_str) {
                 Some(next) => cursor = Some(next.to_owned()),
-                None => return Some(tools),
+                None => return Some(entries),
             }
         }
         warn!(upstream = %member.name, pages = MAX_PAGES, method, "more pages than read; the rest left out");
-        Some(tools)
+        Some(entries)
     }
+}
+
+/// One page's request of a member's list: `cursor` and the caller's
+/// `_meta` (2026-07-28) as params when there are any.
+fn list_request(
+    method: &str,
+    id: &Value,
+    cursor: Option<String>,
+    meta: Option<&Value>,
+) -> Option<Bytes> {
+    let mut request = serde_json::json!({ "jsonrpc": "2.0", "id": id, "method": method });
+    let mut params = serde_json::Map::new();
+    if let Some(c) = cursor {
+        params.insert("cursor".to_owned(), Value::String(c));
+    }
+    if let Some(meta) = meta {
+        params.insert("_meta".to_owned(), meta.clone());
+    }
+    if !params.is_empty() {
+        request["params"] = Value::Object(params);
+    }
+    serde_json::to_vec(&request).ok().map(Bytes::from)
+}
+
+/// The versions a member's `server/discover` answer lists.
+fn supported_versions(answer: Value) -> Option<Vec<String>> {
+    let listed = answer.pointer("/result/supportedVersions")?.as_array()?;
+    Some(
+        listed
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The version a member's `initialize` answer agreed to.
+fn answered_version(answer: Value) -> Option<String> {
+    answer
+        .pointer("/result/protocolVersion")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The gateway's own `server/discover` result over the common `versions`.
+fn discover_result(versions: &[&str]) -> Value {
+    serde_json::json!({
+        "supportedVersions": versions,
+        "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
+        "resultType": "complete",
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "_meta": { "io.modelcontextprotocol/serverInfo": {
+            "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION"),
+        } },
+    })
+}
+
+/// The gateway's own `initialize` result: the version the caller asked for
+/// when the gateway speaks it in the session era, else the default.
+fn initialize_result(requested: Option<&str>) -> Value {
+    let requested = requested.unwrap_or("");
+    let version = if requested != protocol::MODERN && protocol::SUPPORTED.contains(&requested) {
+        requested
+    } else {
+        DEFAULT_VERSION
+    };
+    serde_json::json!({
+        "protocolVersion": version,
+        "capabilities": { "tools": {}, "prompts": {}, "resources": {} },
+        "serverInfo": { "name": "spiffe-mcp-gateway", "version": env!("CARGO_PKG_VERSION") },
+    })
 }
 
 /// Narrows the versions a discover answer offers to those a member also
 /// lists; the first member's answer starts from what the gateway supports.
-pub(super) fn keep_common_versions(kept: &mut Option<Vec<&'static str>>, supported: &[&str]) {
+pub(super) fn keep_common_versions(
+    kept: &mut Option<Vec<&'static str>>,
+    supported: &[impl AsRef<str>],
+) {
     kept.get_or_insert_with(|| protocol::SUPPORTED.to_vec())
-        .retain(|v| supported.contains(v));
+        .retain(|v| supported.iter().any(|s| s.as_ref() == *v));
 }

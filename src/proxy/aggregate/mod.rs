@@ -226,6 +226,12 @@ fn result_response(id: &str, result: Value, session: Option<&str>) -> Response<R
     resp
 }
 
+/// The request's `params._meta`, if any.
+fn caller_meta(bytes: &[u8]) -> Option<Value> {
+    let mut value: Value = serde_json::from_slice(bytes).ok()?;
+    value.pointer_mut("/params/_meta").map(Value::take)
+}
+
 /// A member's reply as a JSON value, only if the strict parser reads it as
 /// one JSON-RPC message: a reply the gateway would read differently from
 /// the agent (duplicate keys, bad UTF-8, a batch) is no answer.
@@ -392,33 +398,14 @@ impl Gateway {
             let refusal = ProxyError::Session(SessionRefusal::Unknown);
             return self.refuse_unparsed(refusal, facts).await;
         };
-        let list = offered_list(method);
         let asked = Asked {
             agg,
             parts,
             links: &links,
             facts,
         };
-        match (method, id) {
-            ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
-            (_, Some(id)) if let Some(kind) = list => {
-                self.aggregate_list(&asked, kind, &id, None).await
-            }
-            (m, Some(id)) if mcp::method::is_named_call(m) => {
-                self.aggregate_call(&asked, &bytes, message, &id).await
-            }
-            ("notifications/initialized", None) => {
-                self.aggregate_initialized(&asked, &bytes, message).await;
-                empty(StatusCode::ACCEPTED)
-            }
-            // Other notifications (cancellation, progress) concern requests
-            // the gateway answered or forwarded whole: accepted, not sent on.
-            (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
-            (_, id) => {
-                self.refuse_message(ProxyError::AggregateMethod, facts, id.as_deref())
-                    .await
-            }
-        }
+        self.aggregate_message(&asked, &bytes, message, id, false)
+            .await
     }
 
     /// A 2026-07-28 request (headers already checked against the body): no
@@ -442,33 +429,53 @@ impl Gateway {
                 })
             })
             .collect();
-        let method = message.method.as_deref().unwrap_or("");
-        let list = offered_list(method);
         let asked = Asked {
             agg,
             parts,
             links: &links,
             facts,
         };
+        self.aggregate_message(&asked, bytes, message, id, true)
+            .await
+    }
+
+    /// One message on the aggregated endpoint, past `initialize` (2025
+    /// era, in a session) or stateless (`modern`, 2026-07-28): answered by
+    /// the gateway, fanned out to the members, routed to one, or refused.
+    async fn aggregate_message(
+        self: &Arc<Self>,
+        asked: &Asked<'_, '_>,
+        bytes: &Bytes,
+        message: &Message<'_>,
+        id: Option<String>,
+        modern: bool,
+    ) -> Response<ReplyBody> {
+        let method = message.method.as_deref().unwrap_or("");
+        let list = offered_list(method);
         match (method, id) {
-            ("server/discover", Some(id)) => {
-                self.aggregate_discover(&asked, bytes, message, &id).await
+            ("server/discover", Some(id)) if modern => {
+                self.aggregate_discover(asked, bytes, message, &id).await
             }
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
             (_, Some(id)) if let Some(kind) = list => {
-                // The caller's `_meta` (version, client info and
-                // capabilities) goes with every member's request.
-                let meta = serde_json::from_slice::<Value>(bytes)
-                    .ok()
-                    .and_then(|mut v| v.pointer_mut("/params/_meta").map(Value::take));
-                self.aggregate_list(&asked, kind, &id, meta.as_ref()).await
+                // 2026-07-28: the caller's `_meta` (version, client info
+                // and capabilities) goes with every member's request.
+                let meta = modern.then(|| caller_meta(bytes)).flatten();
+                self.aggregate_list(asked, kind, &id, meta.as_ref()).await
             }
             (m, Some(id)) if mcp::method::is_named_call(m) => {
-                self.aggregate_call(&asked, bytes, message, &id).await
+                self.aggregate_call(asked, bytes, message, &id).await
             }
+            ("notifications/initialized", None) if !modern => {
+                self.aggregate_initialized(asked, bytes, message).await;
+                empty(StatusCode::ACCEPTED)
+            }
+            // Other notifications (cancellation, progress) concern requests
+            // the gateway answered or forwarded whole: accepted, not sent on.
             (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
             (_, id) => {
-                self.refuse_message(ProxyError::AggregateMethod, facts, id.as_deref())
+                let refusal = ProxyError::AggregateMethod;
+                self.refuse_message(refusal, asked.facts, id.as_deref())
                     .await
             }
         }

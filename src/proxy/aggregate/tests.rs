@@ -172,7 +172,7 @@ fn discover_offers_only_versions_every_answering_member_lists() {
     keep_common_versions(&mut kept, &["2025-11-25"]);
     assert_eq!(kept.as_deref(), Some(&[][..]));
     let mut none = None;
-    keep_common_versions(&mut none, &[]);
+    keep_common_versions(&mut none, &[] as &[&str]);
     assert_eq!(none.as_deref(), Some(&[][..]));
 }
 
