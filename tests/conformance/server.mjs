@@ -194,7 +194,12 @@ const TOOLS = [
             name: { type: "string", description: "Name", default: "John Doe" },
             age: { type: "integer", description: "Age", default: 30 },
             score: { type: "number", description: "Score", default: 95.5 },
-            status: { type: "string", description: "Status", enum: ["active", "inactive", "pending"], default: "active" },
+            status: {
+              type: "string",
+              description: "Status",
+              enum: ["active", "inactive", "pending"],
+              default: "active",
+            },
             verified: { type: "boolean", description: "Verified", default: true },
           },
         }),
@@ -479,13 +484,16 @@ function conformanceServer(transport) {
 /**
  * Events of one session's streams, in the order stored, so that a client
  * can resume a stream after any of its events. Kept for the session's life.
+ * An event id is "<stream id>:<number of the event in its stream>".
  */
 class MemoryEventStore {
   #events = new Map(); // event id -> { streamId, message }
-  #count = 0;
+  #counts = new Map(); // stream id -> events stored
 
   async storeEvent(streamId, message) {
-    const id = `${streamId}_${++this.#count}`;
+    const n = (this.#counts.get(streamId) ?? 0) + 1;
+    this.#counts.set(streamId, n);
+    const id = `${streamId}:${n}`;
     this.#events.set(id, { streamId, message });
     return id;
   }
