@@ -52,7 +52,7 @@ KNOWN_DIFFERENCES: dict[str, str] = {
     # Both runs pass both checks (403 for evil.example.com, 200 for the
     # server's own authority); the refusal's message differs. The gateway
     # opens its own connection to the upstream and sends the upstream's
-    # authority as Host (proxy/forward.rs), so the server's Host check never
+    # authority as Host (src/proxy/forward.rs), so the server's Host check never
     # sees the caller's foreign Host; the caller's Origin is passed on, and
     # the server refuses the request for it instead.
     "dns-rebinding-protection": "the gateway sends the upstream's own Host; the server refuses the caller's foreign "
