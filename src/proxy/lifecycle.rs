@@ -31,13 +31,13 @@ impl Gateway {
             .flatten()
             .map(str::to_owned);
         let Some(id) = issued else {
-            return self.inspect_reply(resp, ctx).await;
+            return self.way_back.inspect_reply(resp, ctx).await;
         };
         let up = Arc::clone(&ctx.upstream);
         match reservation.bind(&id, ()) {
             Ok(()) => {
                 ctx.session_id = Some(id);
-                self.inspect_reply(resp, ctx).await
+                self.way_back.inspect_reply(resp, ctx).await
             }
             Err(refusal) => {
                 up.end_session(&id).await;
@@ -86,7 +86,8 @@ impl Gateway {
                     return up.reply(resp);
                 }
                 // The GET stream carries server-to-client requests: inspect it.
-                self.inspect_reply(resp, facts.reply_context(up, Vec::new()))
+                self.way_back
+                    .inspect_reply(resp, facts.reply_context(up, Vec::new()))
                     .await
             }
             Err(refusal) => refusal,

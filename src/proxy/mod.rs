@@ -65,6 +65,7 @@ use facts::RequestFacts;
 use ingress::{Ingress, linger};
 use route::{Route, Router};
 use trace::Trace;
+use way_back::WayBack;
 
 /// Everything the request path needs, shared by all connections.
 pub struct Gateway {
@@ -77,7 +78,9 @@ pub struct Gateway {
     /// Client timeouts and connection caps (`connections:`).
     pub connections: ConnectionsConfig,
     pub admission: Admission,
-    ids: CorrelationIds,
+    ids: Arc<CorrelationIds>,
+    /// The reply side: what upstreams send back, inspected and audited.
+    way_back: Arc<WayBack>,
     /// End-user token verification, if configured.
     user_auth: Option<UserAuth>,
     /// JWT-SVID callers on connections without a client certificate
@@ -116,19 +119,27 @@ impl Gateway {
             metrics.connections_open.clone(),
             metrics.connection_refusals.clone(),
         );
+        let ids = Arc::new(CorrelationIds::new());
+        let way_back = WayBack::new(
+            Arc::clone(&policies),
+            audit.clone(),
+            metrics.clone(),
+            Arc::clone(&ids),
+        );
         Ok(Gateway {
             router: Router::new(config, upstreams, aggregate),
             identity,
             metrics,
             policies,
             audit,
+            ids,
+            way_back: Arc::new(way_back),
             ingress: Ingress {
                 max_body: config.limits.max_body_bytes,
                 body_read_timeout: config.connections.body_read_timeout,
             },
             connections: config.connections.clone(),
             admission,
-            ids: CorrelationIds::new(),
             user_auth: config
                 .user_auth
                 .as_ref()
@@ -385,7 +396,7 @@ impl Gateway {
             .await;
         match (sent, reservation) {
             (Ok(resp), Some(reservation)) => self.bind_session(resp, ctx, reservation).await,
-            (Ok(resp), None) => self.inspect_reply(resp, ctx).await,
+            (Ok(resp), None) => self.way_back.inspect_reply(resp, ctx).await,
             (Err(refusal), _) => refusal,
         }
     }

@@ -76,7 +76,7 @@ impl Gateway {
         ctx.protocol_version = Some(link.version.clone());
         ctx.awaiting = Some(id.to_owned());
         ctx.input_requests_possible = input_requests_possible;
-        let mut reply = self.inspect_reply(resp, ctx).await;
+        let mut reply = self.way_back.inspect_reply(resp, ctx).await;
         show_aggregated_session(reply.headers_mut(), facts.session_id);
         reply
     }

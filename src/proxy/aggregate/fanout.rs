@@ -343,7 +343,7 @@ impl Gateway {
             let mut ctx = facts.reply_context(member, vec![pending]);
             ctx.session_id = link.session.clone();
             ctx.protocol_version = Some(link.version.clone());
-            self.filter_list_value(&mut answer, &ctx).await;
+            self.way_back.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
             if kind == ListKind::Resources {
                 entries.extend(wrap_resources(&member.name, result));

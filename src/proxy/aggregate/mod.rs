@@ -507,13 +507,14 @@ impl Gateway {
         self.metrics.upstream_error(refusal.audit_reason());
         let ctx = facts.reply_context(member, Vec::new());
         let correlation_id = self.ids.next();
-        self.audit_way_back_as(
-            &ctx,
-            &correlation_id,
-            refusal.audit_reason(),
-            Outcome::UpstreamError,
-        )
-        .await;
+        self.way_back
+            .audit_way_back_as(
+                &ctx,
+                &correlation_id,
+                refusal.audit_reason(),
+                Outcome::UpstreamError,
+            )
+            .await;
     }
 }
 

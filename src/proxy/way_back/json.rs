@@ -10,12 +10,11 @@ use hyper::header::{self};
 use serde_json::Value;
 use tracing::warn;
 
-use super::{MAX_LIST_REPLY_BYTES, ReplyContext, read_reply};
+use super::{MAX_LIST_REPLY_BYTES, ReplyContext, WayBack, read_reply};
 use crate::audit::Outcome;
-use crate::proxy::Gateway;
 use crate::proxy::reply::{self, ReplyBody};
 
-impl Gateway {
+impl WayBack {
     /// Reads a JSON reply to list requests whole and filters it.
     pub(super) async fn filter_json_reply(
         &self,

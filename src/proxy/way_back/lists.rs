@@ -3,12 +3,11 @@
 
 use serde_json::Value;
 
-use super::{ReplyContext, WayBack};
+use super::{Event, ReplyContext, WayBack};
 use crate::mcp::method::ListKind;
 use crate::policy::Target;
-use crate::proxy::Gateway;
 
-impl Gateway {
+impl WayBack {
     /// Filters one JSON-RPC response if it answers a pending list request.
     /// Returns whether it changed.
     pub(in crate::proxy) async fn filter_list_value(
@@ -37,7 +36,7 @@ impl Gateway {
             return false;
         };
         let detail = format!("hid {hidden} of {before} {field} the caller may not use");
-        self.audit_way_back(ctx, WayBack::ListFiltered(kind), Some(detail))
+        self.audit_way_back(ctx, Event::ListFiltered(kind), Some(detail))
             .await;
         true
     }

@@ -30,16 +30,17 @@ use hyper::body::{Body, Incoming};
 use hyper::header::{self};
 use serde_json::Value;
 
-use crate::audit::{Exchange, Outcome, Reason, Record};
+use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Reason, Record};
 use crate::mcp::method::{self, ListKind};
 use crate::mcp::{Kind, Message};
+use crate::metrics::Metrics;
 use crate::policy::User;
-use crate::policy_store::Policies;
+use crate::policy_store::{Policies, PolicyStore};
 use crate::proxy::decide::Subject;
 use crate::proxy::listener::Peer;
 use crate::proxy::reply::{self, ReplyBody};
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Gateway, ProxyError, protocol};
+use crate::proxy::{ProxyError, protocol};
 
 /// Largest SSE event the gateway will hold while deciding on it.
 const MAX_EVENT_BYTES: usize = 4 << 20;
@@ -56,7 +57,7 @@ pub struct PendingList {
 
 /// What the gateway did to a reply on its way back, as audited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum WayBack {
+enum Event {
     /// Entries the caller may not use were taken out of a list result: the
     /// reply was allowed, trimmed.
     ListFiltered(ListKind),
@@ -68,28 +69,28 @@ enum WayBack {
     ParseError,
 }
 
-impl WayBack {
+impl Event {
     fn reason(self) -> Reason {
         match self {
-            WayBack::ListFiltered(_) => Reason::ListFiltered,
-            WayBack::SseError => Reason::UpstreamSseError,
-            WayBack::BatchRefused => Reason::UpstreamBatchRefused,
-            WayBack::ParseError => Reason::UpstreamParseError,
+            Event::ListFiltered(_) => Reason::ListFiltered,
+            Event::SseError => Reason::UpstreamSseError,
+            Event::BatchRefused => Reason::UpstreamBatchRefused,
+            Event::ParseError => Reason::UpstreamParseError,
         }
     }
 
     fn outcome(self) -> Outcome {
         match self {
-            WayBack::ListFiltered(_) => Outcome::Allow,
-            WayBack::SseError | WayBack::BatchRefused | WayBack::ParseError => Outcome::Deny,
+            Event::ListFiltered(_) => Outcome::Allow,
+            Event::SseError | Event::BatchRefused | Event::ParseError => Outcome::Deny,
         }
     }
 
     /// The method the record names: the list method that was filtered.
     fn method(self) -> Option<&'static str> {
         match self {
-            WayBack::ListFiltered(kind) => Some(kind.method()),
-            WayBack::SseError | WayBack::BatchRefused | WayBack::ParseError => None,
+            Event::ListFiltered(kind) => Some(kind.method()),
+            Event::SseError | Event::BatchRefused | Event::ParseError => None,
         }
     }
 }
@@ -183,6 +184,35 @@ pub fn pending_lists(messages: &[Message<'_>]) -> Vec<PendingList> {
         .collect()
 }
 
+/// The reply side of the pipeline: inspects what upstreams send back and
+/// counts and audits what it does. A list reply is filtered by the policy
+/// snapshot its request was decided on (carried in its [`ReplyContext`]);
+/// a server-to-client request, which may arrive long after on a stream, by
+/// the policies current when it arrives (a revoked permission applies to
+/// streams already open).
+pub struct WayBack {
+    policies: Arc<PolicyStore>,
+    audit: AuditLog,
+    metrics: Metrics,
+    ids: Arc<CorrelationIds>,
+}
+
+impl WayBack {
+    pub fn new(
+        policies: Arc<PolicyStore>,
+        audit: AuditLog,
+        metrics: Metrics,
+        ids: Arc<CorrelationIds>,
+    ) -> WayBack {
+        WayBack {
+            policies,
+            audit,
+            metrics,
+            ids,
+        }
+    }
+}
+
 /// Whether an upstream reply is an SSE stream (by its content type).
 pub(in crate::proxy) fn is_event_stream(resp: &Response<Incoming>) -> bool {
     resp.headers()
@@ -195,7 +225,7 @@ pub(in crate::proxy) fn is_event_stream(resp: &Response<Incoming>) -> bool {
         })
 }
 
-impl Gateway {
+impl WayBack {
     /// The upstream's reply as the agent may see it.
     pub(super) async fn inspect_reply(
         self: &Arc<Self>,
@@ -233,7 +263,7 @@ impl Gateway {
     }
 
     /// An audit record for something done on the way back.
-    async fn audit_way_back(&self, ctx: &ReplyContext, event: WayBack, detail: Option<String>) {
+    async fn audit_way_back(&self, ctx: &ReplyContext, event: Event, detail: Option<String>) {
         let record = Record::new(
             &ctx.exchange(),
             self.ids.next(),

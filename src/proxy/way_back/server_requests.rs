@@ -9,16 +9,16 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use serde_json::Value;
 use tracing::{debug, warn};
 
-use super::ReplyContext;
+use super::{ReplyContext, WayBack};
 use crate::audit::{Exchange, Outcome, Record};
 use crate::mcp::Message;
 use crate::policy::Target;
 use crate::proxy::decide;
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::reply::jsonrpc_error;
-use crate::proxy::{Gateway, forward, protocol};
+use crate::proxy::{forward, protocol};
 
-impl Gateway {
+impl WayBack {
     /// Decides a server-to-client request; a denied one is answered to the
     /// upstream with an error. Returns whether the agent may see it.
     pub(super) async fn decide_server_request(

@@ -14,14 +14,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{CHANNEL, MAX_EVENT_BYTES, ReplyContext, WayBack};
+use super::{CHANNEL, Event, MAX_EVENT_BYTES, ReplyContext, WayBack};
 use crate::audit::Outcome;
 use crate::mcp::sse::{SseEvent, SseParser};
 use crate::mcp::{self, Kind};
+use crate::proxy::ProxyError;
 use crate::proxy::reply::{self, ReplyBody, jsonrpc_error};
-use crate::proxy::{Gateway, ProxyError};
 
-impl Gateway {
+impl WayBack {
     /// Streams SSE through a task that decides each event.
     pub(super) fn inspect_stream(
         self: &Arc<Self>,
@@ -35,8 +35,8 @@ impl Gateway {
         // longer holds (the agent's connection would break mid-reply).
         parts.headers.remove(header::CONTENT_LENGTH);
         let (tx, rx) = mpsc::channel(CHANNEL);
-        let gateway = Arc::clone(self);
-        tokio::spawn(async move { gateway.pump_events(body, tx, ctx).await });
+        let way_back = Arc::clone(self);
+        tokio::spawn(async move { way_back.pump_events(body, tx, ctx).await });
         Response::from_parts(parts, ChannelBody { rx }.boxed_unsync())
     }
 
@@ -87,7 +87,7 @@ impl Gateway {
             };
             if let Err(e) = parser.push(&data, &mut events) {
                 warn!(error = %e, "upstream SSE stream refused; closing it");
-                self.audit_way_back(&ctx, WayBack::SseError, Some(e.to_string()))
+                self.audit_way_back(&ctx, Event::SseError, Some(e.to_string()))
                     .await;
                 return;
             }
@@ -155,11 +155,11 @@ impl Gateway {
         let message = match mcp::parse_body(event.data.as_bytes()) {
             Ok(mcp::Body::Single(m)) => m,
             Ok(mcp::Body::Batch(_)) => {
-                self.audit_way_back(ctx, WayBack::BatchRefused, None).await;
+                self.audit_way_back(ctx, Event::BatchRefused, None).await;
                 return None;
             }
             Err(e) => {
-                self.audit_way_back(ctx, WayBack::ParseError, Some(e.to_string()))
+                self.audit_way_back(ctx, Event::ParseError, Some(e.to_string()))
                     .await;
                 return None;
             }
