@@ -281,7 +281,7 @@ impl Gateway {
             Err(ProxyError::AuditUnavailable)
         };
         match checked {
-            Ok(Route::Aggregate(agg)) => self.aggregate_route(agg, &parts, body, &facts).await,
+            Ok(Route::Aggregate(agg)) => agg.serve(self, &parts, body, &facts).await,
             Ok(Route::Upstream(up)) => self.upstream_route(&parts, body, &facts, up).await,
             Err(refusal) => {
                 linger(body);
@@ -517,11 +517,22 @@ impl Gateway {
         refusal: ProxyError,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
+        self.refuse_message(refusal, facts, None).await
+    }
+
+    /// A refusal, answered under the request's id if it has one: counted,
+    /// audited, nothing forwarded.
+    async fn refuse_message(
+        &self,
+        refusal: ProxyError,
+        facts: &RequestFacts<'_>,
+        id: Option<&str>,
+    ) -> Response<ReplyBody> {
         let correlation_id = self.ids.next();
         self.metrics.refused(refusal.audit_reason());
         let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
         self.audit.record(record).await;
-        error_response(&refusal, None, &correlation_id)
+        error_response(&refusal, id, &correlation_id)
     }
 
     fn bare_record(

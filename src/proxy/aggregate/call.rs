@@ -3,37 +3,37 @@
 //! the member's own name, decided, and sent to that member only.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Response};
 use serde_json::Value;
 
-use super::{Asked, Link, member_headers};
+use super::{Aggregate, Asked, Link, Links, member_headers};
 use crate::mcp::{self, Message};
 use crate::proxy::reply::{self, ReplyBody};
 use crate::proxy::way_back;
-use crate::proxy::{Gateway, ProxyError, protocol};
+use crate::proxy::{ProxyError, protocol};
 
-impl Gateway {
+impl Aggregate {
     /// `tools/call <upstream>__<tool>` (or `prompts/get
     /// <upstream>__<prompt>`): decided and forwarded as `<tool>` on that
     /// upstream only.
-    pub(super) async fn aggregate_call(
-        self: &Arc<Self>,
+    pub(super) async fn call(
+        &self,
         asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
         id: &str,
     ) -> Response<ReplyBody> {
+        let gw = asked.gw;
         let facts = asked.facts;
-        let Some((index, tool, link)) = route_call(asked, message) else {
+        let Some((index, tool, link)) = self.route_call(asked.links, message) else {
             let refusal = unknown_target(message.method.as_deref());
-            return self.refuse_message(refusal, facts, Some(id)).await;
+            return gw.refuse_message(refusal, facts, Some(id)).await;
         };
         let tool: &str = &tool;
-        let member = &asked.agg.members[index];
+        let member = &self.members[index];
         let not_rewritten = ProxyError::BadRequest("the request could not be rewritten");
         let field = if is_resource_read(message) {
             "uri"
@@ -41,7 +41,7 @@ impl Gateway {
             "name"
         };
         let Some(rewritten) = rename_target(bytes, field, tool) else {
-            return self.refuse_message(not_rewritten, facts, Some(id)).await;
+            return gw.refuse_message(not_rewritten, facts, Some(id)).await;
         };
         let message = match mcp::parse_body(&rewritten) {
             Ok(mcp::Body::Single(m))
@@ -49,10 +49,10 @@ impl Gateway {
             {
                 m
             }
-            _ => return self.refuse_message(not_rewritten, facts, Some(id)).await,
+            _ => return gw.refuse_message(not_rewritten, facts, Some(id)).await,
         };
         let f = facts.on(member);
-        let (allowed, correlation_id) = self.decide_message(&message, &f, member).await;
+        let (allowed, correlation_id) = gw.decide_message(&message, &f, member).await;
         if !allowed {
             let denied = [(0, correlation_id.clone())];
             let answers = reply::denial_answers(std::slice::from_ref(&message), &denied);
@@ -62,9 +62,9 @@ impl Gateway {
             way_back::input_requests_possible(std::slice::from_ref(&message), f.protocol_version);
         drop(message);
         let Some(headers) = call_headers(&asked.parts.headers, link, tool) else {
-            return self.refuse_message(not_rewritten, facts, Some(id)).await;
+            return gw.refuse_message(not_rewritten, facts, Some(id)).await;
         };
-        let sent = self
+        let sent = gw
             .call_upstream(member, &headers, Method::POST, rewritten, &f, Some(id))
             .await;
         let resp = match sent {
@@ -76,7 +76,7 @@ impl Gateway {
         ctx.protocol_version = Some(link.version.clone());
         ctx.awaiting = Some(id.to_owned());
         ctx.input_requests_possible = input_requests_possible;
-        let mut reply = self.way_back.inspect_reply(resp, ctx).await;
+        let mut reply = gw.way_back.inspect_reply(resp, ctx).await;
         show_aggregated_session(reply.headers_mut(), facts.session_id);
         reply
     }
@@ -95,23 +95,26 @@ fn is_resource_read(message: &Message<'_>) -> bool {
     message.method.as_deref() == Some("resources/read")
 }
 
-/// The member a call names (by prefixed name, or gateway URI for
-/// `resources/read`), the member's own name for the target, and the
-/// member's link; `None` if it names no member opened in this session.
-fn route_call<'a, 'm>(
-    asked: &Asked<'a, '_>,
-    message: &'m Message<'_>,
-) -> Option<(usize, Cow<'m, str>, &'a Link)> {
-    let target = message.target.as_deref()?;
-    let (index, tool) = if is_resource_read(message) {
-        let (i, uri) = asked.agg.route_uri(target)?;
-        (i, Cow::Owned(uri))
-    } else {
-        let (i, name) = asked.agg.route(target)?;
-        (i, Cow::Borrowed(name))
-    };
-    let link = asked.links.get(index)?.as_ref()?;
-    Some((index, tool, link))
+impl Aggregate {
+    /// The member a call names (by prefixed name, or gateway URI for
+    /// `resources/read`), the member's own name for the target, and the
+    /// member's link; `None` if it names no member opened in this session.
+    fn route_call<'a, 'm>(
+        &self,
+        links: &'a Links,
+        message: &'m Message<'_>,
+    ) -> Option<(usize, Cow<'m, str>, &'a Link)> {
+        let target = message.target.as_deref()?;
+        let (index, tool) = if is_resource_read(message) {
+            let (i, uri) = self.route_uri(target)?;
+            (i, Cow::Owned(uri))
+        } else {
+            let (i, name) = self.route(target)?;
+            (i, Cow::Borrowed(name))
+        };
+        let link = links.get(index)?.as_ref()?;
+        Some((index, tool, link))
+    }
 }
 
 /// The refusal of a call that names no member's tool, prompt or resource.

@@ -45,25 +45,26 @@ enum MemberAnswer<T> {
     Answered(T, Option<String>),
 }
 
-impl Gateway {
+impl Aggregate {
     /// Asks one member: the message decided for it, sent, and `extract`
     /// applied to its answer (read by the strict parser). A non-2xx status,
     /// an unreadable answer or one `extract` finds nothing in is the
     /// member's failure: logged, counted and audited as `method`'s.
     async fn ask_member<T>(
-        self: &Arc<Self>,
+        &self,
+        gw: &Arc<Gateway>,
         member: &Arc<Upstream>,
         facts: &RequestFacts<'_>,
         headers: &HeaderMap,
         question: &Question<'_, '_>,
         extract: impl FnOnce(Value) -> Option<T>,
     ) -> MemberAnswer<T> {
-        let (allowed, correlation_id) = self.decide_message(question.message, facts, member).await;
+        let (allowed, correlation_id) = gw.decide_message(question.message, facts, member).await;
         if !allowed {
             return MemberAnswer::Denied(correlation_id);
         }
         let bytes = question.bytes.clone();
-        let sent = self
+        let sent = gw
             .call_upstream(
                 member,
                 headers,
@@ -91,7 +92,7 @@ impl Gateway {
             Ok(None) => ProxyError::UpstreamUnavailable,
             Err(refusal) => refusal,
         };
-        self.member_failed(member, facts, refusal, question.method)
+        self.member_failed(gw, member, facts, refusal, question.method)
             .await;
         MemberAnswer::Failed(session)
     }
@@ -100,30 +101,31 @@ impl Gateway {
     /// one, under its correlation id; otherwise a new one.
     fn no_member_answered(
         &self,
+        gw: &Gateway,
         refusal: ProxyError,
         last_denial: Option<String>,
         id: &str,
     ) -> Response<ReplyBody> {
-        let correlation_id = last_denial.unwrap_or_else(|| self.ids.next());
+        let correlation_id = last_denial.unwrap_or_else(|| gw.ids.next());
         error_response(&refusal, Some(id), &correlation_id)
     }
 
     /// `initialize` asked of every member: per member, the link it opened
     /// (`None` if denied or failed), and the last denial's correlation id.
     async fn open_links(
-        self: &Arc<Self>,
-        agg: &Aggregate,
+        &self,
+        gw: &Arc<Gateway>,
         parts: &hyper::http::request::Parts,
         facts: &RequestFacts<'_>,
         question: &Question<'_, '_>,
     ) -> (Vec<Option<Link>>, Option<String>) {
-        let mut links = Vec::with_capacity(agg.members.len());
+        let mut links = Vec::with_capacity(self.members.len());
         let mut last_denial = None;
-        for member in &agg.members {
+        for member in &self.members {
             let f = facts.on(member);
             let headers = member_headers(&parts.headers, None);
             let answer = self
-                .ask_member(member, &f, &headers, question, answered_version)
+                .ask_member(gw, member, &f, &headers, question, answered_version)
                 .await;
             links.push(match answer {
                 MemberAnswer::Answered(version, session) => Some(Link { session, version }),
@@ -146,13 +148,14 @@ impl Gateway {
     /// `server/discover` (2026-07-28): sent to every member policy allows;
     /// the gateway answers with the versions every answering member
     /// supports. A member that is denied or fails is left out.
-    pub(super) async fn aggregate_discover(
-        self: &Arc<Self>,
+    pub(super) async fn discover(
+        &self,
         asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
         id: &str,
     ) -> Response<ReplyBody> {
+        let gw = asked.gw;
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
         let question = Question {
             message,
@@ -163,11 +166,11 @@ impl Gateway {
         };
         let mut versions: Option<Vec<&'static str>> = None;
         let mut last_denial = None;
-        for (member, link) in asked.agg.members.iter().zip(asked.links.iter()) {
+        for (member, link) in self.members.iter().zip(asked.links.iter()) {
             let f = asked.facts.on(member);
             let headers = member_headers(&asked.parts.headers, link.as_ref());
             match self
-                .ask_member(member, &f, &headers, &question, supported_versions)
+                .ask_member(gw, member, &f, &headers, &question, supported_versions)
                 .await
             {
                 MemberAnswer::Answered(supported, _) => {
@@ -185,15 +188,15 @@ impl Gateway {
                 } else {
                     ProxyError::UpstreamUnavailable
                 };
-                self.no_member_answered(refusal, last_denial, id)
+                self.no_member_answered(gw, refusal, last_denial, id)
             }
         }
     }
 
     /// `initialize`: sent to every member policy allows; the gateway answers.
-    pub(super) async fn aggregate_initialize(
-        self: &Arc<Self>,
-        agg: &Aggregate,
+    pub(super) async fn initialize(
+        &self,
+        gw: &Arc<Gateway>,
         parts: &hyper::http::request::Parts,
         bytes: &Bytes,
         message: &Message<'_>,
@@ -201,10 +204,10 @@ impl Gateway {
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
         // The session's place is taken before any member is asked.
-        let reservation = match agg.sessions.reserve(&facts.peer.spiffe_id) {
+        let reservation = match self.sessions.reserve(&facts.peer.spiffe_id) {
             Ok(reservation) => reservation,
             Err(refusal) => {
-                return self
+                return gw
                     .refuse_unparsed(ProxyError::Session(refusal), facts)
                     .await;
             }
@@ -217,21 +220,21 @@ impl Gateway {
             id_value: &id_value,
             method: "initialize",
         };
-        let (links, last_denial) = self.open_links(agg, parts, facts, &question).await;
+        let (links, last_denial) = self.open_links(gw, parts, facts, &question).await;
         if links.iter().all(Option::is_none) {
             let refusal = if last_denial.is_some() {
                 ProxyError::Denied
             } else {
                 ProxyError::UpstreamUnavailable
             };
-            return self.no_member_answered(refusal, last_denial, id);
+            return self.no_member_answered(gw, refusal, last_denial, id);
         }
         let links: Links = links.into();
         let session = match Aggregate::open_session(reservation, Arc::clone(&links)) {
             Ok(session) => session,
             Err(refusal) => {
-                agg.end_links(&links).await;
-                return self
+                self.end_links(&links).await;
+                return gw
                     .refuse_unparsed(ProxyError::Session(refusal), facts)
                     .await;
             }
@@ -241,26 +244,26 @@ impl Gateway {
     }
 
     /// `notifications/initialized` to each opened member policy allows.
-    pub(super) async fn aggregate_initialized(
-        self: &Arc<Self>,
+    pub(super) async fn initialized(
+        &self,
         asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
     ) {
         let Asked {
-            agg,
+            gw,
             parts,
             links,
             facts,
         } = *asked;
-        for (member, link) in agg.members.iter().zip(links.iter()) {
+        for (member, link) in self.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
             let f = facts.on(member);
-            if !self.decide_message(message, &f, member).await.0 {
+            if !gw.decide_message(message, &f, member).await.0 {
                 continue;
             }
             let headers = member_headers(&parts.headers, Some(link));
-            let _ = self
+            let _ = gw
                 .call_upstream(member, &headers, Method::POST, bytes.clone(), &f, None)
                 .await;
         }
@@ -268,8 +271,8 @@ impl Gateway {
 
     /// `tools/list` or `prompts/list`: every opened member's allowed
     /// entries, prefixed, merged.
-    pub(super) async fn aggregate_list(
-        self: &Arc<Self>,
+    pub(super) async fn list(
+        &self,
         asked: &Asked<'_, '_>,
         kind: ListKind,
         id: &str,
@@ -278,7 +281,7 @@ impl Gateway {
         let id_value: Value = serde_json::from_str(id).unwrap_or(Value::Null);
         let field = kind.field();
         let mut merged = Vec::new();
-        for (member, link) in asked.agg.members.iter().zip(asked.links.iter()) {
+        for (member, link) in self.members.iter().zip(asked.links.iter()) {
             let Some(link) = link else { continue };
             let listed = self
                 .member_list(asked, member, link, kind, &id_value, meta)
@@ -302,7 +305,7 @@ impl Gateway {
     /// One member's list (`kind`), every page, filtered and prefixed;
     /// `None` if it was denied or failed (then it contributes nothing).
     pub(super) async fn member_list(
-        self: &Arc<Self>,
+        &self,
         asked: &Asked<'_, '_>,
         member: &Arc<Upstream>,
         link: &Link,
@@ -310,6 +313,7 @@ impl Gateway {
         id: &Value,
         meta: Option<&Value>,
     ) -> Option<Vec<Value>> {
+        let gw = asked.gw;
         let facts = &asked.facts.on(member);
         let method = kind.method();
         let mut headers = member_headers(&asked.parts.headers, Some(link));
@@ -333,7 +337,7 @@ impl Gateway {
             };
             let has_result = |answer: Value| answer.get("result").is_some().then_some(answer);
             let mut answer = match self
-                .ask_member(member, facts, &headers, &question, has_result)
+                .ask_member(gw, member, facts, &headers, &question, has_result)
                 .await
             {
                 MemberAnswer::Answered(answer, _) => answer,
@@ -343,7 +347,7 @@ impl Gateway {
             let mut ctx = facts.reply_context(member, vec![pending]);
             ctx.session_id = link.session.clone();
             ctx.protocol_version = Some(link.version.clone());
-            self.way_back.filter_list_value(&mut answer, &ctx).await;
+            gw.way_back.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
             if kind == ListKind::Resources {
                 entries.extend(wrap_resources(&member.name, result));

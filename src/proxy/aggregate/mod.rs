@@ -73,7 +73,7 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::ingress::{self, linger};
-use super::reply::{self, ReplyBody, error_response};
+use super::reply::{self, ReplyBody};
 use super::session::{Reservation, SessionRefusal, Sessions};
 use super::upstream::Upstream;
 use super::way_back::{self};
@@ -292,20 +292,21 @@ async fn read_answer(
 /// One request on the aggregated endpoint, as its handlers read it.
 #[derive(Clone, Copy)]
 struct Asked<'r, 'f> {
-    agg: &'r Aggregate,
+    /// The pipeline the endpoint's stages run on.
+    gw: &'r Arc<Gateway>,
     parts: &'r hyper::http::request::Parts,
     /// The member sessions (in 2026-07-28: every member, stateless).
     links: &'r Links,
     facts: &'r RequestFacts<'f>,
 }
 
-impl Gateway {
+impl Aggregate {
     /// A request on the aggregated path. Protocol, session and user headers
     /// were read by `route`; here they are checked, then the method decides
     /// the way.
-    pub(super) async fn aggregate_route(
-        self: &Arc<Self>,
-        agg: &Aggregate,
+    pub(super) async fn serve(
+        &self,
+        gw: &Arc<Gateway>,
         parts: &hyper::http::request::Parts,
         body: Incoming,
         facts: &RequestFacts<'_>,
@@ -314,55 +315,55 @@ impl Gateway {
             // 2026-07-28 is stateless POST only: no session to name.
             let refusal = match (&parts.method, facts.session_id) {
                 (&Method::POST, None) => {
-                    return self.aggregate_post(agg, parts, body, facts, None).await;
+                    return self.post(gw, parts, body, facts, None).await;
                 }
                 (&Method::POST, Some(_)) => ProxyError::Session(SessionRefusal::Unknown),
                 _ => ProxyError::MethodNotAllowed,
             };
             linger(body);
-            return self.refuse_unparsed(refusal, facts).await;
+            return gw.refuse_unparsed(refusal, facts).await;
         }
         let links = match facts.session_id {
             None => None,
-            Some(id) => match agg.sessions.check(id, &facts.peer.spiffe_id) {
+            Some(id) => match self.sessions.check(id, &facts.peer.spiffe_id) {
                 Ok(links) => Some(links),
                 Err(refusal) => {
                     linger(body);
-                    return self
+                    return gw
                         .refuse_unparsed(ProxyError::Session(refusal), facts)
                         .await;
                 }
             },
         };
         match (&parts.method, links) {
-            (&Method::POST, links) => self.aggregate_post(agg, parts, body, facts, links).await,
+            (&Method::POST, links) => self.post(gw, parts, body, facts, links).await,
             (&Method::DELETE, Some(_)) => {
-                if let Some(links) = facts.session_id.and_then(|id| agg.sessions.remove(id)) {
-                    agg.end_links(&links).await;
+                if let Some(links) = facts.session_id.and_then(|id| self.sessions.remove(id)) {
+                    self.end_links(&links).await;
                 }
                 empty(StatusCode::OK)
             }
             (&Method::DELETE, None) => {
                 let refusal = ProxyError::Session(SessionRefusal::Unknown);
-                self.refuse_unparsed(refusal, facts).await
+                gw.refuse_unparsed(refusal, facts).await
             }
             _ => {
                 linger(body);
-                self.refuse_unparsed(ProxyError::MethodNotAllowed, facts)
+                gw.refuse_unparsed(ProxyError::MethodNotAllowed, facts)
                     .await
             }
         }
     }
 
-    async fn aggregate_post(
-        self: &Arc<Self>,
-        agg: &Aggregate,
+    async fn post(
+        &self,
+        gw: &Arc<Gateway>,
         parts: &hyper::http::request::Parts,
         body: Incoming,
         facts: &RequestFacts<'_>,
         links: Option<Links>,
     ) -> Response<ReplyBody> {
-        let bytes = match self.read_post_body(parts, body, facts).await {
+        let bytes = match gw.read_post_body(parts, body, facts).await {
             Ok(bytes) => bytes,
             Err(refused) => return refused,
         };
@@ -371,11 +372,9 @@ impl Gateway {
         let parsed = match ingress::parse(&bytes, &parts.headers, facts.protocol_version) {
             Ok(parsed) if !parsed.batch => parsed,
             Ok(_) => {
-                return self
-                    .refuse_unparsed(ProxyError::BatchNotAllowed, facts)
-                    .await;
+                return gw.refuse_unparsed(ProxyError::BatchNotAllowed, facts).await;
             }
-            Err(refusal) => return self.refuse_unparsed(refusal, facts).await,
+            Err(refusal) => return gw.refuse_unparsed(refusal, facts).await,
         };
         let message = &parsed.messages[0];
         let id = message.id.as_ref().map(|id| id.raw_json().to_owned());
@@ -383,43 +382,40 @@ impl Gateway {
         if protocol::is_modern(message, facts.protocol_version) {
             // The headers matched, so the version header is 2026-07-28 and
             // `aggregate_route` let no session id through.
-            return self
-                .aggregate_modern(agg, parts, &bytes, message, id, facts)
-                .await;
+            return self.stateless(gw, parts, &bytes, message, id, facts).await;
         }
         let Some(links) = links else {
             if method == "initialize"
                 && let Some(id) = id
             {
                 return self
-                    .aggregate_initialize(agg, parts, &bytes, message, &id, facts)
+                    .initialize(gw, parts, &bytes, message, &id, facts)
                     .await;
             }
             let refusal = ProxyError::Session(SessionRefusal::Unknown);
-            return self.refuse_unparsed(refusal, facts).await;
+            return gw.refuse_unparsed(refusal, facts).await;
         };
         let asked = Asked {
-            agg,
+            gw,
             parts,
             links: &links,
             facts,
         };
-        self.aggregate_message(&asked, &bytes, message, id, false)
-            .await
+        self.dispatch(&asked, &bytes, message, id, false).await
     }
 
     /// A 2026-07-28 request (headers already checked against the body): no
     /// session; every member is asked at 2026-07-28, with no session id.
-    async fn aggregate_modern(
-        self: &Arc<Self>,
-        agg: &Aggregate,
+    async fn stateless(
+        &self,
+        gw: &Arc<Gateway>,
         parts: &hyper::http::request::Parts,
         bytes: &Bytes,
         message: &Message<'_>,
         id: Option<String>,
         facts: &RequestFacts<'_>,
     ) -> Response<ReplyBody> {
-        let links: Links = agg
+        let links: Links = self
             .members
             .iter()
             .map(|_| {
@@ -430,44 +426,44 @@ impl Gateway {
             })
             .collect();
         let asked = Asked {
-            agg,
+            gw,
             parts,
             links: &links,
             facts,
         };
-        self.aggregate_message(&asked, bytes, message, id, true)
-            .await
+        self.dispatch(&asked, bytes, message, id, true).await
     }
 
     /// One message on the aggregated endpoint, past `initialize` (2025
     /// era, in a session) or stateless (`modern`, 2026-07-28): answered by
     /// the gateway, fanned out to the members, routed to one, or refused.
-    async fn aggregate_message(
-        self: &Arc<Self>,
+    async fn dispatch(
+        &self,
         asked: &Asked<'_, '_>,
         bytes: &Bytes,
         message: &Message<'_>,
         id: Option<String>,
         modern: bool,
     ) -> Response<ReplyBody> {
+        let gw = asked.gw;
         let method = message.method.as_deref().unwrap_or("");
         let list = offered_list(method);
         match (method, id) {
             ("server/discover", Some(id)) if modern => {
-                self.aggregate_discover(asked, bytes, message, &id).await
+                self.discover(asked, bytes, message, &id).await
             }
             ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
             (_, Some(id)) if let Some(kind) = list => {
                 // 2026-07-28: the caller's `_meta` (version, client info
                 // and capabilities) goes with every member's request.
                 let meta = modern.then(|| caller_meta(bytes)).flatten();
-                self.aggregate_list(asked, kind, &id, meta.as_ref()).await
+                self.list(asked, kind, &id, meta.as_ref()).await
             }
             (m, Some(id)) if mcp::method::is_named_call(m) => {
-                self.aggregate_call(asked, bytes, message, &id).await
+                self.call(asked, bytes, message, &id).await
             }
             ("notifications/initialized", None) if !modern => {
-                self.aggregate_initialized(asked, bytes, message).await;
+                self.initialized(asked, bytes, message).await;
                 empty(StatusCode::ACCEPTED)
             }
             // Other notifications (cancellation, progress) concern requests
@@ -475,39 +471,25 @@ impl Gateway {
             (m, None) if !m.is_empty() => empty(StatusCode::ACCEPTED),
             (_, id) => {
                 let refusal = ProxyError::AggregateMethod;
-                self.refuse_message(refusal, asked.facts, id.as_deref())
-                    .await
+                gw.refuse_message(refusal, asked.facts, id.as_deref()).await
             }
         }
-    }
-
-    /// A refusal answered under the request's id; audited, nothing forwarded.
-    async fn refuse_message(
-        &self,
-        refusal: ProxyError,
-        facts: &RequestFacts<'_>,
-        id: Option<&str>,
-    ) -> Response<ReplyBody> {
-        let correlation_id = self.ids.next();
-        self.metrics.refused(refusal.audit_reason());
-        let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
-        self.audit.record(record).await;
-        error_response(&refusal, id, &correlation_id)
     }
 
     /// A member failed on the way back: logged, counted and audited.
     async fn member_failed(
         &self,
+        gw: &Gateway,
         member: &Arc<Upstream>,
         facts: &RequestFacts<'_>,
         refusal: ProxyError,
         what: &'static str,
     ) {
         warn!(upstream = %member.name, error = %refusal, what, "aggregated upstream left out");
-        self.metrics.upstream_error(refusal.audit_reason());
+        gw.metrics.upstream_error(refusal.audit_reason());
         let ctx = facts.reply_context(member, Vec::new());
-        let correlation_id = self.ids.next();
-        self.way_back
+        let correlation_id = gw.ids.next();
+        gw.way_back
             .audit_way_back_as(
                 &ctx,
                 &correlation_id,
