@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::query::{OwnedTarget, check_server_name, check_spiffe_id};
 use super::{CliError, read_file};
+use crate::mcp::method;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -164,9 +165,9 @@ impl Kind {
     /// The method the matrix decides for this kind.
     pub(super) fn action(self) -> &'static str {
         match self {
-            Kind::Tool => "tools/call",
-            Kind::Prompt => "prompts/get",
-            Kind::Resource => "resources/read",
+            Kind::Tool => method::TOOLS_CALL,
+            Kind::Prompt => method::PROMPTS_GET,
+            Kind::Resource => method::RESOURCES_READ,
         }
     }
 

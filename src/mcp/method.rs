@@ -96,6 +96,16 @@ impl ListKind {
     }
 }
 
+/// The methods the gateway itself acts on by name (the rest it reads from
+/// the table): one spelling each.
+pub const INITIALIZE: &str = "initialize";
+pub const INITIALIZED: &str = "notifications/initialized";
+pub const PING: &str = "ping";
+pub const SERVER_DISCOVER: &str = "server/discover";
+pub const TOOLS_CALL: &str = "tools/call";
+pub const PROMPTS_GET: &str = "prompts/get";
+pub const RESOURCES_READ: &str = "resources/read";
+
 /// One row of the table.
 #[derive(Debug)]
 pub struct Method {
@@ -137,15 +147,15 @@ const fn list(kind: ListKind) -> Method {
 /// The methods with a metric label of their own; all other facts default
 /// to none.
 const METHODS: &[Method] = &[
-    row("initialize"),
-    row("ping"),
+    row(INITIALIZE),
+    row(PING),
     list(ListKind::Tools),
-    call("tools/call", TargetKind::Tool),
+    call(TOOLS_CALL, TargetKind::Tool),
     list(ListKind::Prompts),
-    call("prompts/get", TargetKind::Prompt),
+    call(PROMPTS_GET, TargetKind::Prompt),
     list(ListKind::Resources),
     list(ListKind::Templates),
-    call("resources/read", TargetKind::Resource),
+    call(RESOURCES_READ, TargetKind::Resource),
     Method {
         target: Some(TargetKind::Resource),
         ..row("resources/subscribe")
@@ -156,8 +166,8 @@ const METHODS: &[Method] = &[
     },
     row("completion/complete"),
     row("logging/setLevel"),
-    row("server/discover"),
-    row("notifications/initialized"),
+    row(SERVER_DISCOVER),
+    row(INITIALIZED),
     row("notifications/cancelled"),
     row("notifications/progress"),
     row("notifications/roots/list_changed"),

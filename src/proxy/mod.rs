@@ -562,7 +562,7 @@ fn reserve_if_opening(
 ) -> Result<Option<session::Reservation<()>>, session::SessionRefusal> {
     let opens = !parsed.batch
         && facts.session_id.is_none()
-        && parsed.messages[0].method.as_deref() == Some("initialize");
+        && parsed.messages[0].method.as_deref() == Some(crate::mcp::method::INITIALIZE);
     if !opens {
         return Ok(None);
     }

@@ -61,7 +61,7 @@ pub fn version_header(headers: &HeaderMap) -> Result<Option<&str>, ProxyError> {
 /// carries a requested version, not the message's own).
 pub fn is_modern(message: &Message<'_>, header: Option<&str>) -> bool {
     header == Some(MODERN)
-        || (message.method.as_deref() != Some("initialize")
+        || (message.method.as_deref() != Some(method::INITIALIZE)
             && message.protocol_version.as_deref() == Some(MODERN))
 }
 

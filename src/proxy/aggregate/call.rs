@@ -10,7 +10,7 @@ use hyper::{Method, Response};
 use serde_json::Value;
 
 use super::{Aggregate, Asked, Link, Links, member_headers};
-use crate::mcp::{self, Message};
+use crate::mcp::{self, Message, method};
 use crate::proxy::reply::{self, ReplyBody};
 use crate::proxy::way_back;
 use crate::proxy::{ProxyError, protocol};
@@ -92,7 +92,7 @@ fn show_aggregated_session(headers: &mut HeaderMap, aggregated: Option<&str>) {
 }
 
 fn is_resource_read(message: &Message<'_>) -> bool {
-    message.method.as_deref() == Some("resources/read")
+    message.method.as_deref() == Some(method::RESOURCES_READ)
 }
 
 impl Aggregate {
@@ -120,8 +120,8 @@ impl Aggregate {
 /// The refusal of a call that names no member's tool, prompt or resource.
 fn unknown_target(method: Option<&str>) -> ProxyError {
     match method {
-        Some("prompts/get") => ProxyError::AggregateUnknownPrompt,
-        Some("resources/read") => ProxyError::AggregateUnknownResource,
+        Some(method::PROMPTS_GET) => ProxyError::AggregateUnknownPrompt,
+        Some(method::RESOURCES_READ) => ProxyError::AggregateUnknownResource,
         _ => ProxyError::AggregateUnknownTool,
     }
 }

@@ -15,7 +15,7 @@ use super::{
     Aggregate, Asked, DEFAULT_VERSION, Link, Links, MAX_PAGES, member_headers, read_answer,
     result_response,
 };
-use crate::mcp::method::ListKind;
+use crate::mcp::method::{self, ListKind};
 use crate::mcp::{self, Message};
 use crate::proxy::reply::{ReplyBody, error_response};
 use crate::proxy::upstream::Upstream;
@@ -162,7 +162,7 @@ impl Aggregate {
             bytes,
             id,
             id_value: &id_value,
-            method: "server/discover",
+            method: method::SERVER_DISCOVER,
         };
         let mut versions: Option<Vec<&'static str>> = None;
         let mut last_denial = None;
@@ -218,7 +218,7 @@ impl Aggregate {
             bytes,
             id,
             id_value: &id_value,
-            method: "initialize",
+            method: method::INITIALIZE,
         };
         let (links, last_denial) = self.open_links(gw, parts, facts, &question).await;
         if links.iter().all(Option::is_none) {

@@ -385,7 +385,7 @@ impl Aggregate {
             return self.stateless(gw, parts, &bytes, message, id, facts).await;
         }
         let Some(links) = links else {
-            if method == "initialize"
+            if method == mcp::method::INITIALIZE
                 && let Some(id) = id
             {
                 return self
@@ -449,10 +449,10 @@ impl Aggregate {
         let method = message.method.as_deref().unwrap_or("");
         let list = offered_list(method);
         match (method, id) {
-            ("server/discover", Some(id)) if modern => {
+            (mcp::method::SERVER_DISCOVER, Some(id)) if modern => {
                 self.discover(asked, bytes, message, &id).await
             }
-            ("ping", Some(id)) => result_response(&id, serde_json::json!({}), None),
+            (mcp::method::PING, Some(id)) => result_response(&id, serde_json::json!({}), None),
             (_, Some(id)) if let Some(kind) = list => {
                 // 2026-07-28: the caller's `_meta` (version, client info
                 // and capabilities) goes with every member's request.
@@ -462,7 +462,7 @@ impl Aggregate {
             (m, Some(id)) if mcp::method::is_named_call(m) => {
                 self.call(asked, bytes, message, &id).await
             }
-            ("notifications/initialized", None) if !modern => {
+            (mcp::method::INITIALIZED, None) if !modern => {
                 self.initialized(asked, bytes, message).await;
                 empty(StatusCode::ACCEPTED)
             }
