@@ -200,3 +200,61 @@ async fn a_member_reply_the_strict_parser_refuses_contributes_nothing() {
     assert_eq!(names, ["demo__echo"]);
     assert_eq!(gw.others[0].rpc_methods(), ["tools/list"]);
 }
+
+/// jira fails every POST with HTTP 500; its `initialize` failure still
+/// issues a session id (which the gateway must end).
+fn failing() -> upstream::Handler {
+    std::sync::Arc::new(|req: &upstream::Received| {
+        let reply = upstream::Reply::empty(500);
+        if req.json()["method"] == "initialize" {
+            return reply.with_header("mcp-session-id", "jira-orphan");
+        }
+        reply
+    })
+}
+
+#[tokio::test]
+async fn a_failing_member_is_left_out_audited_and_its_orphan_session_ended() {
+    let gw = Harness::start_with(Options {
+        policies: Some(POLICIES.into()),
+        more_upstreams: vec![("jira", JIRA, failing())],
+        aggregate: true,
+        ..Options::default()
+    })
+    .await;
+    let agent = gw.agent(AGENT);
+    // 2025: the session opens on the member that answered.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": V2025, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let opened = agent
+        .post("/mcp/all", &[("mcp-protocol-version", V2025)], &init)
+        .await;
+    assert_eq!(opened.status, 200, "{:?}", opened.body);
+    assert_eq!(opened.json()["result"]["protocolVersion"], V2025);
+    let jira = gw.others[0].received();
+    assert_eq!(jira.len(), 2, "initialize, then the orphan session ended");
+    assert_eq!(jira[1].method, "DELETE");
+    assert_eq!(jira[1].headers["mcp-session-id"], "jira-orphan");
+    // 2026: discovery answers with what the answering member supports.
+    let (discover, headers) = modern("server/discover", "");
+    let found = agent.post("/mcp/all", &headers, &discover).await.json();
+    assert!(
+        found["result"]["supportedVersions"]
+            .as_array()
+            .is_some_and(|v| v.contains(&json!(MODERN))),
+        "{found}"
+    );
+    let records = gw.audit(6).await;
+    let failures: Vec<_> = records
+        .iter()
+        .filter(|r| r["decision"] == "upstream_error")
+        .map(|r| (r["upstream"].as_str(), r["reason"].as_str()))
+        .collect();
+    assert_eq!(
+        failures,
+        [
+            (Some("jira"), Some("upstream_unavailable")),
+            (Some("jira"), Some("upstream_unavailable"))
+        ]
+    );
+}

@@ -272,6 +272,10 @@ pub fn answer(message: &Value) -> Option<Value> {
         "tools/list" => json!({"tools": [
             tool("echo"), tool("get_weather"), tool("delete_repository")
         ]}),
+        "server/discover" => json!({
+            "supportedVersions": ["2025-11-25", "2026-07-28"],
+            "capabilities": {"tools": {}}
+        }),
         "tools/call" => json!({
             "content": [{"type": "text", "text": message["params"]["name"]}]
         }),
