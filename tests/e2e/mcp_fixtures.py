@@ -388,108 +388,6 @@ class DemoPKI:
     rogue_client_key: Path
 
 
-def _write_key(path: Path, key) -> None:
-    from cryptography.hazmat.primitives import serialization
-
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-
-
-def _new_ca(cn: str):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
-def issue_leaf(
-    ca_cert,
-    ca_key,
-    *,
-    uri_sans: Sequence[str] = (),
-    dns_sans: Sequence[str] = (),
-    server: bool = False,
-    client: bool = True,
-    valid_for: datetime.timedelta = datetime.timedelta(hours=1),
-):
-    """Issue an EC leaf certificate (X509-SVID shaped) from a CA; returns (cert, key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_sans]
-    sans += [x509.DNSName(d) for d in dns_sans]
-    ekus = []
-    if server:
-        ekus.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    if client:
-        ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + valid_for)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )
-    )
-    if sans:
-        # An empty subject requires the SAN extension to be critical (RFC 5280).
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=True)
-    return builder.sign(ca_key, hashes.SHA256()), key
-
-
-def write_cert(path: Path, *certs) -> Path:
-    from cryptography.hazmat.primitives import serialization
-
-    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
-    return path
-
-
 def make_test_pki(
     directory: PathLike,
     *,
@@ -503,23 +401,20 @@ def make_test_pki(
     server_id = server_id or f"spiffe://{trust_domain}/ns/demo/sa/mcp-server"
     client_id = client_id or f"spiffe://{trust_domain}/ns/demo/sa/agent"
 
-    ca_cert, ca_key = _new_ca(f"e2e test CA {trust_domain}")
-    write_cert(d / "ca.pem", ca_cert)
-    _write_key(d / "ca.key", ca_key)
+    import certs
 
-    s_cert, s_key = issue_leaf(ca_cert, ca_key, uri_sans=[server_id], dns_sans=["localhost"], server=True, client=True)
-    write_cert(d / "server.pem", s_cert)
-    _write_key(d / "server.key", s_key)
+    day = datetime.timedelta(days=1)
+    ca = certs.new_ca(f"e2e test CA {trust_domain}", valid_for=day)
+    certs.write(d / "ca.pem", d / "ca.key", *ca)
+    server = certs.new_leaf(*ca, [server_id], dns_sans=["localhost"], name="server")
+    certs.write(d / "server.pem", d / "server.key", *server)
+    client = certs.new_leaf(*ca, [client_id], name="client")
+    certs.write(d / "client.pem", d / "client.key", *client)
 
-    c_cert, c_key = issue_leaf(ca_cert, ca_key, uri_sans=[client_id], client=True)
-    write_cert(d / "client.pem", c_cert)
-    _write_key(d / "client.key", c_key)
-
-    o_cert, o_key = _new_ca("e2e rogue CA")
-    write_cert(d / "other-ca.pem", o_cert)
-    r_cert, r_key = issue_leaf(o_cert, o_key, uri_sans=[client_id], client=True)
-    write_cert(d / "rogue-client.pem", r_cert)
-    _write_key(d / "rogue-client.key", r_key)
+    other = certs.new_ca("e2e rogue CA", valid_for=day)
+    certs.write(d / "other-ca.pem", d / "other-ca.key", *other)
+    rogue = certs.new_leaf(*other, [client_id], name="rogue client")
+    certs.write(d / "rogue-client.pem", d / "rogue-client.key", *rogue)
 
     return DemoPKI(
         dir=d,

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import certs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPIRE_DIR = REPO_ROOT / "spire"
@@ -357,7 +356,7 @@ class Spire:
         """(cert PEM, key PEM) of a self-made CA that is in no SPIRE bundle."""
         cert, key = self.run_dir / "foreign-ca.pem", self.run_dir / "foreign-ca.key"
         if not cert.exists():
-            make_ca(cert, key, "foreign test root")
+            certs.write(cert, key, *certs.new_ca("foreign test root", valid_for=dt.timedelta(days=30)))
         return cert, key
 
     def mint_leaf(
@@ -374,19 +373,24 @@ class Spire:
         name: str = "leaf",
     ) -> tuple[Path, Path]:
         """Mints out_dir/<name>.pem + <name>.key signed by the bundle's root
-        (signer="upstream") or by a CA outside every bundle (signer="foreign")."""
+        (signer="upstream") or by a CA outside every bundle (signer="foreign").
+        The other arguments are `certs.new_leaf`'s (key_usage_digital_signature
+        is its digital_signature); returns (cert path, key path)."""
         if signer == "upstream":
             ca_cert, ca_key = self.upstream_ca()
         elif signer == "foreign":
             ca_cert, ca_key = self.foreign_ca()
         else:
             raise ValueError(f"signer must be 'upstream' or 'foreign', not {signer!r}")
-        return mint_leaf(
-            ca_cert, ca_key, out_dir, uri_sans,
+        cert, key = certs.new_leaf(
+            *certs.load(ca_cert, ca_key), uri_sans,
             is_ca=is_ca, not_before=not_before, not_after=not_after,
-            key_usage_digital_signature=key_usage_digital_signature,
-            dns_sans=dns_sans, name=name,
+            digital_signature=key_usage_digital_signature,
+            dns_sans=dns_sans or (), name=f"minted {name}",
         )  # fmt: skip
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return certs.write(out_dir / f"{name}.pem", out_dir / f"{name}.key", cert, key)
 
     # ---- diagnostics -----------------------------------------------------
 
@@ -418,123 +422,3 @@ def _stop_run_dir(run_dir: Path) -> None:
         capture_output=True,
         timeout=60,
     )
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    data = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def make_ca(cert_path: Path, key_path: Path, common_name: str) -> None:
-    """A self-signed EC P-256 root CA valid for 30 days."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spiffe-mcp-gateway test"),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    _write_key(key_path, key)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-
-def mint_leaf(
-    ca_cert_path: str | os.PathLike,
-    ca_key_path: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    uri_sans: list[str],
-    *,
-    is_ca: bool = False,
-    not_before: dt.datetime | None = None,
-    not_after: dt.datetime | None = None,
-    key_usage_digital_signature: bool = True,
-    dns_sans: list[str] | None = None,
-    name: str = "leaf",
-) -> tuple[Path, Path]:
-    """Mints an EC P-256 certificate signed by the given CA, shaped like an
-    X509-SVID (EKU serverAuth+clientAuth) unless told otherwise.
-
-    is_ca=True: basicConstraints cA=true, keyUsage adds keyCertSign+cRLSign.
-    key_usage_digital_signature=False: keyAgreement instead of digitalSignature.
-    not_before/not_after default to now-1min / now+1h (naive datetimes are UTC).
-    Returns (cert PEM path, key PEM path) in out_dir.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ca_cert = x509.load_pem_x509_certificate(Path(ca_cert_path).read_bytes())
-    ca_key = serialization.load_pem_private_key(Path(ca_key_path).read_bytes(), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "spiffe-mcp-gateway test"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, f"minted {name}"),
-                ]
-            )
-        )
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before or now - dt.timedelta(minutes=1))
-        .not_valid_after(not_after or now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=key_usage_digital_signature,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=not key_usage_digital_signature,
-                key_cert_sign=is_ca,
-                crl_sign=is_ca,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )
-    )
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uri_sans]
-    sans += [x509.DNSName(d) for d in dns_sans or []]
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(key_path, key)
-    return cert_path, key_path
