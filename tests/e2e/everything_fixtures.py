@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
-import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -28,6 +27,7 @@ import pytest
 from conftest import TD
 from gateway_fixtures import REPO_ROOT, Gateway, start_gateway
 from mcp_fixtures import TS_DIR, ensure_ts_deps, node_bin
+from polling import wait_for
 
 EVERYTHING_ID = f"{TD}/ns/demo/sa/everything"
 EXAMPLE_POLICIES = REPO_ROOT / "examples" / "policies"
@@ -79,14 +79,17 @@ def start_everything(timeout: float = 30.0) -> Everything:
                 ready.append(int(line.split()[1]))
 
     threading.Thread(target=drain, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready:
+
+    def listening() -> list[int]:
         if proc.poll() is not None:
             raise RuntimeError(f"server-everything exited {proc.returncode}:\n{''.join(output)}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"server-everything not listening after {timeout}s:\n{''.join(output)}")
-        time.sleep(0.05)
+        return ready
+
+    try:
+        wait_for("server-everything to listen", listening, timeout, detail=lambda: "".join(output), error=RuntimeError)
+    except RuntimeError:
+        proc.kill()
+        raise
     return Everything(proc=proc, port=ready[0], output=output)
 
 

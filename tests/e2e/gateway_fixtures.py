@@ -15,12 +15,13 @@ import os
 import re
 import subprocess
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 POLICY_DIR = REPO_ROOT / "policies"
@@ -68,15 +69,14 @@ class Gateway:
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_audit(self, pred, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Waits until some audit record satisfies pred (the writer is async)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Waits until some audit record satisfies pred (the writer is async);
+        returns every record written by then."""
+
+        def matched() -> list[dict[str, Any]] | None:
             records = self.audit()
-            if any(pred(r) for r in records):
-                return records
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no matching audit record in {timeout}s; have {records}")
-            time.sleep(0.05)
+            return records if any(pred(r) for r in records) else None
+
+        return wait_for("a matching audit record", matched, timeout, detail=lambda: f"have {self.audit()}")
 
     def get(self, path: str) -> tuple[int, str]:
         try:
@@ -100,13 +100,12 @@ class Gateway:
         return self.get("/readyz")[0] == 200
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.is_ready():
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gateway not ready after {timeout}s:\n{self.log()}")
-            time.sleep(0.1)
+            return self.is_ready()
+
+        wait_for("the gateway to be ready", ready, timeout, every=0.1, detail=self.log, error=RuntimeError)
 
     def log(self) -> str:
         return "".join(self.log_lines[-80:])

@@ -1,15 +1,15 @@
 """Helpers the end-to-end modules share: the demo calls, what the upstream
 received, denials as a client sees them, one raw HTTPS POST, leaves SPIRE
-would never issue, and one polling helper for events with no signal."""
+would never issue. (Polling: `polling.wait_for`; certificates: `certs`.)"""
 
 from __future__ import annotations
 
 import json
 import socket
 import ssl
-import time
 
 from conftest import AGENT_ID
+from polling import wait_for  # noqa: F401 - the one polling helper, also reachable from here
 
 ECHO = 'echo:{"text":"hello through the gateway"}'
 DELETE = 'delete_repository:{"repo":"acme/prod"}'
@@ -51,6 +51,20 @@ def assert_denied(result: dict, gateway) -> dict:
     record = next(r for r in records if r["correlation_id"] == correlation)
     assert record["decision"] == "deny"
     return record
+
+
+def retry_until_allowed(attempt, spec: str = ECHO, timeout: float = 30.0):
+    """Runs `attempt()` (an agent run) until its `spec` call is allowed; for a
+    gateway that loads JWT bundles in the background and refuses such
+    callers until then. Returns that run."""
+    last = []
+
+    def allowed():
+        run = attempt()
+        last[:] = [run]
+        return run if not run.connect_error and call(run, spec)["ok"] else None
+
+    return wait_for(f"{spec} to be allowed", allowed, timeout, every=0.2, detail=lambda: last[0].stdout + last[0].stderr)
 
 
 def https_post(port: int, ca: str, cert=None, key=None, body: bytes = b"{}", headers=None) -> bytes:
@@ -116,16 +130,3 @@ def bad_leaves(spire, tmp_path):
         ),
         "no URI SAN": spire.mint_leaf(tmp_path, [], name="no-uri"),
     }
-
-
-def wait_for(what: str, pred, timeout: float = 20.0):
-    """Polls `pred` every 50 ms until it returns something truthy (returned),
-    for state that changes without an event to wait on (a file, a metric)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

@@ -20,10 +20,11 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from polling import wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
 TS_DIR = E2E_DIR / "ts"
@@ -131,7 +132,8 @@ def start_upstream(
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     stderr_lines: list[str] = []
-    threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True).start()
+    stderr_reader = threading.Thread(target=_drain, args=(proc.stderr, stderr_lines), daemon=True)
+    stderr_reader.start()
 
     ready: list[int] = []
 
@@ -143,15 +145,21 @@ def start_upstream(
         proc.stdout.close()
 
     threading.Thread(target=read_ready, daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not ready:
+
+    def listening() -> list[int]:
         if proc.poll() is not None:
-            time.sleep(0.1)
+            stderr_reader.join(timeout=5)  # all it said before it exited
             raise RuntimeError(f"upstream exited with {proc.returncode}:\n{''.join(stderr_lines)}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"upstream not ready after {timeout}s:\n{''.join(stderr_lines)}")
-        time.sleep(0.02)
+        return ready
+
+    try:
+        wait_for(
+            "the upstream's READY line", listening, timeout,
+            every=0.02, detail=lambda: "".join(stderr_lines), error=RuntimeError,
+        )  # fmt: skip
+    except RuntimeError:
+        proc.kill()
+        raise
     return Upstream(
         proc=proc,
         port=ready[0],

@@ -34,13 +34,13 @@ import json
 import os
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
 import certs
+from polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPIRE_DIR = REPO_ROOT / "spire"
@@ -282,9 +282,9 @@ class Spire:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         name = name or spiffe_id.rstrip("/").rsplit("/", 1)[-1]
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
+        last = [""]
+
+        def fetched() -> SvidFiles | None:
             with tempfile.TemporaryDirectory(dir=out_dir, prefix=".fetch-") as tmp:
                 proc = subprocess.run(
                     [
@@ -294,32 +294,30 @@ class Spire:
                     ],
                     capture_output=True, text=True, timeout=30,
                 )  # fmt: skip
-                if proc.returncode == 0:
-                    found = self._pick(Path(tmp), spiffe_id)
-                    if found is not None:
-                        files = SvidFiles(
-                            out_dir / f"{name}.pem", out_dir / f"{name}.key", out_dir / f"{name}.bundle.pem"
-                        )
-                        for src, dst in zip(found, (files.cert, files.key, files.bundle)):
-                            os.replace(src, dst)
-                        return files
-                    last = f"Workload API answered without {spiffe_id}"
-                else:
-                    last = (proc.stdout + proc.stderr).strip()
-            if time.monotonic() >= deadline:
-                raise SpireError(
-                    f"no SVID for {spiffe_id} after {timeout}s; last: {last}\n"
-                    f"agent log tail:\n{self.agent_log_tail()}"
-                )
-            time.sleep(0.2)
+                if proc.returncode != 0:
+                    last[0] = (proc.stdout + proc.stderr).strip()
+                    return None
+                found = self._pick(Path(tmp), spiffe_id)
+                if found is None:
+                    last[0] = f"Workload API answered without {spiffe_id}"
+                    return None
+                files = SvidFiles(out_dir / f"{name}.pem", out_dir / f"{name}.key", out_dir / f"{name}.bundle.pem")
+                for src, dst in zip(found, (files.cert, files.key, files.bundle)):
+                    os.replace(src, dst)
+                return files
+
+        return wait_for(
+            f"an SVID for {spiffe_id}", fetched, timeout, every=0.2, error=SpireError,
+            detail=lambda: f"last: {last[0]}\nagent log tail:\n{self.agent_log_tail()}",
+        )  # fmt: skip
 
     def fetch_jwt(self, spiffe_id: str, audience: str, *, timeout: float = 30) -> str:
         """A JWT-SVID for spiffe_id with this audience, from the Workload API
         (``spire-agent api fetch jwt``, which prints ``token(<id>):`` and the
         token on the next line for each identity of the caller)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
+        last = [""]
+
+        def fetched() -> str | None:
             proc = subprocess.run(
                 [
                     str(self.bin_dir / "spire-agent"), "api", "fetch", "jwt",
@@ -331,10 +329,13 @@ class Spire:
             for i, line in enumerate(lines[:-1]):
                 if line.strip() == f"token({spiffe_id}):":
                     return lines[i + 1].strip()
-            last = (proc.stdout + proc.stderr).strip()[-400:]
-            if time.monotonic() >= deadline:
-                raise SpireError(f"no JWT-SVID for {spiffe_id} after {timeout}s; last: {last}")
-            time.sleep(0.2)
+            last[0] = (proc.stdout + proc.stderr).strip()[-400:]
+            return None
+
+        return wait_for(
+            f"a JWT-SVID for {spiffe_id}", fetched, timeout, every=0.2, error=SpireError,
+            detail=lambda: f"last: {last[0]}",
+        )  # fmt: skip
 
     @staticmethod
     def _pick(tmp: Path, spiffe_id: str) -> tuple[Path, Path, Path] | None:

@@ -29,7 +29,7 @@ import pytest
 
 from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
-from helpers import wait_for
+from polling import wait_for
 from raw_http import PROBE, PROBE_HEADERS, assert_serving, post
 
 CODE_AUDIT_UNAVAILABLE = -32068

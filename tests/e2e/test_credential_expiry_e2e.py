@@ -121,7 +121,7 @@ def test_idle_session_ends(spire, upstream, svids, tmp_path):
         assert status == 200
         common = [f"Mcp-Session-Id: {head['mcp-session-id']}", "MCP-Protocol-Version: 2025-11-25"]
         assert one_shot(gw.port, s.bundle, s.cert, s.key, INITIALIZED, common)[0] == 202
-        time.sleep(2.5)
+        time.sleep(2.5)  # idles past the 1 s idle timeout: the behaviour under test
         status, _, body = one_shot(gw.port, s.bundle, s.cert, s.key, LIST, common)
         assert status == 404, body
         err = json.loads(body)["error"]

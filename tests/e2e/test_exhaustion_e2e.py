@@ -28,6 +28,7 @@ import pytest
 
 from conftest import SERVER_ID
 from gateway_fixtures import gateway_bin, start_gateway
+from polling import wait_for
 from raw_http import PROBE, PROBE_HEADERS, assert_serving, connect, head, read_all, read_response
 
 ACCEPT_FAILED = "accepting a connection failed"
@@ -80,13 +81,10 @@ def exhaust_descriptors(gw, svids) -> None:
         # gateway's descriptors for the handshake timeout (10 s).
         while open_fds(gw.proc.pid) < 96 and len(held) < 200:
             held.append(socket.create_connection(("127.0.0.1", gw.port)))
-            time.sleep(0.005)
+            time.sleep(0.005)  # pacing: the gateway accepts each before the descriptors are counted
         for _ in range(20):  # more, which accept() cannot take
             held.append(socket.create_connection(("127.0.0.1", gw.port)))
-        deadline = time.monotonic() + 5
-        while not any(ACCEPT_FAILED in line for line in gw.log_lines):
-            assert time.monotonic() < deadline, "accept never failed:\n" + gw.log()
-            time.sleep(0.05)
+        wait_for("accept to fail", lambda: any(ACCEPT_FAILED in line for line in gw.log_lines), 5, detail=gw.log)
         # While accept keeps failing: no busy loop, a bounded log.
         lines_before = sum(ACCEPT_FAILED in line for line in gw.log_lines)
         cpu_before = cpu_seconds(gw.proc.pid)
@@ -153,7 +151,7 @@ def test_slow_headers_are_cut_after_the_header_timeout(tight, svids):
                 tls.sendall(request[i : i + 1])
             except OSError:
                 pass
-        time.sleep(1)
+        time.sleep(1)  # the pace under test: one byte a second
     for tls in slow:
         assert closed_within(tls, 10), "a slow-header connection is still open"
         tls.close()
@@ -242,8 +240,10 @@ def test_the_connection_cap_counts_unauthenticated_connections(tight, svids):
         for s in held:
             s.close()
     # The held connections end (closed by us); normal clients are served.
-    deadline = time.monotonic() + 10
-    while tight.metric("mcp_gateway_connections_open") > 1:
-        assert time.monotonic() < deadline, tight.metric("mcp_gateway_connections_open")
-        time.sleep(0.05)
+    wait_for(
+        "the held connections to end",
+        lambda: tight.metric("mcp_gateway_connections_open") <= 1,
+        10,
+        detail=lambda: f'{tight.metric("mcp_gateway_connections_open")} open',
+    )
     assert_serving(tight.port, svids["agent"], tight)

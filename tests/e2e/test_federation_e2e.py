@@ -27,7 +27,6 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
-import time
 
 import pytest
 
@@ -35,7 +34,7 @@ from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent
 from spire_env import Spire
-from helpers import ECHO, PROBE, WEATHER, assert_denied, call, https_post, tool_calls
+from helpers import ECHO, PROBE, WEATHER, assert_denied, call, https_post, retry_until_allowed, tool_calls
 
 PARTNER_TD = "partner.test"
 # The same path as the example.org demo agent: only the trust domain differs.
@@ -235,13 +234,7 @@ def test_partner_jwt_svid_caller_is_verified_with_the_federated_jwt_bundle(
         token = partner.fetch_jwt(PARTNER_AGENT_ID, FED_GATEWAY_ID)
         headers = [f"Authorization: Bearer {token}"]
         # JWT bundles load in the background: refused (never allowed) until then.
-        deadline = time.monotonic() + 30
-        while True:
-            run = run_py_agent(gw.url, None, None, ca, calls=[ECHO, WEATHER], headers=headers)
-            if not run.connect_error and call(run, ECHO)["ok"]:
-                break
-            assert time.monotonic() < deadline, run.stdout + run.stderr
-            time.sleep(0.2)
+        run = retry_until_allowed(lambda: run_py_agent(gw.url, None, None, ca, calls=[ECHO, WEATHER], headers=headers))
         denied = assert_denied(call(run, WEATHER), gw)
         assert denied["caller"] == PARTNER_AGENT_ID, denied
         records = gw.wait_audit(lambda r: r.get("target") == "echo" and r["caller"] == PARTNER_AGENT_ID)

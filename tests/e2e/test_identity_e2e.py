@@ -4,11 +4,13 @@ rotation without restart or failed calls, and upstream SPIFFE ID pinning."""
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import AGENT_B_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import finish_agent, run_py_agent, start_py_agent_loop
 from helpers import ECHO, PROBE, https_post
+from polling import wait_for
 
 import pytest
 import ssl
@@ -61,14 +63,11 @@ def test_rotation_without_failed_calls(spire, upstream, svids, tmp_path):
         )
         try:
             # Rotations are events in the gateway; wait for two of them.
-            deadline_s = 150
-            import time
-
-            deadline = time.monotonic() + deadline_s
-            while gw.metric("mcp_gateway_svid_rotations_total") < 2:
+            def rotated_twice() -> bool:
                 assert proc.poll() is None, "agent loop stopped early"
-                assert time.monotonic() < deadline, f"fewer than 2 rotations in {deadline_s}s"
-                time.sleep(0.5)
+                return gw.metric("mcp_gateway_svid_rotations_total") >= 2
+
+            wait_for("2 rotations", rotated_twice, 150, every=0.5)
         finally:
             stop_file.write_text("stop")
             run = finish_agent(proc, timeout=60)

@@ -34,6 +34,7 @@ from mcp_fixtures import run_py_agent, run_ts_agent
 from raw_http import PROBE, PROBE_HEADERS, Resp
 from test_federation_e2e import refused_at_handshake
 from helpers import DELETE, ECHO, assert_denied, bad_leaves, call, tool_calls
+from polling import wait_for
 from test_sessions_e2e import INITIALIZED, V, init_body, session_headers
 
 SHORT_ID = "spiffe://example.org/ns/jwt/sa/short-lived"
@@ -96,10 +97,12 @@ def agent_token(spire, jwt_gateway, ca):
     audience), once the gateway has its JWT bundles: it loads them in the
     background and refuses (401) every token until then, never allows early."""
     token = spire.fetch_jwt(AGENT_ID, GATEWAY_ID)
-    deadline = time.monotonic() + 30
-    while token_post(jwt_gateway.port, ca, token, PROBE, PROBE_HEADERS).status == 401:
-        assert time.monotonic() < deadline, "the gateway never accepted a valid JWT-SVID"
-        time.sleep(0.2)
+    wait_for(
+        "the gateway to accept a valid JWT-SVID",
+        lambda: token_post(jwt_gateway.port, ca, token, PROBE, PROBE_HEADERS).status != 401,
+        30,
+        every=0.2,
+    )
     return token
 
 
@@ -155,8 +158,8 @@ def test_bad_or_missing_tokens_are_refused_with_401_and_audited(spire, jwt_gatew
     # Control: accepted while valid (the policies permit this workload
     # nothing, so it is denied, not refused: a 403, never a 401).
     assert token_post(gw.port, ca, short, PROBE, PROBE_HEADERS).status != 401
-    while time.time() < expires + 1:
-        time.sleep(0.2)  # waiting for a deadline in wall-clock time, not for an event
+    # Idles past the token's exp (wall-clock time, no event to wait on).
+    time.sleep(max(0.0, expires + 1 - time.time()))
 
     wrong_audience = spire.fetch_jwt(AGENT_ID, "spiffe://example.org/ns/demo/sa/someone-else")
     header, payload, _sig = agent_token.split(".")

@@ -12,10 +12,9 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from mcp_fixtures import run_py_agent
 from helpers import DELETE, ECHO
+from polling import wait_for
 
 SERIES = [
     'mcp_gateway_decisions_total{decision="allow",method="tools/call"}',
@@ -90,19 +89,16 @@ def test_real_prometheus_scrape(gateway, tmp_path):
     )  # fmt: skip
     try:
         query = f"http://127.0.0.1:{port}/api/v1/query?query=mcp_gateway_decisions_total"
-        deadline = time.monotonic() + 60
-        while True:
+
+        def scraped() -> list | None:
             assert proc.poll() is None, proc.stderr.read()
             try:
                 with urllib.request.urlopen(query, timeout=2) as r:
-                    result = json.load(r)["data"]["result"]
-                if result:
-                    break
+                    return json.load(r)["data"]["result"]
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("Prometheus did not scrape the gateway within 60s")
-            time.sleep(0.5)
+                return None
+
+        result = wait_for("Prometheus to scrape the gateway", scraped, 60, every=0.5)
         jobs = {s["metric"]["job"] for s in result}
         assert jobs == {"gateway"}
         assert any(s["metric"].get("decision") == "allow" for s in result)
@@ -117,18 +113,16 @@ def test_real_prometheus_scrape(gateway, tmp_path):
         }
         for expr, want in queries.items():
             url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-            deadline = time.monotonic() + 30  # a rate() needs two scrapes
-            while True:
+
+            def series() -> list:
                 with urllib.request.urlopen(url, timeout=5) as r:
                     body = json.load(r)
                 assert body["status"] == "success", (expr, body)
-                series = body["data"]["result"]
-                if series or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            assert series, f"no series for {expr}"
+                return body["data"]["result"]
+
+            found = wait_for(f"a series for {expr}", series, 30, every=0.5)  # a rate() needs two scrapes
             if want is not None:
-                assert float(series[0]["value"][1]) == want, (expr, series)
+                assert float(found[0]["value"][1]) == want, (expr, found)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

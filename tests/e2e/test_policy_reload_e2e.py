@@ -11,7 +11,8 @@ import signal
 from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import finish_agent, start_py_agent_loop
-from helpers import tool_calls, wait_for
+from helpers import tool_calls
+from polling import wait_for
 
 FREEZE = """
 @id("echo-frozen")

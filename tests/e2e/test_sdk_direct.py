@@ -12,11 +12,11 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
 
+from polling import wait_for
 from mcp_fixtures import (
     finish_agent,
     make_test_pki,
@@ -280,10 +280,10 @@ def test_loop_mode_reconnects_each_iteration(up, pki):
 def test_repeat_until_file(up, pki, tmp_path):
     stop = tmp_path / "stop"
     proc = start_py_agent_loop(up.url, repeat_until=stop, interval_ms=50, **client_args(pki))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and body_methods(mcp_posts(up)).count("tools/call") < 2:
-        time.sleep(0.05)
-    stop.write_text("")
+    try:
+        wait_for("2 tools/call at the upstream", lambda: body_methods(mcp_posts(up)).count("tools/call") >= 2, 30)
+    finally:
+        stop.write_text("")
     run = finish_agent(proc)
     assert run.loop["ok"] >= 2 and run.loop["failed"] == 0
 

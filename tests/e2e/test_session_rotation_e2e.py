@@ -25,6 +25,7 @@ from cryptography import x509
 from conftest import SERVER_ID, TD
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import finish_agent, start_py_agent_loop, start_ts_agent_loop
+from polling import wait_for
 
 ROTATING_ID = f"{TD}/ns/demo/sa/agent-rotating"
 TTL = 20
@@ -97,11 +98,12 @@ def test_a_session_outlives_three_rotations_of_its_callers_svid(spire, upstream,
         agents.append(start_ts_agent_loop(gw.url, f.cert, f.key, f.bundle, extra_args=flags, **common))
         # Rotation and expiry are events in SPIRE and in time: poll until
         # the third certificate the agents could have presented has expired.
-        deadline = time.monotonic() + 8 * TTL
-        while len(follower.expiries()) < 4 or time.time() < follower.expiries()[2] + 1:
-            assert time.monotonic() < deadline, f"SVIDs seen: {follower.seen}"
+        def third_expired() -> bool:
             assert all(p.poll() is None for p in agents), "an agent stopped early"
-            time.sleep(0.5)
+            expiries = follower.expiries()
+            return len(expiries) >= 4 and time.time() >= expiries[2] + 1
+
+        wait_for("the third SVID to expire", third_expired, 8 * TTL, every=0.5, detail=lambda: f"SVIDs seen: {follower.seen}")
     finally:
         stop.write_text("stop")
         runs = [finish_agent(p, timeout=60) for p in agents]

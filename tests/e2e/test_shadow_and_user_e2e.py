@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID, SERVER_ID
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent
-from helpers import ECHO, WEATHER, assert_denied, call, tool_calls
+from helpers import ECHO, WEATHER, assert_denied, call, retry_until_allowed, tool_calls
+from polling import wait_for
 
 FREEZE = """
 @id("echo-frozen")
@@ -41,13 +42,13 @@ AUDIENCE = "spiffe://example.org/ns/demo/sa/gateway"
 
 
 def wait_records(gw, pred, n=1, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
+    """The audit records matching pred, once there are at least n."""
+
+    def matching():
         got = [r for r in gw.audit() if pred(r)]
-        if len(got) >= n:
-            return got
-        assert time.monotonic() < deadline, f"no audit record; have {gw.audit()}"
-        time.sleep(0.05)
+        return got if len(got) >= n else None
+
+    return wait_for(f"{n} matching audit record(s)", matching, timeout, detail=lambda: f"have {gw.audit()}")
 
 
 def test_shadow_set_is_evaluated_and_never_enforced(spire, upstream, svids, tmp_path):
@@ -190,14 +191,8 @@ def test_jwt_svid_from_spire_as_the_end_user(spire, upstream, svids, tmp_path):
         before = len(tool_calls(upstream, "echo"))
         # The gateway fetches JWT bundles in the background: the first
         # attempt may be refused (401) until they arrive, never allowed early.
-        deadline = time.monotonic() + 30
         token_b = spire.fetch_jwt(AGENT_B_ID, GATEWAY_ID)
-        while True:
-            run = run_as(token_b)
-            if not run.connect_error and call(run, ECHO)["ok"]:
-                break
-            assert time.monotonic() < deadline, run.stdout
-            time.sleep(0.2)
+        retry_until_allowed(lambda: run_as(token_b))
         record = wait_records(gw, lambda r: r.get("target") == "echo" and r.get("decision") == "allow")[-1]
         assert record["user"] == {"sub": AGENT_B_ID, "iss": "spiffe://example.org"}
         assert record["caller"] == AGENT_ID

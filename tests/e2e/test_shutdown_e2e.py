@@ -24,7 +24,7 @@ from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent
 from helpers import call, tool_calls
-from helpers import wait_for
+from polling import wait_for
 
 
 def readyz(gw) -> int | None:

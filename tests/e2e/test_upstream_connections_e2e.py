@@ -24,7 +24,7 @@ from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from helpers import call, tool_calls
-from helpers import wait_for
+from polling import wait_for
 
 ECHO = 'echo:{"text":"hi"}'
 UP = 'mcp_gateway_upstream_up'

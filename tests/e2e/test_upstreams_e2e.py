@@ -28,7 +28,7 @@ from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post
 from helpers import call, tool_calls
-from helpers import wait_for
+from polling import wait_for
 
 BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
 ECHO = 'echo:{"text":"hi"}'
