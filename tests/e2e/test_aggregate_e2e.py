@@ -27,11 +27,13 @@ from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post, request
-from helpers import call, tool_calls
+from helpers import call
+from policy_texts import LIFECYCLE, schema_with, two_upstreams
 
 # The beta upstream's SVID fixture (a module-scoped entry of its own here),
 # its ID and the upstreams: list are the many-upstreams test's.
-from test_upstreams_e2e import BETA_ID, beta_svid, entries, policy_dir  # noqa: F401
+from test_upstreams_e2e import BETA_ID, beta_svid, entries  # noqa: F401
+
 README = "file:///docs/readme.md"
 NOTE = "note://beta/hello?x=1&y=2"
 AGGREGATE = "aggregate: { name: all, upstreams: [alpha, beta] }\n"
@@ -40,37 +42,9 @@ INIT = {
     "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
 }  # fmt: skip
 
-POLICY = f"""
-@id("agent-lifecycle-any-upstream")
-permit (
-  principal == Mcp::Workload::"{AGENT_ID}",
-  action in [
-    Mcp::Action::"initialize",
-    Mcp::Action::"server/discover",
-    Mcp::Action::"notifications/initialized",
-    Mcp::Action::"ping",
-    Mcp::Action::"tools/list",
-    Mcp::Action::"prompts/list",
-    Mcp::Action::"resources/list",
-    Mcp::Action::"notifications/cancelled"
-  ],
-  resource
-);
-
-@id("echo-on-alpha")
-permit (
-  principal == Mcp::Workload::"{AGENT_ID}",
-  action == Mcp::Action::"tools/call",
-  resource == Mcp::Tool::"alpha/echo"
-);
-
-@id("weather-on-beta")
-permit (
-  principal == Mcp::Workload::"{AGENT_ID}",
-  action == Mcp::Action::"tools/call",
-  resource == Mcp::Tool::"beta/get_weather"
-);
-
+POLICY = two_upstreams(
+    [*LIFECYCLE, "prompts/list", "resources/list"],
+    f"""
 @id("lookalike-on-beta")
 permit (
   principal == Mcp::Workload::"{AGENT_ID}",
@@ -141,18 +115,13 @@ permit (
   resource == Mcp::Workload::"{AGENT_ID}"
 );
 
-@id("no-echo-on-beta")
-forbid (
-  principal,
-  action == Mcp::Action::"tools/call",
-  resource == Mcp::Tool::"beta/echo"
-);
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    return policy_dir(tmp_path_factory, "aggregate", POLICY)
+    return schema_with(tmp_path_factory.mktemp("aggregate-policies"), aggregate=POLICY)
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ the server, and every element with an id is answered exactly once."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 from conftest import SERVER_ID
-from gateway_fixtures import POLICY_DIR, start_gateway
+from gateway_fixtures import start_gateway
+from policy_texts import schema_with
 from test_conformance import everything_server  # noqa: F401 - pytest fixture
 from test_credential_expiry_e2e import one_shot
 
@@ -59,10 +59,7 @@ def messages_of(headers: dict[str, str], body: bytes) -> list[dict]:
 
 @pytest.fixture()
 def batch_gateway(spire, everything_server, tmp_path):  # noqa: F811
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    shutil.copy(POLICY_DIR / "mcp.cedarschema", policies / "mcp.cedarschema")
-    (policies / "batch.cedar").write_text(POLICY, encoding="utf-8")
+    policies = schema_with(tmp_path / "policies", batch=POLICY)
     gw = start_gateway(
         tmp_path / "gw", spire.endpoint, everything_server, SERVER_ID,
         hint="gateway", policy_dir=policies, plaintext=True, name="everything",

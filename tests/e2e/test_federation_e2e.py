@@ -24,16 +24,16 @@ is undone at the end, so the session SPIRE is left as it was found.
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import subprocess
 
 import pytest
 
 from conftest import AGENT_ID, SERVER_ID
-from gateway_fixtures import POLICY_DIR, start_gateway
+from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent
 from spire_env import Spire
+from policy_texts import LIFECYCLE, actions, demo_policies_with
 from helpers import ECHO, PROBE, WEATHER, assert_denied, call, https_post, retry_until_allowed, tool_calls
 
 PARTNER_TD = "partner.test"
@@ -41,27 +41,20 @@ PARTNER_TD = "partner.test"
 PARTNER_AGENT_ID = f"spiffe://{PARTNER_TD}/ns/demo/sa/agent"
 FED_GATEWAY_ID = "spiffe://example.org/ns/fed/sa/gateway"
 
-PARTNER_POLICY = """
+PARTNER_POLICY = f"""
 // Any workload of the federated partner.test may open a session and list tools...
 @id("partner-lifecycle")
 permit (
   principal,
-  action in [
-    Mcp::Action::"initialize",
-    Mcp::Action::"notifications/initialized",
-    Mcp::Action::"ping",
-    Mcp::Action::"tools/list",
-    Mcp::Action::"notifications/cancelled",
-    Mcp::Action::"server/discover"
-  ],
+  action in {actions(LIFECYCLE)},
   resource == Mcp::Server::"demo"
 )
-when { principal.trust_domain == "partner.test" };
+when {{ principal.trust_domain == "partner.test" }};
 
 // ...and call `echo`, nothing else.
 @id("partner-may-echo")
 permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo")
-when { principal.trust_domain == "partner.test" };
+when {{ principal.trust_domain == "partner.test" }};
 """
 
 
@@ -113,9 +106,7 @@ def federated(spire, partner, partner_svid):
 
 
 def start_fed_gateway(spire, upstream, tmp_path_factory, **kw):
-    policies = tmp_path_factory.mktemp("fed-policies")
-    shutil.copytree(POLICY_DIR, policies, dirs_exist_ok=True)
-    (policies / "partner.cedar").write_text(PARTNER_POLICY, encoding="utf-8")
+    policies = demo_policies_with(tmp_path_factory.mktemp("fed-policies"), partner=PARTNER_POLICY)
     gw = start_gateway(
         tmp_path_factory.mktemp("fed-gateway"),
         spire.endpoint,

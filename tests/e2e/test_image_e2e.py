@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -22,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import AGENT_ID, GATEWAY_ID, SERVER_ID
-from gateway_fixtures import POLICY_DIR, REPO_ROOT, gateway_bin, start_gateway
+from gateway_fixtures import REPO_ROOT, gateway_bin, start_gateway
+from policy_texts import demo_policies_with
 from mcp_fixtures import run_py_agent
 from helpers import DELETE, ECHO, assert_denied, call, tool_calls
 
@@ -140,8 +140,7 @@ def test_image_serves_the_seed_test_on_real_spire(spire, upstream, svids, rootfs
     the forbid policy."""
     spire.register(GATEWAY_ID, "gateway", dns="localhost", selector=f"unix:uid:{NONROOT}")
     run_dir = tmp_path_factory.mktemp("image-gateway")
-    policies = run_dir / "policies"
-    shutil.copytree(POLICY_DIR, policies)
+    policies = demo_policies_with(run_dir / "policies")
     for path in [run_dir, *run_dir.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     os.chown(run_dir, NONROOT, NONROOT)

@@ -5,20 +5,14 @@ enforced, SIGHUP reloads, and no call fails for any other reason."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 
 from conftest import AGENT_ID, SERVER_ID
-from gateway_fixtures import POLICY_DIR, start_gateway
+from gateway_fixtures import start_gateway
 from mcp_fixtures import finish_agent, start_py_agent_loop
 from helpers import tool_calls
+from policy_texts import FREEZE_ECHO, demo_policies_with
 from polling import wait_for
-
-FREEZE = """
-@id("echo-frozen")
-forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");
-"""
-
 
 def echo_records(gw) -> list[dict]:
     return [
@@ -29,8 +23,7 @@ def echo_records(gw) -> list[dict]:
 
 
 def test_policy_change_applies_to_the_next_call_without_restart(spire, upstream, svids, tmp_path):
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, policies)
+    policies = demo_policies_with(tmp_path / "policies")
     gw = start_gateway(
         tmp_path / "gw",
         spire.endpoint,
@@ -65,7 +58,7 @@ def test_policy_change_applies_to_the_next_call_without_restart(spire, upstream,
         reloads = gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}')
 
         # 1. A new policy file: the next call is denied by it.
-        (policies / "freeze.cedar").write_text(FREEZE, encoding="utf-8")
+        (policies / "freeze.cedar").write_text(FREEZE_ECHO, encoding="utf-8")
         wait_for("the reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}') > reloads)
         seen = len(echo_records(gw))
         n = len(agents) + 3
@@ -136,8 +129,7 @@ def test_a_reply_is_filtered_by_the_policies_its_request_was_decided_by(spire, s
     s = svids["mcp-server"]
     log = tmp_path / "requests.jsonl"
     slow = start_upstream(cert=s.cert, key=s.key, ca=s.bundle, request_log=log, extra_args=["--list-delay", "3"])
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, policies)
+    policies = demo_policies_with(tmp_path / "policies")
     gw = start_gateway(
         tmp_path / "gw", spire.endpoint, slow.url, SERVER_ID, hint="gateway",
         policy_dir=policies, policy_extra=["  watch_interval_ms: 200"],
@@ -154,7 +146,7 @@ def test_a_reply_is_filtered_by_the_policies_its_request_was_decided_by(spire, s
 
         wait_for("the tools/list at the upstream", at_upstream)
         reloads = gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}')
-        (policies / "freeze.cedar").write_text(FREEZE, encoding="utf-8")
+        (policies / "freeze.cedar").write_text(FREEZE_ECHO, encoding="utf-8")
         wait_for("the reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="success"}') > reloads)
         agent.join(timeout=60)
         (run,) = runs

@@ -15,7 +15,6 @@ the third SVID has expired (three rotations used): zero failed calls, one
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography import x509
 from conftest import SERVER_ID, TD
 from gateway_fixtures import POLICY_DIR, start_gateway
 from mcp_fixtures import finish_agent, start_py_agent_loop, start_ts_agent_loop
+from policy_texts import schema_with
 from polling import wait_for
 
 ROTATING_ID = f"{TD}/ns/demo/sa/agent-rotating"
@@ -64,14 +64,10 @@ class SvidFollower:
 
 def rotating_policies(tmp: Path) -> Path:
     """The demo policies, with the rotating agent in the demo agent's place."""
-    policies = tmp / "policies"
-    policies.mkdir()
-    shutil.copy(POLICY_DIR / "mcp.cedarschema", policies / "mcp.cedarschema")
     text = (POLICY_DIR / "demo.cedar").read_text()
     agent = f'"{TD}/ns/demo/sa/agent"'
     assert agent in text
-    (policies / "demo.cedar").write_text(text.replace(agent, f'"{ROTATING_ID}"'))
-    return policies
+    return schema_with(tmp / "policies", demo=text.replace(agent, f'"{ROTATING_ID}"'))
 
 
 def test_a_session_outlives_three_rotations_of_its_callers_svid(spire, upstream, tmp_path):

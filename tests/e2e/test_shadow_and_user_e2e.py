@@ -13,7 +13,6 @@ on to the upstream."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import jwt
@@ -21,15 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import AGENT_B_ID, AGENT_ID, GATEWAY_ID, SERVER_ID
-from gateway_fixtures import POLICY_DIR, start_gateway
+from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent
 from helpers import ECHO, WEATHER, assert_denied, call, retry_until_allowed, tool_calls
+from policy_texts import FREEZE_ECHO, demo_policies_with
 from polling import wait_for
-
-FREEZE = """
-@id("echo-frozen")
-forbid (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"demo/echo");
-"""
 
 ECHO_FOR_ALICE = """
 @id("echo-only-for-alice")
@@ -52,9 +47,7 @@ def wait_records(gw, pred, n=1, timeout=10.0):
 
 
 def test_shadow_set_is_evaluated_and_never_enforced(spire, upstream, svids, tmp_path):
-    candidate = tmp_path / "candidate"
-    shutil.copytree(POLICY_DIR, candidate)
-    (candidate / "freeze.cedar").write_text(FREEZE, encoding="utf-8")
+    candidate = demo_policies_with(tmp_path / "candidate", freeze=FREEZE_ECHO)
     gw = start_gateway(
         tmp_path / "gw",
         spire.endpoint,
@@ -105,9 +98,7 @@ def idp(tmp_path):
 
 def test_same_agent_allowed_for_one_user_and_denied_for_another(spire, upstream, svids, tmp_path, idp):
     jwks, token = idp
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, policies)
-    (policies / "users.cedar").write_text(ECHO_FOR_ALICE, encoding="utf-8")
+    policies = demo_policies_with(tmp_path / "policies", users=ECHO_FOR_ALICE)
     gw = start_gateway(
         tmp_path / "gw",
         spire.endpoint,
@@ -169,9 +160,7 @@ unless {{ context has user && context.user.sub == "{AGENT_B_ID}" }};
 def test_jwt_svid_from_spire_as_the_end_user(spire, upstream, svids, tmp_path):
     """user_auth.jwt_svid: the token is a JWT-SVID fetched from real SPIRE,
     verified against the JWT bundle the gateway gets from the Workload API."""
-    policies = tmp_path / "policies"
-    shutil.copytree(POLICY_DIR, policies)
-    (policies / "users.cedar").write_text(ECHO_FOR_AGENT_B_USER, encoding="utf-8")
+    policies = demo_policies_with(tmp_path / "policies", users=ECHO_FOR_AGENT_B_USER)
     gw = start_gateway(
         tmp_path / "gw",
         spire.endpoint,

@@ -18,58 +18,23 @@ as an `upstreams:` list and served on `/mcp/alpha` and `/mcp/beta`.
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 
 import pytest
 
-from conftest import AGENT_ID, SERVER_ID, TD
-from gateway_fixtures import POLICY_DIR, start_gateway
+from conftest import SERVER_ID, TD
+from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post
 from helpers import call, tool_calls
+from policy_texts import LIFECYCLE, schema_with, two_upstreams
 from polling import wait_for
 
 BETA_ID = f"{TD}/ns/demo/sa/mcp-server-beta"
 ECHO = 'echo:{"text":"hi"}'
 WEATHER = 'get_weather:{"city":"Oslo"}'
 
-POLICY = f"""
-@id("agent-lifecycle-any-upstream")
-permit (
-  principal == Mcp::Workload::"{AGENT_ID}",
-  action in [
-    Mcp::Action::"initialize",
-    Mcp::Action::"notifications/initialized",
-    Mcp::Action::"ping",
-    Mcp::Action::"tools/list",
-    Mcp::Action::"notifications/cancelled",
-    Mcp::Action::"server/discover"
-  ],
-  resource
-);
-
-@id("echo-on-alpha")
-permit (
-  principal == Mcp::Workload::"{AGENT_ID}",
-  action == Mcp::Action::"tools/call",
-  resource == Mcp::Tool::"alpha/echo"
-);
-
-@id("weather-on-beta")
-permit (
-  principal == Mcp::Workload::"{AGENT_ID}",
-  action == Mcp::Action::"tools/call",
-  resource == Mcp::Tool::"beta/get_weather"
-);
-
-@id("no-echo-on-beta")
-forbid (
-  principal,
-  action == Mcp::Action::"tools/call",
-  resource == Mcp::Tool::"beta/echo"
-);
-"""
+POLICY = two_upstreams(LIFECYCLE)
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +46,9 @@ def beta_svid(spire, tmp_path_factory):
         spire.delete_entry(entry)
 
 
-def policy_dir(tmp_path_factory, name: str, policy: str):
-    """A policy directory: the shipped schema and `policy` as `<name>.cedar`."""
-    d = tmp_path_factory.mktemp(f"{name}-policies")
-    shutil.copy(POLICY_DIR / "mcp.cedarschema", d / "mcp.cedarschema")
-    (d / f"{name}.cedar").write_text(policy, encoding="utf-8")
-    return d
-
-
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    return policy_dir(tmp_path_factory, "upstreams", POLICY)
+    return schema_with(tmp_path_factory.mktemp("upstreams-policies"), upstreams=POLICY)
 
 
 def entries(alpha_url: str, beta_url: str) -> list[dict]:
