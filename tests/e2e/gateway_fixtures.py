@@ -256,3 +256,14 @@ def start_gateway(
         proc.kill()
         raise RuntimeError("gateway did not bind its listeners:\n" + "".join(lines))
     return Gateway(proc=proc, run_dir=run_dir, listen=addrs[0], admin=addrs[1], log_lines=lines)
+
+
+def start_ready_gateway(run_dir: Path, endpoint: str, upstream_url: str, upstream_id: str, **kw: Any) -> Gateway:
+    """start_gateway, then waits until it is ready; stops it if it never is."""
+    gw = start_gateway(run_dir, endpoint, upstream_url, upstream_id, **kw)
+    try:
+        gw.wait_ready()
+    except Exception:
+        gw.stop()
+        raise
+    return gw

@@ -46,11 +46,16 @@ def assert_denied(result: dict, gateway) -> dict:
     assert "policy" in err["message"] and "forbid" not in json.dumps(err).lower().replace(
         "forbidden", ""
     ), err
-    correlation = err["data"]["correlation_id"]
-    records = gateway.wait_audit(lambda r: r["correlation_id"] == correlation)
-    record = next(r for r in records if r["correlation_id"] == correlation)
+    record = record_of(gateway, err)
     assert record["decision"] == "deny"
     return record
+
+
+def record_of(gw, err: dict) -> dict:
+    """The audit record an error reply's correlation id names."""
+    correlation = err["data"]["correlation_id"]
+    records = gw.wait_audit(lambda r: r["correlation_id"] == correlation)
+    return next(r for r in records if r["correlation_id"] == correlation)
 
 
 def retry_until_allowed(attempt, spec: str = ECHO, timeout: float = 30.0):

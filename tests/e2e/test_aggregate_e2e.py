@@ -27,7 +27,7 @@ from conftest import AGENT_ID, SERVER_ID
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post, request
-from helpers import call
+from helpers import call, record_of
 from policy_texts import LIFECYCLE, schema_with, two_upstreams
 
 # The beta upstream's SVID fixture (a module-scoped entry of its own here),
@@ -149,12 +149,6 @@ def agg(spire, svids, beta_svid, policies, tmp_path_factory):
         gw.stop()
         alpha.stop()
         beta.stop()
-
-
-def record_of(gw, err: dict) -> dict:
-    correlation = err["data"]["correlation_id"]
-    records = gw.wait_audit(lambda r: r["correlation_id"] == correlation)
-    return next(r for r in records if r["correlation_id"] == correlation)
 
 
 def calls_of(up) -> list[str]:

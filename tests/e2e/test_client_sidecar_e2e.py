@@ -35,7 +35,7 @@ from everything_fixtures import (  # noqa: F401 (fixtures)
     server_sidecar,
     tool_records,
 )
-from gateway_fixtures import Gateway, gateway_bin, start_gateway, write_config
+from gateway_fixtures import Gateway, gateway_bin, start_gateway, start_ready_gateway, write_config
 from mcp_fixtures import run_py_agent, run_ts_agent
 from raw_http import PROBE, PROBE_HEADERS, post
 from helpers import assert_denied, call
@@ -60,7 +60,7 @@ INITIALIZE = json.dumps(
 
 
 def start_client_sidecar(run_dir, spire, central: Gateway, policy_dir) -> Gateway:
-    gw = start_gateway(
+    return start_ready_gateway(
         run_dir,
         spire.endpoint,
         central.url,
@@ -70,12 +70,6 @@ def start_client_sidecar(run_dir, spire, central: Gateway, policy_dir) -> Gatewa
         policy_dir=policy_dir,
         listener_extra=PLAIN,
     )
-    try:
-        gw.wait_ready()
-    except Exception:
-        gw.stop()
-        raise
-    return gw
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import time
 from pathlib import Path
-
-import json
-import ssl
 
 import pytest
 
 from conftest import SERVER_ID
 from gateway_fixtures import gateway_bin, start_gateway
 from polling import wait_for
-from raw_http import PROBE, PROBE_HEADERS, assert_serving, connect, head, read_all, read_response
+from raw_http import PROBE, PROBE_HEADERS, assert_serving, connect, head, read_response
 
 ACCEPT_FAILED = "accepting a connection failed"
 

@@ -30,7 +30,7 @@ import subprocess
 import pytest
 
 from conftest import AGENT_ID, SERVER_ID
-from gateway_fixtures import start_gateway
+from gateway_fixtures import start_ready_gateway
 from mcp_fixtures import run_py_agent
 from spire_env import Spire
 from policy_texts import LIFECYCLE, actions, demo_policies_with
@@ -107,7 +107,7 @@ def federated(spire, partner, partner_svid):
 
 def start_fed_gateway(spire, upstream, tmp_path_factory, **kw):
     policies = demo_policies_with(tmp_path_factory.mktemp("fed-policies"), partner=PARTNER_POLICY)
-    gw = start_gateway(
+    return start_ready_gateway(
         tmp_path_factory.mktemp("fed-gateway"),
         spire.endpoint,
         upstream.url,
@@ -116,12 +116,6 @@ def start_fed_gateway(spire, upstream, tmp_path_factory, **kw):
         policy_dir=policies,
         **kw,
     )
-    try:
-        gw.wait_ready()
-    except Exception:
-        gw.stop()
-        raise
-    return gw
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from conftest import SERVER_ID, TD
 from gateway_fixtures import start_gateway
 from mcp_fixtures import run_py_agent, run_ts_agent, start_upstream
 from raw_http import post
-from helpers import call, tool_calls
+from helpers import call, record_of, tool_calls
 from policy_texts import LIFECYCLE, schema_with, two_upstreams
 from polling import wait_for
 
@@ -77,12 +77,6 @@ def two(spire, svids, beta_svid, policies, tmp_path_factory):
         gw.stop()
         alpha.stop()
         beta.stop()
-
-
-def record_of(gw, err: dict) -> dict:
-    correlation = err["data"]["correlation_id"]
-    records = gw.wait_audit(lambda r: r["correlation_id"] == correlation)
-    return next(r for r in records if r["correlation_id"] == correlation)
 
 
 @pytest.mark.parametrize("sdk", ["python", "typescript"])
