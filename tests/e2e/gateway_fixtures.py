@@ -65,7 +65,10 @@ class Gateway:
         """Every audit record written so far, oldest first."""
         if not self.audit_path.exists():
             return []
-        lines = self.audit_path.read_text(encoding="utf-8").splitlines()
+        text = self.audit_path.read_text(encoding="utf-8")
+        # Whole lines only: the writer may be between the two halves of a
+        # record when the file is read.
+        lines = text[: text.rfind("\n") + 1].splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
     def wait_audit(self, pred, timeout: float = 10.0) -> list[dict[str, Any]]:

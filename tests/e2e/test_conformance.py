@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -37,8 +36,9 @@ from typing import Any
 import pytest
 
 from conftest import AGENT_ID, SERVER_ID
-from gateway_fixtures import POLICY_DIR, REPO_ROOT, start_gateway
+from gateway_fixtures import REPO_ROOT, start_gateway
 from mcp_fixtures import _node_major, node_bin
+from policy_texts import schema_with
 
 CONF_DIR = REPO_ROOT / "tests" / "conformance"
 CONFORMANCE_CLI = CONF_DIR / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
@@ -139,11 +139,7 @@ def conformance_server():
 
 def allow_all_policy_dir(tmp: Path) -> Path:
     """The project's schema plus one policy that permits everything."""
-    d = tmp / "policies"
-    d.mkdir()
-    shutil.copy(POLICY_DIR / "mcp.cedarschema", d / "mcp.cedarschema")
-    (d / "allow-all.cedar").write_text('@id("allow-all")\npermit (principal, action, resource);\n', encoding="utf-8")
-    return d
+    return schema_with(tmp / "policies", **{"allow-all": '@id("allow-all")\npermit (principal, action, resource);\n'})
 
 
 Check = tuple[str, str, str, str]  # (check id, status, error message, details as JSON), masked
