@@ -13,7 +13,7 @@ import pytest
 from conftest import SERVER_ID
 from gateway_fixtures import start_gateway
 from policy_texts import schema_with
-from test_conformance import everything_server  # noqa: F401 - pytest fixture
+from everything_fixtures import everything  # noqa: F401 - pytest fixture
 from test_credential_expiry_e2e import one_shot
 
 AGENT = "spiffe://example.org/ns/demo/sa/agent"
@@ -58,10 +58,10 @@ def messages_of(headers: dict[str, str], body: bytes) -> list[dict]:
 
 
 @pytest.fixture()
-def batch_gateway(spire, everything_server, tmp_path):  # noqa: F811
+def batch_gateway(spire, everything, tmp_path):  # noqa: F811
     policies = schema_with(tmp_path / "policies", batch=POLICY)
     gw = start_gateway(
-        tmp_path / "gw", spire.endpoint, everything_server, SERVER_ID,
+        tmp_path / "gw", spire.endpoint, everything.url, SERVER_ID,
         hint="gateway", policy_dir=policies, plaintext=True, name="everything",
     )  # fmt: skip
     gw.wait_ready()
