@@ -50,24 +50,10 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
     let audit = AuditLog::start(&config.audit, config.audit_on_failure, metrics.clone())
         .context("opening the audit sink")?;
-    let client_certs = match config.listener.jwt_svid_callers {
-        Some(_) => ClientCerts::Optional,
-        None => ClientCerts::Required,
-    };
-    let identity = Identity::spawn(config.workload_api.clone(), metrics.clone(), client_certs);
+    let identity = spawn_identity(&config, &metrics);
 
-    let listener = TcpListener::bind(config.listener.address)
-        .await
-        .with_context(|| format!("binding listener.address {}", config.listener.address))?;
-    let admin_listener = TcpListener::bind(config.admin.address)
-        .await
-        .with_context(|| format!("binding admin.address {}", config.admin.address))?;
+    let (listener, admin_listener) = bind(&config).await?;
     let listen_addr = listener.local_addr()?;
-    // Checked in config already; checked again on the bound socket, since a
-    // plain listener anywhere but loopback would hand out the SVID to anyone.
-    if config.listener.plaintext_loopback && !listen_addr.ip().is_loopback() {
-        anyhow::bail!("listener.address: plain HTTP bound {listen_addr}, which is not loopback");
-    }
     let admin_addr = admin_listener.local_addr()?;
 
     let gateway = Arc::new(Gateway::new(
@@ -89,34 +75,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let (start_draining, drain) = watch::channel(false);
     let lifecycle = Lifecycle { drain, stop };
     let connections = TaskTracker::new();
-    let listener_task = if config.listener.plaintext_loopback {
-        tokio::spawn(loopback::serve(
-            listener,
-            Arc::clone(&gateway),
-            lifecycle,
-            connections.clone(),
-        ))
-    } else {
-        tokio::spawn(listener::serve(
-            listener,
-            Arc::clone(&gateway),
-            lifecycle,
-            connections.clone(),
-        ))
-    };
-    let tasks = vec![
-        tokio::spawn(sweep_sessions(Arc::clone(&gateway), watcher.clone())),
-        tokio::spawn(policies.watch(config.policy.watch_interval, watcher.clone())),
-        tokio::spawn(admin::serve(admin_listener, admin, watcher.clone())),
-        tokio::spawn(reopen_audit_on_sighup(audit, watcher.clone())),
-    ];
-    let mut tasks = tasks;
-    for up in gateway.upstreams() {
-        tasks.push(tokio::spawn(probe_upstream(
-            Arc::clone(up),
-            watcher.clone(),
-        )));
-    }
+    let listener_task = tokio::spawn(serve(
+        config.listener.plaintext_loopback,
+        listener,
+        Arc::clone(&gateway),
+        lifecycle,
+        connections.clone(),
+    ));
+    let mut tasks = background(&config, &gateway, &policies, audit, &watcher);
+    tasks.push(tokio::spawn(admin::serve(admin_listener, admin, watcher)));
     info!(
         %listen_addr,
         %admin_addr,
@@ -137,6 +104,70 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         listener_task,
         tasks,
     })
+}
+
+/// The tasks that run beside the listeners until `shutdown`: the session
+/// sweep, the policy watch, audit reopening on SIGHUP, upstream probes.
+fn background(
+    config: &Config,
+    gateway: &Arc<Gateway>,
+    policies: &Arc<PolicyStore>,
+    audit: AuditLog,
+    shutdown: &watch::Receiver<bool>,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![
+        tokio::spawn(sweep_sessions(Arc::clone(gateway), shutdown.clone())),
+        tokio::spawn(Arc::clone(policies).watch(config.policy.watch_interval, shutdown.clone())),
+        tokio::spawn(reopen_audit_on_sighup(audit, shutdown.clone())),
+    ];
+    for up in gateway.upstreams() {
+        let probe = probe_upstream(Arc::clone(up), shutdown.clone());
+        tasks.push(tokio::spawn(probe));
+    }
+    tasks
+}
+
+/// The gateway's own identity, fetched in the background; a client
+/// certificate is optional only with `listener.jwt_svid_callers`.
+fn spawn_identity(config: &Config, metrics: &Metrics) -> Identity {
+    let client_certs = match config.listener.jwt_svid_callers {
+        Some(_) => ClientCerts::Optional,
+        None => ClientCerts::Required,
+    };
+    Identity::spawn(config.workload_api.clone(), metrics.clone(), client_certs)
+}
+
+/// Binds the gateway's listener and the admin listener. Checked in config
+/// already, and again on the bound socket: a plain listener anywhere but
+/// loopback would hand out the SVID to anyone.
+async fn bind(config: &Config) -> anyhow::Result<(TcpListener, TcpListener)> {
+    let listener = TcpListener::bind(config.listener.address)
+        .await
+        .with_context(|| format!("binding listener.address {}", config.listener.address))?;
+    let admin = TcpListener::bind(config.admin.address)
+        .await
+        .with_context(|| format!("binding admin.address {}", config.admin.address))?;
+    let bound = listener.local_addr()?;
+    if config.listener.plaintext_loopback && !bound.ip().is_loopback() {
+        anyhow::bail!("listener.address: plain HTTP bound {bound}, which is not loopback");
+    }
+    Ok((listener, admin))
+}
+
+/// Serves the gateway's listener: the client sidecar's plain loopback one,
+/// or mTLS.
+async fn serve(
+    plaintext_loopback: bool,
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    lifecycle: Lifecycle,
+    connections: TaskTracker,
+) {
+    if plaintext_loopback {
+        loopback::serve(listener, gateway, lifecycle, connections).await;
+    } else {
+        listener::serve(listener, gateway, lifecycle, connections).await;
+    }
 }
 
 /// How often idle and expired sessions are looked for.

@@ -352,31 +352,10 @@ impl RawConfig {
                  it cannot be combined with a plaintext_loopback upstream"
             );
         }
-        let audit = match (self.audit.sink, self.audit.path) {
-            (RawAuditSink::Stdout, None) => AuditSink::Stdout,
-            (RawAuditSink::Stdout, Some(_)) => bail!("audit.path: only valid with `sink: file`"),
-            (RawAuditSink::File, Some(p)) => AuditSink::File(base.join(p)),
-            (RawAuditSink::File, None) => bail!("audit.path: required with `sink: file`"),
-        };
         let audit_on_failure = self.audit.on_failure.unwrap_or(AuditOnFailure::Refuse);
-        let drain_timeout = match self.shutdown.drain_timeout_seconds {
-            None => DEFAULT_DRAIN,
-            Some(n) if n > 3600 => bail!("shutdown.drain_timeout_seconds: at most 3600"),
-            Some(n) => Duration::from_secs(n),
-        };
-        let not_ready_delay = match self.shutdown.not_ready_delay_seconds {
-            None => Duration::ZERO,
-            Some(n) if n > 300 => bail!("shutdown.not_ready_delay_seconds: at most 300"),
-            Some(n) => Duration::from_secs(n),
-        };
-        let level = self.log.level.unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            bail!("log.level: {level:?} is not a level or tracing filter (e.g. info, debug)");
-        }
-        let log = LogConfig {
-            format: self.log.format.unwrap_or(LogFormat::Json),
-            level,
-        };
+        let audit = self.audit.sink(base)?;
+        let (drain_timeout, not_ready_delay) = self.shutdown.validate()?;
+        let log = self.log.validate()?;
         let policy = self.policy.validate(base)?;
         let user_auth = self.user_auth.map(|u| u.validate(base)).transpose()?;
         if listener.jwt_svid_callers.is_some() && user_auth.is_some() {
@@ -405,6 +384,50 @@ impl RawConfig {
             metrics_caller_labels: self.metrics.caller_labels,
             aggregate,
             connections: self.connections.validate()?,
+        })
+    }
+}
+
+impl RawAudit {
+    /// `audit.sink` and `audit.path`: a path exactly with `sink: file`.
+    fn sink(self, base: &Path) -> anyhow::Result<AuditSink> {
+        Ok(match (self.sink, self.path) {
+            (RawAuditSink::Stdout, None) => AuditSink::Stdout,
+            (RawAuditSink::Stdout, Some(_)) => bail!("audit.path: only valid with `sink: file`"),
+            (RawAuditSink::File, Some(p)) => AuditSink::File(base.join(p)),
+            (RawAuditSink::File, None) => bail!("audit.path: required with `sink: file`"),
+        })
+    }
+}
+
+impl RawShutdown {
+    /// (`drain_timeout_seconds`, `not_ready_delay_seconds`), bounded.
+    fn validate(self) -> anyhow::Result<(Duration, Duration)> {
+        let drain_timeout = match self.drain_timeout_seconds {
+            None => DEFAULT_DRAIN,
+            Some(n) if n > 3600 => bail!("shutdown.drain_timeout_seconds: at most 3600"),
+            Some(n) => Duration::from_secs(n),
+        };
+        let not_ready_delay = match self.not_ready_delay_seconds {
+            None => Duration::ZERO,
+            Some(n) if n > 300 => bail!("shutdown.not_ready_delay_seconds: at most 300"),
+            Some(n) => Duration::from_secs(n),
+        };
+        Ok((drain_timeout, not_ready_delay))
+    }
+}
+
+impl RawLog {
+    /// `log.format` (JSON by default) and `log.level`, a level or a
+    /// tracing filter.
+    fn validate(self) -> anyhow::Result<LogConfig> {
+        let level = self.level.unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            bail!("log.level: {level:?} is not a level or tracing filter (e.g. info, debug)");
+        }
+        Ok(LogConfig {
+            format: self.format.unwrap_or(LogFormat::Json),
+            level,
         })
     }
 }

@@ -49,6 +49,13 @@ pub struct PolicyStore {
     reloading: Mutex<Fingerprints>,
 }
 
+/// What a reload loaded: the enforced and the shadow set, `None` for one
+/// not loaded.
+type Loaded = (
+    Option<Result<PolicyEngine, PolicyError>>,
+    Option<Result<PolicyEngine, PolicyError>>,
+);
+
 #[derive(Default, PartialEq, Eq, Clone)]
 struct Fingerprints {
     enforced: Vec<FileStamp>,
@@ -114,14 +121,7 @@ impl PolicyStore {
     /// every attempted load succeeded.
     pub async fn reload(&self, trigger: Trigger) -> bool {
         let mut last = self.reloading.lock().await;
-        let dir = self.dir.clone();
-        let shadow_dir = self.shadow_dir.clone();
-        let Ok(now) = tokio::task::spawn_blocking(move || Fingerprints {
-            enforced: fingerprint(&dir),
-            shadow: shadow_dir.as_deref().map(fingerprint).unwrap_or_default(),
-        })
-        .await
-        else {
+        let Some(now) = self.fingerprints().await else {
             return false;
         };
         let forced = trigger == Trigger::Forced;
@@ -131,22 +131,47 @@ impl PolicyStore {
         if !enforced_changed && !shadow_changed {
             return true;
         }
-        let dir = enforced_changed.then(|| self.dir.clone());
-        let shadow_dir = if shadow_changed {
+        let Some(loaded) = self.load_changed(enforced_changed, shadow_changed).await else {
+            return false;
+        };
+        let (successes, failures) = self.install(loaded);
+        self.count_reloads(successes, failures)
+    }
+
+    /// The directories' fingerprints, read on a blocking thread.
+    async fn fingerprints(&self) -> Option<Fingerprints> {
+        let dir = self.dir.clone();
+        let shadow_dir = self.shadow_dir.clone();
+        tokio::task::spawn_blocking(move || Fingerprints {
+            enforced: fingerprint(&dir),
+            shadow: shadow_dir.as_deref().map(fingerprint).unwrap_or_default(),
+        })
+        .await
+        .ok()
+    }
+
+    /// Loads the sets that changed, on a blocking thread: (enforced,
+    /// shadow), `None` for a set not loaded.
+    async fn load_changed(&self, enforced: bool, shadow: bool) -> Option<Loaded> {
+        let dir = enforced.then(|| self.dir.clone());
+        let shadow_dir = if shadow {
             self.shadow_dir.clone()
         } else {
             None
         };
-        let Ok((enforced_result, shadow_result)) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             (
                 dir.map(|d| PolicyEngine::load_dir(&d)),
                 shadow_dir.map(|d| PolicyEngine::load_dir(&d)),
             )
         })
         .await
-        else {
-            return false;
-        };
+        .ok()
+    }
+
+    /// Puts what loaded in force, keeping the last good set where a load
+    /// failed; returns (successes, failures).
+    fn install(&self, (enforced_result, shadow_result): Loaded) -> (u32, u32) {
         let old = self.current();
         let mut failures = 0;
         let mut successes = 0;
@@ -185,7 +210,12 @@ impl PolicyStore {
             self.current.store(Arc::new(Policies { enforced, shadow }));
             self.publish_gauges();
         }
-        // Metrics last: whoever sees the count move sees the new set in force.
+        (successes, failures)
+    }
+
+    /// The reload metrics, after the new set is in force (whoever sees the
+    /// count move sees the new set); returns whether every load succeeded.
+    fn count_reloads(&self, successes: u32, failures: u32) -> bool {
         for _ in 0..successes {
             self.metrics.policy_reload(true);
         }

@@ -336,6 +336,25 @@ fn render_text(report: &Report<'_>, decision: &Decision) -> String {
             request.server_spiffe_id.to_owned(),
         ),
     ]);
+    lines.extend(optional_context(request));
+    lines.push((
+        "policy set",
+        format!(
+            "{} ({} in {})",
+            report.policy_set.version,
+            super::count(report.policy_set.policies, "policy", "policies"),
+            report.policy_set.dir
+        ),
+    ));
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    lines
+        .iter()
+        .map(|(key, value)| format!("{:width$} {value}\n", format!("{key}:")))
+        .collect()
+}
+
+/// The context fields the request has, as (label, value) lines.
+fn optional_context(request: &RequestReport<'_>) -> Vec<(&'static str, String)> {
     let optional = [
         (
             "context.arguments",
@@ -354,20 +373,9 @@ fn render_text(report: &Report<'_>, decision: &Decision) -> String {
             request.protocol_version.map(str::to_owned),
         ),
     ];
-    lines.extend(optional.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
-    lines.push((
-        "policy set",
-        format!(
-            "{} ({} in {})",
-            report.policy_set.version,
-            super::count(report.policy_set.policies, "policy", "policies"),
-            report.policy_set.dir
-        ),
-    ));
-    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    lines
-        .iter()
-        .map(|(key, value)| format!("{:width$} {value}\n", format!("{key}:")))
+    optional
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
         .collect()
 }
 

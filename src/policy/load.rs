@@ -188,34 +188,10 @@ fn parse_policies(
     loaded: &mut Vec<LoadedPolicy>,
     first_file: &mut HashMap<String, usize>,
 ) -> Result<(), PolicyError> {
-    let set = PolicySet::from_str(&file.text).map_err(|e| {
-        let (line, column) = primary_location(&e, &file.text).unwrap_or((1, 1));
-        PolicyError::Syntax {
-            file: file.name.clone(),
-            line,
-            column,
-            message: e.to_string(),
-        }
-    })?;
-    if let Some(template) = set.templates().next() {
-        return Err(PolicyError::Template {
-            file: file.name.clone(),
-            line: line_of(&file.text, &template.to_string()),
-            id: template.annotation("id").unwrap_or_default().to_owned(),
-        });
-    }
-    // `policies()` is in no particular order; report in file order.
-    let mut policies: Vec<&Policy> = set.policies().collect();
-    policies.sort_by_key(|p| {
-        p.id()
-            .to_string()
-            .trim_start_matches("policy")
-            .parse::<usize>()
-            .unwrap_or(0)
-    });
+    let set = parse_set(file)?;
     // Lines are found by searching each policy's text after the previous one.
     let mut cursor = 0;
-    for (position, policy) in policies.into_iter().enumerate() {
+    for (position, policy) in in_file_order(&set).into_iter().enumerate() {
         let text = policy.to_string();
         let offset = file
             .text
@@ -256,6 +232,41 @@ fn parse_policies(
         });
     }
     Ok(())
+}
+
+/// The file's policies; refused if it does not parse or holds a template.
+fn parse_set(file: &SourceFile) -> Result<PolicySet, PolicyError> {
+    let set = PolicySet::from_str(&file.text).map_err(|e| {
+        let (line, column) = primary_location(&e, &file.text).unwrap_or((1, 1));
+        PolicyError::Syntax {
+            file: file.name.clone(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })?;
+    if let Some(template) = set.templates().next() {
+        return Err(PolicyError::Template {
+            file: file.name.clone(),
+            line: line_of(&file.text, &template.to_string()),
+            id: template.annotation("id").unwrap_or_default().to_owned(),
+        });
+    }
+    Ok(set)
+}
+
+/// `policies()` is in no particular order; errors are reported in file
+/// order (Cedar numbers them `policy0`, `policy1`, ... as written).
+fn in_file_order(set: &PolicySet) -> Vec<&Policy> {
+    let mut policies: Vec<&Policy> = set.policies().collect();
+    policies.sort_by_key(|p| {
+        p.id()
+            .to_string()
+            .trim_start_matches("policy")
+            .parse::<usize>()
+            .unwrap_or(0)
+    });
+    policies
 }
 
 /// Every `Mcp::Workload` a policy names is a workload's SPIFFE ID in

@@ -83,6 +83,20 @@ impl<'a> RequestFacts<'a> {
         }
     }
 
+    /// The way back of a message the aggregated endpoint sent `member` in
+    /// the member's own session (`link`): its session id and version, not
+    /// the caller's.
+    pub(super) fn member_reply_context(
+        &self,
+        member: &Arc<Upstream>,
+        link: &crate::proxy::aggregate::Link,
+    ) -> ReplyContext {
+        let mut ctx = self.reply_context(member, Vec::new());
+        ctx.session_id = link.session.clone();
+        ctx.protocol_version = Some(link.version.clone());
+        ctx
+    }
+
     /// The way back of a POST of `messages`: its list requests, whether
     /// the reply may embed input requests, the gateway's answers for denied
     /// batch elements, and the one request it answers (whose upstream

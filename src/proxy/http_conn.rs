@@ -86,6 +86,11 @@ impl Reconnect {
     fn ask(&self) {
         self.0.store(true, Ordering::Relaxed);
     }
+
+    /// Already asked if the connection arrives while the gateway drains.
+    fn asked_if(asked: bool) -> Reconnect {
+        Reconnect(Arc::new(AtomicBool::new(asked)))
+    }
 }
 
 /// What `serve` needs to know about a connection besides its IO.
@@ -123,34 +128,16 @@ where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ReplyBody>> + Send + 'static,
 {
-    let Served {
-        config,
-        admission,
-        lifetime,
-        http2,
-    } = served;
-    let reconnect = Reconnect::default();
-    let service = marking(handler, reconnect.clone());
+    let config = served.config;
     let born_draining = *drain.borrow();
-    if born_draining {
-        reconnect.ask();
-    }
+    let reconnect = Reconnect::asked_if(born_draining);
+    let service = marking(handler, reconnect.clone());
     let activity = Activity::new();
     let io = TokioIo::new(Tracked {
         inner: io,
         activity: activity.clone(),
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(!born_draining);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(config.http2_keepalive_interval)
-        .keep_alive_timeout(config.http2_keepalive_timeout);
+    let builder = builder(config, !born_draining);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     // Once asked to close, the connection finishes what is in flight.
@@ -159,18 +146,18 @@ where
     loop {
         let idle_at = activity.last() + config.idle_timeout;
         tokio::select! {
-            result = conn.as_mut() => return ended(result, admission, &activity, config),
-            _ = tokio::time::sleep_until(lifetime.expiry) => {
+            result = conn.as_mut() => return ended(result, served.admission, &activity, config),
+            _ = tokio::time::sleep_until(served.lifetime.expiry) => {
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(AFTER_EXPIRY, conn).await;
                 return Ok(());
             }
-            _ = tokio::time::sleep_until(lifetime.reconnect_at), if !told_to_reconnect => {
+            _ = tokio::time::sleep_until(served.lifetime.reconnect_at), if !told_to_reconnect => {
                 // HTTP/1.1: the next response says `Connection: close`; an
                 // idle connection is left open for it until expiry.
                 reconnect.ask();
                 told_to_reconnect = true;
-                if http2 && !asked {
+                if served.http2 && !asked {
                     conn.as_mut().graceful_shutdown();
                     asked = true;
                 }
@@ -182,13 +169,30 @@ where
             }
             _ = tokio::time::sleep_until(idle_at), if !asked => {
                 if activity.last() + config.idle_timeout <= Instant::now() {
-                    admission.refused(Refusal::IdleTimeout);
+                    served.admission.refused(Refusal::IdleTimeout);
                     conn.as_mut().graceful_shutdown();
                     asked = true;
                 }
             }
         }
     }
+}
+
+/// HTTP/1.1 (with the header read timeout; `keep_alive` off for a
+/// connection accepted while draining) and HTTP/2 (with pings).
+fn builder(config: &ConnectionsConfig, keep_alive: bool) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(keep_alive);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(config.http2_keepalive_interval)
+        .keep_alive_timeout(config.http2_keepalive_timeout);
+    builder
 }
 
 /// `handler` as a hyper service whose HTTP/1.x responses say

@@ -98,16 +98,7 @@ impl Gateway {
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Gateway> {
-        let mut upstreams = Vec::with_capacity(config.upstreams.len());
-        for u in &config.upstreams {
-            let sessions = session::Sessions::new(
-                config.limits.session_idle_timeout,
-                config.limits.max_sessions,
-                config.limits.max_sessions_per_identity,
-            );
-            let upstream = Upstream::new(u, identity.clone(), &metrics, sessions)?;
-            upstreams.push(Arc::new(upstream));
-        }
+        let upstreams = upstreams(config, &identity, &metrics)?;
         let aggregate = config
             .aggregate
             .as_ref()
@@ -551,6 +542,26 @@ impl Gateway {
         )
         .with_detail(Some(refusal.to_string()))
     }
+}
+
+/// Every configured upstream, each with its own session table.
+fn upstreams(
+    config: &Config,
+    identity: &Identity,
+    metrics: &Metrics,
+) -> anyhow::Result<Vec<Arc<Upstream>>> {
+    let limits = &config.limits;
+    let mut upstreams = Vec::with_capacity(config.upstreams.len());
+    for u in &config.upstreams {
+        let sessions = session::Sessions::new(
+            limits.session_idle_timeout,
+            limits.max_sessions,
+            limits.max_sessions_per_identity,
+        );
+        let upstream = Upstream::new(u, identity.clone(), metrics, sessions)?;
+        upstreams.push(Arc::new(upstream));
+    }
+    Ok(upstreams)
 }
 
 /// A new session's place, taken before anything is decided or sent: an

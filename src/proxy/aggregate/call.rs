@@ -71,9 +71,7 @@ impl Aggregate {
             Ok(resp) => resp,
             Err(refusal) => return refusal,
         };
-        let mut ctx = f.reply_context(member, Vec::new());
-        ctx.session_id = link.session.clone();
-        ctx.protocol_version = Some(link.version.clone());
+        let mut ctx = f.member_reply_context(member, link);
         ctx.awaiting = Some(id.to_owned());
         ctx.input_requests_possible = input_requests_possible;
         let mut reply = gw.way_back.inspect_reply(resp, ctx).await;

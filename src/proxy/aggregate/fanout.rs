@@ -344,9 +344,8 @@ impl Aggregate {
                 MemberAnswer::Denied(_) | MemberAnswer::Failed(_) => return None,
             };
             let pending = PendingList::new(kind, id.clone());
-            let mut ctx = facts.reply_context(member, vec![pending]);
-            ctx.session_id = link.session.clone();
-            ctx.protocol_version = Some(link.version.clone());
+            let mut ctx = facts.member_reply_context(member, link);
+            ctx.lists = vec![pending];
             gw.way_back.filter_list_value(&mut answer, &ctx).await;
             let result = answer.get_mut("result")?;
             if kind == ListKind::Resources {
