@@ -16,6 +16,7 @@
 mod accept;
 pub mod admission;
 mod aggregate;
+mod credentials;
 mod decide;
 mod error;
 mod facts;
@@ -40,7 +41,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response};
 
 pub use error::{
@@ -56,10 +57,11 @@ use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
-use crate::policy::{Target, User};
+use crate::policy::Target;
 use crate::policy_store::PolicyStore;
-use crate::user_auth::{CallerTokens, TokenError, UserAuth};
+use crate::user_auth::TokenError;
 use admission::{Admission, Refusal};
+use credentials::Credentials;
 use decide::{Subject, Verdict};
 use facts::RequestFacts;
 use ingress::{Ingress, linger};
@@ -81,11 +83,8 @@ pub struct Gateway {
     ids: Arc<CorrelationIds>,
     /// The reply side: what upstreams send back, inspected and audited.
     way_back: Arc<WayBack>,
-    /// End-user token verification, if configured.
-    user_auth: Option<UserAuth>,
-    /// JWT-SVID callers on connections without a client certificate
-    /// (`listener.jwt_svid_callers`), if configured.
-    jwt_callers: Option<CallerTokens>,
+    /// Per-request credentials: end-user tokens, JWT-SVID callers.
+    credentials: Credentials,
     /// The endpoints: each upstream, and the aggregated one.
     router: Router,
 }
@@ -131,16 +130,7 @@ impl Gateway {
             },
             connections: config.connections.clone(),
             admission,
-            user_auth: config
-                .user_auth
-                .as_ref()
-                .map(|u| UserAuth::load(u, &config.workload_api.endpoint))
-                .transpose()?,
-            jwt_callers: config
-                .listener
-                .jwt_svid_callers
-                .as_ref()
-                .map(|c| CallerTokens::start(c, &config.workload_api.endpoint)),
+            credentials: Credentials::new(config)?,
         })
     }
 
@@ -187,7 +177,7 @@ impl Gateway {
     /// Whether connections without a client certificate are served (each
     /// request then needs a JWT-SVID).
     pub fn accepts_token_callers(&self) -> bool {
-        self.jwt_callers.is_some()
+        self.credentials.accepts_token_callers()
     }
 
     /// Entry point for every HTTP request on a connection without a client
@@ -201,18 +191,8 @@ impl Gateway {
         own_id: &str,
     ) -> Response<ReplyBody> {
         let started = Instant::now();
-        let verified = match &self.jwt_callers {
-            Some(tokens) => tokens.verify(req.headers().get_all(header::AUTHORIZATION), own_id),
-            None => Err(TokenError::Missing),
-        };
-        let response = match verified {
-            Ok(caller) => {
-                let peer = Peer {
-                    spiffe_id: Arc::from(caller.spiffe_id.to_string()),
-                    not_after: caller.expires,
-                };
-                self.route(req, &peer).await
-            }
+        let response = match self.credentials.token_caller(req.headers(), own_id) {
+            Ok(peer) => self.route(req, &peer).await,
             Err(refusal) => self.refuse_token_caller(req, refusal).await,
         };
         self.metrics
@@ -245,7 +225,7 @@ impl Gateway {
         let version = protocol::version_header(headers);
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
-        let user = self.user_of(headers);
+        let user = self.credentials.user_of(headers);
         let trace = Trace::from_headers(headers);
         let route = self.router.route(parts.uri.path());
         let mut facts = RequestFacts {
@@ -420,19 +400,6 @@ impl Gateway {
         (allowed, correlation_id)
     }
 
-    /// The verified end user of a request, if user tokens are configured.
-    fn user_of(&self, headers: &HeaderMap) -> Result<Option<Arc<User>>, TokenError> {
-        let Some(auth) = &self.user_auth else {
-            return Ok(None);
-        };
-        let mut values = headers.get_all(header::AUTHORIZATION).iter();
-        let first = values.next();
-        if values.next().is_some() {
-            return Err(TokenError::Malformed);
-        }
-        auth.verify(first.map(HeaderValue::as_bytes))
-    }
-
     /// Sends the decided bytes to the upstream. On failure the caller gets a
     /// JSON-RPC error (under `reply_id`) and the failure is audited.
     async fn call_upstream(
@@ -448,7 +415,7 @@ impl Gateway {
             caller: &facts.peer.spiffe_id,
             trace: facts.trace,
             // A bearer token's audience is the gateway: never passed on.
-            strip_authorization: self.user_auth.is_some() || self.jwt_callers.is_some(),
+            strip_authorization: self.credentials.strip_authorization(),
         };
         let req = call.request(up, method, body, headers);
         let refusal = match forward::send(up, req).await {
