@@ -47,6 +47,11 @@ def connect_refused(gw, s) -> bool:
                 return False
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:
+        # Queued in the listening socket's backlog as it closed, the
+        # connection is reset by the kernel before any TLS byte. Not
+        # counted: the wait goes on until a connection is refused outright.
+        return False
 
 
 def start_call_in_background(fn):
