@@ -25,9 +25,14 @@ when { resource.name like "get_*" };
 "#;
 
 async fn start() -> Harness {
+    start_with_jira(upstream::mcp()).await
+}
+
+/// `/mcp/all` over the demo stub and a `jira` member answering with `jira`.
+async fn start_with_jira(jira: upstream::Handler) -> Harness {
     Harness::start_with(Options {
         policies: Some(POLICIES.into()),
-        more_upstreams: vec![("jira", JIRA, upstream::mcp())],
+        more_upstreams: vec![("jira", JIRA, jira)],
         aggregate: true,
         ..Options::default()
     })
@@ -178,13 +183,7 @@ fn duplicate_keys() -> upstream::Handler {
 
 #[tokio::test]
 async fn a_member_reply_the_strict_parser_refuses_contributes_nothing() {
-    let gw = Harness::start_with(Options {
-        policies: Some(POLICIES.into()),
-        more_upstreams: vec![("jira", JIRA, duplicate_keys())],
-        aggregate: true,
-        ..Options::default()
-    })
-    .await;
+    let gw = start_with_jira(duplicate_keys()).await;
     let (list, headers) = modern("tools/list", "");
     let answer = gw
         .agent(AGENT)
@@ -215,13 +214,7 @@ fn failing() -> upstream::Handler {
 
 #[tokio::test]
 async fn a_failing_member_is_left_out_audited_and_its_orphan_session_ended() {
-    let gw = Harness::start_with(Options {
-        policies: Some(POLICIES.into()),
-        more_upstreams: vec![("jira", JIRA, failing())],
-        aggregate: true,
-        ..Options::default()
-    })
-    .await;
+    let gw = start_with_jira(failing()).await;
     let agent = gw.agent(AGENT);
     // 2025: the session opens on the member that answered.
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
