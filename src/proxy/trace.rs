@@ -8,7 +8,12 @@
 //! and the gateway's span id go into every audit record of the request, so an
 //! audit line can be joined with the traces of both sides.
 
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use hyper::header::{HeaderMap, HeaderValue};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use ring::rand::{SecureRandom, SystemRandom};
 
 pub const TRACEPARENT: &str = "traceparent";
@@ -91,11 +96,32 @@ fn parse(value: &str) -> Option<(&str, &str, &str)> {
     ok.then_some((trace_id, parent, flags))
 }
 
+thread_local! {
+    /// Trace and span ids come from a ChaCha12 generator per thread, seeded
+    /// once from the OS random source: no system call per request. They
+    /// need to be unpredictable enough not to collide or be guessed, not
+    /// secret; session ids are drawn from the OS source itself.
+    static IDS: RefCell<StdRng> = RefCell::new(StdRng::from_seed(os_seed()));
+}
+
+fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    // The OS random source failing at a thread's start leaves ids seeded
+    // by the clock and a thread count: still valid ids, never a reason to
+    // fail requests.
+    if SystemRandom::new().fill(&mut seed).is_err() {
+        static THREADS: AtomicU64 = AtomicU64::new(0);
+        seed[..16].copy_from_slice(&(crate::clock::unix_ms() as u128).to_le_bytes());
+        seed[16..24].copy_from_slice(&THREADS.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    }
+    seed
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
-    // The OS random source; if it ever fails, a fixed id is still a valid
-    // (if unhelpful) trace id, never a reason to fail the request.
-    if SystemRandom::new().fill(&mut out).is_err() || out.iter().all(|b| *b == 0) {
+    IDS.with(|rng| rng.borrow_mut().fill_bytes(&mut out));
+    // All zeros is not a valid id.
+    if out.iter().all(|b| *b == 0) {
         out[N - 1] = 1;
     }
     out
@@ -161,5 +187,27 @@ mod tests {
         let a = Trace::from_headers(&HeaderMap::new());
         let b = Trace::from_headers(&HeaderMap::new());
         assert_ne!(a.trace_id, b.trace_id);
+    }
+
+    #[test]
+    fn ids_differ_between_requests_and_between_threads() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let t = Trace::from_headers(&HeaderMap::new());
+            assert!(seen.insert(t.trace_id), "a trace id repeated");
+            assert!(seen.insert(t.span_id), "a span id repeated");
+        }
+        // Every thread seeds its own generator: a fresh thread does not
+        // repeat this one's ids (nor another fresh thread's).
+        let here = Trace::from_headers(&HeaderMap::new());
+        let there: Vec<Trace> = (0..2)
+            .map(|_| std::thread::spawn(|| Trace::from_headers(&HeaderMap::new())))
+            .map(|t| t.join().unwrap())
+            .collect();
+        assert_ne!(there[0].trace_id, there[1].trace_id);
+        for t in &there {
+            assert_ne!(t.trace_id, here.trace_id);
+            assert!(!seen.contains(&t.trace_id));
+        }
     }
 }
