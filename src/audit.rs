@@ -15,8 +15,8 @@ mod writer;
 
 pub use reason::Reason;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -226,12 +226,29 @@ pub(crate) struct Shared {
     reopen: AtomicBool,
     /// Set once a record found the writer gone (logged once, then counted).
     stopped_logged: AtomicBool,
+    /// The writer thread, woken when the last sender is gone so that a
+    /// batch held for group commit is written at once on shutdown.
+    writer: OnceLock<std::thread::Thread>,
+}
+
+/// Dropped with the last [`AuditLog`] clone, after its sender: wakes the
+/// writer to write what it holds and stop.
+struct WakeOnClose(Arc<Shared>);
+
+impl Drop for WakeOnClose {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.writer.get() {
+            writer.unpark();
+        }
+    }
 }
 
 /// Sends records to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
+    // Dropped before `_wake`: the writer, woken, finds the channel closed.
     tx: mpsc::Sender<Record>,
+    _wake: Arc<WakeOnClose>,
     shared: Arc<Shared>,
     on_failure: AuditOnFailure,
     metrics: Metrics,
@@ -243,6 +260,7 @@ impl AuditLog {
     pub fn start(
         sink: &AuditSink,
         on_failure: AuditOnFailure,
+        fsync: bool,
         metrics: Metrics,
     ) -> std::io::Result<AuditLog> {
         let sink = match sink {
@@ -251,7 +269,9 @@ impl AuditLog {
                 Sink::File(FileSink::open(path.clone(), Box::new(writer::open_append))?)
             }
         };
-        Ok(AuditLog::with_writer(sink, on_failure, metrics, |_| {}))
+        Ok(AuditLog::with_writer(sink, on_failure, metrics, |w| {
+            w.fsync = fsync;
+        }))
     }
 
     /// Starts the writer thread on `sink`; `adjust` lets tests change the
@@ -269,6 +289,7 @@ impl AuditLog {
         tokio::task::spawn_blocking(move || writer.run(rx));
         AuditLog {
             tx,
+            _wake: Arc::new(WakeOnClose(Arc::clone(&shared))),
             shared,
             on_failure,
             metrics,
@@ -277,7 +298,9 @@ impl AuditLog {
 
     /// Queues a record; waits if the writer is behind, never drops.
     pub async fn record(&self, record: Record) {
+        self.metrics.audit_queued.inc();
         if self.tx.send(record).await.is_err() {
+            self.metrics.audit_queued.dec();
             self.metrics.audit_records_lost.inc();
             if !self.shared.stopped_logged.swap(true, Ordering::Relaxed) {
                 error!(

@@ -69,6 +69,9 @@ pub struct Config {
     pub audit: AuditSink,
     /// What a call meets while audit records cannot be written.
     pub audit_on_failure: AuditOnFailure,
+    /// `audit.fsync`: every batch of records is synced to disk before it
+    /// counts as written.
+    pub audit_fsync: bool,
     /// Body size and session table bounds (`limits:`).
     pub limits: LimitsConfig,
     /// After SIGTERM, how long in-flight requests and streams may finish.
@@ -308,6 +311,8 @@ struct RawAudit {
     sink: RawAuditSink,
     path: Option<PathBuf>,
     on_failure: Option<AuditOnFailure>,
+    #[serde(default)]
+    fsync: bool,
 }
 
 #[derive(Deserialize, Default, PartialEq, Eq)]
@@ -353,6 +358,7 @@ impl RawConfig {
             );
         }
         let audit_on_failure = self.audit.on_failure.unwrap_or(AuditOnFailure::Refuse);
+        let audit_fsync = self.audit.fsync;
         let audit = self.audit.sink(base)?;
         let (drain_timeout, not_ready_delay) = self.shutdown.validate()?;
         let log = self.log.validate()?;
@@ -377,6 +383,7 @@ impl RawConfig {
             user_auth,
             audit,
             audit_on_failure,
+            audit_fsync,
             limits: self.limits.validate()?,
             drain_timeout,
             not_ready_delay,

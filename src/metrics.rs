@@ -92,6 +92,11 @@ const AUDIT_FAILING: Def = (
     "1 while audit writes fail (with on_failure: refuse, calls are refused).",
     &[],
 );
+const AUDIT_QUEUED: Def = (
+    "mcp_gateway_audit_queued_records",
+    "Audit records accepted and not yet written (queued, in a batch, or kept for a retry).",
+    &[],
+);
 const READY: Def = (
     "mcp_gateway_ready",
     "1 when the gateway holds a usable SVID.",
@@ -217,6 +222,7 @@ pub struct Metrics {
     pub audit_write_errors: IntCounter,
     pub audit_records_lost: IntCounter,
     pub audit_failing: IntGauge,
+    pub audit_queued: IntGauge,
     pub ready: IntGauge,
     pub policy_count: IntGauge,
     policy_reloads: IntCounterVec,
@@ -276,6 +282,7 @@ impl Metrics {
             audit_write_errors: d.counter(AUDIT_WRITE_ERRORS),
             audit_records_lost: d.counter(AUDIT_RECORDS_LOST),
             audit_failing: d.gauge(AUDIT_FAILING),
+            audit_queued: d.gauge(AUDIT_QUEUED),
             ready: d.gauge(READY),
             policy_count: d.gauge(POLICY_COUNT),
             policy_reloads: d.counters(POLICY_RELOADS),

@@ -1,7 +1,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,13 +57,24 @@ fn expect(ids_: &[usize]) -> Vec<String> {
 /// it a write fails with ENOSPC, after writing what fits (a torn write).
 type Budget = Arc<Mutex<Option<usize>>>;
 
+/// What the writer did to its file: `write` and `sync_data` calls, and
+/// whether syncs fail.
+#[derive(Default)]
+struct Calls {
+    writes: AtomicUsize,
+    syncs: AtomicUsize,
+    fail_sync: AtomicBool,
+}
+
 struct Flaky {
     file: File,
     budget: Budget,
+    calls: Arc<Calls>,
 }
 
 impl LogFile for Flaky {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.calls.writes.fetch_add(1, Ordering::Relaxed);
         let mut budget = self.budget.lock().unwrap();
         let n = match *budget {
             None => buf.len(),
@@ -85,12 +96,20 @@ impl LogFile for Flaky {
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         std::os::unix::fs::FileExt::read_exact_at(&self.file, buf, offset)
     }
+    fn sync_data(&self) -> io::Result<()> {
+        self.calls.syncs.fetch_add(1, Ordering::Relaxed);
+        match self.calls.fail_sync.load(Ordering::Relaxed) {
+            true => Err(io::Error::from_raw_os_error(5)),
+            false => self.file.sync_data(),
+        }
+    }
 }
 
 /// An opener whose files obey `budget`, counting the opens in `opens`.
-fn flaky(budget: &Budget, opens: &Arc<AtomicUsize>) -> Opener {
+fn flaky(budget: &Budget, opens: &Arc<AtomicUsize>, calls: &Arc<Calls>) -> Opener {
     let budget = Arc::clone(budget);
     let opens = Arc::clone(opens);
+    let calls = Arc::clone(calls);
     Box::new(move |path: &Path| {
         opens.fetch_add(1, Ordering::Relaxed);
         let file = std::fs::OpenOptions::new()
@@ -101,6 +120,7 @@ fn flaky(budget: &Budget, opens: &Arc<AtomicUsize>) -> Opener {
         Ok(Box::new(Flaky {
             file,
             budget: Arc::clone(&budget),
+            calls: Arc::clone(&calls),
         }) as Box<dyn LogFile>)
     })
 }
@@ -110,6 +130,7 @@ struct Fixture {
     path: PathBuf,
     budget: Budget,
     opens: Arc<AtomicUsize>,
+    calls: Arc<Calls>,
     metrics: Metrics,
 }
 
@@ -121,13 +142,14 @@ fn fixture() -> Fixture {
         path,
         budget: Arc::new(Mutex::new(None)),
         opens: Arc::new(AtomicUsize::new(0)),
+        calls: Arc::default(),
         metrics: Metrics::with_caller_labels(false),
     }
 }
 
 impl Fixture {
     fn sink(&self) -> Sink {
-        let open = flaky(&self.budget, &self.opens);
+        let open = flaky(&self.budget, &self.opens, &self.calls);
         Sink::File(FileSink::open(self.path.clone(), open).unwrap())
     }
     fn writer(&self) -> (Writer, Arc<Shared>) {
@@ -338,7 +360,7 @@ fn the_real_opener_appends_to_an_existing_file() {
 #[test]
 fn stdout_redirected_to_a_file_is_cut_back_like_a_file() {
     let f = fixture();
-    let open = flaky(&f.budget, &f.opens);
+    let open = flaky(&f.budget, &f.opens, &f.calls);
     let sink = Sink::Stdout(super::writer::Lines::new(open(&f.path).unwrap()));
     let mut w = Writer::new(sink, Arc::new(Shared::default()), f.metrics.clone());
     f.write(&mut w, 1..=1);
@@ -350,5 +372,73 @@ fn stdout_redirected_to_a_file_is_cut_back_like_a_file() {
     assert_eq!(ids(&f.path), expect(&[1, 2]));
     // The real standard output opens (its own descriptor, unbuffered).
     let mut out = Sink::stdout().unwrap();
-    out.write_lines(b"", false).unwrap();
+    out.write_lines(b"", false, false).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_writer_writes_at_once_a_busy_one_in_one_batch_and_all_at_shutdown() {
+    let f = fixture();
+    // An interval no test outlasts: only shutdown ends the second batch.
+    let log = AuditLog::with_writer(f.sink(), AuditOnFailure::Refuse, f.metrics.clone(), |w| {
+        w.group_commit = Duration::from_secs(3600)
+    });
+    log.record(record(1)).await;
+    until("the first record, written at once", || {
+        ids(&f.path).len() == 1
+    })
+    .await;
+    for n in 2..=40 {
+        log.record(record(n)).await;
+    }
+    assert_eq!(f.metrics.audit_queued.get(), 39, "held for the next batch");
+    assert_eq!(ids(&f.path), expect(&[1]));
+    drop(log);
+    until("the held batch, written at shutdown", || {
+        f.metrics.audit_queued.get() == 0
+    })
+    .await;
+    assert_eq!(ids(&f.path), expect(&(1..=40).collect::<Vec<_>>()));
+    assert_eq!(
+        f.calls.writes.load(Ordering::Relaxed),
+        2,
+        "one write per batch"
+    );
+    assert_eq!(f.metrics.audit_records.get(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_record_is_written_when_the_interval_ends_without_more_records() {
+    let f = fixture();
+    let log = AuditLog::with_writer(f.sink(), AuditOnFailure::Refuse, f.metrics.clone(), |w| {
+        w.group_commit = Duration::from_millis(50)
+    });
+    log.record(record(1)).await;
+    log.record(record(2)).await;
+    until("both records", || ids(&f.path).len() == 2).await;
+    assert_eq!(f.metrics.audit_queued.get(), 0);
+    drop(log);
+}
+
+#[test]
+fn fsync_syncs_every_batch_and_a_failed_sync_is_a_failed_write() {
+    let f = fixture();
+    let (mut w, shared) = f.writer();
+    w.fsync = true;
+    f.write(&mut w, 1..=2);
+    assert_eq!(f.calls.syncs.load(Ordering::Relaxed), 1);
+    f.calls.fail_sync.store(true, Ordering::Relaxed);
+    f.write(&mut w, 3..=3);
+    // Not known to be on the disk: cut back, kept, retried.
+    assert_eq!(ids(&f.path), expect(&[1, 2]));
+    assert!(shared.failing.load(Ordering::Relaxed));
+    f.calls.fail_sync.store(false, Ordering::Relaxed);
+    w.flush();
+    assert_eq!(ids(&f.path), expect(&[1, 2, 3]));
+    assert_eq!(f.calls.syncs.load(Ordering::Relaxed), 3);
+    assert!(!shared.failing.load(Ordering::Relaxed));
+    assert_eq!(f.metrics.audit_records.get(), 3);
+    // Without the option nothing is synced.
+    w.fsync = false;
+    f.write(&mut w, 4..=4);
+    assert_eq!(f.calls.syncs.load(Ordering::Relaxed), 3);
 }

@@ -1,6 +1,14 @@
 //! The audit writer: one blocking thread that turns queued records into
 //! whole JSON lines in the sink, keeps what it could not write and retries.
 //!
+//! - Group commit: the writer writes at most once per [`GROUP_COMMIT`]. A
+//!   record that finds the last write older than that is written at once
+//!   (an idle gateway adds no delay); under load the writer sleeps out the
+//!   rest of the interval, takes in everything that arrived meanwhile and
+//!   writes it with one `write`: one wake-up per batch, not per record, and
+//!   no record is held longer than the interval (or a write's duration).
+//! - With `audit.fsync` every batch is also `fdatasync`ed before it counts
+//!   as written; a failed sync is a failed write (cut back and retried).
 //! - A batch is written with plain `write` calls on an unbuffered file; if
 //!   the write fails part way, the file is cut back to its length before
 //!   the batch, so the file never ends in a torn line.
@@ -36,6 +44,9 @@ use crate::metrics::Metrics;
 pub(super) const MAX_PENDING_BYTES: usize = 8 << 20;
 /// A healthy batch is written once it holds this much.
 const BATCH_BYTES: usize = 256 << 10;
+/// The shortest time between two healthy writes: how long a record may
+/// wait for the records that follow it.
+pub(crate) const GROUP_COMMIT: Duration = Duration::from_millis(10);
 /// While failing: how often queued records are taken in (so the request
 /// path never waits on a full queue) and the first retry delay.
 const POLL: Duration = Duration::from_millis(50);
@@ -53,6 +64,8 @@ pub(crate) trait LogFile: Send {
     fn metadata(&self) -> io::Result<std::fs::Metadata>;
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// `fdatasync`: what was written is on the disk.
+    fn sync_data(&self) -> io::Result<()>;
 }
 
 impl LogFile for File {
@@ -67,6 +80,9 @@ impl LogFile for File {
     }
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         FileExt::read_exact_at(self, buf, offset)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
     }
 }
 
@@ -102,11 +118,12 @@ impl Sink {
     }
 
     /// Writes `lines` (whole lines) or fails having left no partial line
-    /// in a regular file. `reopen`: SIGHUP asked for a fresh open.
-    pub(crate) fn write_lines(&mut self, lines: &[u8], reopen: bool) -> io::Result<()> {
+    /// in a regular file. `reopen`: SIGHUP asked for a fresh open; `sync`:
+    /// a regular file is synced before this returns.
+    pub(crate) fn write_lines(&mut self, lines: &[u8], reopen: bool, sync: bool) -> io::Result<()> {
         match self {
-            Sink::Stdout(out) => out.write_whole(lines),
-            Sink::File(file) => file.write_lines(lines, reopen),
+            Sink::Stdout(out) => out.write_whole(lines, sync),
+            Sink::File(file) => file.write_lines(lines, reopen, sync),
         }
     }
 }
@@ -124,10 +141,10 @@ impl Lines {
         Lines { file, cut_to: None }
     }
 
-    /// Writes all of `lines`, or fails with a regular file cut back to its
-    /// length before the batch (now, or before the next write if cutting
-    /// fails too).
-    fn write_whole(&mut self, lines: &[u8]) -> io::Result<()> {
+    /// Writes all of `lines` (and with `sync`, syncs a regular file), or
+    /// fails with a regular file cut back to its length before the batch
+    /// (now, or before the next write if cutting fails too).
+    fn write_whole(&mut self, lines: &[u8], sync: bool) -> io::Result<()> {
         let meta = self.file.metadata()?;
         let regular = meta.is_file();
         let mut base = meta.len();
@@ -138,21 +155,25 @@ impl Lines {
             base = good.min(base);
             self.cut_to = None;
         }
+        let written = self.write_all(lines).and_then(|()| match sync && regular {
+            true => self.file.sync_data(),
+            false => Ok(()),
+        });
+        if written.is_err() && regular && self.file.set_len(base).is_err() {
+            self.cut_to = Some(base);
+        }
+        written
+    }
+
+    fn write_all(&mut self, lines: &[u8]) -> io::Result<()> {
         let mut written = 0;
         while written < lines.len() {
-            let cause = match self.file.write(&lines[written..]) {
-                Ok(0) => io::ErrorKind::WriteZero.into(),
-                Ok(n) => {
-                    written += n;
-                    continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => e,
-            };
-            if regular && self.file.set_len(base).is_err() {
-                self.cut_to = Some(base);
+            match self.file.write(&lines[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
-            return Err(cause);
         }
         Ok(())
     }
@@ -201,7 +222,7 @@ impl FileSink {
         }
     }
 
-    fn write_lines(&mut self, lines: &[u8], reopen: bool) -> io::Result<()> {
+    fn write_lines(&mut self, lines: &[u8], reopen: bool, sync: bool) -> io::Result<()> {
         if reopen || self.file.is_none() || self.path_moved() {
             if self.file.is_some() {
                 info!(path = %self.path.display(), sighup = reopen, "reopening the audit file");
@@ -209,7 +230,7 @@ impl FileSink {
             self.reopen()?;
         }
         match self.file.as_mut() {
-            Some(file) => file.write_whole(lines),
+            Some(file) => file.write_whole(lines, sync),
             None => Err(io::Error::other("audit file not open")),
         }
     }
@@ -264,6 +285,12 @@ pub(crate) struct Writer {
     pub(crate) metrics: Metrics,
     /// Bytes kept for a retry while failing.
     pub(crate) max_pending: usize,
+    /// The shortest time between two healthy writes ([`GROUP_COMMIT`]).
+    pub(crate) group_commit: Duration,
+    /// `audit.fsync`: sync every batch before counting it written.
+    pub(crate) fsync: bool,
+    /// When the last write was tried.
+    last_write: Option<Instant>,
     pending: Pending,
     failure: Option<Failure>,
     /// When a failure was last logged: a disk that flaps between full and
@@ -293,6 +320,9 @@ impl Writer {
             shared,
             metrics,
             max_pending: MAX_PENDING_BYTES,
+            group_commit: GROUP_COMMIT,
+            fsync: false,
+            last_write: None,
             pending: Pending::default(),
             failure: None,
             last_failure_log: None,
@@ -302,6 +332,7 @@ impl Writer {
 
     /// Writes records in arrival order until every sender is gone.
     pub(crate) fn run(mut self, mut rx: mpsc::Receiver<Record>) {
+        let _ = self.shared.writer.set(std::thread::current());
         loop {
             let open = if self.failure.is_some() {
                 self.wait_while_failing(&mut rx)
@@ -314,7 +345,7 @@ impl Writer {
                     None => false,
                 }
             };
-            let open = open && self.take_queued(&mut rx);
+            let open = open && self.take_queued(&mut rx) && self.gather(&mut rx);
             if self.due() {
                 self.flush();
             }
@@ -342,6 +373,28 @@ impl Writer {
             }
             std::thread::sleep(POLL.min(next - now));
         }
+    }
+
+    /// Group commit: while healthy, sleeps out what is left of
+    /// [`Writer::group_commit`] since the last write, then takes in what
+    /// arrived meanwhile. Returns false once every sender is gone.
+    fn gather(&mut self, rx: &mut mpsc::Receiver<Record>) -> bool {
+        let Some(last) = self.last_write.filter(|_| self.failure.is_none()) else {
+            return true;
+        };
+        if self.pending.lines.len() >= BATCH_BYTES {
+            return true;
+        }
+        let until = last + self.group_commit;
+        // Woken early only when the last sender is gone (shutdown).
+        while !rx.is_closed() {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            std::thread::park_timeout(until - now);
+        }
+        self.take_queued(rx)
     }
 
     /// Takes queued records without waiting, up to a batch while healthy.
@@ -391,9 +444,14 @@ impl Writer {
             return;
         }
         let reopen = self.shared.reopen.swap(false, Ordering::Relaxed);
-        match self.sink.write_lines(&self.pending.lines, reopen) {
+        self.last_write = Some(Instant::now());
+        match self
+            .sink
+            .write_lines(&self.pending.lines, reopen, self.fsync)
+        {
             Ok(()) => {
                 self.metrics.audit_records.inc_by(self.pending.records);
+                self.metrics.audit_queued.sub(self.pending.records as i64);
                 self.pending = Pending::default();
                 self.recovered();
             }
@@ -458,6 +516,7 @@ impl Writer {
 
     fn lose(&mut self, n: u64) {
         self.metrics.audit_records_lost.inc_by(n);
+        self.metrics.audit_queued.sub(n as i64);
         match &mut self.failure {
             Some(f) => {
                 f.lost += n;
@@ -472,6 +531,7 @@ impl Writer {
         let n = self.pending.records;
         if n > 0 {
             self.metrics.audit_records_lost.inc_by(n);
+            self.metrics.audit_queued.sub(n as i64);
             error!(
                 records = n,
                 "the audit writer stopped with records it could not write; lost"

@@ -638,3 +638,13 @@ fn audit_on_failure_defaults_to_refuse_and_names_the_field() {
     let msg = format!("{:#}", parse(&bad).expect_err("unknown on_failure"));
     assert!(msg.contains("on_failure"), "{msg}");
 }
+
+#[test]
+fn audit_fsync_is_off_unless_asked_and_takes_only_a_boolean() {
+    assert!(!parse(GOOD).unwrap().audit_fsync);
+    let on = GOOD.replace("path: audit.jsonl }", "path: audit.jsonl, fsync: true }");
+    assert!(parse(&on).unwrap().audit_fsync);
+    let bad = GOOD.replace("path: audit.jsonl }", "path: audit.jsonl, fsync: always }");
+    let msg = format!("{:#}", parse(&bad).expect_err("fsync must be a boolean"));
+    assert!(msg.contains("fsync"), "{msg}");
+}

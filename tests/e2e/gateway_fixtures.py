@@ -62,7 +62,10 @@ class Gateway:
         return self.run_dir / "audit.jsonl"
 
     def audit(self) -> list[dict[str, Any]]:
-        """Every audit record written so far, oldest first."""
+        """Every audit record of the requests answered so far, oldest first:
+        waits until the writer holds none (it commits in groups, so a record
+        may wait up to 10 ms for the ones after it)."""
+        self.wait_audit_written()
         if not self.audit_path.exists():
             return []
         text = self.audit_path.read_text(encoding="utf-8")
@@ -70,6 +73,24 @@ class Gateway:
         # record when the file is read.
         lines = text[: text.rfind("\n") + 1].splitlines()
         return [json.loads(line) for line in lines if line.strip()]
+
+    def wait_audit_written(self, timeout: float = 10.0) -> None:
+        """Waits until every record the gateway accepted is in the file
+        (`mcp_gateway_audit_queued_records` is 0). A stopped gateway, or one
+        whose admin port no longer answers (draining), has nothing to wait
+        for: it writes what it holds when it stops."""
+
+        def written() -> bool:
+            if self.proc.poll() is not None:
+                return True
+            try:
+                status, body = self.get("/metrics")
+            except OSError:
+                return True
+            m = re.search(r"^mcp_gateway_audit_queued_records (\S+)$", body, re.M)
+            return status != 200 or m is None or float(m.group(1)) == 0
+
+        wait_for("the audit writer to write every queued record", written, timeout, every=0.005)
 
     def wait_audit(self, pred, timeout: float = 10.0) -> list[dict[str, Any]]:
         """Waits until some audit record satisfies pred (the writer is async);

@@ -79,6 +79,7 @@ audit:
   path: {{ $c.audit.path | quote }}
   {{- end }}
   on_failure: {{ $c.audit.onFailure }}
+  fsync: {{ $c.audit.fsync }}
 limits:
   max_body_bytes: {{ int64 $c.limits.maxBodyBytes }}
   session_idle_timeout_seconds: {{ int64 $c.limits.sessionIdleTimeoutSeconds }}
