@@ -1,0 +1,3 @@
+module github.com/spiffe-mcp-gateway/bench/loadgen
+
+go 1.22
