@@ -4,7 +4,8 @@ SPIRE is the repo's own (spire/start.sh, spire/register.sh). The gateway
 takes its SVID from the Workload API; everything else uses files written by
 `spire-agent api fetch x509 -write`: the load generator presents the agent
 SVID, nginx and ghostunnel the gateway SVID, the upstream the mcp-server SVID.
-Each arm's proxy is started fresh for its turn and stopped after it.
+Each arm's proxy, and the upstream, are started fresh for its turn and
+stopped after it.
 """
 
 import os
@@ -58,7 +59,7 @@ def render(template, out, **values):
 
 
 class Env:
-    """Run directory, SPIRE, certificates and the upstream, for all rounds."""
+    """Run directory, SPIRE and certificates for all rounds; the upstream."""
 
     def __init__(self, args, run_dir):
         self.a = args
@@ -68,17 +69,24 @@ class Env:
         # goes to a short temporary directory, removed after a good run.
         self.spire = Path(tempfile.mkdtemp(prefix="mcp-bench-spire-"))
         self.services = []
+        self.upstream = None
         self.spire_started = False
 
     def start(self):
         self.start_spire()
         self.fetch_svids()
+
+    def fresh_upstream(self, name):
+        """Starts a new upstream for an arm's turn (stopping the last one),
+        so every arm, direct included, meets a fresh process."""
+        if self.upstream is not None:
+            self.upstream.stop()
+            self.services.remove(self.upstream)
         self.upstream_port = free_port()
-        self.upstream = start_nginx(self, self.run / "upstream", "upstream.nginx.conf.tmpl",
+        self.upstream = start_nginx(self, self.run / name / "upstream", "upstream.nginx.conf.tmpl",
                                     self.a.load_cpus, PORT=self.upstream_port,
                                     RESPONSE=(CONF / "response.json").read_text())
         self.services.append(self.upstream)
-        log(f"upstream nginx on 127.0.0.1:{self.upstream_port}")
 
     def start_spire(self):
         env = dict(os.environ, SPIRE_BIN_DIR=self.a.spire_bin)

@@ -133,6 +133,9 @@ def main(argv):
     doc["summary"] = rows
     doc["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     text = header(doc, a, plan) + "\n\n" + table(rows, a) + "\n"
+    reasons = sorted({r["syscalls"]["reason"] for r in doc["rounds"] if r["syscalls"]["reason"]})
+    if reasons:
+        text += "\nsyscalls/req not counted: " + "; ".join(reasons) + "\n"
     problems = failures(rows)
     doc["failures"] = problems
     (results / "results.json").write_text(json.dumps(doc, indent=1))

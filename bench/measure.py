@@ -111,6 +111,7 @@ def run_arm(env, name, rnd, plan):
     arm = Arm(env, name, rnd)
     arm.sent_ok = 0  # successful requests the gateway must have audited
     log(f"round {rnd}: {name}")
+    env.fresh_upstream(arm.dir.name)
     arm.start()
     try:
         out = measure_arm(arm, plan)
