@@ -150,7 +150,7 @@ def start_nginx(env, d, template, cpus, **values):
     """nginx with its own prefix and config in d; returns when it listens
     and its worker exists (so pids() is complete)."""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (d / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        (d / "temp" / sub).mkdir(parents=True, exist_ok=True)
     # As root, nginx would switch its worker to "nobody"; stay the same user.
     user = "user root;" if os.geteuid() == 0 else ""
     render("nginx-common.conf.tmpl", d / "common.conf", DIR=d, USER=user)
