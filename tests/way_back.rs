@@ -224,6 +224,38 @@ async fn an_input_required_result_is_passed_or_refused_by_the_requests_it_embeds
     assert!(refused.get("result").is_none());
 }
 
+/// The same results, their `resultType` spelt with a JSON escape.
+fn input_required_escaped() -> upstream::Handler {
+    Arc::new(|req: &Received| {
+        let message = req.json();
+        let wants = match message["params"]["name"].as_str() {
+            Some("ask_roots") => "roots/list",
+            _ => "elicitation/create",
+        };
+        Reply::raw_json(&format!(
+            r#"{{"jsonrpc":"2.0","id":{},"result":{{"resultType":"input\u005frequired","inputRequests":{{"r1":{{"method":"{wants}","params":{{}}}}}}}}}}"#,
+            message["id"]
+        ))
+    })
+}
+
+#[tokio::test]
+async fn an_input_required_result_spelt_with_escapes_is_decided_all_the_same() {
+    let gw = Harness::start_with(Options {
+        handler: input_required_escaped(),
+        ..Options::default()
+    })
+    .await;
+    let agent = gw.agent(AGENT);
+    let (confirm, headers) = modern(1, "tools/call", "confirm");
+    let passed = agent.post("/mcp", &headers, &confirm).await.json();
+    assert_eq!(passed["result"]["resultType"], "input_required");
+    let (roots, headers) = modern(2, "tools/call", "ask_roots");
+    let refused = agent.post("/mcp", &headers, &roots).await.json();
+    assert_eq!(refused["error"]["code"], -32060, "{refused}");
+    assert!(refused.get("result").is_none());
+}
+
 #[tokio::test]
 async fn a_2025_03_26_batch_forwards_only_its_permitted_elements_as_sent() {
     let gw = Harness::start().await;

@@ -57,7 +57,7 @@ pub(crate) async fn serve<F, Fut>(
     connections: TaskTracker,
     connection: F,
 ) where
-    F: Fn(TcpStream, Arc<Gateway>, watch::Receiver<bool>) -> Fut + Copy,
+    F: Fn(TcpStream, Arc<Gateway>, watch::Receiver<bool>) -> Fut + Copy + Send + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let errors = gateway.metrics.accept_errors.clone();
@@ -67,9 +67,12 @@ pub(crate) async fn serve<F, Fut>(
         connections,
         errors,
         move |tcp, addr, drain| {
-            let served = connection(tcp, Arc::clone(&gateway), drain);
+            let gateway = Arc::clone(&gateway);
+            // The connection's future is made inside the task's: made
+            // outside and moved in, it would take its size twice in every
+            // connection's task.
             async move {
-                if let Err(reason) = served.await {
+                if let Err(reason) = connection(tcp, gateway, drain).await {
                     debug!(%addr, %reason, "connection ended");
                 }
             }

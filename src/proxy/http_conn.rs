@@ -214,7 +214,9 @@ where
     let handler = Arc::new(handler);
     service_fn(move |req: Request<Incoming>| {
         let version = req.version();
-        let answer = handler(req);
+        // Boxed per request: hyper keeps room for the service's future in
+        // every connection, busy or idle, and the gateway's is kilobytes.
+        let answer = Box::pin(handler(req));
         let reconnect = reconnect.clone();
         async move {
             let mut response = answer.await;

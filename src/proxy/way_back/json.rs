@@ -35,7 +35,26 @@ impl WayBack {
                 return reply::error_response(&refusal, ctx.awaiting.as_deref(), &correlation_id);
             }
         };
-        let body = match serde_json::from_slice::<Value>(&bytes) {
+        // Nothing to filter, answer or decide: passed on unparsed.
+        let untouched =
+            ctx.lists.is_empty() && ctx.extra_answers.is_empty() && !may_ask_for_input(&bytes);
+        let body = match untouched {
+            true => bytes,
+            false => self.rewrite_reply(bytes, ctx).await,
+        };
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Response::from_parts(
+            parts,
+            Full::new(body)
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+    }
+
+    /// The reply with the way-back rules applied to each response in it,
+    /// and the gateway's own answers added.
+    async fn rewrite_reply(&self, bytes: Bytes, ctx: &ReplyContext) -> Bytes {
+        match serde_json::from_slice::<Value>(&bytes) {
             Ok(mut value) => {
                 let added = merge_answers(&mut value, &ctx.extra_answers);
                 let changed = added
@@ -60,14 +79,7 @@ impl WayBack {
                 Bytes::from(reply::json_array(&ctx.extra_answers))
             }
             Err(_) => bytes,
-        };
-        parts.headers.remove(header::CONTENT_LENGTH);
-        Response::from_parts(
-            parts,
-            Full::new(body)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        }
     }
 
     /// Applies the way-back rules to one JSON-RPC response; returns whether
@@ -78,6 +90,14 @@ impl WayBack {
         }
         ctx.input_requests_possible && self.decide_input_requests(value, ctx).await
     }
+}
+
+/// Whether a reply may hold an `InputRequiredResult`: its `resultType`
+/// value `input_required` written out, or a `\u` escape (which could spell
+/// it). Without either, no JSON value in it is that string.
+pub(super) fn may_ask_for_input(reply: &[u8]) -> bool {
+    let has = |needle: &[u8]| reply.windows(needle.len()).any(|w| w == needle);
+    has(b"input_required") || has(b"\\u")
 }
 
 /// Adds the gateway's own answers to a JSON reply (turning a single

@@ -286,18 +286,27 @@ pub(super) async fn read_reply<B>(
 where
     B: Body<Data = Bytes> + Unpin,
 {
+    // A reply that comes in one frame is kept as it came, not copied.
+    let mut whole = Bytes::new();
     let mut out = Vec::new();
     loop {
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ProxyError::UpstreamStreamIdle),
+            Ok(None) if out.is_empty() => return Ok(whole),
             Ok(None) => return Ok(Bytes::from(out)),
             Ok(Some(Err(_))) => return Err(ProxyError::UpstreamUnavailable),
             Ok(Some(Ok(frame))) => frame,
         };
-        if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
-                return Err(ProxyError::UpstreamUnavailable);
-            }
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if whole.len() + out.len() + data.len() > limit {
+            return Err(ProxyError::UpstreamUnavailable);
+        }
+        if whole.is_empty() && out.is_empty() {
+            whole = data;
+        } else {
+            out.extend_from_slice(&std::mem::take(&mut whole));
             out.extend_from_slice(&data);
         }
     }

@@ -52,6 +52,53 @@ async fn a_reply_is_read_whole_within_its_limit() {
     assert!(matches!(err, ProxyError::UpstreamUnavailable), "{err}");
 }
 
+/// The given frames, then the end.
+struct Frames(std::collections::VecDeque<&'static str>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.0.pop_front().map(|f| Ok(Frame::data(Bytes::from(f)))))
+    }
+}
+
+#[tokio::test]
+async fn a_reply_in_several_frames_is_read_whole_and_in_order() {
+    let frames = || Frames(["{\"a\":", "1", "}"].into());
+    let got = read_reply(frames(), 7, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(&got[..], b"{\"a\":1}");
+    let err = read_reply(frames(), 6, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProxyError::UpstreamUnavailable), "{err}");
+}
+
+#[test]
+fn only_a_reply_that_cannot_spell_input_required_skips_the_parse() {
+    use super::json::may_ask_for_input;
+    assert!(may_ask_for_input(
+        br#"{"result":{"resultType":"input_required"}}"#
+    ));
+    assert!(may_ask_for_input(
+        br#"{"result":{"resultType":"input\u005frequired"}}"#
+    ));
+    assert!(may_ask_for_input(
+        br#"{"result":{"resultType":"\u0069nput_required"}}"#
+    ));
+    assert!(!may_ask_for_input(
+        br#"{"result":{"content":[{"type":"text","text":"a \"quoted\" line\n"}]}}"#
+    ));
+    assert!(!may_ask_for_input(
+        br#"{"result":{"resultType":"complete"}}"#
+    ));
+}
+
 #[test]
 fn a_filtered_page_keeps_its_cursor_and_everything_else() {
     let mut page = json!({"jsonrpc": "2.0", "id": 7, "result": {
