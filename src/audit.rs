@@ -108,7 +108,14 @@ impl CorrelationIds {
 
     pub fn next(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{:016x}", self.prefix, n)
+        let mut id = String::with_capacity(32);
+        for word in [self.prefix, n] {
+            for shift in (0..16).rev() {
+                let digit = (word >> (shift * 4)) & 0xf;
+                id.push(char::from_digit(digit as u32, 16).unwrap_or('0'));
+            }
+        }
+        id
     }
 }
 
@@ -331,14 +338,43 @@ impl AuditLog {
 
 /// The current time as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    let nanos = i128::from(crate::clock::unix_ms()) * 1_000_000;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|at| at.format(&format).ok())
-        .unwrap_or_default()
+    rfc3339_ms(crate::clock::unix_ms())
+}
+
+thread_local! {
+    /// The second last formatted on this thread and its text up to the
+    /// `.`: records come many per second, and only their milliseconds
+    /// differ.
+    static SECOND: std::cell::RefCell<(i64, String)> = const {
+        std::cell::RefCell::new((i64::MIN, String::new()))
+    };
+}
+
+/// `unix_ms` as RFC 3339 with milliseconds, UTC (empty if out of range).
+pub(crate) fn rfc3339_ms(unix_ms: i64) -> String {
+    let (second, ms) = (unix_ms.div_euclid(1000), unix_ms.rem_euclid(1000));
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let format = time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]."
+            );
+            let text = time::OffsetDateTime::from_unix_timestamp(second)
+                .ok()
+                .and_then(|at| at.format(&format).ok());
+            let Some(text) = text else {
+                return String::new();
+            };
+            *cached = (second, text);
+        }
+        let mut out = String::with_capacity(cached.1.len() + 4);
+        out.push_str(&cached.1);
+        for digit in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + digit as u8));
+        }
+        out.push('Z');
+        out
+    })
 }
 
 #[cfg(test)]

@@ -169,7 +169,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not raise the soft limit on open files"),
     }
     let drain = config.drain_timeout;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = runtime()?;
     runtime.block_on(async {
         let app = app::build(config).await?;
         wait_for_signal().await;
@@ -177,6 +177,20 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         app.shutdown(drain).await;
         Ok(())
     })
+}
+
+/// The runtime for the CPUs the gateway may use (its affinity mask and
+/// cgroup quota): on one CPU a current-thread runtime, which runs every
+/// task on the thread that polls the sockets (no queue shared between
+/// threads, no wake-ups across them); on more, tokio's multi-thread runtime
+/// with a worker per CPU.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let mut builder = match cpus {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
 }
 
 async fn wait_for_signal() {

@@ -442,3 +442,44 @@ fn fsync_syncs_every_batch_and_a_failed_sync_is_a_failed_write() {
     f.write(&mut w, 4..=4);
     assert_eq!(f.calls.syncs.load(Ordering::Relaxed), 3);
 }
+
+#[test]
+fn times_are_rfc3339_with_milliseconds_across_second_boundaries() {
+    let reference = |ms: i64| {
+        let format = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .unwrap()
+            .format(&format)
+            .unwrap()
+    };
+    // Same second (cached), the next one, back again, and far apart.
+    for ms in [
+        1_764_806_400_000,
+        1_764_806_400_007,
+        1_764_806_400_999,
+        1_764_806_401_000,
+        1_764_806_400_050,
+        0,
+        951_782_400_123,
+        4_102_444_799_999,
+    ] {
+        assert_eq!(super::rfc3339_ms(ms), reference(ms), "{ms}");
+    }
+    assert_eq!(super::rfc3339_ms(1_764_806_401_020), "2025-12-04T00:00:01.020Z");
+}
+
+#[test]
+fn correlation_ids_are_32_hex_digits_prefix_then_counter() {
+    let ids = CorrelationIds::new();
+    let (a, b) = (ids.next(), ids.next());
+    for id in [&a, &b] {
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{id}");
+    }
+    assert_eq!(a[..16], b[..16], "one prefix per process");
+    assert_eq!(&a[16..], "0000000000000000");
+    assert_eq!(&b[16..], "0000000000000001");
+    assert_eq!(a[..16], format!("{:016x}", ids.prefix));
+}
