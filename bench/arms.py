@@ -26,7 +26,9 @@ ROOT = HERE.parent
 TRUST = "spiffe://example.org/ns/demo/sa/"
 WANT_SVIDS = {TRUST + "agent": "agent", TRUST + "gateway": "gateway",
               TRUST + "mcp-server": "mcp-server"}
-ARMS = ["direct", "gateway", "nginx", "ghostunnel"]
+ARMS = ["direct", "gateway", "nginx", "ghostunnel", "baseline"]
+# Arms that are a spiffe-mcp-gateway: their audit files are checked.
+GATEWAYS = ("gateway", "baseline")
 
 
 def free_port():
@@ -181,10 +183,12 @@ class Arm:
             self.port = self.env.upstream_port
             return
         self.port = free_port()
-        {"gateway": self.start_gateway, "nginx": self.start_nginx_proxy,
+        {"gateway": lambda: self.start_gateway(self.env.a.gateway),
+         "baseline": lambda: self.start_gateway(self.env.a.baseline),
+         "nginx": self.start_nginx_proxy,
          "ghostunnel": self.start_ghostunnel}[self.name]()
 
-    def start_gateway(self):
+    def start_gateway(self, binary):
         env, a = self.env, self.env.a
         self.admin_port = free_port()
         self.audit = self.dir / "audit.jsonl"
@@ -194,7 +198,7 @@ class Arm:
         render("gateway.yaml.tmpl", cfg, PORT=self.port, ADMIN_PORT=self.admin_port,
                AGENT_SOCK=env.spire / "agent.sock", POLICY_DIR=policies,
                UPSTREAM_PORT=env.upstream_port, AUDIT=self.audit)
-        svc = Service("gateway", [a.gateway, "serve", "--config", cfg], a.proxy_cpu,
+        svc = Service("gateway", [binary, "serve", "--config", cfg], a.proxy_cpu,
                       self.dir / "gateway.log")
         self.services.append(svc)
         deadline = time.monotonic() + 60

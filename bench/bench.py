@@ -20,7 +20,7 @@ import signal
 import sys
 from pathlib import Path
 
-from arms import ARMS, ROOT, Env
+from arms import ARMS, GATEWAYS, ROOT, Env
 from measure import run_arm
 from procs import log
 from report import header, machine, summarize, table, versions
@@ -34,6 +34,8 @@ TINY = {"rounds": 1, "warmup": 200, "sat_secs": 0.5, "min_sat": 1000, "rate": 20
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gateway", required=True, help="release gateway binary")
+    ap.add_argument("--baseline", help="another gateway binary (say, before a change), measured "
+                    "as arm `baseline` beside `gateway` in the same run")
     ap.add_argument("--loadgen", required=True)
     ap.add_argument("--ghostunnel", required=True)
     ap.add_argument("--nginx", default="/usr/sbin/nginx")
@@ -61,6 +63,10 @@ def parse_args(argv):
             if key not in given:
                 setattr(a, key, value)
     a.arms = [x.strip() for x in a.arms.split(",") if x.strip()]
+    if a.baseline and "baseline" not in a.arms:
+        a.arms.insert(a.arms.index("gateway") + 1 if "gateway" in a.arms else 0, "baseline")
+    if "baseline" in a.arms and not a.baseline:
+        ap.error("--arms baseline: needs --baseline BIN")
     unknown = [x for x in a.arms if x not in ARMS]
     if unknown or not a.arms:
         ap.error(f"--arms: unknown {unknown}; choose from {','.join(ARMS)}")
@@ -98,8 +104,9 @@ def run_rounds(env, a, doc, results):
 def failures(rows):
     out = [f"{name}: {row['bad']} failed requests or probes" for name, row in rows.items()
            if row["bad"]]
-    if rows.get("gateway", {}).get("audit_ok") is False:
-        out.append("gateway: the audit file does not hold exactly one allow record per request")
+    for name in GATEWAYS:
+        if rows.get(name, {}).get("audit_ok") is False:
+            out.append(f"{name}: the audit file does not hold exactly one allow record per request")
     return out
 
 

@@ -9,9 +9,12 @@ import statistics
 import subprocess
 from pathlib import Path
 
+from arms import GATEWAYS
+
 LABELS = {
     "direct": "direct (no proxy)",
     "gateway": "spiffe-mcp-gateway",
+    "baseline": "spiffe-mcp-gateway (baseline)",
     "nginx": "nginx",
     "ghostunnel": "ghostunnel (server + client)",
 }
@@ -85,7 +88,7 @@ def summarize(rounds, arms):
                         "all": vals}
         row["bad"] = sum(bad_count(r) for r in rs)
         row["rounds"] = len(rs)
-        if name == "gateway":
+        if name in GATEWAYS:
             row["audit_ok"] = all(r.get("audit", {}).get("ok") for r in rs)
         rows[name] = row
     return rows
@@ -136,6 +139,7 @@ def machine():
 def versions(a, root):
     return {
         "spiffe-mcp-gateway": first_line([a.gateway, "--version"]),
+        "baseline": a.baseline and first_line([a.baseline, "--version"]),
         "git": first_line(["git", "-C", root, "describe", "--always", "--dirty"]),
         "ghostunnel": "ghostunnel " + first_line([a.ghostunnel, "--version"]),
         "nginx": first_line([a.nginx, "-v"]),
