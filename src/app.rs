@@ -48,13 +48,8 @@ pub struct App {
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics = Metrics::with_caller_labels(config.metrics_caller_labels);
     let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
-    let audit = AuditLog::start(
-        &config.audit,
-        config.audit_on_failure,
-        config.audit_fsync,
-        metrics.clone(),
-    )
-    .context("opening the audit sink")?;
+    let audit =
+        AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
     let identity = spawn_identity(&config, &metrics);
 
     let (listener, admin_listener) = bind(&config).await?;

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::error;
 
-use crate::config::{AuditOnFailure, AuditSink};
+use crate::config::{AuditConfig, AuditOnFailure, AuditSink};
 use crate::metrics::Metrics;
 use crate::policy::Target;
 use writer::{FileSink, Sink, Writer};
@@ -264,21 +264,21 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the sink (a file that cannot be opened fails the start) and
     /// starts the writer thread.
-    pub fn start(
-        sink: &AuditSink,
-        on_failure: AuditOnFailure,
-        fsync: bool,
-        metrics: Metrics,
-    ) -> std::io::Result<AuditLog> {
-        let sink = match sink {
+    pub fn start(config: &AuditConfig, metrics: Metrics) -> std::io::Result<AuditLog> {
+        let sink = match &config.sink {
             AuditSink::Stdout => Sink::stdout()?,
             AuditSink::File(path) => {
                 Sink::File(FileSink::open(path.clone(), Box::new(writer::open_append))?)
             }
         };
-        Ok(AuditLog::with_writer(sink, on_failure, metrics, |w| {
-            w.fsync = fsync;
-        }))
+        Ok(AuditLog::with_writer(
+            sink,
+            config.on_failure,
+            metrics,
+            |w| {
+                w.fsync = config.fsync;
+            },
+        ))
     }
 
     /// Starts the writer thread on `sink`; `adjust` lets tests change the
@@ -356,9 +356,8 @@ pub(crate) fn rfc3339_ms(unix_ms: i64) -> String {
     SECOND.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != second {
-            let format = time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second]."
-            );
+            let format =
+                time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].");
             let text = time::OffsetDateTime::from_unix_timestamp(second)
                 .ok()
                 .and_then(|at| at.format(&format).ok());

@@ -66,12 +66,7 @@ pub struct Config {
     pub routing: Routing,
     /// End-user tokens (`context.user`); `None`: requests have no user.
     pub user_auth: Option<UserAuthConfig>,
-    pub audit: AuditSink,
-    /// What a call meets while audit records cannot be written.
-    pub audit_on_failure: AuditOnFailure,
-    /// `audit.fsync`: every batch of records is synced to disk before it
-    /// counts as written.
-    pub audit_fsync: bool,
+    pub audit: AuditConfig,
     /// Body size and session table bounds (`limits:`).
     pub limits: LimitsConfig,
     /// After SIGTERM, how long in-flight requests and streams may finish.
@@ -169,6 +164,17 @@ pub struct WorkloadApiConfig {
     pub endpoint: String,
     /// Selects one of several SVIDs of this workload by its Workload API hint.
     pub svid_hint: Option<String>,
+}
+
+/// `audit:`: where records go and what happens when they cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    /// What a call meets while audit records cannot be written.
+    pub on_failure: AuditOnFailure,
+    /// `audit.fsync`: every batch of records is synced to disk before it
+    /// counts as written.
+    pub fsync: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,9 +363,7 @@ impl RawConfig {
                  it cannot be combined with a plaintext_loopback upstream"
             );
         }
-        let audit_on_failure = self.audit.on_failure.unwrap_or(AuditOnFailure::Refuse);
-        let audit_fsync = self.audit.fsync;
-        let audit = self.audit.sink(base)?;
+        let audit = self.audit.validate(base)?;
         let (drain_timeout, not_ready_delay) = self.shutdown.validate()?;
         let log = self.log.validate()?;
         let policy = self.policy.validate(base)?;
@@ -382,8 +386,6 @@ impl RawConfig {
             routing,
             user_auth,
             audit,
-            audit_on_failure,
-            audit_fsync,
             limits: self.limits.validate()?,
             drain_timeout,
             not_ready_delay,
@@ -396,9 +398,17 @@ impl RawConfig {
 }
 
 impl RawAudit {
+    fn validate(self, base: &Path) -> anyhow::Result<AuditConfig> {
+        Ok(AuditConfig {
+            on_failure: self.on_failure.unwrap_or(AuditOnFailure::Refuse),
+            fsync: self.fsync,
+            sink: self.sink(base)?,
+        })
+    }
+
     /// `audit.sink` and `audit.path`: a path exactly with `sink: file`.
-    fn sink(self, base: &Path) -> anyhow::Result<AuditSink> {
-        Ok(match (self.sink, self.path) {
+    fn sink(&self, base: &Path) -> anyhow::Result<AuditSink> {
+        Ok(match (&self.sink, &self.path) {
             (RawAuditSink::Stdout, None) => AuditSink::Stdout,
             (RawAuditSink::Stdout, Some(_)) => bail!("audit.path: only valid with `sink: file`"),
             (RawAuditSink::File, Some(p)) => AuditSink::File(base.join(p)),

@@ -192,68 +192,45 @@ async fn server_requests_on_a_stream_are_decided_and_a_denied_one_is_answered_up
 }
 
 /// A 2026-07-28 server: `ask_roots` needs the agent's roots, `confirm` an
-/// elicitation, both as an `InputRequiredResult`.
-fn input_required() -> upstream::Handler {
-    Arc::new(|req: &Received| {
+/// elicitation, both as an `InputRequiredResult` whose `resultType` is
+/// written as `result_type` (a JSON string's text, escapes and all).
+fn input_required_as(result_type: &'static str) -> upstream::Handler {
+    Arc::new(move |req: &Received| {
         let message = req.json();
         let wants = match message["params"]["name"].as_str() {
             Some("ask_roots") => "roots/list",
             _ => "elicitation/create",
         };
-        Reply::json(&json!({"jsonrpc": "2.0", "id": message["id"], "result": {
-            "resultType": "input_required",
-            "inputRequests": {"r1": {"method": wants, "params": {}}}}}))
-    })
-}
-
-#[tokio::test]
-async fn an_input_required_result_is_passed_or_refused_by_the_requests_it_embeds() {
-    let gw = Harness::start_with(Options {
-        handler: input_required(),
-        ..Options::default()
-    })
-    .await;
-    let agent = gw.agent(AGENT);
-    let (confirm, headers) = modern(1, "tools/call", "confirm");
-    let passed = agent.post("/mcp", &headers, &confirm).await.json();
-    assert_eq!(passed["result"]["resultType"], "input_required");
-    let (roots, headers) = modern(2, "tools/call", "ask_roots");
-    let refused = agent.post("/mcp", &headers, &roots).await.json();
-    assert_eq!(refused["id"], 2);
-    assert_eq!(refused["error"]["code"], -32060);
-    assert!(refused.get("result").is_none());
-}
-
-/// The same results, their `resultType` spelt with a JSON escape.
-fn input_required_escaped() -> upstream::Handler {
-    Arc::new(|req: &Received| {
-        let message = req.json();
-        let wants = match message["params"]["name"].as_str() {
-            Some("ask_roots") => "roots/list",
-            _ => "elicitation/create",
-        };
+        let id = &message["id"];
         Reply::raw_json(&format!(
-            r#"{{"jsonrpc":"2.0","id":{},"result":{{"resultType":"input\u005frequired","inputRequests":{{"r1":{{"method":"{wants}","params":{{}}}}}}}}}}"#,
-            message["id"]
+            r#"{{"jsonrpc":"2.0","id":{id},"result":{{"resultType":"{result_type}","inputRequests":{{"r1":{{"method":"{wants}","params":{{}}}}}}}}}}"#
         ))
     })
 }
 
 #[tokio::test]
-async fn an_input_required_result_spelt_with_escapes_is_decided_all_the_same() {
-    let gw = Harness::start_with(Options {
-        handler: input_required_escaped(),
-        ..Options::default()
-    })
-    .await;
-    let agent = gw.agent(AGENT);
-    let (confirm, headers) = modern(1, "tools/call", "confirm");
-    let passed = agent.post("/mcp", &headers, &confirm).await.json();
-    assert_eq!(passed["result"]["resultType"], "input_required");
-    let (roots, headers) = modern(2, "tools/call", "ask_roots");
-    let refused = agent.post("/mcp", &headers, &roots).await.json();
-    assert_eq!(refused["error"]["code"], -32060, "{refused}");
-    assert!(refused.get("result").is_none());
+async fn an_input_required_result_is_passed_or_refused_by_the_requests_it_embeds() {
+    // Plain, and spelt with JSON escapes (which a byte search would miss).
+    for spelling in [
+        "input_required",
+        "input\\u005frequired",
+        "\\u0069nput_required",
+    ] {
+        let gw = Harness::start_with(Options {
+            handler: input_required_as(spelling),
+            ..Options::default()
+        })
+        .await;
+        let agent = gw.agent(AGENT);
+        let (confirm, headers) = modern(1, "tools/call", "confirm");
+        let passed = agent.post("/mcp", &headers, &confirm).await.json();
+        assert_eq!(passed["result"]["resultType"], "input_required");
+        let (roots, headers) = modern(2, "tools/call", "ask_roots");
+        let refused = agent.post("/mcp", &headers, &roots).await.json();
+        assert_eq!(refused["id"], 2);
+        assert_eq!(refused["error"]["code"], -32060, "{spelling}: {refused}");
+        assert!(refused.get("result").is_none());
+    }
 }
 
 #[tokio::test]

@@ -467,7 +467,10 @@ fn times_are_rfc3339_with_milliseconds_across_second_boundaries() {
     ] {
         assert_eq!(super::rfc3339_ms(ms), reference(ms), "{ms}");
     }
-    assert_eq!(super::rfc3339_ms(1_764_806_401_020), "2025-12-04T00:00:01.020Z");
+    assert_eq!(
+        super::rfc3339_ms(1_764_806_401_020),
+        "2025-12-04T00:00:01.020Z"
+    );
 }
 
 #[test]
@@ -476,7 +479,11 @@ fn correlation_ids_are_32_hex_digits_prefix_then_counter() {
     let (a, b) = (ids.next(), ids.next());
     for id in [&a, &b] {
         assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)), "{id}");
+        assert!(
+            id.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{id}"
+        );
     }
     assert_eq!(a[..16], b[..16], "one prefix per process");
     assert_eq!(&a[16..], "0000000000000000");

@@ -40,7 +40,7 @@ fn good_config_parses_and_resolves_paths() {
     assert_eq!(c.workload_api.endpoint, "unix:///tmp/agent.sock");
     assert_eq!(c.workload_api.svid_hint.as_deref(), Some("gateway"));
     assert_eq!(c.policy_dir, Path::new("/etc/gw/policies"));
-    assert_eq!(c.audit, AuditSink::File("/etc/gw/audit.jsonl".into()));
+    assert_eq!(c.audit.sink, AuditSink::File("/etc/gw/audit.jsonl".into()));
     assert_eq!(c.limits.max_body_bytes, 4096);
     assert_eq!(
         c.upstreams[0].spiffe_id.to_string(),
@@ -615,12 +615,12 @@ fn a_bad_aggregate_is_refused_naming_the_field() {
 #[test]
 fn audit_on_failure_defaults_to_refuse_and_names_the_field() {
     assert_eq!(
-        parse(GOOD).unwrap().audit_on_failure,
+        parse(GOOD).unwrap().audit.on_failure,
         AuditOnFailure::Refuse
     );
     let stdout = GOOD.replace("audit: { sink: file, path: audit.jsonl }", "");
     assert_eq!(
-        parse(&stdout).unwrap().audit_on_failure,
+        parse(&stdout).unwrap().audit.on_failure,
         AuditOnFailure::Refuse
     );
     let cont = GOOD.replace(
@@ -628,7 +628,7 @@ fn audit_on_failure_defaults_to_refuse_and_names_the_field() {
         "path: audit.jsonl, on_failure: continue }",
     );
     assert_eq!(
-        parse(&cont).unwrap().audit_on_failure,
+        parse(&cont).unwrap().audit.on_failure,
         AuditOnFailure::Continue
     );
     let bad = GOOD.replace(
@@ -641,9 +641,9 @@ fn audit_on_failure_defaults_to_refuse_and_names_the_field() {
 
 #[test]
 fn audit_fsync_is_off_unless_asked_and_takes_only_a_boolean() {
-    assert!(!parse(GOOD).unwrap().audit_fsync);
+    assert!(!parse(GOOD).unwrap().audit.fsync);
     let on = GOOD.replace("path: audit.jsonl }", "path: audit.jsonl, fsync: true }");
-    assert!(parse(&on).unwrap().audit_fsync);
+    assert!(parse(&on).unwrap().audit.fsync);
     let bad = GOOD.replace("path: audit.jsonl }", "path: audit.jsonl, fsync: always }");
     let msg = format!("{:#}", parse(&bad).expect_err("fsync must be a boolean"));
     assert!(msg.contains("fsync"), "{msg}");
