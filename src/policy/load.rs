@@ -20,6 +20,7 @@ use ring::digest::{Context, SHA256};
 
 use super::index::{ActionIndex, Rule};
 use super::request::EntityTypes;
+use super::shape;
 use super::{ActionEntry, PolicyEngine, PolicyError, ResourceKinds};
 
 const SCHEMA_EXT: &str = "cedarschema";
@@ -292,9 +293,11 @@ fn validate(
     loaded: &[LoadedPolicy],
     files: &[&SourceFile],
 ) -> Result<(), PolicyError> {
-    let results = validate_in_parts(schema, loaded)?;
-    let clean =
-        |r: &ValidationResult| r.validation_passed() && r.validation_warnings().next().is_none();
+    if shapes_are_clean(schema, loaded)? {
+        return Ok(());
+    }
+    let all: Vec<&Policy> = loaded.iter().map(|p| &p.policy).collect();
+    let results = validate_in_parts(schema, &all)?;
     if results.iter().all(clean) {
         return Ok(());
     }
@@ -345,23 +348,48 @@ fn validate(
     }
 }
 
-/// Strict validation of `loaded`, in parts on as many threads as the
+/// Whether one policy of each shape (see [`shape`]) passes strict
+/// validation without a warning, and so every policy does. False when
+/// one does not, or when no two policies share a shape: the caller then
+/// validates them all, for every error and warning with its own policy.
+fn shapes_are_clean(schema: &Schema, loaded: &[LoadedPolicy]) -> Result<bool, PolicyError> {
+    let mut seen = HashSet::new();
+    let one_per_shape: Vec<&Policy> = loaded
+        .iter()
+        .map(|p| &p.policy)
+        .filter(|p| {
+            let template = ast::Policy::template(p.as_ref());
+            shape::of(schema.as_ref(), template).is_none_or(|shape| seen.insert(shape))
+        })
+        .collect();
+    if one_per_shape.len() == loaded.len() {
+        return Ok(false);
+    }
+    Ok(validate_in_parts(schema, &one_per_shape)?.iter().all(clean))
+}
+
+/// Passed, and without a warning.
+fn clean(result: &ValidationResult) -> bool {
+    result.validation_passed() && result.validation_warnings().next().is_none()
+}
+
+/// Strict validation of `policies`, in parts on as many threads as the
 /// machine has (Cedar typechecks each policy against every action of the
 /// schema: ~0.1 ms a policy). Each policy is validated on its own, so
 /// the parts give the same errors and warnings as the whole.
 fn validate_in_parts(
     schema: &Schema,
-    loaded: &[LoadedPolicy],
+    policies: &[&Policy],
 ) -> Result<Vec<ValidationResult>, PolicyError> {
     /// Fewer policies are not worth a thread.
     const MIN_PART: usize = 1_000;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let part = loaded.len().div_ceil(threads).max(MIN_PART);
-    if loaded.len() <= part {
-        return validate_part(schema, loaded).map(|result| vec![result]);
+    let part = policies.len().div_ceil(threads).max(MIN_PART);
+    if policies.len() <= part {
+        return validate_part(schema, policies).map(|result| vec![result]);
     }
     std::thread::scope(|scope| {
-        let running: Vec<_> = loaded
+        let running: Vec<_> = policies
             .chunks(part)
             .map(|part| scope.spawn(move || validate_part(schema, part)))
             .collect();
@@ -378,13 +406,12 @@ fn validate_in_parts(
     })
 }
 
-fn validate_part(schema: &Schema, part: &[LoadedPolicy]) -> Result<ValidationResult, PolicyError> {
-    let policies =
-        PolicySet::from_policies(part.iter().map(|p| p.policy.clone())).map_err(|e| {
-            PolicyError::Index {
-                message: e.to_string(),
-            }
-        })?;
+fn validate_part(schema: &Schema, part: &[&Policy]) -> Result<ValidationResult, PolicyError> {
+    let policies = PolicySet::from_policies(part.iter().map(|&p| p.clone())).map_err(|e| {
+        PolicyError::Index {
+            message: e.to_string(),
+        }
+    })?;
     Ok(Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict))
 }
 

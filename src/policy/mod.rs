@@ -92,12 +92,15 @@ mod args;
 mod index;
 mod load;
 mod request;
+mod shape;
 mod user;
 
 pub use user::{User, UserError};
 
 #[cfg(test)]
 mod equivalence_tests;
+#[cfg(test)]
+mod shape_tests;
 #[cfg(test)]
 mod tests;
 

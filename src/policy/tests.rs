@@ -111,7 +111,7 @@ impl Case {
     }
 }
 
-fn shipped_schema() -> String {
+pub(super) fn shipped_schema() -> String {
     std::fs::read_to_string(Path::new(SHIPPED).join("mcp.cedarschema")).unwrap()
 }
 
@@ -126,12 +126,12 @@ fn schema_with_tool_arguments(fields: &str) -> String {
     schema.replace(empty, &format!("type ToolArguments = {{ {fields} }};"))
 }
 
-fn load(files: &[(&str, &str)]) -> PolicyEngine {
+pub(super) fn load(files: &[(&str, &str)]) -> PolicyEngine {
     let dir = TempDir::new(files);
     PolicyEngine::load_dir(dir.path()).unwrap_or_else(|e| panic!("load failed: {e}"))
 }
 
-fn load_err(files: &[(&str, &str)]) -> PolicyError {
+pub(super) fn load_err(files: &[(&str, &str)]) -> PolicyError {
     let dir = TempDir::new(files);
     match PolicyEngine::load_dir(dir.path()) {
         Ok(_) => panic!("load of {files:?} should fail"),
