@@ -19,6 +19,7 @@ use miette::Diagnostic;
 use ring::digest::{Context, SHA256};
 
 use super::index::{ActionIndex, Rule};
+use super::parse::{LoadedPolicy, Parallelism, parse_files};
 use super::request::EntityTypes;
 use super::shape;
 use super::{ActionEntry, PolicyEngine, PolicyError, ResourceKinds};
@@ -28,18 +29,20 @@ const POLICY_EXT: &str = "cedar";
 const ACTION_TYPE: &str = "Mcp::Action";
 
 /// A file of the policy directory: its name and text.
-struct SourceFile {
-    name: String,
-    text: String,
-}
-
-/// One policy, re-identified by its `@id`, and the file it came from.
-struct LoadedPolicy {
-    policy: Policy,
-    file: usize,
+pub(super) struct SourceFile {
+    pub(super) name: String,
+    pub(super) text: String,
 }
 
 pub(super) fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
+    load_dir_with(dir, Parallelism::of_machine())
+}
+
+/// [`load_dir`], with the files parsed in parts as `parallelism` says.
+pub(super) fn load_dir_with(
+    dir: &Path,
+    parallelism: Parallelism,
+) -> Result<PolicyEngine, PolicyError> {
     let files = read_dir(dir)?;
     let version = version(&files);
     let (schema_file, policy_files): (Vec<&SourceFile>, Vec<&SourceFile>) = files
@@ -66,11 +69,7 @@ pub(super) fn load_dir(dir: &Path) -> Result<PolicyEngine, PolicyError> {
     };
     let schema = parse_schema(schema_file)?;
     let types = entity_types(&schema, &schema_file.name)?;
-    let mut loaded = Vec::new();
-    let mut first_file = HashMap::new();
-    for (index, file) in policy_files.iter().enumerate() {
-        parse_policies(file, index, &policy_files, &mut loaded, &mut first_file)?;
-    }
+    let loaded = parse_files(&policy_files, parallelism)?;
     validate(&schema, &schema_file.name, &loaded, &policy_files)?;
     let rules: Vec<Rule> = loaded
         .iter()
@@ -180,109 +179,6 @@ fn entity_types(schema: &Schema, file: &str) -> Result<EntityTypes, PolicyError>
     })
 }
 
-/// Parses one policy file; each policy gets its `@id` as its Cedar id.
-/// `first_file` maps each `@id` seen so far to its file.
-fn parse_policies(
-    file: &SourceFile,
-    file_index: usize,
-    files: &[&SourceFile],
-    loaded: &mut Vec<LoadedPolicy>,
-    first_file: &mut HashMap<String, usize>,
-) -> Result<(), PolicyError> {
-    let set = parse_set(file)?;
-    // Lines are found by searching each policy's text after the previous one.
-    let mut cursor = 0;
-    for (position, policy) in in_file_order(&set).into_iter().enumerate() {
-        let text = policy.to_string();
-        let offset = file
-            .text
-            .get(cursor..)
-            .and_then(|rest| rest.find(&text))
-            .map_or(cursor, |at| cursor + at);
-        cursor = offset + text.len();
-        let line = || line_column(&file.text, offset).0;
-        let id = match policy.annotation("id") {
-            Some(id) if !id.trim().is_empty() => id,
-            _ => {
-                return Err(PolicyError::MissingId {
-                    file: file.name.clone(),
-                    line: line(),
-                    index: position + 1,
-                });
-            }
-        };
-        if let Some(&first) = first_file.get(id) {
-            return Err(PolicyError::DuplicateId {
-                file: file.name.clone(),
-                line: line(),
-                id: id.to_owned(),
-                first_file: files[first].name.clone(),
-            });
-        }
-        first_file.insert(id.to_owned(), file_index);
-        check_workload_ids(policy).map_err(|message| PolicyError::WorkloadId {
-            file: file.name.clone(),
-            line: line(),
-            id: id.to_owned(),
-            message,
-        })?;
-        let policy = policy.new_id(PolicyId::new(id));
-        loaded.push(LoadedPolicy {
-            policy,
-            file: file_index,
-        });
-    }
-    Ok(())
-}
-
-/// The file's policies; refused if it does not parse or holds a template.
-fn parse_set(file: &SourceFile) -> Result<PolicySet, PolicyError> {
-    let set = PolicySet::from_str(&file.text).map_err(|e| {
-        let (line, column) = primary_location(&e, &file.text).unwrap_or((1, 1));
-        PolicyError::Syntax {
-            file: file.name.clone(),
-            line,
-            column,
-            message: e.to_string(),
-        }
-    })?;
-    if let Some(template) = set.templates().next() {
-        return Err(PolicyError::Template {
-            file: file.name.clone(),
-            line: line_of(&file.text, &template.to_string()),
-            id: template.annotation("id").unwrap_or_default().to_owned(),
-        });
-    }
-    Ok(set)
-}
-
-/// `policies()` is in no particular order; errors are reported in file
-/// order (Cedar numbers them `policy0`, `policy1`, ... as written).
-fn in_file_order(set: &PolicySet) -> Vec<&Policy> {
-    let mut policies: Vec<&Policy> = set.policies().collect();
-    policies.sort_by_key(|p| {
-        p.id()
-            .to_string()
-            .trim_start_matches("policy")
-            .parse::<usize>()
-            .unwrap_or(0)
-    });
-    policies
-}
-
-/// Every `Mcp::Workload` a policy names is a workload's SPIFFE ID in
-/// canonical form: principals are matched byte for byte, so one written
-/// `spiffe://EXAMPLE.ORG/...` would silently never apply.
-fn check_workload_ids(policy: &Policy) -> Result<(), String> {
-    for uid in policy.entity_literals() {
-        if uid.type_name().to_string() == "Mcp::Workload" {
-            crate::identity::spiffe_id::workload(uid.id().unescaped())
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
 /// Strict validation; every error is reported with its file and line.
 /// Warnings that a policy can never apply, or that hide text direction
 /// tricks (bidi controls), are errors too: a policy that silently does
@@ -301,13 +197,13 @@ fn validate(
     if results.iter().all(clean) {
         return Ok(());
     }
-    let file_of: HashMap<&PolicyId, &SourceFile> = loaded
+    let file_of: HashMap<&PolicyId, (&SourceFile, usize)> = loaded
         .iter()
-        .map(|p| (p.policy.id(), files[p.file]))
+        .map(|p| (p.policy.id(), (files[p.file], p.base)))
         .collect();
     let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of.get(id) {
-        Some(file) => {
-            let (line, column) = primary_location(error, &file.text).unwrap_or((1, 1));
+        Some((file, base)) => {
+            let (line, column) = primary_location(error, &file.text, *base).unwrap_or((1, 1));
             format!("{}:{line}:{column}: {error}", file.name)
         }
         None => error.to_string(),
@@ -488,19 +384,24 @@ fn action_entity(entities: &Entities, uid: &EntityUid) -> Option<ast::Entity> {
 
 /// Cedar's message plus, when it has a source location, `(at line:col)`.
 fn diagnostic_message(error: &dyn Diagnostic, text: &str) -> String {
-    match primary_location(error, text) {
+    match primary_location(error, text, 0) {
         Some((line, column)) => format!("{error} (at line {line}, column {column})"),
         None => error.to_string(),
     }
 }
 
-/// Line and column (1-based) of a diagnostic's first labelled span.
-fn primary_location(error: &dyn Diagnostic, text: &str) -> Option<(usize, usize)> {
+/// Line and column (1-based) in `text` of a diagnostic's first labelled
+/// span, for a diagnostic about the part of `text` from `base` on.
+pub(super) fn primary_location(
+    error: &dyn Diagnostic,
+    text: &str,
+    base: usize,
+) -> Option<(usize, usize)> {
     let offset = error.labels()?.next()?.offset();
-    Some(line_column(text, offset))
+    Some(line_column(text, base + offset))
 }
 
-fn line_column(text: &str, offset: usize) -> (usize, usize) {
+pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text.as_bytes()[..offset.min(text.len())];
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
     let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
@@ -508,7 +409,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The line where `snippet` starts in `text` (1 if not found).
-fn line_of(text: &str, snippet: &str) -> usize {
+pub(super) fn line_of(text: &str, snippet: &str) -> usize {
     text.find(snippet)
         .map_or(1, |offset| line_column(text, offset).0)
 }

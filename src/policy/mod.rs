@@ -91,6 +91,7 @@
 mod args;
 mod index;
 mod load;
+mod parse;
 mod request;
 mod shape;
 mod user;
@@ -99,6 +100,8 @@ pub use user::{User, UserError};
 
 #[cfg(test)]
 mod equivalence_tests;
+#[cfg(test)]
+mod parse_tests;
 #[cfg(test)]
 mod shape_tests;
 #[cfg(test)]

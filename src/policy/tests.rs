@@ -17,7 +17,7 @@ const NOW_MS: i64 = 1_764_000_000_000;
 type Files<'a> = Vec<(&'a str, &'a str)>;
 
 /// A policy directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(PathBuf);
 
 /// One row of a decision table.
 struct Case {
@@ -33,7 +33,7 @@ struct Case {
 }
 
 impl TempDir {
-    fn new(files: &[(&str, &str)]) -> TempDir {
+    pub(super) fn new(files: &[(&str, &str)]) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("policy-test-{}-{n}", std::process::id()));
@@ -47,7 +47,7 @@ impl TempDir {
         TempDir(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.0
     }
 }
