@@ -82,9 +82,12 @@
 //! above the 5 us target once four conditions apply, and the p99 over
 //! all rounds is 5 to 20 us, as busy as the machine is. What remains is
 //! Cedar's: building its entities and request (about 1.3 us) and its
-//! evaluator (about 0.3 us per condition). Loading 100,000 policies takes
-//! 14 to 17 s (Cedar's parser about 4 s, strict validation in parts on
-//! every thread most of the rest) and holds about 80 MB: do it off the
+//! evaluator (about 0.3 us per condition). Loading 100,000 policies costs
+//! about 5 s of CPU, nearly all of it Cedar's parser, on every thread in
+//! parts of a file (`parse`); strict validation runs on one policy per
+//! shape (`shape`), a few for a generated set. The 2 s target needs the
+//! two CPUs to itself: on the shared machine it takes 4 to 6 s. Loading
+//! peaks at about 0.5 GB and the set holds about 80 MB: do it off the
 //! request path, on a blocking thread, and swap the new engine in whole.
 //!
 
