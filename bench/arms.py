@@ -26,7 +26,8 @@ ROOT = HERE.parent
 TRUST = "spiffe://example.org/ns/demo/sa/"
 WANT_SVIDS = {TRUST + "agent": "agent", TRUST + "gateway": "gateway",
               TRUST + "mcp-server": "mcp-server"}
-ARMS = ["direct", "gateway", "nginx", "ghostunnel", "baseline"]
+# The arms of a run by default; `baseline` only with --baseline BIN.
+ARMS = ["direct", "gateway", "nginx", "ghostunnel"]
 # Arms that are a spiffe-mcp-gateway: their audit files are checked.
 GATEWAYS = ("gateway", "baseline")
 

@@ -67,9 +67,9 @@ def parse_args(argv):
         a.arms.insert(a.arms.index("gateway") + 1 if "gateway" in a.arms else 0, "baseline")
     if "baseline" in a.arms and not a.baseline:
         ap.error("--arms baseline: needs --baseline BIN")
-    unknown = [x for x in a.arms if x not in ARMS]
+    unknown = [x for x in a.arms if x not in ARMS + ["baseline"]]
     if unknown or not a.arms:
-        ap.error(f"--arms: unknown {unknown}; choose from {','.join(ARMS)}")
+        ap.error(f"--arms: unknown {unknown}; choose from {','.join(ARMS)},baseline")
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2 and not (a.proxy_cpu and a.load_cpus):
         ap.error("needs 2 CPUs: the proxy on one, the load on the others")
