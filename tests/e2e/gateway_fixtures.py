@@ -134,6 +134,16 @@ class Gateway:
     def log(self) -> str:
         return "".join(self.log_lines[-80:])
 
+    def wait_log(self, *parts: str, timeout: float = 10.0) -> str:
+        """Waits for a log line holding every one of `parts` (the gateway
+        writes it before the event a test observes, but the line reaches
+        `log_lines` through a pipe and a reader thread); returns it."""
+
+        def found() -> str | None:
+            return next((line for line in self.log_lines if all(p in line for p in parts)), None)
+
+        return wait_for(f"a log line with {parts}", found, timeout, every=0.01, detail=self.log)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -74,7 +74,7 @@ def test_policy_change_applies_to_the_next_call_without_restart(spire, upstream,
         (policies / "broken.cedar").write_text('permit (principal, action ==, resource);', encoding="utf-8")
         wait_for("the rejected reload", lambda: gw.metric("mcp_gateway_policy_reloads_total", '{result="failure"}') > failures)
         assert gw.metric("mcp_gateway_policy_reload_failing") == 1
-        assert any("broken.cedar" in line and "rejected" in line for line in gw.log_lines), gw.log()
+        gw.wait_log("broken.cedar", "rejected")
         seen = len(echo_records(gw))
         wait_for("calls after the rejected reload", lambda: len(echo_records(gw)) >= seen + 3)
         for r in echo_records(gw)[seen:]:

@@ -174,7 +174,7 @@ def test_idle_sse_reply_is_ended_with_a_timeout_error(sdk, spire, svids, tmp_pat
         assert record["reason"] == "upstream_stream_idle"
         # (The TypeScript SDK's quiet GET stream is ended too: >= 1.)
         assert gw.metric("mcp_gateway_upstream_errors_total", '{kind="upstream_stream_idle"}') >= 1
-        assert any("idle too long" in line for line in gw.log_lines), gw.log()
+        gw.wait_log("idle too long")
         assert call(run, ECHO)["ok"] is True, run.stdout + run.stderr
     finally:
         gw.stop()
