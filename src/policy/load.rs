@@ -11,22 +11,21 @@ use std::path::Path;
 use std::str::FromStr;
 
 use cedar_policy::{
-    ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Schema,
-    ValidationMode, ValidationResult, ValidationWarning, Validator,
+    EntityTypeName, Policy, PolicyId, PolicySet, Schema, ValidationMode, ValidationResult,
+    ValidationWarning, Validator,
 };
-use cedar_policy_core::ast;
 use miette::Diagnostic;
 use ring::digest::{Context, SHA256};
 
-use super::index::{ActionIndex, Rule};
+use super::build::{self, Build, Keep, Parsed};
+use super::index::Rule;
+use super::parallel;
 use super::parse::{LoadedPolicy, Parallelism, parse_files};
 use super::request::EntityTypes;
-use super::shape;
-use super::{ActionEntry, PolicyEngine, PolicyError, ResourceKinds};
+use super::{PolicyEngine, PolicyError};
 
 const SCHEMA_EXT: &str = "cedarschema";
 const POLICY_EXT: &str = "cedar";
-const ACTION_TYPE: &str = "Mcp::Action";
 
 /// A file of the policy directory: its name and text.
 pub(super) struct SourceFile {
@@ -69,17 +68,25 @@ pub(super) fn load_dir_with(
     };
     let schema = parse_schema(schema_file)?;
     let types = entity_types(&schema, &schema_file.name)?;
-    let loaded = parse_files(&policy_files, parallelism)?;
-    validate(&schema, &schema_file.name, &loaded, &policy_files)?;
-    let rules: Vec<Rule> = loaded
-        .iter()
-        .map(|p| Rule::new(&p.policy, p.policy.id().as_ref(), &types))
-        .collect();
-    let actions = index_actions(&schema, &types, &loaded, &rules)?;
-    tracing::info!(policies = loaded.len(), actions = actions.len(), %version, "policy set loaded");
+    let (mut actions, methods) = build::actions(&schema, &types)?;
+    let build = Build::new(&schema, &types, &methods);
+    let parse = |keep| parse_files(&policy_files, parallelism, |part| build.part(part, keep));
+    let mut loaded = parse(Keep::OnePerShape)?;
+    if !shapes_are_clean(&schema, &loaded)? {
+        if loaded.iter().any(|p| p.parsed.policy.is_none()) {
+            loaded = parse(Keep::All)?;
+        }
+        validate_all(&schema, &schema_file.name, &loaded, &policy_files)?;
+    }
+    let (rules, applies): (Vec<Rule>, Vec<Vec<usize>>) = loaded
+        .into_iter()
+        .map(|p| (p.parsed.rule, p.parsed.methods))
+        .unzip();
+    build::index(&mut actions, &methods, &applies, &rules)?;
+    tracing::info!(policies = rules.len(), actions = actions.len(), %version, "policy set loaded");
     Ok(PolicyEngine {
         version,
-        policy_count: loaded.len(),
+        policy_count: rules.len(),
         actions,
         rules,
         types,
@@ -179,27 +186,34 @@ fn entity_types(schema: &Schema, file: &str) -> Result<EntityTypes, PolicyError>
     })
 }
 
-/// Strict validation; every error is reported with its file and line.
-/// Warnings that a policy can never apply, or that hide text direction
-/// tricks (bidi controls), are errors too: a policy that silently does
-/// nothing is a bug in an authorization system.
-fn validate(
+/// Strict validation of every policy (each one kept: see [`Keep`]); every
+/// error is reported with its file and line. Warnings that a policy can
+/// never apply, or that hide text direction tricks (bidi controls), are
+/// errors too: a policy that silently does nothing is a bug in an
+/// authorization system.
+fn validate_all(
     schema: &Schema,
     schema_name: &str,
-    loaded: &[LoadedPolicy],
+    loaded: &[LoadedPolicy<Parsed>],
     files: &[&SourceFile],
 ) -> Result<(), PolicyError> {
-    if shapes_are_clean(schema, loaded)? {
-        return Ok(());
+    let kept = || {
+        loaded
+            .iter()
+            .filter_map(|p| Some((p, p.parsed.policy.as_ref()?)))
+    };
+    let all: Vec<&Policy> = kept().map(|(_, policy)| policy).collect();
+    if all.len() != loaded.len() {
+        return Err(PolicyError::Index {
+            message: "a policy to validate was not kept".to_owned(),
+        });
     }
-    let all: Vec<&Policy> = loaded.iter().map(|p| &p.policy).collect();
     let results = validate_in_parts(schema, &all)?;
     if results.iter().all(clean) {
         return Ok(());
     }
-    let file_of: HashMap<&PolicyId, (&SourceFile, usize)> = loaded
-        .iter()
-        .map(|p| (p.policy.id(), (files[p.file], p.base)))
+    let file_of: HashMap<&PolicyId, (&SourceFile, usize)> = kept()
+        .map(|(p, policy)| (policy.id(), (files[p.file], p.base)))
         .collect();
     let locate = |id: &PolicyId, error: &dyn Diagnostic| match file_of.get(id) {
         Some((file, base)) => {
@@ -244,20 +258,27 @@ fn validate(
     }
 }
 
-/// Whether one policy of each shape (see [`shape`]) passes strict
+/// Whether one policy of each shape (see [`super::shape`]) passes strict
 /// validation without a warning, and so every policy does. False when
 /// one does not, or when no two policies share a shape: the caller then
 /// validates them all, for every error and warning with its own policy.
-fn shapes_are_clean(schema: &Schema, loaded: &[LoadedPolicy]) -> Result<bool, PolicyError> {
+/// The first policy of each shape in its part is kept, so the first of
+/// each shape in all parts is too.
+fn shapes_are_clean(schema: &Schema, loaded: &[LoadedPolicy<Parsed>]) -> Result<bool, PolicyError> {
     let mut seen = HashSet::new();
     let one_per_shape: Vec<&Policy> = loaded
         .iter()
-        .map(|p| &p.policy)
         .filter(|p| {
-            let template = ast::Policy::template(p.as_ref());
-            shape::of(schema.as_ref(), template).is_none_or(|shape| seen.insert(shape))
+            p.parsed
+                .shape
+                .as_ref()
+                .is_none_or(|shape| seen.insert(shape))
         })
-        .collect();
+        .map(|p| p.parsed.policy.as_ref())
+        .collect::<Option<_>>()
+        .ok_or_else(|| PolicyError::Index {
+            message: "the first policy of a shape was not kept".to_owned(),
+        })?;
     if one_per_shape.len() == loaded.len() {
         return Ok(false);
     }
@@ -279,8 +300,7 @@ fn validate_in_parts(
 ) -> Result<Vec<ValidationResult>, PolicyError> {
     /// Fewer policies are not worth a thread.
     const MIN_PART: usize = 1_000;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let part = policies.len().div_ceil(threads).max(MIN_PART);
+    let part = policies.len().div_ceil(parallel::threads()).max(MIN_PART);
     if policies.len() <= part {
         return validate_part(schema, policies).map(|result| vec![result]);
     }
@@ -309,77 +329,6 @@ fn validate_part(schema: &Schema, part: &[&Policy]) -> Result<ValidationResult, 
         }
     })?;
     Ok(Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict))
-}
-
-/// Builds the per-action index: which resource kinds the action applies
-/// to, and which policies can apply to it, by principal and resource.
-fn index_actions(
-    schema: &Schema,
-    types: &EntityTypes,
-    loaded: &[LoadedPolicy],
-    rules: &[Rule],
-) -> Result<HashMap<Box<str>, ActionEntry>, PolicyError> {
-    let index_error = |e: &dyn std::fmt::Display| PolicyError::Index {
-        message: e.to_string(),
-    };
-    let action_entities = schema.action_entities().map_err(|e| index_error(&e))?;
-    let has_groups = schema.action_groups().next().is_some();
-    let mut actions = HashMap::new();
-    // Each method's uid with the groups it is in.
-    let mut methods: Vec<(&EntityUid, HashSet<&EntityUid>)> = Vec::new();
-    for uid in schema.actions() {
-        if uid.type_name().to_string() != ACTION_TYPE {
-            continue;
-        }
-        let resources = resource_kinds(schema, uid, types);
-        if resources == ResourceKinds::default() {
-            continue; // an action group, not a method
-        }
-        let core_uid: &ast::EntityUID = uid.as_ref();
-        let entry = ActionEntry {
-            uid: ast::EntityUIDEntry::known(core_uid.clone(), None),
-            resources,
-            entity: if has_groups {
-                action_entity(&action_entities, uid)
-            } else {
-                None
-            },
-            index: ActionIndex::default(),
-        };
-        actions.insert(uid.id().unescaped().into(), entry);
-        let groups = action_entities.ancestors(uid).into_iter().flatten();
-        methods.push((uid, groups.collect()));
-    }
-    for (position, policy) in loaded.iter().enumerate() {
-        let position = u32::try_from(position).map_err(|e| index_error(&e))?;
-        let constraint = policy.policy.action_constraint();
-        let applies = |(uid, groups): &&(&EntityUid, HashSet<&EntityUid>)| match &constraint {
-            ActionConstraint::Any => true,
-            ActionConstraint::Eq(a) => a == *uid,
-            ActionConstraint::In(list) => list.iter().any(|a| a == *uid || groups.contains(a)),
-        };
-        for (uid, _) in methods.iter().filter(applies) {
-            if let Some(entry) = actions.get_mut(uid.id().unescaped()) {
-                entry.index.insert(position, rules);
-            }
-        }
-    }
-    Ok(actions)
-}
-
-/// The target kinds whose entity type the action lists as a resource.
-fn resource_kinds(schema: &Schema, action: &EntityUid, types: &EntityTypes) -> ResourceKinds {
-    let mut kinds = ResourceKinds::default();
-    for name in schema.resources_for_action(action).into_iter().flatten() {
-        if let Some(kind) = types.kind(name.as_ref()) {
-            kinds.insert(kind);
-        }
-    }
-    kinds
-}
-
-fn action_entity(entities: &Entities, uid: &EntityUid) -> Option<ast::Entity> {
-    entities.get(uid).map(|e| e.as_ref().clone())
 }
 
 /// Cedar's message plus, when it has a source location, `(at line:col)`.

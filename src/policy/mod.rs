@@ -92,8 +92,10 @@
 //!
 
 mod args;
+mod build;
 mod index;
 mod load;
+mod parallel;
 mod parse;
 mod request;
 mod shape;

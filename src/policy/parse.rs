@@ -17,16 +17,17 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cedar_policy::{Policy, PolicyId, PolicySet};
 
 use super::PolicyError;
 use super::load::{SourceFile, line_column, line_of, primary_location};
+use super::parallel::run;
 
-/// One policy, re-identified by its `@id`, and where it came from.
-pub(super) struct LoadedPolicy {
-    pub(super) policy: Policy,
+/// One policy, re-identified by its `@id`, as the caller's `finish` made
+/// it (see [`parse_files`]), and where it came from.
+pub(super) struct LoadedPolicy<P> {
+    pub(super) parsed: P,
     /// Its file, in the list given to [`parse_files`].
     pub(super) file: usize,
     /// Where the text Cedar parsed it from starts in the file: the
@@ -44,34 +45,35 @@ pub(super) struct Parallelism {
 
 /// A policy of a part, in file order, with the checks that need no other
 /// policy done.
-struct Item {
+struct Item<P> {
     /// Where its text starts in the file (for its line).
     offset: usize,
-    checked: Checked,
+    checked: Checked<P>,
 }
 
-enum Checked {
+enum Checked<P> {
     MissingId,
     Id {
         id: String,
         /// The canonical-workload-id check.
         workload: Result<(), String>,
-        policy: Box<Policy>,
+        policy: P,
     },
 }
 
 /// The policies of one part; after one with a problem, none.
-type Part = Result<Vec<Item>, PolicyError>;
+type Part<P> = Result<Vec<Item<P>>, PolicyError>;
 
 impl Parallelism {
-    /// As many threads as the machine has, taking parts of 256 KiB
-    /// (about 2,000 policies) in turn: less is not worth a thread, and
-    /// more makes Cedar hold a larger syntax tree at once (100,000
-    /// policies parsed whole peak at 1.4 GB, in such parts at 0.5 GB).
+    /// As many threads as the machine has, taking parts of 32 KiB
+    /// (about 250 policies) in turn. Cedar holds a part's whole syntax
+    /// tree at once, some hundred times the text: in small parts it fits
+    /// in memory the allocator has just freed, where parts of 256 KiB
+    /// made a fifth of the parse the kernel zeroing fresh pages.
     pub(super) fn of_machine() -> Parallelism {
         Parallelism {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            min_part: 256 * 1024,
+            threads: super::parallel::threads(),
+            min_part: 32 * 1024,
         }
     }
 
@@ -81,18 +83,26 @@ impl Parallelism {
     }
 }
 
-/// The policies of `files`, in file order.
-pub(super) fn parse_files(
+/// The policies of `files`, in file order. Each part's policies, in
+/// order, are given to `finish` on the thread that parsed them, which
+/// makes of each what the caller keeps (and frees there what it does not);
+/// it must give back one for each.
+pub(super) fn parse_files<P, F>(
     files: &[&SourceFile],
     parallelism: Parallelism,
-) -> Result<Vec<LoadedPolicy>, PolicyError> {
+    finish: F,
+) -> Result<Vec<LoadedPolicy<P>>, PolicyError>
+where
+    P: Send,
+    F: Fn(Vec<Policy>) -> Vec<P> + Sync,
+{
     let tasks: Vec<(usize, Range<usize>)> = files
         .iter()
         .enumerate()
         .flat_map(|(i, f)| cut(&f.text, parallelism.parts(&f.text)).map(move |r| (i, r)))
         .collect();
     let mut parts = run(&tasks, parallelism.threads, |(file, range)| {
-        parse_part(files[*file], range.clone())
+        parse_part(files[*file], range.clone(), &finish)
     })
     .into_iter();
     let mut tasks = tasks.iter().peekable();
@@ -104,7 +114,7 @@ pub(super) fn parse_files(
         }
         if mine.iter().any(|(_, part)| !matches!(part, Some(Ok(_)))) {
             // Whole, for the whole file's first error.
-            mine = vec![(0, Some(parse_part(file, 0..file.text.len())))];
+            mine = vec![(0, Some(parse_part(file, 0..file.text.len(), &finish)))];
         }
         let mut position = 0;
         for (base, part) in mine {
@@ -166,48 +176,14 @@ fn policy_ends(text: &str) -> Vec<usize> {
     ends
 }
 
-/// Runs `work` on every task, on up to `threads` threads; a task whose
-/// thread panicked has no result.
-fn run<T, W>(tasks: &[T], threads: usize, work: W) -> Vec<Option<Part>>
-where
-    T: Sync,
-    W: Fn(&T) -> Part + Sync,
-{
-    let threads = threads.min(tasks.len());
-    if threads <= 1 {
-        return tasks.iter().map(|task| Some(work(task))).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let done: Vec<Vec<(usize, Part)>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let at = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(task) = tasks.get(at) else { break };
-                        done.push((at, work(task)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|worker| worker.join().unwrap_or_default())
-            .collect()
-    });
-    let mut results: Vec<Option<Part>> = tasks.iter().map(|_| None).collect();
-    for (task, part) in done.into_iter().flatten() {
-        results[task] = Some(part);
-    }
-    results
-}
-
 /// The policies of `file[range]` in file order, each with the checks
 /// that need no other policy; refused if the part does not parse or holds
 /// a template.
-fn parse_part(file: &SourceFile, range: Range<usize>) -> Part {
+fn parse_part<P>(
+    file: &SourceFile,
+    range: Range<usize>,
+    finish: &(impl Fn(Vec<Policy>) -> Vec<P> + Sync),
+) -> Part<P> {
     let base = range.start;
     let text = file.text.get(range).unwrap_or_default();
     let set = PolicySet::from_str(text).map_err(|e| {
@@ -229,6 +205,7 @@ fn parse_part(file: &SourceFile, range: Range<usize>) -> Part {
     // Lines are found by searching each policy's text after the previous one.
     let mut cursor = base;
     let mut items = Vec::new();
+    let mut policies = Vec::new();
     for policy in in_file_order(&set) {
         let text = policy.to_string();
         let offset = file
@@ -238,11 +215,14 @@ fn parse_part(file: &SourceFile, range: Range<usize>) -> Part {
             .map_or(cursor, |at| cursor + at);
         cursor = offset + text.len();
         let checked = match id_of(policy) {
-            Some(id) if !id.trim().is_empty() => Checked::Id {
-                id: id.to_owned(),
-                workload: check_workload_ids(policy),
-                policy: Box::new(policy.new_id(PolicyId::new(id))),
-            },
+            Some(id) if !id.trim().is_empty() => {
+                policies.push(policy.new_id(PolicyId::new(id)));
+                Checked::Id {
+                    id: id.to_owned(),
+                    workload: check_workload_ids(policy),
+                    policy: (),
+                }
+            }
             _ => Checked::MissingId,
         };
         let last = !matches!(
@@ -257,18 +237,56 @@ fn parse_part(file: &SourceFile, range: Range<usize>) -> Part {
             break;
         }
     }
+    drop(set);
+    let count = policies.len();
+    let mut finished = finish(policies).into_iter();
+    let items: Vec<Item<P>> = items
+        .into_iter()
+        .map_while(|item| {
+            let checked = match item.checked {
+                Checked::MissingId => Checked::MissingId,
+                Checked::Id { id, workload, .. } => Checked::Id {
+                    id,
+                    workload,
+                    policy: finished.next()?,
+                },
+            };
+            Some(Item {
+                offset: item.offset,
+                checked,
+            })
+        })
+        .collect();
+    if items
+        .iter()
+        .filter(|i| matches!(i.checked, Checked::Id { .. }))
+        .count()
+        != count
+    {
+        return Err(PolicyError::Index {
+            message: "policy parsing lost a policy".to_owned(),
+        });
+    }
     Ok(items)
 }
 
 /// The checks across policies, in file order.
-#[derive(Default)]
-struct Checks {
-    loaded: Vec<LoadedPolicy>,
+struct Checks<P> {
+    loaded: Vec<LoadedPolicy<P>>,
     /// Each `@id` seen so far, and its file.
     first_file: HashMap<String, usize>,
 }
 
-impl Checks {
+impl<P> Default for Checks<P> {
+    fn default() -> Self {
+        Checks {
+            loaded: Vec::new(),
+            first_file: HashMap::new(),
+        }
+    }
+}
+
+impl<P> Checks<P> {
     /// Checks policy number `position` (from 1) of file `index`, parsed
     /// from the text at `base`, and keeps it.
     fn check(
@@ -277,7 +295,7 @@ impl Checks {
         index: usize,
         base: usize,
         position: usize,
-        item: Item,
+        item: Item<P>,
     ) -> Result<(), PolicyError> {
         let file = files[index];
         let line = || line_column(&file.text, item.offset).0;
@@ -313,7 +331,7 @@ impl Checks {
         }
         self.first_file.insert(id, index);
         self.loaded.push(LoadedPolicy {
-            policy: *policy,
+            parsed: policy,
             file: index,
             base,
         });

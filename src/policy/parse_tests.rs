@@ -156,3 +156,30 @@ fn errors_in_several_files_report_the_first_file() {
         "{error}"
     );
 }
+
+/// Only the first policy of each shape in a part is kept past its part;
+/// when that one does not validate, every policy of its shape is reported
+/// at its own line (that of its condition), as if each had been
+/// validated on its own.
+#[test]
+fn every_policy_of_a_shape_that_fails_validation_is_reported_at_its_line() {
+    let invalid = |id: usize| {
+        format!(
+            "@id(\"v{id}\") permit (principal == Mcp::Workload::\"spiffe://example.org/a{id}\", \
+             action == Mcp::Action::\"tools/call\", resource)\nwhen {{ resource.nmae == \"x\" }};\n"
+        )
+    };
+    let [a, b, _] = files(10, usize::MAX, "");
+    let b = format!("{b}{}{a}{}{}", invalid(1), invalid(2), invalid(3));
+    let files = [("b.cedar", b.as_str())];
+    for parallelism in [WHOLE, PARTS] {
+        let error = outcome(&files, parallelism).expect_err("invalid policies");
+        for (id, line) in [(1, 12), (2, 24), (3, 26)] {
+            assert!(
+                error.contains(&format!("b.cedar:{line}:"))
+                    && error.contains(&format!("policy `v{id}`")),
+                "v{id} at line {line}: {error}"
+            );
+        }
+    }
+}
