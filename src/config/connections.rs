@@ -37,7 +37,15 @@ pub struct ConnectionsConfig {
     /// `Connection: close`, HTTP/2 GOAWAY), so it comes back with its
     /// rotated SVID before the old one expires.
     pub reconnect_after_fraction: f64,
+    /// The largest request head (request line and headers) accepted, in
+    /// bytes; 431 beyond it. It also bounds an HTTP/1.1 connection's read
+    /// buffer, most of what an idle connection holds.
+    pub max_request_head_bytes: usize,
 }
+
+/// hyper's floor for its HTTP/1.1 read buffer.
+const MIN_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+const MAX_REQUEST_HEAD_BYTES: usize = 1024 * 1024;
 
 impl Default for ConnectionsConfig {
     fn default() -> ConnectionsConfig {
@@ -50,6 +58,7 @@ impl Default for ConnectionsConfig {
             max_connections: 10_000,
             max_connections_per_identity: 1_000,
             reconnect_after_fraction: 0.8,
+            max_request_head_bytes: MIN_REQUEST_HEAD_BYTES,
         }
     }
 }
@@ -65,6 +74,7 @@ pub(super) struct RawConnections {
     max_connections: Option<usize>,
     max_connections_per_identity: Option<usize>,
     reconnect_after_fraction: Option<f64>,
+    max_request_head_bytes: Option<usize>,
 }
 
 impl RawConnections {
@@ -93,6 +103,13 @@ impl RawConnections {
             None => d.reconnect_after_fraction,
             Some(f) if f > 0.0 && f <= 1.0 => f,
             Some(f) => bail!("connections.reconnect_after_fraction: {f} is not in (0, 1]"),
+        };
+        let max_request_head_bytes = match self.max_request_head_bytes {
+            None => d.max_request_head_bytes,
+            Some(n) if (MIN_REQUEST_HEAD_BYTES..=MAX_REQUEST_HEAD_BYTES).contains(&n) => n,
+            Some(n) => bail!(
+                "connections.max_request_head_bytes: {n} is not in [{MIN_REQUEST_HEAD_BYTES}, {MAX_REQUEST_HEAD_BYTES}]"
+            ),
         };
         Ok(ConnectionsConfig {
             header_read_timeout: seconds(
@@ -123,6 +140,7 @@ impl RawConnections {
             max_connections,
             max_connections_per_identity,
             reconnect_after_fraction,
+            max_request_head_bytes,
         })
     }
 }
@@ -142,7 +160,8 @@ mod tests {
         let c = parse(
             "header_read_timeout_seconds: 5\nbody_read_timeout_seconds: 6\nidle_timeout_seconds: 7\n\
              http2_keepalive_interval_seconds: 8\nhttp2_keepalive_timeout_seconds: 9\n\
-             max_connections: 100\nmax_connections_per_identity: 10\nreconnect_after_fraction: 0.5\n",
+             max_connections: 100\nmax_connections_per_identity: 10\nreconnect_after_fraction: 0.5\n\
+             max_request_head_bytes: 65536\n",
         )
         .unwrap();
         assert_eq!(c.header_read_timeout, Duration::from_secs(5));
@@ -155,6 +174,7 @@ mod tests {
             (100, 10)
         );
         assert_eq!(c.reconnect_after_fraction, 0.5);
+        assert_eq!(c.max_request_head_bytes, 65536);
         // The per-identity default never exceeds a smaller total.
         assert_eq!(
             parse("max_connections: 50")
@@ -188,6 +208,15 @@ mod tests {
                 "reconnect_after_fraction: 1.5",
                 "connections.reconnect_after_fraction",
             ),
+            (
+                "max_request_head_bytes: 8191",
+                "connections.max_request_head_bytes: 8191 is not in [8192, 1048576]",
+            ),
+            (
+                "max_request_head_bytes: 1048577",
+                "connections.max_request_head_bytes",
+            ),
+            ("max_request_head_bytes: -1", "invalid type"),
             ("max_conections: 1", "unknown field"),
         ];
         for (yaml, want) in cases {

@@ -179,17 +179,22 @@ where
 }
 
 /// HTTP/1.1 (with the header read timeout; `keep_alive` off for a
-/// connection accepted while draining) and HTTP/2 (with pings).
+/// connection accepted while draining) and HTTP/2 (with pings), each
+/// refusing a request head over `max_request_head_bytes` (431). hyper's
+/// HTTP/1.1 read buffer grows to twice the head size it may hold when a
+/// head arrives in two reads, and then stays: at 8 KiB it stays at 8.
 fn builder(config: &ConnectionsConfig, keep_alive: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .keep_alive(keep_alive);
+        .keep_alive(keep_alive)
+        .max_buf_size(config.max_request_head_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_request_head_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(config.http2_keepalive_interval)
         .keep_alive_timeout(config.http2_keepalive_timeout);
     builder

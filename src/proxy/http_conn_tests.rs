@@ -3,6 +3,7 @@
 //! as soon as nothing else can happen, so no test sleeps for real.
 
 use http_body_util::{BodyExt, Empty};
+use hyper::StatusCode;
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{IntCounterVec, IntGauge, Opts};
@@ -204,4 +205,49 @@ fn once_asked_http1_responses_say_connection_close() {
     let mut r = json_ok(Vec::new());
     reconnect.mark(Version::HTTP_2, &mut r);
     assert!(r.headers().get(header::CONNECTION).is_none());
+}
+
+/// One HTTP/1.1 request with a header of `size` bytes, on its own
+/// connection; its status.
+async fn status_with_header_of(config: ConnectionsConfig, size: usize) -> StatusCode {
+    let io = start(config, lifetime_of(3600), false, not_draining());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request = get();
+    let value = "a".repeat(size);
+    request
+        .headers_mut()
+        .insert("x-big", value.parse().unwrap());
+    sender.send_request(request).await.unwrap().status()
+}
+
+/// A request head over `max_request_head_bytes` is refused with 431
+/// before the handler sees it; one under it, or under a larger setting,
+/// is served.
+#[tokio::test]
+async fn a_request_head_over_the_limit_is_refused_with_431() {
+    let default = ConnectionsConfig::default();
+    assert_eq!(default.max_request_head_bytes, 8192);
+    assert_eq!(
+        status_with_header_of(default.clone(), 7 * 1024).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_with_header_of(default.clone(), 9 * 1024).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let larger = ConnectionsConfig {
+        max_request_head_bytes: 32 * 1024,
+        ..default
+    };
+    assert_eq!(
+        status_with_header_of(larger.clone(), 9 * 1024).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status_with_header_of(larger, 33 * 1024).await,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
 }
