@@ -138,6 +138,10 @@ class SyscallCounter:
             self.proc.wait(timeout=30)
         if self.reason:
             return None
+        if not self.out.exists():
+            err = self.proc.stderr.read().decode()[:200].strip()
+            self.reason = f"perf stat wrote no file (exit {self.proc.returncode}): {err}"
+            return None
         for line in self.out.read_text().splitlines():
             fields = line.split(",")
             if len(fields) > 2 and fields[2] == "raw_syscalls:sys_enter":
