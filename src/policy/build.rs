@@ -8,6 +8,7 @@
 //! end of the load took as long to free on one thread as to derive.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use cedar_policy::{ActionConstraint, Entities, EntityUid, Policy, Schema};
 use cedar_policy_core::ast;
@@ -178,8 +179,8 @@ fn resource_kinds(schema: &Schema, action: &EntityUid, types: &EntityTypes) -> R
     kinds
 }
 
-fn action_entity(entities: &Entities, uid: &EntityUid) -> Option<ast::Entity> {
-    entities.get(uid).map(|e| e.as_ref().clone())
+fn action_entity(entities: &Entities, uid: &EntityUid) -> Option<Arc<ast::Entity>> {
+    entities.get(uid).map(|e| Arc::new(e.as_ref().clone()))
 }
 
 fn index_error(e: &dyn std::fmt::Display) -> PolicyError {

@@ -247,7 +247,7 @@ struct ActionEntry {
     resources: ResourceKinds,
     /// The action entity with its groups, only when the schema has action
     /// groups (`action in Mcp::Action::"group"` needs it in the store).
-    entity: Option<ast::Entity>,
+    entity: Option<std::sync::Arc<ast::Entity>>,
     /// The policies that can apply to this action, by principal and
     /// resource.
     index: ActionIndex,

@@ -64,6 +64,26 @@ thread_local! {
     /// decisions within the same millisecond need the same (immutable)
     /// value.
     static LAST_TIME: RefCell<Option<(i64, Value)>> = const { RefCell::new(None) };
+
+    /// The principal and the resource entity this thread built last, with
+    /// what each was built from: a caller sends many messages in a row,
+    /// and each decision would build the same entities again.
+    static LAST_ENTITIES: RefCell<[Option<Built>; 2]> = const { RefCell::new([None, None]) };
+}
+
+/// An entity and what it was built from; see [`entity`].
+struct Built {
+    uid: EntityUID,
+    attrs: Vec<(&'static str, Box<str>)>,
+    parent: Option<EntityUID>,
+    entity: Arc<ast::Entity>,
+}
+
+/// Which entity of [`LAST_ENTITIES`].
+#[derive(Clone, Copy)]
+enum Slot {
+    Principal = 0,
+    Resource = 1,
 }
 
 impl EntityTypes {
@@ -144,7 +164,7 @@ pub(super) fn build(
     types: &EntityTypes,
     input: &PolicyInput<'_>,
     resource: &Resource<'_>,
-    action: (&EntityUIDEntry, Option<&ast::Entity>),
+    action: (&EntityUIDEntry, Option<&Arc<ast::Entity>>),
     time: Time,
     reads: Reads,
 ) -> Result<(ast::Request, Entities), String> {
@@ -156,7 +176,11 @@ pub(super) fn build(
         uid(types.of(input.target), &resource.id)
     };
     let principal = if reads.principal || (itself && reads.resource) {
-        Some(workload(principal_uid.clone(), input.principal)?)
+        Some(workload(
+            Slot::Principal,
+            principal_uid.clone(),
+            input.principal,
+        )?)
     } else {
         None
     };
@@ -167,14 +191,15 @@ pub(super) fn build(
     };
     let (action_uid, action_entity) = action;
     let entities = [principal, resource, action_entity.cloned()];
-    let entities = Entities::from_entities(
-        entities.into_iter().flatten(),
-        None::<&NoEntitiesSchema>,
-        // Closed by construction, see the module doc.
-        TCComputation::AssumeAlreadyComputed,
-        Extensions::all_available(),
-    )
-    .map_err(|e| e.to_string())?;
+    let entities = Entities::new()
+        .add_entities(
+            entities.into_iter().flatten(),
+            None::<&NoEntitiesSchema>,
+            // Closed by construction, see the module doc.
+            TCComputation::AssumeAlreadyComputed,
+            Extensions::all_available(),
+        )
+        .map_err(|e| e.to_string())?;
     let request = ast::Request::new_unchecked(
         EntityUIDEntry::known(principal_uid, None),
         action_uid.clone(),
@@ -189,10 +214,11 @@ fn uid(entity_type: &ast::EntityType, id: &str) -> EntityUID {
 }
 
 /// `Mcp::Workload::"<id>"` with `trust_domain` and `path`.
-fn workload(uid: EntityUID, spiffe_id: &str) -> Result<ast::Entity, String> {
+fn workload(slot: Slot, uid: EntityUID, spiffe_id: &str) -> Result<Arc<ast::Entity>, String> {
     let (trust_domain, path) =
         split_spiffe_id(spiffe_id).ok_or_else(|| format!("not a SPIFFE ID: {spiffe_id:?}"))?;
     Ok(entity(
+        slot,
         uid,
         [("trust_domain", trust_domain), ("path", path)],
         None,
@@ -205,35 +231,67 @@ fn resource_entity(
     types: &EntityTypes,
     input: &PolicyInput<'_>,
     uid: EntityUID,
-) -> Result<ast::Entity, String> {
+) -> Result<Arc<ast::Entity>, String> {
     let (attr, value) = match input.target {
         Target::Server => {
             let attrs = [("spiffe_id", input.server_spiffe_id)];
-            return Ok(entity(uid, attrs, None));
+            return Ok(entity(Slot::Resource, uid, attrs, None));
         }
-        Target::Workload(id) => return workload(uid, id),
+        Target::Workload(id) => return workload(Slot::Resource, uid, id),
         Target::Tool(name) | Target::Prompt(name) => ("name", name),
         Target::Resource(uri) => ("uri", uri),
     };
     let server = self::uid(&types.server, input.server);
-    Ok(entity(uid, [(attr, value)], Some(server)))
+    Ok(entity(Slot::Resource, uid, [(attr, value)], Some(server)))
 }
 
 /// An entity with string attributes and at most one parent (which has no
-/// ancestors, so the closure is the parent itself).
+/// ancestors, so the closure is the parent itself): the one this thread
+/// built last in `slot` when it was built from the same uid, attributes
+/// and parent, else a new one.
 fn entity<const N: usize>(
+    slot: Slot,
     uid: EntityUID,
     attrs: [(&'static str, &str); N],
     parent: Option<EntityUID>,
-) -> ast::Entity {
-    let attrs = attrs.map(|(k, v)| (SmolStr::new_static(k), PartialValue::Value(Value::from(v))));
-    ast::Entity::new_with_attr_partial_value(
-        uid,
-        attrs,
+) -> Arc<ast::Entity> {
+    let same = |built: &Built| {
+        built.uid == uid
+            && built.parent == parent
+            && built.attrs.len() == N
+            && built
+                .attrs
+                .iter()
+                .zip(&attrs)
+                .all(|((k, v), (key, value))| k == key && **v == **value)
+    };
+    let last = LAST_ENTITIES.with(|last| {
+        let last = last.try_borrow().ok()?;
+        let built = last[slot as usize].as_ref()?;
+        same(built).then(|| Arc::clone(&built.entity))
+    });
+    if let Some(entity) = last {
+        return entity;
+    }
+    let values = attrs.map(|(k, v)| (SmolStr::new_static(k), PartialValue::Value(Value::from(v))));
+    let entity = Arc::new(ast::Entity::new_with_attr_partial_value(
+        uid.clone(),
+        values,
         HashSet::new(),
-        parent.into_iter().collect(),
+        parent.iter().cloned().collect(),
         [],
-    )
+    ));
+    LAST_ENTITIES.with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            last[slot as usize] = Some(Built {
+                uid,
+                attrs: attrs.iter().map(|&(k, v)| (k, Box::from(v))).collect(),
+                parent,
+                entity: Arc::clone(&entity),
+            });
+        }
+    });
+    entity
 }
 
 /// `time`, `upstream_spiffe_id`, `session_id?`, `protocol_version?`,

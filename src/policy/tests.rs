@@ -552,6 +552,49 @@ fn entities_are_built_for_what_conditions_read() {
     run_table(&engine, &cases);
 }
 
+/// A thread reuses the principal and resource entities of its last
+/// decision only when they are built from the same values: decisions that
+/// alternate callers, tools and servers (tool `a/get_y` of server `x` and
+/// `get_y` of server `x/a` share an entity id) each see their own.
+#[test]
+fn entities_reused_from_the_last_decision_are_the_same_entities() {
+    const OTHER: &str = "spiffe://example.org/ns/other/sa/agent";
+    let policies = r#"
+        @id("demo-getters") permit (principal, action == Mcp::Action::"tools/call", resource)
+            when { resource.name like "get_*" && principal.path like "/ns/demo/*" };
+        @id("servers-by-id") permit (principal, action == Mcp::Action::"tools/list", resource)
+            when { resource.spiffe_id == "spiffe://example.org/ns/demo/sa/mcp-server" };
+    "#;
+    let engine = load(&[
+        ("mcp.cedarschema", &shipped_schema()),
+        ("p.cedar", policies),
+    ]);
+    let call = |name, principal, tool| Case::new(name, principal, "tools/call", Target::Tool(tool));
+    let cases = [
+        call("agent get", AGENT, "get_x").permit(&["demo-getters"]),
+        call("agent get again", AGENT, "get_x").permit(&["demo-getters"]),
+        call("other get", OTHER, "get_x"),
+        call("agent get after other", AGENT, "get_x").permit(&["demo-getters"]),
+        call("agent put", AGENT, "put_x"),
+        call("agent get after put", AGENT, "get_x").permit(&["demo-getters"]),
+        // The same entity id `x/a/get_y`, another name and server.
+        call("get_y of x/a", AGENT, "get_y")
+            .server("x/a")
+            .permit(&["demo-getters"]),
+        call("a/get_y of x", AGENT, "a/get_y").server("x"),
+        call("get_y of x/a again", AGENT, "get_y")
+            .server("x/a")
+            .permit(&["demo-getters"]),
+        Case::new("server", AGENT, "tools/list", Target::Server).permit(&["servers-by-id"]),
+    ];
+    run_table(&engine, &cases);
+    // Cases of other threads do not meet this thread's entities.
+    std::thread::scope(|scope| {
+        scope.spawn(|| run_table(&engine, &cases[2..]));
+        scope.spawn(|| run_table(&engine, &cases[..5]));
+    });
+}
+
 #[test]
 fn principal_index_keeps_general_policies() {
     let policies = r#"
