@@ -104,13 +104,6 @@ impl RawConnections {
             Some(f) if f > 0.0 && f <= 1.0 => f,
             Some(f) => bail!("connections.reconnect_after_fraction: {f} is not in (0, 1]"),
         };
-        let max_request_head_bytes = match self.max_request_head_bytes {
-            None => d.max_request_head_bytes,
-            Some(n) if (MIN_REQUEST_HEAD_BYTES..=MAX_REQUEST_HEAD_BYTES).contains(&n) => n,
-            Some(n) => bail!(
-                "connections.max_request_head_bytes: {n} is not in [{MIN_REQUEST_HEAD_BYTES}, {MAX_REQUEST_HEAD_BYTES}]"
-            ),
-        };
         Ok(ConnectionsConfig {
             header_read_timeout: seconds(
                 "header_read_timeout_seconds",
@@ -140,8 +133,18 @@ impl RawConnections {
             max_connections,
             max_connections_per_identity,
             reconnect_after_fraction,
-            max_request_head_bytes,
+            max_request_head_bytes: request_head_bytes(self.max_request_head_bytes)?,
         })
+    }
+}
+
+fn request_head_bytes(value: Option<usize>) -> anyhow::Result<usize> {
+    match value {
+        None => Ok(ConnectionsConfig::default().max_request_head_bytes),
+        Some(n) if (MIN_REQUEST_HEAD_BYTES..=MAX_REQUEST_HEAD_BYTES).contains(&n) => Ok(n),
+        Some(n) => bail!(
+            "connections.max_request_head_bytes: {n} is not in [{MIN_REQUEST_HEAD_BYTES}, {MAX_REQUEST_HEAD_BYTES}]"
+        ),
     }
 }
 

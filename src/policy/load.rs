@@ -231,19 +231,8 @@ fn validate_all(
         .iter()
         .flat_map(ValidationResult::validation_warnings)
     {
-        let hint = match warning {
-            ValidationWarning::ImpossiblePolicy(_) => Some(
-                " (a policy that can never apply is rejected; if it reads tool arguments, declare them in ToolArguments)",
-            ),
-            ValidationWarning::InvalidActionApplication(_) => {
-                Some(" (a policy that can never apply is rejected)")
-            }
-            ValidationWarning::BidiCharsInString(_)
-            | ValidationWarning::BidiCharsInIdentifier(_) => Some(""),
-            _ => None,
-        };
         let message = locate(warning.policy_id(), warning);
-        match hint {
+        match refusal_hint(warning) {
             Some(hint) => errors.push(format!("{message}{hint}")),
             None => tracing::warn!(warning = %message, "Cedar validation warning"),
         }
@@ -255,6 +244,23 @@ fn validate_all(
             schema: schema_name.to_owned(),
             errors,
         })
+    }
+}
+
+/// For a warning that refuses the set, what to add to its message; `None`
+/// for one that is only logged.
+fn refusal_hint(warning: &ValidationWarning) -> Option<&'static str> {
+    match warning {
+        ValidationWarning::ImpossiblePolicy(_) => Some(
+            " (a policy that can never apply is rejected; if it reads tool arguments, declare them in ToolArguments)",
+        ),
+        ValidationWarning::InvalidActionApplication(_) => {
+            Some(" (a policy that can never apply is rejected)")
+        }
+        ValidationWarning::BidiCharsInString(_) | ValidationWarning::BidiCharsInIdentifier(_) => {
+            Some("")
+        }
+        _ => None,
     }
 }
 

@@ -185,23 +185,7 @@ fn parse_part<P>(
     finish: &(impl Fn(Vec<Policy>) -> Vec<P> + Sync),
 ) -> Part<P> {
     let base = range.start;
-    let text = file.text.get(range).unwrap_or_default();
-    let set = PolicySet::from_str(text).map_err(|e| {
-        let (line, column) = primary_location(&e, &file.text, base).unwrap_or((1, 1));
-        PolicyError::Syntax {
-            file: file.name.clone(),
-            line,
-            column,
-            message: e.to_string(),
-        }
-    })?;
-    if let Some(template) = set.templates().next() {
-        return Err(PolicyError::Template {
-            file: file.name.clone(),
-            line: line_of(&file.text, &template.to_string()),
-            id: template.annotation("id").unwrap_or_default().to_owned(),
-        });
-    }
+    let set = parse_set(file, range)?;
     // Lines are found by searching each policy's text after the previous one.
     let mut cursor = base;
     let mut items = Vec::new();
@@ -239,35 +223,60 @@ fn parse_part<P>(
     }
     drop(set);
     let count = policies.len();
-    let mut finished = finish(policies).into_iter();
-    let items: Vec<Item<P>> = items
+    attach(items, finish(policies), count)
+}
+
+/// The policy set of `file[range]`; refused if it does not parse or holds
+/// a template.
+fn parse_set(file: &SourceFile, range: Range<usize>) -> Result<PolicySet, PolicyError> {
+    let base = range.start;
+    let text = file.text.get(range).unwrap_or_default();
+    let set = PolicySet::from_str(text).map_err(|e| {
+        let (line, column) = primary_location(&e, &file.text, base).unwrap_or((1, 1));
+        PolicyError::Syntax {
+            file: file.name.clone(),
+            line,
+            column,
+            message: e.to_string(),
+        }
+    })?;
+    if let Some(template) = set.templates().next() {
+        return Err(PolicyError::Template {
+            file: file.name.clone(),
+            line: line_of(&file.text, &template.to_string()),
+            id: template.annotation("id").unwrap_or_default().to_owned(),
+        });
+    }
+    Ok(set)
+}
+
+/// `items` with the policies `finish` made of theirs, in order; refused
+/// unless there is exactly one for each of the `count` items with an id.
+fn attach<P>(items: Vec<Item<()>>, finished: Vec<P>, count: usize) -> Part<P> {
+    let lost = || PolicyError::Index {
+        message: "policy parsing lost a policy".to_owned(),
+    };
+    if finished.len() != count {
+        return Err(lost());
+    }
+    let mut finished = finished.into_iter();
+    items
         .into_iter()
-        .map_while(|item| {
+        .map(|item| {
             let checked = match item.checked {
                 Checked::MissingId => Checked::MissingId,
                 Checked::Id { id, workload, .. } => Checked::Id {
                     id,
                     workload,
-                    policy: finished.next()?,
+                    policy: finished.next().ok_or_else(lost)?,
                 },
             };
-            Some(Item {
+            Ok(Item {
                 offset: item.offset,
                 checked,
             })
         })
-        .collect();
-    if items
-        .iter()
-        .filter(|i| matches!(i.checked, Checked::Id { .. }))
-        .count()
-        != count
-    {
-        return Err(PolicyError::Index {
-            message: "policy parsing lost a policy".to_owned(),
-        });
-    }
-    Ok(items)
+        .collect()
 }
 
 /// The checks across policies, in file order.
