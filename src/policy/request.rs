@@ -23,7 +23,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use cedar_policy_core::ast::{
-    self, Eid, EntityUID, EntityUIDEntry, ExtensionFunction, Name, PartialValue, Value,
+    self, Eid, EntityUID, EntityUIDEntry, ExtensionFunction, Literal, Name, PartialValue, Value,
+    ValueKind,
 };
 use cedar_policy_core::entities::{Entities, NoEntitiesSchema, TCComputation};
 use cedar_policy_core::extensions::Extensions;
@@ -65,18 +66,10 @@ thread_local! {
     /// value.
     static LAST_TIME: RefCell<Option<(i64, Value)>> = const { RefCell::new(None) };
 
-    /// The principal and the resource entity this thread built last, with
-    /// what each was built from: a caller sends many messages in a row,
-    /// and each decision would build the same entities again.
-    static LAST_ENTITIES: RefCell<[Option<Built>; 2]> = const { RefCell::new([None, None]) };
-}
-
-/// An entity and what it was built from; see [`entity`].
-struct Built {
-    uid: EntityUID,
-    attrs: Vec<(&'static str, Box<str>)>,
-    parent: Option<EntityUID>,
-    entity: Arc<ast::Entity>,
+    /// The principal and the resource entity this thread built last: a
+    /// caller sends many messages in a row, and each decision would build
+    /// the same entities again.
+    static LAST_ENTITIES: RefCell<[Option<Arc<ast::Entity>>; 2]> = const { RefCell::new([None, None]) };
 }
 
 /// Which entity of [`LAST_ENTITIES`].
@@ -247,48 +240,40 @@ fn resource_entity(
 
 /// An entity with string attributes and at most one parent (which has no
 /// ancestors, so the closure is the parent itself): the one this thread
-/// built last in `slot` when it was built from the same uid, attributes
-/// and parent, else a new one.
+/// built last in `slot` when it has the same uid, attributes and parent,
+/// else a new one.
 fn entity<const N: usize>(
     slot: Slot,
     uid: EntityUID,
     attrs: [(&'static str, &str); N],
     parent: Option<EntityUID>,
 ) -> Arc<ast::Entity> {
-    let same = |built: &Built| {
-        built.uid == uid
-            && built.parent == parent
-            && built.attrs.len() == N
-            && built
-                .attrs
-                .iter()
-                .zip(&attrs)
-                .all(|((k, v), (key, value))| k == key && **v == **value)
+    let is_string = |value: Option<&PartialValue>, want: &str| matches!(value, Some(PartialValue::Value(Value { value: ValueKind::Lit(Literal::String(s)), .. })) if s == want);
+    let same = |built: &ast::Entity| {
+        *built.uid() == uid
+            && built.attrs_len() == N
+            && attrs.iter().all(|(k, v)| is_string(built.get(k), v))
+            && built.ancestors().eq(parent.iter())
     };
     let last = LAST_ENTITIES.with(|last| {
         let last = last.try_borrow().ok()?;
         let built = last[slot as usize].as_ref()?;
-        same(built).then(|| Arc::clone(&built.entity))
+        same(built).then(|| Arc::clone(built))
     });
     if let Some(entity) = last {
         return entity;
     }
     let values = attrs.map(|(k, v)| (SmolStr::new_static(k), PartialValue::Value(Value::from(v))));
     let entity = Arc::new(ast::Entity::new_with_attr_partial_value(
-        uid.clone(),
+        uid,
         values,
         HashSet::new(),
-        parent.iter().cloned().collect(),
+        parent.into_iter().collect(),
         [],
     ));
     LAST_ENTITIES.with(|last| {
         if let Ok(mut last) = last.try_borrow_mut() {
-            last[slot as usize] = Some(Built {
-                uid,
-                attrs: attrs.iter().map(|&(k, v)| (k, Box::from(v))).collect(),
-                parent,
-                entity: Arc::clone(&entity),
-            });
+            last[slot as usize] = Some(Arc::clone(&entity));
         }
     });
     entity
