@@ -32,12 +32,16 @@ pub(super) type Actions = HashMap<Box<str>, ActionEntry>;
 /// One policy as load keeps it.
 pub(super) struct Parsed {
     /// The policy, when validation may need it (see [`Keep`]).
-    pub(super) policy: Option<Policy>,
-    /// See [`shape`].
-    pub(super) shape: Option<String>,
+    pub(super) kept: Option<Kept>,
     pub(super) rule: Rule,
     /// The methods (positions in the list of [`actions`]) it can apply to.
     pub(super) methods: Vec<usize>,
+}
+
+/// A parsed policy kept for validation, and its shape (see [`shape`]).
+pub(super) struct Kept {
+    pub(super) policy: Policy,
+    pub(super) shape: Option<String>,
 }
 
 /// Which parsed policies are kept for validation.
@@ -86,8 +90,7 @@ impl<'a> Build<'a> {
                 Parsed {
                     rule: Rule::new(&policy, policy.id().as_ref(), self.types),
                     methods: self.methods_of(&policy),
-                    policy: (first || keep == Keep::All).then_some(policy),
-                    shape,
+                    kept: (first || keep == Keep::All).then_some(Kept { policy, shape }),
                 }
             })
             .collect()

@@ -73,7 +73,7 @@ pub(super) fn load_dir_with(
     let parse = |keep| parse_files(&policy_files, parallelism, |part| build.part(part, keep));
     let mut loaded = parse(Keep::OnePerShape)?;
     if !shapes_are_clean(&schema, &loaded)? {
-        if loaded.iter().any(|p| p.parsed.policy.is_none()) {
+        if loaded.iter().any(|p| p.parsed.kept.is_none()) {
             loaded = parse(Keep::All)?;
         }
         validate_all(&schema, &schema_file.name, &loaded, &policy_files)?;
@@ -200,7 +200,7 @@ fn validate_all(
     let kept = || {
         loaded
             .iter()
-            .filter_map(|p| Some((p, p.parsed.policy.as_ref()?)))
+            .filter_map(|p| Some((p, &p.parsed.kept.as_ref()?.policy)))
     };
     let all: Vec<&Policy> = kept().map(|(_, policy)| policy).collect();
     if all.len() != loaded.len() {
@@ -268,23 +268,16 @@ fn refusal_hint(warning: &ValidationWarning) -> Option<&'static str> {
 /// validation without a warning, and so every policy does. False when
 /// one does not, or when no two policies share a shape: the caller then
 /// validates them all, for every error and warning with its own policy.
-/// The first policy of each shape in its part is kept, so the first of
-/// each shape in all parts is too.
+/// The first policy of each shape in its part is kept (with its shape),
+/// so the first of each shape in all parts is too.
 fn shapes_are_clean(schema: &Schema, loaded: &[LoadedPolicy<Parsed>]) -> Result<bool, PolicyError> {
     let mut seen = HashSet::new();
     let one_per_shape: Vec<&Policy> = loaded
         .iter()
-        .filter(|p| {
-            p.parsed
-                .shape
-                .as_ref()
-                .is_none_or(|shape| seen.insert(shape))
-        })
-        .map(|p| p.parsed.policy.as_ref())
-        .collect::<Option<_>>()
-        .ok_or_else(|| PolicyError::Index {
-            message: "the first policy of a shape was not kept".to_owned(),
-        })?;
+        .filter_map(|p| p.parsed.kept.as_ref())
+        .filter(|kept| kept.shape.as_ref().is_none_or(|shape| seen.insert(shape)))
+        .map(|kept| &kept.policy)
+        .collect();
     if one_per_shape.len() == loaded.len() {
         return Ok(false);
     }
