@@ -299,26 +299,19 @@ fn validate_in_parts(
 ) -> Result<Vec<ValidationResult>, PolicyError> {
     /// Fewer policies are not worth a thread.
     const MIN_PART: usize = 1_000;
-    let part = policies.len().div_ceil(parallel::threads()).max(MIN_PART);
-    if policies.len() <= part {
-        return validate_part(schema, policies).map(|result| vec![result]);
-    }
-    std::thread::scope(|scope| {
-        let running: Vec<_> = policies
-            .chunks(part)
-            .map(|part| scope.spawn(move || validate_part(schema, part)))
-            .collect();
-        running
-            .into_iter()
-            .map(|thread| {
-                thread.join().unwrap_or_else(|_| {
-                    Err(PolicyError::Index {
-                        message: "policy validation panicked".to_owned(),
-                    })
+    let threads = parallel::threads();
+    let part = policies.len().div_ceil(threads).max(MIN_PART);
+    let parts: Vec<&[&Policy]> = policies.chunks(part).collect();
+    parallel::run(&parts, threads, |part| validate_part(schema, part))
+        .into_iter()
+        .map(|result| {
+            result.unwrap_or_else(|| {
+                Err(PolicyError::Index {
+                    message: "policy validation panicked".to_owned(),
                 })
             })
-            .collect()
-    })
+        })
+        .collect()
 }
 
 fn validate_part(schema: &Schema, part: &[&Policy]) -> Result<ValidationResult, PolicyError> {
