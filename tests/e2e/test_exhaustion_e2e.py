@@ -229,6 +229,15 @@ def test_the_connection_cap_counts_unauthenticated_connections(tight, svids):
     before = refusals(tight, "max_connections")
     held = [socket.create_connection(("127.0.0.1", tight.port)) for _ in range(40)]
     try:
+        # Each accepted connection takes its place in its own task, so the
+        # 41st must wait until the 40 hold theirs; otherwise it may take a
+        # place first and one of the 40 is the one refused.
+        wait_for(
+            "the 40 held connections to take their places",
+            lambda: tight.metric("mcp_gateway_connections_open") == 40,
+            10,
+            detail=lambda: f'{tight.metric("mcp_gateway_connections_open")} open',
+        )
         over = socket.create_connection(("127.0.0.1", tight.port))
         over.settimeout(10)
         assert over.recv(1) == b"", "a connection over the cap was kept"
