@@ -11,6 +11,7 @@ pub mod config;
 pub mod identity;
 pub mod mcp;
 pub mod metrics;
+pub mod pins;
 pub mod policy;
 pub mod policy_store;
 pub mod proxy;
