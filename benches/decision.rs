@@ -125,6 +125,7 @@ fn input<'a>(principal: &'a str, message: &'a Message<'a>) -> PolicyInput<'a> {
         protocol_version: Some("2025-11-25"),
         user: None,
         now_unix_ms: spiffe_mcp_gateway::clock::unix_ms(),
+        pin: None,
     }
 }
 

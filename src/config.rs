@@ -15,6 +15,7 @@ use serde::Deserialize;
 use spiffe::SpiffeId;
 
 use crate::identity::spiffe_id;
+use crate::pins::PinMode;
 
 mod audit;
 mod connections;
@@ -110,6 +111,11 @@ pub struct PolicyConfig {
     /// How often the directories are checked for changes; `None`: only on
     /// SIGHUP.
     pub watch_interval: Option<Duration>,
+    /// Tool-definition pin files (`<upstream>.pins.json`), loaded and
+    /// reloaded with the policies; `None`: no pins.
+    pub pins_dir: Option<PathBuf>,
+    /// (name, SPIFFE ID) of every upstream: a pin file must name one.
+    pub pin_upstreams: Vec<(String, String)>,
 }
 
 /// How the end user's `Authorization: Bearer` token is verified.
@@ -265,6 +271,8 @@ struct RawPolicy {
     shadow_dir: Option<PathBuf>,
     #[serde(default)]
     watch_interval_ms: Option<u64>,
+    #[serde(default)]
+    pins_dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -320,7 +328,8 @@ impl RawConfig {
         let audit = self.audit.validate(base)?;
         let (drain_timeout, not_ready_delay) = self.shutdown.validate()?;
         let log = self.log.validate()?;
-        let policy = self.policy.validate(base)?;
+        let mut policy = self.policy.validate(base)?;
+        bind_pins(&mut policy, &upstreams)?;
         let user_auth = self.user_auth.map(|u| u.validate(base)).transpose()?;
         if listener.jwt_svid_callers.is_some() && user_auth.is_some() {
             // Both read `Authorization: Bearer`: on a connection without a
@@ -383,6 +392,25 @@ impl RawLog {
     }
 }
 
+/// Pin files name upstreams: the pins know every (name, SPIFFE ID), and an
+/// upstream that pins needs the directory the files are in.
+fn bind_pins(policy: &mut PolicyConfig, upstreams: &[UpstreamConfig]) -> anyhow::Result<()> {
+    if let Some(u) = upstreams.iter().find(|u| u.pins != PinMode::Off)
+        && policy.pins_dir.is_none()
+    {
+        bail!(
+            "upstreams[{}].pins: {:?} needs policy.pins_dir (where the pin files are)",
+            u.name,
+            u.pins
+        );
+    }
+    policy.pin_upstreams = upstreams
+        .iter()
+        .map(|u| (u.name.clone(), u.spiffe_id.to_string()))
+        .collect();
+    Ok(())
+}
+
 /// Default `shutdown.drain_timeout_seconds`.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(15);
 
@@ -402,10 +430,16 @@ impl RawPolicy {
             Some(n) if n < 100 => bail!("policy.watch_interval_ms: at least 100 (or 0: off)"),
             Some(n) => Some(Duration::from_millis(n)),
         };
+        let pins_dir = self.pins_dir.map(|d| base.join(d));
+        if pins_dir.as_ref() == Some(&dir) || pins_dir.is_some() && pins_dir == shadow_dir {
+            bail!("policy.pins_dir: must be a directory of its own (pin files are not policies)");
+        }
         Ok(PolicyConfig {
             dir,
             shadow_dir,
             watch_interval,
+            pins_dir,
+            pin_upstreams: Vec::new(),
         })
     }
 }

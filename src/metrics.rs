@@ -148,6 +148,11 @@ const UPSTREAM_REQUEST_DURATION: Def = (
     "Time from sending a request to the upstream to its response head.",
     &["upstream"],
 );
+const PIN_MISMATCHES: Def = (
+    "mcp_gateway_pin_mismatches_total",
+    "Tool, prompt or resource template definitions not matching their pin, by upstream and kind (changed, unpinned): each new definition seen in a list, and each call checked.",
+    &["upstream", "kind"],
+);
 const REQUEST_DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -241,6 +246,7 @@ pub struct Metrics {
     /// Per upstream (names come from the config: a bounded set).
     upstream_up: IntGaugeVec,
     upstream_request_duration: HistogramVec,
+    pin_mismatches: IntCounterVec,
 }
 
 /// One upstream's series, resolved once so the request path does no label
@@ -255,6 +261,10 @@ pub struct UpstreamMetrics {
     pub stream_idle: IntCounter,
     /// Requests that got no response head in time.
     pub timeout: IntCounter,
+    /// Definitions seen or called that differ from their pin.
+    pub pin_changed: IntCounter,
+    /// Definitions seen or called that have no pin.
+    pub pin_unpinned: IntCounter,
 }
 
 impl Metrics {
@@ -295,6 +305,7 @@ impl Metrics {
             upstream_up: d.gauges(UPSTREAM_UP),
             upstream_request_duration: d
                 .histograms(UPSTREAM_REQUEST_DURATION, UPSTREAM_REQUEST_DURATION_BUCKETS),
+            pin_mismatches: d.counters(PIN_MISMATCHES),
             registry: registry.clone(),
         };
         // Export the error series at 0 from the start, so a rate() or an
@@ -354,6 +365,8 @@ impl Metrics {
             timeout: self
                 .upstream_errors
                 .with_label_values(&["upstream_timeout"]),
+            pin_changed: self.pin_mismatches.with_label_values(&[name, "changed"]),
+            pin_unpinned: self.pin_mismatches.with_label_values(&[name, "unpinned"]),
         }
     }
 

@@ -31,6 +31,8 @@ use tracing::{error, info};
 
 use crate::config::PolicyConfig;
 use crate::metrics::Metrics;
+use crate::pins::PinSet;
+use crate::pins::file::PinFileError;
 use crate::policy::{PolicyEngine, PolicyError};
 
 /// The sets one request decides with.
@@ -38,28 +40,35 @@ pub struct Policies {
     pub enforced: Arc<PolicyEngine>,
     /// The candidate set of shadow mode: evaluated, never enforced.
     pub shadow: Option<Arc<PolicyEngine>>,
+    /// The tool-definition pins (`policy.pins_dir`; empty without one).
+    pub pins: Arc<PinSet>,
 }
 
 pub struct PolicyStore {
     current: ArcSwap<Policies>,
     dir: PathBuf,
     shadow_dir: Option<PathBuf>,
+    pins_dir: Option<PathBuf>,
+    /// (name, SPIFFE ID) of each upstream, that pin files must name.
+    pin_upstreams: Arc<[(String, String)]>,
     metrics: Metrics,
     /// One reload at a time; holds the fingerprints of the last look.
     reloading: Mutex<Fingerprints>,
 }
 
-/// What a reload loaded: the enforced and the shadow set, `None` for one
-/// not loaded.
-type Loaded = (
-    Option<Result<PolicyEngine, PolicyError>>,
-    Option<Result<PolicyEngine, PolicyError>>,
-);
+/// What a reload loaded: the enforced set, the shadow set and the pins,
+/// `None` for one not loaded.
+struct Loaded {
+    enforced: Option<Result<PolicyEngine, PolicyError>>,
+    shadow: Option<Result<PolicyEngine, PolicyError>>,
+    pins: Option<Result<PinSet, PinFileError>>,
+}
 
 #[derive(Default, PartialEq, Eq, Clone)]
 struct Fingerprints {
     enforced: Vec<FileStamp>,
     shadow: Vec<FileStamp>,
+    pins: Vec<FileStamp>,
 }
 
 /// What tells a changed file from an unchanged one without reading it.
@@ -91,16 +100,32 @@ impl PolicyStore {
                 .as_deref()
                 .map(fingerprint)
                 .unwrap_or_default(),
+            pins: config
+                .pins_dir
+                .as_deref()
+                .map(fingerprint)
+                .unwrap_or_default(),
         };
         let enforced = Arc::new(load_named(&config.dir, "policies")?);
         let shadow = match &config.shadow_dir {
             Some(dir) => Some(Arc::new(load_named(dir, "shadow policies")?)),
             None => None,
         };
+        let pin_upstreams: Arc<[(String, String)]> = config.pin_upstreams.clone().into();
+        let pins = match &config.pins_dir {
+            Some(dir) => Arc::new(load_pins(dir, &pin_upstreams)?),
+            None => Arc::default(),
+        };
         let store = PolicyStore {
-            current: ArcSwap::from_pointee(Policies { enforced, shadow }),
+            current: ArcSwap::from_pointee(Policies {
+                enforced,
+                shadow,
+                pins,
+            }),
             dir: config.dir.clone(),
             shadow_dir: config.shadow_dir.clone(),
+            pins_dir: config.pins_dir.clone(),
+            pin_upstreams,
             metrics,
             reloading: Mutex::new(fingerprints),
         };
@@ -127,11 +152,13 @@ impl PolicyStore {
         let forced = trigger == Trigger::Forced;
         let enforced_changed = forced || now.enforced != last.enforced;
         let shadow_changed = self.shadow_dir.is_some() && (forced || now.shadow != last.shadow);
+        let pins_changed = self.pins_dir.is_some() && (forced || now.pins != last.pins);
         *last = now;
-        if !enforced_changed && !shadow_changed {
+        if !enforced_changed && !shadow_changed && !pins_changed {
             return true;
         }
-        let Some(loaded) = self.load_changed(enforced_changed, shadow_changed).await else {
+        let changed = [enforced_changed, shadow_changed, pins_changed];
+        let Some(loaded) = self.load_changed(changed).await else {
             return false;
         };
         let (successes, failures) = self.install(loaded);
@@ -142,28 +169,26 @@ impl PolicyStore {
     async fn fingerprints(&self) -> Option<Fingerprints> {
         let dir = self.dir.clone();
         let shadow_dir = self.shadow_dir.clone();
+        let pins_dir = self.pins_dir.clone();
         tokio::task::spawn_blocking(move || Fingerprints {
             enforced: fingerprint(&dir),
             shadow: shadow_dir.as_deref().map(fingerprint).unwrap_or_default(),
+            pins: pins_dir.as_deref().map(fingerprint).unwrap_or_default(),
         })
         .await
         .ok()
     }
 
-    /// Loads the sets that changed, on a blocking thread: (enforced,
-    /// shadow), `None` for a set not loaded.
-    async fn load_changed(&self, enforced: bool, shadow: bool) -> Option<Loaded> {
+    /// Loads what changed ([enforced, shadow, pins]) on a blocking thread.
+    async fn load_changed(&self, [enforced, shadow, pins]: [bool; 3]) -> Option<Loaded> {
         let dir = enforced.then(|| self.dir.clone());
-        let shadow_dir = if shadow {
-            self.shadow_dir.clone()
-        } else {
-            None
-        };
-        tokio::task::spawn_blocking(move || {
-            (
-                dir.map(|d| PolicyEngine::load_dir(&d)),
-                shadow_dir.map(|d| PolicyEngine::load_dir(&d)),
-            )
+        let shadow_dir = self.shadow_dir.clone().filter(|_| shadow);
+        let pins_dir = self.pins_dir.clone().filter(|_| pins);
+        let upstreams = Arc::clone(&self.pin_upstreams);
+        tokio::task::spawn_blocking(move || Loaded {
+            enforced: dir.map(|d| PolicyEngine::load_dir(&d)),
+            shadow: shadow_dir.map(|d| PolicyEngine::load_dir(&d)),
+            pins: pins_dir.map(|d| PinSet::load_dir(&d, &upstreams)),
         })
         .await
         .ok()
@@ -171,7 +196,7 @@ impl PolicyStore {
 
     /// Puts what loaded in force, keeping the last good set where a load
     /// failed; returns (successes, failures).
-    fn install(&self, (enforced_result, shadow_result): Loaded) -> (u32, u32) {
+    fn install(&self, loaded: Loaded) -> (u32, u32) {
         let old = self.current();
         let mut failures = 0;
         let mut successes = 0;
@@ -192,22 +217,40 @@ impl PolicyStore {
                 error!(which, error = %e, "policy reload rejected; the last good set stays in force");
             }
         };
-        take(enforced_result, "policies", &mut enforced);
+        take(loaded.enforced, "policies", &mut enforced);
         if let Some(slot) = shadow.as_mut() {
-            take(shadow_result, "shadow policies", slot);
+            take(loaded.shadow, "shadow policies", slot);
         }
+        let pins = match loaded.pins.map(|result| take_pins(result, &old.pins)) {
+            None => Arc::clone(&old.pins),
+            Some((pins, true)) => {
+                successes += 1;
+                pins
+            }
+            Some((pins, false)) => {
+                failures += 1;
+                pins
+            }
+        };
         let shadow_same = match (&shadow, &old.shadow) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => true,
         };
-        if !Arc::ptr_eq(&enforced, &old.enforced) || !shadow_same {
+        let policies_changed = !Arc::ptr_eq(&enforced, &old.enforced) || !shadow_same;
+        if policies_changed {
             info!(
                 version = enforced.version(),
                 policies = enforced.policy_count(),
                 shadow_version = shadow.as_ref().map(|s| s.version()),
                 "policies reloaded"
             );
-            self.current.store(Arc::new(Policies { enforced, shadow }));
+        }
+        if policies_changed || !Arc::ptr_eq(&pins, &old.pins) {
+            self.current.store(Arc::new(Policies {
+                enforced,
+                shadow,
+                pins,
+            }));
             self.publish_gauges();
         }
         (successes, failures)
@@ -279,6 +322,28 @@ impl PolicyStore {
     }
 }
 
+/// The pins a reload loaded, or the last good ones if the load failed
+/// (logged); and whether it succeeded.
+fn take_pins(result: Result<PinSet, PinFileError>, old: &Arc<PinSet>) -> (Arc<PinSet>, bool) {
+    match result {
+        Ok(pins) => {
+            info!(pins = pins.len(), "pins reloaded");
+            (Arc::new(pins), true)
+        }
+        Err(e) => {
+            error!(error = %e, "pin reload rejected; the last good pins stay in force");
+            (Arc::clone(old), false)
+        }
+    }
+}
+
+fn load_pins(dir: &Path, upstreams: &[(String, String)]) -> anyhow::Result<PinSet> {
+    let pins = PinSet::load_dir(dir, upstreams)
+        .map_err(|e| anyhow::anyhow!("loading pins from {}: {e}", dir.display()))?;
+    info!(pins = pins.len(), "pins loaded");
+    Ok(pins)
+}
+
 fn load_named(dir: &Path, which: &str) -> anyhow::Result<PolicyEngine> {
     let engine = PolicyEngine::load_dir(dir)
         .map_err(|e: PolicyError| anyhow::anyhow!("loading {which} from {}: {e}", dir.display()))?;
@@ -341,6 +406,7 @@ permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"
             protocol_version: None,
             user: None,
             now_unix_ms: 0,
+            pin: None,
         };
         store.current().enforced.decide(&input).allowed
     }
@@ -350,6 +416,8 @@ permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"
             dir: dir.to_owned(),
             shadow_dir: shadow.map(Path::to_owned),
             watch_interval: None,
+            pins_dir: None,
+            pin_upstreams: Vec::new(),
         }
     }
 
@@ -490,6 +558,7 @@ permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"
                         protocol_version: None,
                         user: None,
                         now_unix_ms: 0,
+                        pin: None,
                     };
                     let d = snapshot.enforced.decide(&input);
                     assert_eq!(d.allowed, echo_set, "{d:?}");

@@ -83,6 +83,7 @@ reasons! {
     UpstreamTimeout => "upstream_timeout", "no connection within `connect_timeout_seconds` or no response head within `request_timeout_seconds`";
     UpstreamStreamIdle => "upstream_stream_idle", "the upstream's reply was silent longer than `stream_idle_timeout_seconds`";
     ListFiltered => "list_filtered", "entries the caller may not use were removed from a list reply";
+    PinMismatch => "pin_mismatch", "a tool, prompt or resource template unpinned or listed with another definition than its pin: seen in a list (`audit` mode: passed on; `enforce`: removed), or a call to it refused (`enforce`)";
     UpstreamSseError => "upstream_sse_error", "the upstream's event stream broke the SSE or JSON-RPC rules";
     UpstreamBatchRefused => "upstream_batch_refused", "the upstream answered with a batch where none is allowed";
     UpstreamParseError => "upstream_parse_error", "the upstream's reply is not strict JSON-RPC";

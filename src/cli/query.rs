@@ -50,6 +50,7 @@ impl Query {
             protocol_version: self.protocol_version.as_deref(),
             user: self.user.as_ref(),
             now_unix_ms: self.now_unix_ms,
+            pin: None,
         }
     }
 

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use spiffe::SpiffeId;
 
 use super::{Routing, parse_spiffe_id};
+use crate::pins::PinMode;
 
 /// `aggregate:`: one endpoint, `<listener.path>/<name>`, presenting the
 /// tools of several upstreams as `<upstream>__<tool>`.
@@ -35,6 +36,8 @@ pub struct UpstreamConfig {
     pub caller_id_header: Option<HeaderName>,
     /// Timeouts, pooling and the health probe of the connection.
     pub connection: UpstreamConnection,
+    /// Tool-definition pinning: off, audit or enforce (`crate::pins`).
+    pub pins: PinMode,
 }
 
 /// How the gateway connects to an upstream: timeouts, pool, health probe.
@@ -92,6 +95,8 @@ pub(super) struct RawUpstream {
     pool_idle_timeout_seconds: Option<u64>,
     pool_max_idle_connections: Option<usize>,
     health_check_interval_seconds: Option<u64>,
+    #[serde(default)]
+    pins: PinMode,
 }
 
 impl RawUpstream {
@@ -135,6 +140,7 @@ impl RawUpstream {
             plaintext,
             caller_id_header,
             connection,
+            pins: self.pins,
         })
     }
 

@@ -370,6 +370,7 @@ impl Owned {
             protocol_version: self.protocol,
             user: self.user.as_ref().map(|(_, user)| user),
             now_unix_ms: self.now,
+            pin: None,
         }
     }
 }

@@ -292,7 +292,7 @@ fn within_context(e: &ast::Expr) -> bool {
 
 impl ContextReads {
     /// Every attribute the gateway builds.
-    const ATTRIBUTES: [&str; 7] = [
+    const ATTRIBUTES: [&str; 8] = [
         "time",
         "upstream_spiffe_id",
         "session_id",
@@ -300,6 +300,7 @@ impl ContextReads {
         "user",
         "arguments",
         "arguments_representable",
+        "pin",
     ];
     const ALL: ContextReads = ContextReads(u8::MAX);
 

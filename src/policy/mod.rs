@@ -145,6 +145,9 @@ pub struct PolicyInput<'a> {
     pub user: Option<&'a User>,
     /// Decision time, milliseconds since the Unix epoch (`context.time`).
     pub now_unix_ms: i64,
+    /// `context.pin` of a tool or prompt on an upstream with pinning on:
+    /// `pinned`, `changed` or `unpinned` (`crate::pins::PinStatus`).
+    pub pin: Option<&'static str>,
 }
 
 /// What the message acts on; it becomes the Cedar resource.

@@ -315,6 +315,9 @@ fn context(
     {
         put("protocol_version", Value::from(version));
     }
+    if let Some(pin) = input.pin.filter(|_| reads.reads("pin")) {
+        put("pin", Value::from(pin));
+    }
     let mut representable = true;
     if let Some(raw) = input.arguments {
         if raw.len() > MAX_ARGUMENTS_BYTES {

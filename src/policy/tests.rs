@@ -153,6 +153,7 @@ fn run_table(engine: &PolicyEngine, cases: &[Case]) {
             protocol_version: case.protocol_version,
             user: None,
             now_unix_ms: NOW_MS,
+            pin: None,
         };
         let got = engine.decide(&input);
         let (allowed, reason, ids) = case.want;
@@ -921,6 +922,7 @@ when { context.time.toTime() < duration("6h") };
             protocol_version: None,
             user,
             now_unix_ms: now,
+            pin: None,
         })
     };
     let ok = decide(Some(&alice), NOW_MS, MCP_SERVER);
@@ -1002,6 +1004,7 @@ when { context has arguments && context.arguments has text && context.arguments.
             protocol_version: None,
             user: None,
             now_unix_ms: NOW_MS,
+            pin: None,
         })
     };
     assert!(decide(r#"{"text":"hi"}"#).allowed);

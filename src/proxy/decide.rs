@@ -11,6 +11,7 @@ use crate::audit::{Outcome, Reason, ShadowRecord};
 use crate::clock;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
+use crate::pins::PinStatus;
 use crate::policy::{Decision, PolicyInput, Target, User};
 use crate::policy_store::Policies;
 use crate::proxy::upstream::Upstream;
@@ -30,6 +31,18 @@ impl From<Decision> for Verdict {
             allowed: d.allowed,
             reason: d.reason.into(),
             policy_ids: d.policy_ids,
+            shadow: None,
+        }
+    }
+}
+
+impl Verdict {
+    /// A message refused before any policy (its pin): no policy decided it.
+    pub fn refused(reason: Reason) -> Verdict {
+        Verdict {
+            allowed: false,
+            reason,
+            policy_ids: Vec::new(),
             shadow: None,
         }
     }
@@ -65,17 +78,21 @@ impl<'a> Subject<'a> {
             protocol_version: self.protocol_version,
             user: self.user,
             now_unix_ms: clock::unix_ms(),
+            pin: None,
         }
     }
 }
 
 /// Decides one of the caller's messages. Responses (answers to
 /// server-to-client requests) carry no action and are permitted here.
+/// `pin` is the called definition's pin status (`context.pin`), when its
+/// upstream pins.
 pub fn message(
     policies: &Policies,
     metrics: &Metrics,
     subject: &Subject<'_>,
     message: &Message<'_>,
+    pin: Option<PinStatus>,
 ) -> Verdict {
     let Some(method) = message.method.as_deref() else {
         return Verdict {
@@ -93,6 +110,7 @@ pub fn message(
     if let Some(version) = message.protocol_version.as_deref() {
         input.protocol_version = Some(version);
     }
+    input.pin = pin.map(PinStatus::as_str);
     let (decision, shadow) = with_shadow(policies, &input, metrics);
     Verdict {
         shadow,

@@ -2,7 +2,7 @@
 //! JSON-RPC error code in a single exhaustive `match`.
 //!
 //! The codes are a public contract (README): clients and SIEM rules key on
-//! them. They sit in -32060..-32069, clear of the codes MCP and its SDKs
+//! them. They sit in -32060..-32070, clear of the codes MCP and its SDKs
 //! already use (-32000 connection closed, -32001 request timeout, -32002
 //! resource not found, -32020..-32022, -32042). Messages are short and
 //! generic; they never carry policy text.
@@ -40,6 +40,11 @@ pub const CODE_AUDIT_UNAVAILABLE: i32 = -32068;
 /// `limits.max_sessions_per_identity` sessions (HTTP 429). Nothing reaches
 /// the upstream.
 pub const CODE_SESSION_LIMIT: i32 = -32069;
+/// JSON-RPC code for a call to a tool or prompt whose definition is
+/// unpinned or differs from its pin, on an upstream with `pins: enforce`
+/// (HTTP 403 alone, 200 as the answer to a request). Nothing reaches the
+/// upstream.
+pub const CODE_PIN_MISMATCH: i32 = -32070;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
 /// MCP 2026-07-28: unsupported protocol version.
@@ -58,6 +63,9 @@ pub enum ProxyError {
     Parse(String, i32),
     #[error("forbidden by gateway policy")]
     Denied,
+    /// `pins: enforce`: the definition called is unpinned or changed.
+    #[error("refused: the definition is not the one pinned for this upstream")]
+    PinMismatch,
     #[error("request body exceeds {0} bytes")]
     TooLarge(usize),
     #[error("reading the request body failed")]
@@ -130,6 +138,7 @@ impl ProxyError {
         match self {
             ProxyError::Parse(_, code) => (StatusCode::BAD_REQUEST, *code),
             ProxyError::Denied => (StatusCode::FORBIDDEN, CODE_DENIED),
+            ProxyError::PinMismatch => (StatusCode::FORBIDDEN, CODE_PIN_MISMATCH),
             ProxyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, CODE_TOO_LARGE),
             ProxyError::BodyRead => (StatusCode::BAD_REQUEST, CODE_BAD_TRANSPORT),
             ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, CODE_BAD_TRANSPORT),
@@ -183,6 +192,7 @@ impl ProxyError {
         match self {
             ProxyError::Parse(..) => Reason::ParseError,
             ProxyError::Denied => Reason::Denied,
+            ProxyError::PinMismatch => Reason::PinMismatch,
             ProxyError::TooLarge(_) => Reason::BodyTooLarge,
             ProxyError::BodyRead => Reason::BodyReadError,
             ProxyError::BodyTimeout => Reason::BodyReadTimeout,
@@ -221,6 +231,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::Denied
+                | ProxyError::PinMismatch
                 | ProxyError::UpstreamUnavailable
                 | ProxyError::UpstreamIdentity
                 | ProxyError::UpstreamTimeout
@@ -304,6 +315,18 @@ mod tests {
             (StatusCode::NOT_FOUND, CODE_SESSION)
         );
         assert_eq!(unknown.to_string(), "session not found");
+    }
+
+    #[test]
+    fn a_pin_mismatch_is_its_own_code_answering_the_call() {
+        let refusal = ProxyError::PinMismatch;
+        assert_eq!(
+            refusal.status_and_code(),
+            (StatusCode::FORBIDDEN, CODE_PIN_MISMATCH)
+        );
+        assert_eq!(CODE_PIN_MISMATCH, -32070);
+        assert_eq!(refusal.audit_reason().as_str(), "pin_mismatch");
+        assert!(refusal.answers_the_call());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap};
 
 use crate::mcp::{self, Message};
+use crate::proxy::reply::Denial;
 use crate::proxy::{ProxyError, protocol, reply};
 
 /// The body limits of one listener.
@@ -101,7 +102,7 @@ fn check_framing(
 /// What goes to the upstream: the body as it came, or, for a batch with
 /// denied elements, its permitted elements as their exact bytes (the denied
 /// ones are answered by the gateway).
-pub fn permitted_body(body: &Bytes, denied: &[(usize, String)]) -> Option<Bytes> {
+pub fn permitted_body(body: &Bytes, denied: &[Denial]) -> Option<Bytes> {
     if denied.is_empty() {
         return Some(body.clone());
     }
@@ -110,12 +111,12 @@ pub fn permitted_body(body: &Bytes, denied: &[(usize, String)]) -> Option<Bytes>
 
 /// The elements of a batch not in `denied`, as a new batch of their original
 /// bytes. The body was already parsed strictly; this pass only slices it.
-fn permitted_elements(body: &[u8], denied: &[(usize, String)]) -> Option<Bytes> {
+fn permitted_elements(body: &[u8], denied: &[Denial]) -> Option<Bytes> {
     let elements: Vec<&serde_json::value::RawValue> = serde_json::from_slice(body).ok()?;
     let kept: Vec<Vec<u8>> = elements
         .iter()
         .enumerate()
-        .filter(|(i, _)| !denied.iter().any(|(d, _)| d == i))
+        .filter(|(i, _)| !denied.iter().any(|d| d.index == *i))
         .map(|(_, raw)| raw.get().as_bytes().to_vec())
         .collect();
     Some(Bytes::from(reply::json_array(&kept)))

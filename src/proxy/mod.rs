@@ -15,7 +15,7 @@
 
 mod accept;
 pub mod admission;
-mod aggregate;
+pub(crate) mod aggregate;
 mod credentials;
 mod decide;
 mod error;
@@ -26,6 +26,8 @@ mod ingress;
 mod lifecycle;
 pub mod listener;
 pub mod loopback;
+pub mod pin_fetch;
+mod pinning;
 mod protocol;
 mod reply;
 mod route;
@@ -45,14 +47,14 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response};
 
 pub use error::{
-    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY, CODE_UPSTREAM_TIMEOUT,
-    CODE_UPSTREAM_UNAVAILABLE, ProxyError,
+    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_PIN_MISMATCH, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
+    CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE, ProxyError,
 };
 use listener::Peer;
-use reply::{ReplyBody, error_response};
+use reply::{Denial, ReplyBody, error_response};
 use upstream::Upstream;
 
-use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Record};
+use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Reason, Record};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::mcp::Message;
@@ -339,14 +341,13 @@ impl Gateway {
         };
         let mut denied = Vec::new();
         for (index, message) in parsed.messages.iter().enumerate() {
-            let (allowed, correlation_id) = self.decide_message(message, facts, up).await;
-            if !allowed {
-                denied.push((index, correlation_id));
+            if let Err(denial) = self.decide_message(message, facts, up).await {
+                denied.push(denial.at(index));
             }
         }
         let answers = reply::denial_answers(&parsed.messages, &denied);
         if denied.len() == parsed.messages.len() {
-            return reply::denied(answers, parsed.batch, &denied[0].1);
+            return reply::denied(answers, parsed.batch, &denied[0]);
         }
         let Some(forwarded) = ingress::permitted_body(&bytes, &denied) else {
             let refusal = ProxyError::BadRequest("batch could not be split");
@@ -372,32 +373,52 @@ impl Gateway {
         }
     }
 
-    /// Decides one message of the caller's to `up`, counts and audits it.
-    /// Returns whether it is allowed, and its record's correlation id.
+    /// Decides one message of the caller's to `up` (its pin, then the
+    /// policies), counts and audits it. Returns its record's correlation
+    /// id, or the denial its answer carries.
     async fn decide_message(
         &self,
         message: &Message<'_>,
         facts: &RequestFacts<'_>,
         up: &Upstream,
-    ) -> (bool, String) {
+    ) -> Result<String, Denial> {
         let correlation_id = self.ids.next();
-        let subject = Subject {
-            principal: &facts.peer.spiffe_id,
-            server: up,
-            session_id: facts.session_id,
-            protocol_version: facts.protocol_version,
-            user: facts.user.map(|u| &**u),
+        let pin = self.check_pin(message, facts, up).await;
+        let verdict = match &pin {
+            Some(pin) if pin.refused(up.pin_mode) => Verdict::refused(Reason::PinMismatch),
+            _ => {
+                let subject = Subject {
+                    principal: &facts.peer.spiffe_id,
+                    server: up,
+                    session_id: facts.session_id,
+                    protocol_version: facts.protocol_version,
+                    user: facts.user.map(|u| &**u),
+                };
+                let status = pin.as_ref().map(|p| p.check.status);
+                decide::message(facts.policies, &self.metrics, &subject, message, status)
+            }
         };
-        let verdict = decide::message(facts.policies, &self.metrics, &subject, message);
         let allowed = verdict.allowed;
+        let refusal = match verdict.reason {
+            Reason::PinMismatch => ProxyError::PinMismatch,
+            _ => ProxyError::Denied,
+        };
         self.metrics.decision(
             allowed,
             message.method.as_deref().unwrap_or("response"),
             &facts.peer.spiffe_id,
         );
-        self.audit_decision(message, facts, up, verdict, &correlation_id)
+        let detail = pin.and_then(|p| p.detail());
+        self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
             .await;
-        (allowed, correlation_id)
+        if allowed {
+            return Ok(correlation_id);
+        }
+        Err(Denial {
+            index: 0,
+            correlation_id,
+            refusal,
+        })
     }
 
     /// Sends the decided bytes to the upstream. On failure the caller gets a
@@ -441,6 +462,7 @@ impl Gateway {
         up: &Upstream,
         verdict: Verdict,
         correlation_id: &str,
+        detail: Option<String>,
     ) {
         let method = message.method.as_deref();
         let target = method.map(|m| Target::of_method(m, message.target.as_deref()));
@@ -465,7 +487,8 @@ impl Gateway {
             verdict.reason,
         )
         .about(message.id.as_ref().map(|id| id.raw_json()), method, target)
-        .decided_by(verdict.policy_ids, verdict.shadow);
+        .decided_by(verdict.policy_ids, verdict.shadow)
+        .with_detail(detail);
         self.audit.record(record).await;
     }
 

@@ -15,11 +15,9 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::mcp::Message;
-use crate::proxy::error::{CODE_DENIED, ProxyError};
+use crate::proxy::error::ProxyError;
 
 pub type ReplyBody = UnsyncBoxBody<Bytes, hyper::Error>;
-
-const DENIED_MESSAGE: &str = "forbidden by gateway policy";
 
 fn full(bytes: impl Into<Bytes>) -> ReplyBody {
     Full::new(bytes.into())
@@ -75,18 +73,34 @@ pub fn error_response(
     )
 }
 
+/// One message of a body refused at its decision: its index in the body,
+/// its record's correlation id, and the refusal its answer carries (policy
+/// or pin).
+pub struct Denial {
+    pub index: usize,
+    pub correlation_id: String,
+    pub refusal: ProxyError,
+}
+
+impl Denial {
+    /// The same denial, of the message at `index` of its body.
+    pub fn at(self, index: usize) -> Denial {
+        Denial { index, ..self }
+    }
+}
+
 /// The JSON-RPC errors answering the denied messages that have an id.
-/// `denied` holds (index in `messages`, correlation id).
-pub fn denial_answers(messages: &[Message<'_>], denied: &[(usize, String)]) -> Vec<Vec<u8>> {
+pub fn denial_answers(messages: &[Message<'_>], denied: &[Denial]) -> Vec<Vec<u8>> {
     denied
         .iter()
-        .filter_map(|(i, correlation)| {
-            let id = messages.get(*i)?.id.as_ref()?.raw_json();
+        .filter_map(|d| {
+            let id = messages.get(d.index)?.id.as_ref()?.raw_json();
+            let (_, code) = d.refusal.status_and_code();
             Some(jsonrpc_error(
                 Some(id),
-                CODE_DENIED,
-                DENIED_MESSAGE,
-                correlation,
+                code,
+                &d.refusal.to_string(),
+                &d.correlation_id,
             ))
         })
         .collect()
@@ -94,11 +108,13 @@ pub fn denial_answers(messages: &[Message<'_>], denied: &[(usize, String)]) -> V
 
 /// The reply when every message of the body was denied: nothing was
 /// forwarded, and every message with an id gets its error answer.
-pub fn denied(mut answers: Vec<Vec<u8>>, batch: bool, correlation_id: &str) -> Response<ReplyBody> {
+pub fn denied(mut answers: Vec<Vec<u8>>, batch: bool, first: &Denial) -> Response<ReplyBody> {
     if answers.is_empty() {
         // Only notifications (or responses): no id to answer, so an HTTP error.
-        let body = jsonrpc_error(None, CODE_DENIED, DENIED_MESSAGE, correlation_id);
-        return json_response(StatusCode::FORBIDDEN, body);
+        let (status, code) = first.refusal.status_and_code();
+        let message = first.refusal.to_string();
+        let body = jsonrpc_error(None, code, &message, &first.correlation_id);
+        return json_response(status, body);
     }
     if !batch {
         return json_response(StatusCode::OK, answers.swap_remove(0));

@@ -41,6 +41,7 @@ use tracing::{debug, warn};
 use crate::config::{UpstreamConfig, UpstreamConnection};
 use crate::identity::{Identity, spiffe_id};
 use crate::metrics::{Metrics, UpstreamMetrics};
+use crate::pins::{Observed, PinMode};
 use crate::proxy::protocol;
 use crate::proxy::reply::{self, ReplyBody};
 use crate::proxy::session::Sessions;
@@ -172,6 +173,10 @@ pub struct Upstream {
     /// Sessions opened on this upstream: a session id is only ever looked
     /// up in the table of the upstream it was issued by.
     pub sessions: Sessions,
+    /// Tool-definition pinning of this upstream: its mode, and what it was
+    /// seen to list.
+    pub pin_mode: PinMode,
+    pub observed: Observed,
 }
 
 impl Upstream {
@@ -209,6 +214,8 @@ impl Upstream {
             label: Arc::from(config.name.as_str()),
             prober,
             sessions,
+            pin_mode: config.pins,
+            observed: Observed::default(),
         })
     }
 }

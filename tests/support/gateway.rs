@@ -42,6 +42,9 @@ pub struct Options {
     pub audit_path: Option<String>,
     /// More `listener:` fields, e.g. `plaintext_loopback: true`.
     pub listener_fields: String,
+    /// Pin files (name, text) in `pins/`, which becomes `policy.pins_dir`;
+    /// `None`: no pins directory.
+    pub pin_files: Option<Vec<(String, String)>>,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             aggregate: false,
             audit_path: None,
             listener_fields: String::new(),
+            pin_files: None,
         }
     }
 }
@@ -85,7 +89,12 @@ impl Harness {
         Harness::start_with(Options::default()).await
     }
 
-    pub async fn start_with(mut options: Options) -> Harness {
+    pub async fn start_with(options: Options) -> Harness {
+        Harness::try_start_with(options).await.expect("app::build")
+    }
+
+    /// The same, giving back why the gateway did not start.
+    pub async fn try_start_with(mut options: Options) -> anyhow::Result<Harness> {
         let ca = Ca::new("example.org test CA");
         let svid = Svid {
             leaf: ca.leaf_with(GATEWAY, &["localhost"], time::Duration::hours(1)),
@@ -98,12 +107,19 @@ impl Harness {
         let upstream = StubUpstream::start(&ca, presents, handler).await;
         let dir = tempfile::tempdir().unwrap();
         write_policies(&dir.path().join("policies"), options.policies.as_deref());
+        let pins = match &options.pin_files {
+            None => "",
+            Some(files) => {
+                write_pins(&dir.path().join("pins"), files);
+                ", pins_dir: pins"
+            }
+        };
         let (upstreams, others) = upstreams_config(&ca, &upstream, &mut options).await;
         let text = format!(
             "listener: {{address: \"127.0.0.1:0\", path: /mcp, {listener}}}\n\
              admin: {{address: \"127.0.0.1:0\"}}\n\
              workload_api: {{socket: \"{socket}\"}}\n\
-             policy: {{dir: policies}}\n\
+             policy: {{dir: policies{pins}}}\n\
              {upstreams}\
              audit: {{sink: file, path: \"{audit}\"}}\n{extra}",
             socket = workload_api.endpoint,
@@ -111,25 +127,30 @@ impl Harness {
             extra = options.extra_config,
             listener = options.listener_fields,
         );
-        let config = Config::parse(&text, dir.path(), &NoEnv).expect("test config");
-        let app = app::build(config).await.expect("app::build");
+        let config = Config::parse(&text, dir.path(), &NoEnv)?;
+        let app = app::build(config).await?;
         let mut identity = app.identity.clone();
         tokio::time::timeout(Duration::from_secs(10), identity.wait_ready())
             .await
             .expect("the gateway took its SVID from the test Workload API");
-        Harness {
+        Ok(Harness {
             ca,
             workload_api,
             upstream,
             others,
             app,
             dir,
-        }
+        })
     }
 
     /// An agent presenting an SVID for `spiffe_id` from the test CA.
     pub fn agent(&self, spiffe_id: &str) -> Agent {
         Agent::new(&self.ca, &self.ca.leaf(spiffe_id), self.app.listen_addr)
+    }
+
+    /// The pins directory (`Options::pin_files`).
+    pub fn pins_dir(&self) -> PathBuf {
+        self.dir.path().join("pins")
     }
 
     pub fn audit_path(&self) -> PathBuf {
@@ -205,6 +226,13 @@ fn write_policies(dir: &Path, policies: Option<&str>) {
         None => std::fs::read_to_string(shipped.join("demo.cedar")).unwrap(),
     };
     std::fs::write(dir.join("policies.cedar"), text).unwrap();
+}
+
+fn write_pins(dir: &Path, files: &[(String, String)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
 }
 
 fn read_records(path: &Path) -> Vec<Value> {

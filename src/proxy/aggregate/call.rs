@@ -52,11 +52,10 @@ impl Aggregate {
             _ => return gw.refuse_message(not_rewritten, facts, Some(id)).await,
         };
         let f = facts.on(member);
-        let (allowed, correlation_id) = gw.decide_message(&message, &f, member).await;
-        if !allowed {
-            let denied = [(0, correlation_id.clone())];
+        if let Err(denial) = gw.decide_message(&message, &f, member).await {
+            let denied = [denial];
             let answers = reply::denial_answers(std::slice::from_ref(&message), &denied);
-            return reply::denied(answers, false, &correlation_id);
+            return reply::denied(answers, false, &denied[0]);
         }
         let input_requests_possible =
             way_back::input_requests_possible(std::slice::from_ref(&message), f.protocol_version);

@@ -59,9 +59,8 @@ impl Aggregate {
         question: &Question<'_, '_>,
         extract: impl FnOnce(Value) -> Option<T>,
     ) -> MemberAnswer<T> {
-        let (allowed, correlation_id) = gw.decide_message(question.message, facts, member).await;
-        if !allowed {
-            return MemberAnswer::Denied(correlation_id);
+        if let Err(denial) = gw.decide_message(question.message, facts, member).await {
+            return MemberAnswer::Denied(denial.correlation_id);
         }
         let bytes = question.bytes.clone();
         let sent = gw
@@ -259,7 +258,7 @@ impl Aggregate {
         for (member, link) in self.members.iter().zip(links.iter()) {
             let Some(link) = link else { continue };
             let f = facts.on(member);
-            if !gw.decide_message(message, &f, member).await.0 {
+            if gw.decide_message(message, &f, member).await.is_err() {
                 continue;
             }
             let headers = member_headers(&parts.headers, Some(link));

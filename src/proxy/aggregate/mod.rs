@@ -245,7 +245,7 @@ fn strict_answer(bytes: &[u8]) -> Option<Value> {
 /// Reads the answer to request `id` from an upstream reply (JSON, or the
 /// first matching event of an SSE stream), bounded in size and by the
 /// upstream's timeouts.
-async fn read_answer(
+pub(in crate::proxy) async fn read_answer(
     up: &Upstream,
     resp: Response<Incoming>,
     id: &Value,

@@ -178,6 +178,13 @@ impl WayBack {
                     None
                 }
             }
+            (Kind::Notification, Some(method)) => {
+                if let Some(kind) = crate::pins::list_changed(method) {
+                    // Checked before the next call (`proxy::pinning`).
+                    ctx.upstream.observed.mark_stale(kind);
+                }
+                Some(event.raw)
+            }
             (Kind::Response, _) if ctx.rewrites_responses() => {
                 let mut value: Value = serde_json::from_str(&event.data).ok()?;
                 if self.rewrite_response(&mut value, ctx).await {

@@ -106,7 +106,7 @@ fn a_filtered_page_keeps_its_cursor_and_everything_else() {
         "nextCursor": "page-2",
         "_meta": {"k": 1},
     }});
-    let got = filter_entries(&mut page, ListKind::Tools, |n| n == "echo");
+    let got = filter_entries(&mut page, ListKind::Tools, |n, _| n == "echo");
     assert_eq!(got, Some((2, 3)));
     assert_eq!(page["result"]["tools"], json!([{"name": "echo"}]));
     assert_eq!(page["result"]["nextCursor"], "page-2");
@@ -119,7 +119,7 @@ fn an_emptied_page_still_pages_on() {
     let mut page =
         json!({"id": 1, "result": {"resources": [{"uri": "file:///a"}], "nextCursor": "c"}});
     assert_eq!(
-        filter_entries(&mut page, ListKind::Resources, |_| false),
+        filter_entries(&mut page, ListKind::Resources, |_, _| false),
         Some((1, 1))
     );
     assert_eq!(page["result"], json!({"resources": [], "nextCursor": "c"}));
@@ -139,7 +139,7 @@ fn each_list_kind_reads_its_own_field() {
     for (kind, result) in cases {
         let mut seen = Vec::new();
         let mut value = json!({"id": 1, "result": result});
-        filter_entries(&mut value, kind, |n| {
+        filter_entries(&mut value, kind, |n, _| {
             seen.push(n.to_owned());
             true
         });
@@ -150,7 +150,13 @@ fn each_list_kind_reads_its_own_field() {
 #[test]
 fn errors_and_other_results_are_not_lists() {
     let mut error = json!({"id": 1, "error": {"code": -1, "message": "m"}});
-    assert_eq!(filter_entries(&mut error, ListKind::Tools, |_| false), None);
+    assert_eq!(
+        filter_entries(&mut error, ListKind::Tools, |_, _| false),
+        None
+    );
     let mut other = json!({"id": 1, "result": {"content": []}});
-    assert_eq!(filter_entries(&mut other, ListKind::Tools, |_| false), None);
+    assert_eq!(
+        filter_entries(&mut other, ListKind::Tools, |_, _| false),
+        None
+    );
 }
