@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use spiffe_mcp_gateway::app;
 use spiffe_mcp_gateway::cli::{self, CliError, Outcome};
 use spiffe_mcp_gateway::config::{Config, LogFormat, ProcessEnv, UserKeys};
+use spiffe_mcp_gateway::pins::PinSet;
 use spiffe_mcp_gateway::policy::PolicyEngine;
 use spiffe_mcp_gateway::user_auth::UserAuth;
 
@@ -41,6 +42,22 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Tool-definition pins: record an upstream's tools, prompts and
+    /// resource templates, or show what changed since (docs/pinning.md).
+    Pin {
+        #[command(subcommand)]
+        command: PinCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PinCommand {
+    /// Read each upstream's lists with the gateway's SVID and write
+    /// <policy.pins_dir>/<upstream>.pins.json.
+    Record(cli::pin::PinArgs),
+    /// Show what each upstream lists now that its pin file does not say
+    /// (exit 1 if anything changed).
+    Diff(cli::pin::PinArgs),
 }
 
 #[derive(Subcommand)]
@@ -68,6 +85,13 @@ fn main() -> ExitCode {
             return report(match command {
                 PolicyCommand::Test(args) => cli::policy_test::run(&args),
                 PolicyCommand::Matrix(args) => cli::matrix::run(&args),
+            });
+        }
+        Command::Pin { command } => {
+            init_logging(LogFormat::Text, "warn");
+            return report(match command {
+                PinCommand::Record(args) => cli::pin::record(&args),
+                PinCommand::Diff(args) => cli::pin::diff(&args),
             });
         }
     };
@@ -116,6 +140,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
             shadow.policy_count(),
             shadow.version()
         );
+    }
+    if let Some(dir) = &config.policy.pins_dir {
+        let pins = PinSet::load_dir(dir, &config.policy.pin_upstreams)
+            .map_err(|e| anyhow::anyhow!("pins: {e}"))?;
+        println!("ok: {} pinned definitions in {}", pins.len(), dir.display());
     }
     // A JWKS file is read now; JWT-SVID bundles only exist at run time.
     if let Some(auth) = &config.user_auth

@@ -7,7 +7,9 @@
 //! [`PolicyInput`](crate::policy::PolicyInput) the gateway uses, through the
 //! policy module's public API only: what these commands print is what the
 //! gateway would decide. They never serve, never contact a Workload API and
-//! never write anywhere but stdout and stderr.
+//! never write anywhere but stdout and stderr; `pin record` and `pin diff`
+//! ([`pin`]) are the exception: they read upstreams with the gateway's own
+//! SVID, and `record` writes pin files.
 //!
 //! Exit codes, for all three: 0 success, 1 the check failed (a test case
 //! failed, no case ran, or `--fail-on-change` saw a change), 2 unusable
@@ -17,6 +19,7 @@ mod engine_log;
 pub mod explain;
 mod inventory;
 pub mod matrix;
+pub mod pin;
 pub mod policy_test;
 mod query;
 
