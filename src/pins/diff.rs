@@ -98,8 +98,10 @@ fn fields_between(old: &Value, new: &Value, path: String, out: &mut Vec<Field>) 
     }
 }
 
+/// Canonical (RFC 8785) text: keys sorted, so a diff reads the same
+/// whatever order the upstream wrote them in.
 fn compact(v: &Value) -> String {
-    serde_json::to_string(v).unwrap_or_default()
+    serde_json_canonicalizer::to_string(v).unwrap_or_default()
 }
 
 /// The changes as text for a terminal or a review comment.
