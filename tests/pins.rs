@@ -538,3 +538,94 @@ async fn a_pin_file_for_an_unknown_upstream_or_another_id_stops_the_start() {
         assert!(format!("{err:#}").contains(expected), "{err:#}");
     }
 }
+
+/// `policy test` cases and `explain` take `pin`, so a policy on
+/// `context.pin` is tested like any other.
+#[test]
+fn policy_tests_and_explain_take_the_pin_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    std::fs::copy(
+        shipped.join("mcp.cedarschema"),
+        dir.path().join("mcp.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("pins.cedar"),
+        r#"@id("pinned-only") permit (principal, action == Mcp::Action::"tools/call", resource)
+           when { context has pin && context.pin == "pinned" };"#,
+    )
+    .unwrap();
+    let case = |name: &str, pin: &str, expect: &str| {
+        format!(
+            "  - {{name: {name}, principal: \"{AGENT}\", action: tools/call, tool: echo, {pin} expect: {expect}}}\n"
+        )
+    };
+    let cases = format!(
+        "server: demo\nserver_spiffe_id: {SERVER}\ncases:\n{}{}{}",
+        case("pinned", "pin: pinned,", "allow"),
+        case("changed", "pin: changed,", "deny"),
+        case("pins off", "", "deny"),
+    );
+    std::fs::write(dir.path().join("pins.test.yaml"), cases).unwrap();
+    let bin = env!("CARGO_BIN_EXE_spiffe-mcp-gateway");
+    let dir_arg = dir.path().to_str().unwrap();
+    let run = std::process::Command::new(bin)
+        .args(["policy", "test", dir_arg])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    std::fs::write(
+        dir.path().join("pins.test.yaml"),
+        format!(
+            "server: demo\nserver_spiffe_id: {SERVER}\ncases:\n{}",
+            case("typo", "pin: pined,", "allow")
+        ),
+    )
+    .unwrap();
+    let run = std::process::Command::new(bin)
+        .args(["policy", "test", dir_arg])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&run.stderr)
+            .contains("pin: \"pined\" is not pinned, changed or unpinned")
+    );
+
+    let explain = |pin: &str| {
+        let args = [
+            "explain",
+            "--policies",
+            dir_arg,
+            "--server",
+            "demo",
+            "--server-spiffe-id",
+            SERVER,
+            "--principal",
+            AGENT,
+            "--action",
+            "tools/call",
+            "--tool",
+            "echo",
+            "--pin",
+            pin,
+        ];
+        std::process::Command::new(bin).args(args).output().unwrap()
+    };
+    let allowed = String::from_utf8_lossy(&explain("pinned").stdout).into_owned();
+    assert!(
+        allowed.contains("allow")
+            && allowed.contains("context.pin")
+            && allowed.contains("pinned-only"),
+        "{allowed}"
+    );
+    let denied = String::from_utf8_lossy(&explain("unpinned").stdout).into_owned();
+    assert!(denied.contains("deny"), "{denied}");
+}

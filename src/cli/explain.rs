@@ -18,6 +18,7 @@ use super::query::{
 use super::{CliError, Format, Outcome, id_list, load_policies};
 use crate::clock;
 use crate::config::{Config, Env, ProcessEnv, SPIFFE_ENDPOINT_SOCKET};
+use crate::pins::PinStatus;
 use crate::policy::{Decision, DecisionReason};
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +74,10 @@ pub struct ExplainArgs {
     /// Negotiated MCP protocol version (context.protocol_version).
     #[arg(long, value_name = "VERSION")]
     pub protocol_version: Option<String>,
+    /// The called definition against its pin (context.pin): pinned,
+    /// changed or unpinned, as on an upstream with `pins` on.
+    #[arg(long, value_name = "STATUS")]
+    pub pin: Option<String>,
     /// Decision time, RFC 3339 (default: now).
     #[arg(long, value_name = "RFC3339")]
     pub time: Option<String>,
@@ -123,6 +128,8 @@ struct RequestReport<'a> {
     user: Option<UserReport<'a>>,
     session_id: Option<&'a str>,
     protocol_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pin: Option<&'static str>,
     time: String,
 }
 
@@ -269,6 +276,8 @@ fn build_query(
         Some(json) => Some(user_from_json(json).map_err(flag("--user-claims"))?),
         None => None,
     };
+    let pin = args.pin.as_deref().map(PinStatus::parse).transpose();
+    let pin = pin.map_err(flag("--pin"))?;
     let now_unix_ms = match &args.time {
         Some(time) => parse_time(time).map_err(flag("--time"))?,
         None => clock::unix_ms(),
@@ -284,6 +293,7 @@ fn build_query(
         protocol_version: args.protocol_version.clone(),
         user,
         now_unix_ms,
+        pin,
     })
 }
 
@@ -302,6 +312,7 @@ impl<'a> RequestReport<'a> {
             }),
             session_id: query.session_id.as_deref(),
             protocol_version: query.protocol_version.as_deref(),
+            pin: query.pin.map(PinStatus::as_str),
             time: format_time(query.now_unix_ms),
         }
     }
@@ -372,6 +383,7 @@ fn optional_context(request: &RequestReport<'_>) -> Vec<(&'static str, String)> 
             "context.protocol_version",
             request.protocol_version.map(str::to_owned),
         ),
+        ("context.pin", request.pin.map(str::to_owned)),
     ];
     optional
         .into_iter()

@@ -206,6 +206,7 @@ fn decide_all<'a>(
                     protocol_version: None,
                     user: conditions.user.clone(),
                     now_unix_ms: conditions.now_unix_ms,
+                    pin: None,
                 };
                 cells.push(Cell {
                     identity,

@@ -22,6 +22,7 @@ use super::query::{
 };
 use super::{CliError, EXIT_FAILED, Outcome, id_list, load_policies, read_file};
 use crate::clock;
+use crate::pins::PinStatus;
 use crate::policy::{Decision, PolicyEngine};
 
 /// Test files are the files of the policy directory ending in this.
@@ -76,6 +77,8 @@ struct CaseSpec {
     user: Option<Yaml>,
     session_id: Option<String>,
     protocol_version: Option<String>,
+    /// `context.pin`: pinned, changed or unpinned.
+    pin: Option<String>,
     time: Option<String>,
     expect: Expect,
     reason: Option<ReasonSpec>,
@@ -326,6 +329,8 @@ fn build_case(spec: CaseSpec, defaults: &Defaults) -> Result<Case, String> {
         }
         None => None,
     };
+    let pin = spec.pin.as_deref().map(PinStatus::parse).transpose();
+    let pin = pin.map_err(|e| format!("pin: {e}"))?;
     let now_unix_ms = match &spec.time {
         Some(time) => parse_time(time).map_err(|e| format!("time: {e}"))?,
         None => defaults.now_unix_ms,
@@ -343,6 +348,7 @@ fn build_case(spec: CaseSpec, defaults: &Defaults) -> Result<Case, String> {
             protocol_version: spec.protocol_version,
             user,
             now_unix_ms,
+            pin,
         },
         expect,
     })

@@ -10,6 +10,7 @@ use serde_yaml_ng::Value as Yaml;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::pins::PinStatus;
 use crate::policy::{Decision, PolicyEngine, PolicyInput, Target, User};
 
 /// An owned [`PolicyInput`].
@@ -25,6 +26,8 @@ pub(super) struct Query {
     pub(super) protocol_version: Option<String>,
     pub(super) user: Option<User>,
     pub(super) now_unix_ms: i64,
+    /// `context.pin`, as on an upstream that pins.
+    pub(super) pin: Option<PinStatus>,
 }
 
 /// An owned [`Target`].
@@ -50,7 +53,7 @@ impl Query {
             protocol_version: self.protocol_version.as_deref(),
             user: self.user.as_ref(),
             now_unix_ms: self.now_unix_ms,
-            pin: None,
+            pin: self.pin.map(PinStatus::as_str),
         }
     }
 

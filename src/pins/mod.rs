@@ -122,6 +122,16 @@ pub enum PinStatus {
 }
 
 impl PinStatus {
+    /// The status named `text` (as `context.pin` spells it).
+    pub fn parse(text: &str) -> Result<PinStatus, String> {
+        match text {
+            "pinned" => Ok(PinStatus::Pinned),
+            "changed" => Ok(PinStatus::Changed),
+            "unpinned" => Ok(PinStatus::Unpinned),
+            other => Err(format!("{other:?} is not pinned, changed or unpinned")),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PinStatus::Pinned => "pinned",
