@@ -131,7 +131,7 @@ def invariants(args):
         want(vol.get("csi", {}).get("driver") == "csi.spiffe.io" and vol["csi"].get("readOnly") is True
              or vol.get("hostPath", {}).get("type") == "Directory", "Workload API from csi.spiffe.io or hostPath")
     _, config = gateway_config(docs)
-    for key in ("dir", "shadow_dir"):
+    for key in ("dir", "shadow_dir", "pins_dir"):
         path = config["policy"].get(key)
         if path is None:
             continue
@@ -192,7 +192,7 @@ def extract(args):
             fail(f"{path} is not under {CONFIG_DIR}")
         return str(out / path[len(CONFIG_DIR) + 1:])
 
-    for key in ("dir", "shadow_dir"):
+    for key in ("dir", "shadow_dir", "pins_dir"):
         if key in config["policy"]:
             path = config["policy"][key]
             n = write_dir(docs, volumes[mounts[path]]["configMap"]["name"], Path(relocate(path)))

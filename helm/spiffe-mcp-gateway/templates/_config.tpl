@@ -32,6 +32,15 @@ policy:
   shadow_dir: {{ include "smg.shadowPolicyDir" . | quote }}
   {{- end }}
   watch_interval_ms: {{ int $c.policy.watchIntervalMs }}
+  {{- if include "smg.pinsEnabled" . }}
+  pins_dir: {{ include "smg.pinsDir" . | quote }}
+  {{- else }}
+  {{- range (prepend $c.upstreams $c.upstream) }}
+  {{- if and .pins (ne (toString .pins) "off") }}
+  {{- fail (printf "upstream %s has pins %s but no pin files: set pins.files or pins.existingConfigMap" .name (toString .pins)) }}
+  {{- end }}
+  {{- end }}
+  {{- end }}
 {{- if $c.upstreams }}
 upstreams:
   {{- range $c.upstreams }}
@@ -110,6 +119,7 @@ missing timeout is left out, so the gateway's default applies.
 {{- $u := . -}}
 {{- $lines := list -}}
 {{- with $u.callerIdHeader }}{{ $lines = append $lines (printf "caller_id_header: %s" (quote .)) }}{{ end -}}
+{{- if and $u.pins (ne (toString $u.pins) "off") }}{{ $lines = append $lines (printf "pins: %s" (toString $u.pins)) }}{{ end -}}
 {{- range $key, $field := dict "connectTimeoutSeconds" "connect_timeout_seconds" "requestTimeoutSeconds" "request_timeout_seconds" "streamIdleTimeoutSeconds" "stream_idle_timeout_seconds" "poolIdleTimeoutSeconds" "pool_idle_timeout_seconds" "healthCheckIntervalSeconds" "health_check_interval_seconds" -}}
 {{- with (get $u $key) }}{{ $lines = append $lines (printf "%s: %d" $field (int .)) }}{{ end -}}
 {{- end -}}

@@ -57,6 +57,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "smg.configDir" -}}/etc/spiffe-mcp-gateway{{- end }}
 {{- define "smg.policyDir" -}}/etc/spiffe-mcp-gateway/policies{{- end }}
 {{- define "smg.shadowPolicyDir" -}}/etc/spiffe-mcp-gateway/policies-shadow{{- end }}
+{{- define "smg.pinsDir" -}}/etc/spiffe-mcp-gateway/pins{{- end }}
+{{/* "true" when pin files are mounted (pins.files or pins.existingConfigMap). */}}
+{{- define "smg.pinsEnabled" -}}
+{{- if or .Values.pins.existingConfigMap .Values.pins.files }}true{{ end -}}
+{{- end }}
+{{- define "smg.pinsConfigMap" -}}
+{{- default (printf "%s-pins" (include "smg.fullname" .)) .Values.pins.existingConfigMap }}
+{{- end }}
 {{- define "smg.workloadApiDir" -}}/spiffe-workload-api{{- end }}
 
 {{- define "smg.workloadApiSocket" -}}
