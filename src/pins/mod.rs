@@ -23,7 +23,7 @@ pub mod canonical;
 pub mod diff;
 pub mod file;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -252,16 +252,30 @@ fn check_binding(name: &str, file: &PinFile, upstreams: &[(String, String)]) -> 
     }
 }
 
+/// Unpinned definitions remembered as already audited, per upstream; past
+/// this the memory is cleared (they are audited again rather than the set
+/// growing with whatever names an upstream invents).
+const MAX_REPORTED: usize = 4096;
+
 /// What one upstream has been seen to list, across callers and sessions.
 #[derive(Default)]
 pub struct Observed {
-    /// (kind, name) -> hash of the definition last listed.
-    seen: Mutex<HashMap<(PinKind, String), String>>,
+    seen: Mutex<Seen>,
     /// Set by `notifications/*/list_changed`: the lists are re-read before
     /// the next call is let through.
     stale: [AtomicBool; 3],
     /// One re-read at a time.
     reread: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// (kind, name) -> hash of the definition last listed, for pinned names
+    /// only: bounded by the pin file (any other name is unpinned whatever
+    /// was listed).
+    pinned: HashMap<(PinKind, String), String>,
+    /// (kind, name, hash) of unpinned definitions already audited.
+    reported: HashSet<(PinKind, String, String)>,
 }
 
 impl Observed {
@@ -284,9 +298,16 @@ impl Observed {
         };
         let new = {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (kind, name.to_owned());
             let hash = listed.clone().unwrap_or_default();
-            seen.insert(key, hash.clone()).as_deref() != Some(hash.as_str())
+            if pinned.is_some() {
+                let last = seen.pinned.insert((kind, name.to_owned()), hash.clone());
+                last.as_deref() != Some(hash.as_str())
+            } else {
+                if seen.reported.len() >= MAX_REPORTED {
+                    seen.reported.clear();
+                }
+                seen.reported.insert((kind, name.to_owned(), hash))
+            }
         };
         let check = Check {
             status,
@@ -304,6 +325,7 @@ impl Observed {
             .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .pinned
             .get(&(kind, name.to_owned()))
             .cloned();
         let status = match (&pinned, &listed) {

@@ -202,6 +202,41 @@ fn calls_are_checked_against_the_last_listing_or_the_pin_file_alone() {
 }
 
 #[test]
+fn what_is_remembered_of_unpinned_names_is_bounded() {
+    let pins = file_with(&[weather()]);
+    let observed = Observed::default();
+    let invented =
+        |i: usize| json!({"name": format!("tool_{i}"), "inputSchema": {"type": "object"}});
+    for i in 0..super::MAX_REPORTED + 10 {
+        let (check, new) = observed.listed(
+            Some(&pins),
+            PinKind::Tool,
+            &format!("tool_{i}"),
+            &invented(i),
+        );
+        assert_eq!(check.status, PinStatus::Unpinned);
+        assert!(new, "each new unpinned definition is reported");
+    }
+    let seen = observed.seen.lock().unwrap();
+    assert!(seen.reported.len() <= super::MAX_REPORTED);
+    assert!(
+        seen.pinned.is_empty(),
+        "only pinned names keep their last listing"
+    );
+    drop(seen);
+    // A flood of invented names does not hide a change to a pinned one.
+    let mut changed = weather();
+    changed["description"] = json!("changed");
+    observed.listed(Some(&pins), PinKind::Tool, "get_weather", &changed);
+    assert_eq!(
+        observed
+            .called(Some(&pins), PinKind::Tool, "get_weather")
+            .status,
+        PinStatus::Changed
+    );
+}
+
+#[test]
 fn a_list_change_is_marked_until_cleared() {
     let observed = Observed::default();
     assert!(!observed.is_stale(PinKind::Tool));
