@@ -68,6 +68,21 @@ pub fn request(
     req
 }
 
+/// The headers of a JSON-RPC POST the gateway makes itself: a JSON body,
+/// and a reply as JSON or an SSE stream.
+pub fn own_post_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    headers
+}
+
 /// A caller's call as the upstream receives it.
 pub struct Call<'a> {
     /// The verified caller, for `upstream.caller_id_header`.

@@ -15,7 +15,7 @@
 
 use bytes::Bytes;
 use hyper::Method;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::pins::PinKind;
@@ -244,15 +244,7 @@ impl<'a> Speaker<'a> {
     }
 
     fn headers(&self, method: &'static str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
+        let mut headers = forward::own_post_headers();
         if self.modern {
             headers.insert(
                 protocol::PROTOCOL_VERSION_HEADER,

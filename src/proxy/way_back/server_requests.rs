@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use hyper::Method;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::HeaderValue;
 use serde_json::Value;
 use tracing::{debug, warn};
 
@@ -45,15 +45,7 @@ impl WayBack {
             "forbidden by gateway policy",
             correlation_id,
         );
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, text/event-stream"),
-        );
+        let mut h = forward::own_post_headers();
         for (name, value) in [
             (protocol::SESSION_HEADER, ctx.session_id.as_deref()),
             (
