@@ -422,6 +422,19 @@ impl PolicyEngine {
         self.policy_count
     }
 
+    /// Each policy's `@id` and the decision it determines when it applies
+    /// (`Permitted` for a permit, `Forbidden` for a forbid), in load order:
+    /// the ids a decision of this set can name.
+    pub fn determining(&self) -> impl Iterator<Item = (&str, DecisionReason)> {
+        self.rules.iter().map(|rule| {
+            let determines = match rule.effect {
+                Effect::Permit => DecisionReason::Permitted,
+                Effect::Forbid => DecisionReason::Forbidden,
+            };
+            (&*rule.id, determines)
+        })
+    }
+
     /// Decides one message. Pure and synchronous; never panics; every
     /// failure is a denial.
     pub fn decide(&self, input: &PolicyInput<'_>) -> Decision {

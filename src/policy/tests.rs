@@ -306,6 +306,26 @@ fn shipped_policy_set_reports_count_and_version() {
 }
 
 #[test]
+fn determining_names_every_loaded_policy_with_its_effect() {
+    let engine = PolicyEngine::load_dir(Path::new(SHIPPED)).unwrap();
+    let mut determining: Vec<_> = engine.determining().collect();
+    determining.sort_unstable_by_key(|(id, _)| *id);
+    assert_eq!(
+        determining,
+        [
+            ("agent-b-lifecycle", DecisionReason::Permitted),
+            ("agent-calls-echo-and-getters", DecisionReason::Permitted),
+            ("agent-lifecycle", DecisionReason::Permitted),
+            (
+                "mcp-server-may-elicit-from-agent",
+                DecisionReason::Permitted
+            ),
+            ("nobody-deletes-repos", DecisionReason::Forbidden),
+        ]
+    );
+}
+
+#[test]
 fn every_shipped_policy_file_loads_alone_with_the_schema() {
     let schema = shipped_schema();
     let mut count = 0;
