@@ -1,8 +1,11 @@
 //! Prometheus metrics, registered once at start and shared by handle.
 //!
 //! Label values come only from bounded sets: a method name outside the known
-//! MCP methods is counted as `other`, so a caller cannot grow the label space.
+//! MCP methods is counted as `other`, so a caller cannot grow the label space;
+//! a policy id is one of a loaded set, within a cap (`policy_counts`).
 //! Nothing here may block the request path: counters are atomics.
+
+mod policy_counts;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -12,6 +15,9 @@ use prometheus::{
 
 use crate::audit::Reason;
 use crate::mcp::method::metric_label;
+use crate::policy::DecisionReason;
+use policy_counts::PolicyDecisions;
+pub use policy_counts::{POLICY_ID_SERIES_CAP, PolicyCounts};
 
 /// A metric's name, its help text, and its labels (empty for one series).
 type Def = (&'static str, &'static str, &'static [&'static str]);
@@ -21,6 +27,11 @@ const DECISIONS: Def = (
     "mcp_gateway_decisions_total",
     "Policy decisions by decision and MCP method.",
     &["decision", "method"],
+);
+const POLICY_DECISIONS: Def = (
+    "mcp_gateway_policy_decisions_total",
+    "Enforced decisions of messages by determining policy: its @id (other past the cap of ids) and effect (permit, forbid, error). Default denials, list entries and shadow decisions are not counted.",
+    &["policy_id", "effect"],
 );
 const REQUEST_DURATION: Def = (
     "mcp_gateway_request_duration_seconds",
@@ -212,6 +223,8 @@ impl Defs<'_> {
 pub struct Metrics {
     registry: Registry,
     decisions: IntCounterVec,
+    /// By determining policy: resolved per loaded set ([`PolicyCounts`]).
+    policy_decisions: PolicyDecisions,
     pub request_duration: Histogram,
     upstream_errors: IntCounterVec,
     refused: IntCounterVec,
@@ -278,6 +291,7 @@ impl Metrics {
         let d = Defs(&registry);
         let m = Metrics {
             decisions: d.counters(DECISIONS),
+            policy_decisions: PolicyDecisions::new(d.counters(POLICY_DECISIONS)),
             request_duration: d.histogram(REQUEST_DURATION, REQUEST_DURATION_BUCKETS),
             upstream_errors: d.counters(UPSTREAM_ERRORS),
             refused: d.counters(REFUSED),
@@ -332,6 +346,17 @@ impl Metrics {
         if let Some(c) = &self.caller_decisions {
             c.with_label_values(&[caller, decision]).inc();
         }
+    }
+
+    /// The series of a loaded enforced set's policies (`@id`, and the
+    /// decision each determines), made once per load; kept beside the
+    /// engine, so counting a decision does no label lookup.
+    pub fn policy_counts<'a>(
+        &self,
+        policies: impl IntoIterator<Item = (&'a str, DecisionReason)>,
+    ) -> PolicyCounts {
+        self.policy_decisions
+            .resolve(policies, POLICY_ID_SERIES_CAP)
     }
 
     pub fn policy_reload(&self, success: bool) {
@@ -397,6 +422,7 @@ mod tests {
     fn every_metric_is_exported_once() {
         let all = [
             DECISIONS,
+            POLICY_DECISIONS,
             REQUEST_DURATION,
             UPSTREAM_ERRORS,
             REFUSED,
