@@ -30,7 +30,7 @@ use tokio::sync::{Mutex, watch};
 use tracing::{error, info};
 
 use crate::config::PolicyConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PolicyCounts};
 use crate::pins::PinSet;
 use crate::pins::file::PinFileError;
 use crate::policy::{PolicyEngine, PolicyError};
@@ -38,6 +38,9 @@ use crate::policy::{PolicyEngine, PolicyError};
 /// The sets one request decides with.
 pub struct Policies {
     pub enforced: Arc<PolicyEngine>,
+    /// The series of the enforced set's policies, resolved when it loaded:
+    /// what its decisions are counted by.
+    pub counts: Arc<PolicyCounts>,
     /// The candidate set of shadow mode: evaluated, never enforced.
     pub shadow: Option<Arc<PolicyEngine>>,
     /// The tool-definition pins (`policy.pins_dir`; empty without one).
@@ -116,9 +119,11 @@ impl PolicyStore {
             Some(dir) => Arc::new(load_pins(dir, &pin_upstreams)?),
             None => Arc::default(),
         };
+        let counts = Arc::new(metrics.policy_counts(enforced.determining()));
         let store = PolicyStore {
             current: ArcSwap::from_pointee(Policies {
                 enforced,
+                counts,
                 shadow,
                 pins,
             }),
@@ -232,28 +237,46 @@ impl PolicyStore {
                 pins
             }
         };
+        self.put_in_force(&old, enforced, shadow, pins);
+        (successes, failures)
+    }
+
+    /// Puts the sets in force unless none changed; the enforced set's
+    /// series are resolved again only for a new enforced set.
+    fn put_in_force(
+        &self,
+        old: &Policies,
+        enforced: Arc<PolicyEngine>,
+        shadow: Option<Arc<PolicyEngine>>,
+        pins: Arc<PinSet>,
+    ) {
         let shadow_same = match (&shadow, &old.shadow) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => true,
         };
-        let policies_changed = !Arc::ptr_eq(&enforced, &old.enforced) || !shadow_same;
-        if policies_changed {
+        let enforced_same = Arc::ptr_eq(&enforced, &old.enforced);
+        if !enforced_same || !shadow_same {
             info!(
                 version = enforced.version(),
                 policies = enforced.policy_count(),
                 shadow_version = shadow.as_ref().map(|s| s.version()),
                 "policies reloaded"
             );
+        } else if Arc::ptr_eq(&pins, &old.pins) {
+            return;
         }
-        if policies_changed || !Arc::ptr_eq(&pins, &old.pins) {
-            self.current.store(Arc::new(Policies {
-                enforced,
-                shadow,
-                pins,
-            }));
-            self.publish_gauges();
-        }
-        (successes, failures)
+        let counts = if enforced_same {
+            Arc::clone(&old.counts)
+        } else {
+            Arc::new(self.metrics.policy_counts(enforced.determining()))
+        };
+        self.current.store(Arc::new(Policies {
+            enforced,
+            counts,
+            shadow,
+            pins,
+        }));
+        self.publish_gauges();
     }
 
     /// The reload metrics, after the new set is in force (whoever sees the
@@ -446,6 +469,19 @@ permit (principal, action == Mcp::Action::"tools/call", resource == Mcp::Tool::"
         assert_ne!(first, second);
         assert!(allows(&store, "delete"));
         assert_eq!(metrics.policy_count.get(), 2);
+        // The new set's ids have their series, counted through its snapshot.
+        let ids = ["delete".to_owned()];
+        store
+            .current()
+            .counts
+            .count(crate::audit::Reason::Permit, &ids);
+        let text = String::from_utf8(metrics.render()).unwrap();
+        for line in [
+            r#"mcp_gateway_policy_decisions_total{effect="permit",policy_id="delete"} 1"#,
+            r#"mcp_gateway_policy_decisions_total{effect="permit",policy_id="echo"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
 
         // A syntax error: rejected, the last good set stays, the failure shows.
         write(dir.path(), "p.cedar", "permit (principal, action, resource");

@@ -1,6 +1,7 @@
 //! Identity and what crosses the gateway in process: the SVID rotating
 //! under a running gateway, identity headers stripped, the verified caller
-//! passed on only where configured, trace context, metrics.
+//! passed on only where configured, trace context, metrics (by decision
+//! and method, by determining policy).
 
 mod support;
 
@@ -12,6 +13,7 @@ use support::gateway::{AGENT, GATEWAY, Harness, Options};
 use support::workload_api::Svid;
 
 const MODERN: &str = "2026-07-28";
+const V2025: &str = "2025-11-25";
 
 fn call(tool: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
@@ -143,4 +145,66 @@ async fn decisions_are_counted_by_decision_and_method() {
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+}
+
+/// The exposition line of one `mcp_gateway_policy_decisions_total` series.
+fn by_policy(policy_id: &str, effect: &str, count: u64) -> String {
+    format!(
+        "mcp_gateway_policy_decisions_total{{effect=\"{effect}\",policy_id=\"{policy_id}\"}} {count}"
+    )
+}
+
+fn rpc(id: u64, method: &str, params: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+}
+
+#[tokio::test]
+async fn decisions_are_counted_by_determining_policy_and_list_entries_are_not() {
+    let gw = Harness::start().await;
+    let agent = gw.agent(AGENT);
+    let init = rpc(
+        1,
+        "initialize",
+        json!({"protocolVersion": V2025, "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}),
+    );
+    let opened = agent
+        .post("/mcp", &[("mcp-protocol-version", V2025)], &init)
+        .await;
+    let session = opened.header("mcp-session-id").unwrap().to_owned();
+    let headers = [
+        ("mcp-protocol-version", V2025),
+        ("mcp-session-id", session.as_str()),
+    ];
+    let tool = |id, name| rpc(id, "tools/call", json!({"name": name, "arguments": {}}));
+    let permitted = agent.post("/mcp", &headers, &tool(2, "echo")).await;
+    assert_eq!(permitted.json()["result"]["content"][0]["text"], "echo");
+    let forbidden = agent
+        .post("/mcp", &headers, &tool(3, "delete_repository"))
+        .await;
+    assert_eq!(forbidden.json()["error"]["code"], -32060);
+    // Denied by default: no policy determined it.
+    let unpermitted = agent.post("/mcp", &headers, &tool(4, "rm_rf")).await;
+    assert_eq!(unpermitted.json()["error"]["code"], -32060);
+    // Its three entries are decided by the two tool policies above, and
+    // are not counted: only the list request is.
+    let list = agent
+        .post("/mcp", &headers, &rpc(5, "tools/list", json!({})))
+        .await;
+    assert_eq!(list.json()["result"]["tools"].as_array().unwrap().len(), 2);
+
+    let metrics = gw.metrics().await;
+    for line in [
+        by_policy("agent-calls-echo-and-getters", "permit", 1),
+        by_policy("nobody-deletes-repos", "forbid", 1),
+        by_policy("agent-lifecycle", "permit", 2),
+        by_policy("agent-b-lifecycle", "permit", 0),
+        by_policy("other", "permit", 0),
+        by_policy("other", "forbid", 0),
+        by_policy("other", "error", 0),
+        "mcp_gateway_decisions_total{decision=\"deny\",method=\"tools/call\"} 2".to_owned(),
+    ] {
+        assert!(metrics.contains(&line), "{line} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("rm_rf"), "{metrics}");
 }

@@ -189,6 +189,17 @@ async fn server_requests_on_a_stream_are_decided_and_a_denied_one_is_answered_up
     assert_eq!(way_back[0]["target"], AGENT);
     assert_eq!(way_back[1]["method"], "roots/list");
     assert_eq!(way_back[1]["decision"], "deny");
+
+    // The permitted server request counts under its policy, beside the
+    // call's; the denied one (no policy permits it) under none.
+    let metrics = gw.metrics().await;
+    for line in [
+        r#"mcp_gateway_policy_decisions_total{effect="permit",policy_id="mcp-server-may-elicit-from-agent"} 1"#,
+        r#"mcp_gateway_policy_decisions_total{effect="permit",policy_id="agent-calls-echo-and-getters"} 1"#,
+        r#"mcp_gateway_policy_decisions_total{effect="forbid",policy_id="other"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
 }
 
 /// A 2026-07-28 server: `ask_roots` needs the agent's roots, `confirm` an

@@ -3,9 +3,10 @@
 //! shadow set is consulted beside the enforced one. A decision is a value
 //! (`Verdict`) carrying the labels its audit record and metrics use.
 //!
-//! Pure: no I/O, no locks; the caller counts and audits. Must never decide
-//! a message against a set other than the one its request took, or let a
-//! shadow decision change what is enforced.
+//! Pure: no I/O, no locks; the caller audits, and counts with [`count`]
+//! beside its record. Must never decide a message against a set other than
+//! the one its request took, or let a shadow decision change what is
+//! enforced.
 
 use crate::audit::{Outcome, Reason, ShadowRecord};
 use crate::clock;
@@ -116,6 +117,21 @@ pub fn message(
         shadow,
         ..Verdict::from(decision)
     }
+}
+
+/// Counts one enforced decision of a message (a caller's, or a
+/// server-to-client request on the way back; never a list entry): by
+/// decision and method, by caller when opted in, and by each determining
+/// policy of `policies`, the set that decided it.
+pub fn count(
+    metrics: &Metrics,
+    policies: &Policies,
+    verdict: &Verdict,
+    method: &str,
+    caller: &str,
+) {
+    metrics.decision(verdict.allowed, method, caller);
+    policies.counts.count(verdict.reason, &verdict.policy_ids);
 }
 
 /// Decides with the enforced set and, in shadow mode, with the candidate

@@ -403,11 +403,9 @@ impl Gateway {
             Reason::PinMismatch => ProxyError::PinMismatch,
             _ => ProxyError::Denied,
         };
-        self.metrics.decision(
-            allowed,
-            message.method.as_deref().unwrap_or("response"),
-            &facts.peer.spiffe_id,
-        );
+        let method = message.method.as_deref().unwrap_or("response");
+        let caller = &facts.peer.spiffe_id;
+        decide::count(&self.metrics, facts.policies, &verdict, method, caller);
         let detail = pin.and_then(|p| p.detail());
         self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
             .await;

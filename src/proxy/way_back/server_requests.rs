@@ -13,7 +13,7 @@ use super::{ReplyContext, WayBack};
 use crate::audit::{Exchange, Outcome, Record};
 use crate::mcp::Message;
 use crate::policy::Target;
-use crate::proxy::decide;
+use crate::proxy::decide::{self, Verdict};
 use crate::proxy::error::CODE_DENIED;
 use crate::proxy::reply::jsonrpc_error;
 use crate::proxy::{forward, protocol};
@@ -124,26 +124,29 @@ impl WayBack {
         let subject = ctx.subject(&ctx.upstream.spiffe_id);
         let input = subject.input(method, Target::Workload(&ctx.peer.spiffe_id), None);
         let (decision, shadow) = decide::with_shadow(&policies, &input, &self.metrics);
-        self.metrics
-            .decision(decision.allowed, method, &ctx.upstream.spiffe_id);
+        let verdict = Verdict {
+            shadow,
+            ..Verdict::from(decision)
+        };
+        let server = &ctx.upstream.spiffe_id;
+        decide::count(&self.metrics, &policies, &verdict, method, server);
         let correlation_id = self.ids.next();
         let exchange = Exchange {
             caller: &ctx.upstream.spiffe_id,
             policy_version: policies.enforced.version(),
             ..ctx.exchange()
         };
-        let outcome = if decision.allowed {
+        let outcome = if verdict.allowed {
             Outcome::Allow
         } else {
             Outcome::Deny
         };
         let target = Target::Workload(&ctx.peer.spiffe_id);
-        let reason = decision.reason.into();
-        let record = Record::new(&exchange, correlation_id.clone(), outcome, reason)
+        let record = Record::new(&exchange, correlation_id.clone(), outcome, verdict.reason)
             .about(request_id, Some(method), Some(target))
-            .decided_by(decision.policy_ids, shadow)
+            .decided_by(verdict.policy_ids, verdict.shadow)
             .with_detail(Some(detail.to_owned()));
         self.audit.record(record).await;
-        (decision.allowed, correlation_id)
+        (verdict.allowed, correlation_id)
     }
 }
