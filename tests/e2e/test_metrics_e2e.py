@@ -32,10 +32,21 @@ SERIES = [
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
+# The demo policies that permit the echo call and forbid the delete.
+BY_POLICY = "mcp_gateway_policy_decisions_total"
+ECHO_POLICY = '{effect="permit",policy_id="agent-calls-echo-and-getters"}'
+DELETE_POLICY = '{effect="forbid",policy_id="nobody-deletes-repos"}'
+
+
 def test_metrics_are_valid_and_complete(gateway, svids):
     s = svids["agent"]
+    before = [gateway.metric(BY_POLICY, labels) for labels in (ECHO_POLICY, DELETE_POLICY)]
     run_py_agent(gateway.url, s.cert, s.key, s.bundle, calls=[ECHO, DELETE])
     text = gateway.metrics()
+    # Each call counted under the policy that decided it (the gateway is
+    # shared with other tests: at least once more than before).
+    after = [gateway.metric(BY_POLICY, labels) for labels in (ECHO_POLICY, DELETE_POLICY)]
+    assert all(a >= b + 1 for a, b in zip(after, before)), (before, after)
     # upstream_errors is a vector: make sure the family is declared even before any error.
     for series in SERIES:
         if series == "mcp_gateway_upstream_errors_total":
