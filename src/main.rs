@@ -1,6 +1,7 @@
 //! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
 //! validates a config and its policies without serving; `policy test`,
-//! `explain` and `policy matrix` are the policy tooling of [`cli`].
+//! `explain` and `policy matrix` are the policy tooling of [`cli`];
+//! `audit verify` checks an audit log's chain and signed checkpoints.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
@@ -41,6 +42,19 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Work with audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and signed checkpoints of audit files (exit 0
+    /// verified, 1 tampered, 2 unreadable input, 3 intact but partly
+    /// unproven).
+    Verify(cli::audit_verify::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -69,6 +83,12 @@ fn main() -> ExitCode {
                 PolicyCommand::Test(args) => cli::policy_test::run(&args),
                 PolicyCommand::Matrix(args) => cli::matrix::run(&args),
             });
+        }
+        Command::Audit {
+            command: AuditCommand::Verify(args),
+        } => {
+            init_logging(LogFormat::Text, "warn");
+            return report(cli::audit_verify::run(&args));
         }
     };
     match result {
