@@ -210,7 +210,7 @@ impl Chain {
         let time = super::rfc3339_ms(unix_ms);
         let signed = self
             .keys
-            .current()
+            .signing_key()
             .map_err(|e| e.to_string())
             .and_then(|key| {
                 let payload = Payload {

@@ -61,7 +61,7 @@ pub struct SigningKey {
 
 /// Where the writer finds the current SVID.
 pub trait KeySource: Send {
-    fn current(&self) -> Result<SigningKey, CheckpointError>;
+    fn signing_key(&self) -> Result<SigningKey, CheckpointError>;
     /// The gateway's SPIFFE ID, if an SVID is held.
     fn spiffe_id(&self) -> Option<String>;
 }
@@ -70,7 +70,7 @@ pub trait KeySource: Send {
 pub(crate) struct NoKeys;
 
 impl KeySource for NoKeys {
-    fn current(&self) -> Result<SigningKey, CheckpointError> {
+    fn signing_key(&self) -> Result<SigningKey, CheckpointError> {
         Err(CheckpointError::NoSvid)
     }
     fn spiffe_id(&self) -> Option<String> {
@@ -79,9 +79,8 @@ impl KeySource for NoKeys {
 }
 
 impl KeySource for crate::identity::Identity {
-    fn current(&self) -> Result<SigningKey, CheckpointError> {
-        let svid = self
-            .current()
+    fn signing_key(&self) -> Result<SigningKey, CheckpointError> {
+        let svid = crate::identity::Identity::current(self)
             .and_then(|c| c.svid())
             .ok_or(CheckpointError::NoSvid)?;
         Ok(SigningKey {
@@ -95,7 +94,7 @@ impl KeySource for crate::identity::Identity {
         })
     }
     fn spiffe_id(&self) -> Option<String> {
-        self.current().map(|c| c.spiffe_id.to_string())
+        crate::identity::Identity::current(self).map(|c| c.spiffe_id.to_string())
     }
 }
 

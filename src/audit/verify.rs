@@ -342,6 +342,10 @@ impl<'a> Walk<'a> {
                 return self.stop(line.at, problem);
             }
             (Some(before), None) => {
+                self.report.unproven.push(format!(
+                    "{}: a segment that does not name the one before it (a fresh file, or lines between them removed)",
+                    line.at
+                ));
                 if let Some(u) = self.unsealed.take() {
                     self.report.unproven.push(format!(
                         "{} line(s) from {} to {} are sealed by no signed checkpoint, and the next segment does not name them",

@@ -60,7 +60,7 @@ pub(crate) fn svid(ca: &TestCa, id: &str) -> SigningKey {
 pub(crate) struct Keys(pub(crate) Arc<Mutex<Option<SigningKey>>>);
 
 impl KeySource for Keys {
-    fn current(&self) -> Result<SigningKey, CheckpointError> {
+    fn signing_key(&self) -> Result<SigningKey, CheckpointError> {
         self.0
             .lock()
             .unwrap()
@@ -344,4 +344,19 @@ fn an_empty_log_is_not_verified() {
     let report = verify_one(b"", &built.bundle);
     assert!(!report.verified());
     assert_eq!(crate::cli::audit_verify::outcome(&report).exit_code, 3);
+}
+
+#[test]
+fn a_segment_that_does_not_name_the_one_before_is_unproven() {
+    let first = build(3, 0);
+    let keys = Keys(Arc::new(Mutex::new(Some(svid(&first.ca, GATEWAY)))));
+    let mut fresh = Chain::new(CheckpointPolicy::default(), Box::new(keys));
+    let draft = fresh.draft(body(9).as_bytes(), "v", true);
+    let mut text = first.text.clone();
+    text.extend_from_slice(&draft.lines);
+    let report = verify_one(&text, &first.bundle);
+    assert!(report.tampered.is_none(), "{report:?}");
+    assert_eq!(report.segments, 2);
+    assert_eq!(report.unproven.len(), 1, "{report:?}");
+    assert!(report.unproven[0].contains("does not name the one before"));
 }
