@@ -348,28 +348,37 @@ impl Writer {
         self.lose_pending();
     }
 
-    /// Waits for the next record and takes it in; while records wait for a
-    /// checkpoint, only until it is due. Returns false once every sender
-    /// is gone.
+    /// Waits for the next record and takes it in; while written records
+    /// wait for a checkpoint, only until it is due, looking for records
+    /// every [`GROUP_COMMIT`] meanwhile (so none waits longer than while
+    /// idle). No tokio timer: the writer outlives the runtime's time driver
+    /// at shutdown. Returns false once every sender is gone.
     fn receive(&mut self, rx: &mut mpsc::Receiver<Record>) -> bool {
-        let deadline = self.chain.checkpoint_deadline();
-        let handle = tokio::runtime::Handle::try_current();
-        let next = match (deadline, handle) {
-            (Some(at), Ok(handle)) => {
-                handle.block_on(async { tokio::time::timeout_at(at.into(), rx.recv()).await })
-            }
-            // Without a runtime (unit tests driving the writer by hand) a
-            // checkpoint waits for the next record or the end.
-            _ => Ok(rx.blocking_recv()),
+        let Some(deadline) = self.chain.checkpoint_deadline() else {
+            return match rx.blocking_recv() {
+                Some(record) => {
+                    self.push(&record);
+                    true
+                }
+                None => false,
+            };
         };
-        match next {
-            Ok(Some(record)) => {
-                self.push(&record);
-                true
+        loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    self.push(&record);
+                    return true;
+                }
+                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => {}
             }
-            Ok(None) => false,
-            // The checkpoint is due: `due` says so to the loop.
-            Err(_) => true,
+            let now = Instant::now();
+            if now >= deadline {
+                // The checkpoint is due: `due` says so to the loop.
+                return true;
+            }
+            // Woken early when the last sender is gone (shutdown).
+            std::thread::park_timeout((deadline - now).min(GROUP_COMMIT));
         }
     }
 
