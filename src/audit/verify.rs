@@ -437,7 +437,10 @@ impl<'a> Walk<'a> {
                 return self.stop(line.at.clone(), problem);
             }
             Some(_) => {}
-            None => segment.gateway = Some(verified.spiffe_id),
+            None => {
+                self.report.gateways.push(verified.spiffe_id.clone());
+                segment.gateway = Some(verified.spiffe_id);
+            }
         }
         self.unsealed = None;
         self.report.signed_checkpoints += 1;

@@ -161,8 +161,14 @@ fn a_clean_log_across_a_rotation_verifies() {
         "the rotation changes the signing leaf"
     );
     assert_eq!(report.gateways, [GATEWAY]);
-    let out = crate::cli::audit_verify::outcome(&report);
+    let out = crate::cli::audit_verify::outcome(&report, None);
     assert_eq!(out.exit_code, 0, "{}", out.text);
+    let out = crate::cli::audit_verify::outcome(&report, Some(GATEWAY));
+    assert_eq!(out.exit_code, 0, "{}", out.text);
+    let other = "spiffe://example.org/ns/mcp/sa/other";
+    let out = crate::cli::audit_verify::outcome(&report, Some(other));
+    assert_eq!(out.exit_code, 1, "{}", out.text);
+    assert!(out.text.contains("WRONG WORKLOAD"), "{}", out.text);
 }
 
 /// Each tampering, and the verdict: where it stopped and what it says.
@@ -245,7 +251,7 @@ fn each_kind_of_tampering_is_named_with_its_line() {
         };
         assert_eq!(at.line, line as u64, "{name}: {problem}");
         assert!(problem.to_string().contains(says), "{name}: {problem}");
-        let out = crate::cli::audit_verify::outcome(&report);
+        let out = crate::cli::audit_verify::outcome(&report, None);
         assert_eq!(out.exit_code, 1, "{name}");
         assert!(
             out.text.contains(&format!("TAMPERED at audit.log:{line}")),
@@ -264,7 +270,10 @@ fn a_tail_after_the_last_checkpoint_is_unproven_not_tampered() {
         assert!(report.tampered.is_none(), "{report:?}");
         assert_eq!(report.unproven.len(), 1, "{report:?}");
         assert!(report.unproven[0].contains("after the last signed checkpoint"));
-        assert_eq!(crate::cli::audit_verify::outcome(&report).exit_code, 3);
+        assert_eq!(
+            crate::cli::audit_verify::outcome(&report, None).exit_code,
+            3
+        );
     }
     // Cut back to the last checkpoint: all proven.
     let last_cp = (0..all.len())
@@ -343,7 +352,10 @@ fn an_empty_log_is_not_verified() {
     let built = build(3, 0);
     let report = verify_one(b"", &built.bundle);
     assert!(!report.verified());
-    assert_eq!(crate::cli::audit_verify::outcome(&report).exit_code, 3);
+    assert_eq!(
+        crate::cli::audit_verify::outcome(&report, None).exit_code,
+        3
+    );
 }
 
 #[test]

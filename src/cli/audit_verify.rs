@@ -4,7 +4,8 @@
 //! prints what it found.
 //!
 //! Exit codes: 0 verified (every line sealed by a verified checkpoint),
-//! 1 tampered or invalid (the first problem, with its file and line),
+//! 1 tampered or invalid (the first problem, with its file and line; or
+//! a segment by another workload than `--spiffe-id`),
 //! 2 unusable input (a file or the bundle cannot be read), 3 the chain is
 //! intact but part of it is unproven (lines after the last signed
 //! checkpoint, an unsigned checkpoint, files missing before the first).
@@ -18,6 +19,7 @@ use clap::Args;
 use super::{CliError, EXIT_FAILED, Outcome, read_file};
 use crate::audit::checkpoint::Bundle;
 use crate::audit::verify::{self, Report};
+use crate::identity::spiffe_id;
 
 /// Exit code when the chain is intact but part of it is unproven.
 pub const EXIT_UNPROVEN: u8 = 3;
@@ -25,7 +27,7 @@ pub const EXIT_UNPROVEN: u8 = 3;
 #[derive(Args, Debug)]
 #[command(
     after_help = "Exit codes: 0 verified; 1 tampered or invalid (the first problem, \
-with file and line); 2 a file or the bundle cannot be read; 3 intact but partly unproven \
+with file and line), or written by another workload than --spiffe-id; 2 a file or the bundle cannot be read; 3 intact but partly unproven \
 (lines after the last signed checkpoint, unsigned checkpoints, earlier files not given)."
 )]
 pub struct VerifyArgs {
@@ -37,9 +39,20 @@ pub struct VerifyArgs {
     /// trust bundle).
     #[arg(long)]
     pub bundle: PathBuf,
+    /// The gateway's SPIFFE ID: every segment must be this workload's
+    /// (otherwise any workload with an SVID from the bundle's CAs could
+    /// have written a log of its own).
+    #[arg(long)]
+    pub spiffe_id: Option<String>,
 }
 
 pub fn run(args: &VerifyArgs) -> Result<Outcome, CliError> {
+    if let Some(id) = &args.spiffe_id {
+        spiffe_id::workload(id).map_err(|e| CliError::Flag {
+            flag: "--spiffe-id",
+            message: e.to_string(),
+        })?;
+    }
     let pem = read_file(&args.bundle)?;
     let bundle = Bundle::from_pem(pem.as_bytes()).map_err(|e| CliError::File {
         file: args.bundle.display().to_string(),
@@ -48,11 +61,12 @@ pub fn run(args: &VerifyArgs) -> Result<Outcome, CliError> {
     let report = verify::verify_files(&args.files, &bundle).map_err(|e| match e {
         verify::VerifyError::Read { file, source } => CliError::Read { path: file, source },
     })?;
-    Ok(outcome(&report))
+    Ok(outcome(&report, args.spiffe_id.as_deref()))
 }
 
-/// The report as text, and its exit code.
-pub fn outcome(report: &Report) -> Outcome {
+/// The report as text, and its exit code; `expected`: the SPIFFE ID every
+/// segment must have been written by.
+pub fn outcome(report: &Report, expected: Option<&str>) -> Outcome {
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -67,6 +81,15 @@ pub fn outcome(report: &Report) -> Outcome {
         let _ = writeln!(
             text,
             "TAMPERED at {at}: {problem}\nverification stopped there"
+        );
+        return Outcome::new(text, EXIT_FAILED);
+    }
+    if let Some(want) = expected
+        && let Some(other) = report.gateways.iter().find(|id| *id != want)
+    {
+        let _ = writeln!(
+            text,
+            "WRONG WORKLOAD: a segment was written by {other}, not {want}"
         );
         return Outcome::new(text, EXIT_FAILED);
     }

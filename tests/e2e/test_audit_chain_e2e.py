@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from conftest import SERVER_ID, TD
+from conftest import GATEWAY_ID, SERVER_ID, TD
 from gateway_fixtures import gateway_bin, start_gateway
 from polling import wait_for
 from raw_http import PROBE, PROBE_HEADERS, post
@@ -61,6 +61,12 @@ def test_audit_verify_on_a_real_run_across_an_svid_rotation(spire, svids, upstre
     assert result.returncode == 0, result.stdout + result.stderr
     assert "by 2 certificate(s)" in result.stdout, result.stdout
     assert GATEWAY_AUDIT_ID in result.stdout
+    result = verify(str(path), "--bundle", bundle, "--spiffe-id", GATEWAY_AUDIT_ID)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Written by another workload than the one expected: refused.
+    result = verify(str(path), "--bundle", bundle, "--spiffe-id", GATEWAY_ID)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "WRONG WORKLOAD" in result.stdout, result.stdout
 
     # One record edited: exit 1, naming the line after it (whose `prev`
     # no longer matches) and the edited line itself.
