@@ -21,6 +21,11 @@
 //!   file's device and inode: a renamed or deleted file is replaced by a
 //!   new one at the path (logrotate without `copytruncate`), as is the file
 //!   after SIGHUP.
+//! - Each batch is chained as it is written ([`super::chain`]): `seq` and
+//!   `prev` added to every line, a genesis first in a newly opened file, a
+//!   signed checkpoint when one is due. While written lines wait for a
+//!   checkpoint, the writer wakes when it is due even without records, and
+//!   at shutdown it seals what it writes last.
 //!
 //! It must never leave a partial line in the file, lose a record without
 //! counting it, or log once per lost record.
