@@ -48,9 +48,11 @@ pub struct App {
 pub async fn build(config: Config) -> anyhow::Result<App> {
     let metrics = Metrics::with_caller_labels(config.metrics_caller_labels);
     let policies = Arc::new(PolicyStore::load(&config.policy, metrics.clone())?);
-    let audit =
-        AuditLog::start(&config.audit, metrics.clone()).context("opening the audit sink")?;
     let identity = spawn_identity(&config, &metrics);
+    // The writer signs checkpoints with the current SVID, read on its own
+    // thread when one is due.
+    let audit = AuditLog::start(&config.audit, metrics.clone(), Box::new(identity.clone()))
+        .context("opening the audit sink")?;
 
     let (listener, admin_listener) = bind(&config).await?;
     let listen_addr = listener.local_addr()?;

@@ -9,10 +9,21 @@
 //! write succeeds again; with `continue` they are served. A record that
 //! cannot be kept is counted as lost, never dropped silently. The audit
 //! stream is its own output, never mixed with debug logs.
+//!
+//! The log proves itself ([`chain`], [`checkpoint`], [`verify`]): every
+//! line carries the hash of the one before, and checkpoints signed with
+//! the gateway's X.509-SVID seal the chain every few records or seconds;
+//! `audit verify` checks both (docs/audit.md). Chaining and signing happen
+//! on the writer thread, never on the request path.
 
+mod chain;
+pub mod checkpoint;
 mod reason;
+mod tail;
+pub mod verify;
 mod writer;
 
+pub use chain::CheckpointPolicy;
 pub use reason::Reason;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -264,7 +275,13 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens the sink (a file that cannot be opened fails the start) and
     /// starts the writer thread.
-    pub fn start(config: &AuditConfig, metrics: Metrics) -> std::io::Result<AuditLog> {
+    /// `keys`: the SVID checkpoints are signed with (the gateway's
+    /// identity).
+    pub fn start(
+        config: &AuditConfig,
+        metrics: Metrics,
+        keys: Box<dyn checkpoint::KeySource>,
+    ) -> std::io::Result<AuditLog> {
         let sink = match &config.sink {
             AuditSink::Stdout => Sink::stdout()?,
             AuditSink::File(path) => {
@@ -277,6 +294,7 @@ impl AuditLog {
             metrics,
             |w| {
                 w.fsync = config.fsync;
+                w.chain = chain::Chain::new(config.checkpoints, keys);
             },
         ))
     }

@@ -39,6 +39,7 @@ mod client_auth;
 pub mod spiffe_id;
 
 pub use client_auth::id_refusal;
+pub(crate) use client_auth::verify_chain;
 
 /// ALPN protocols offered by the listener: HTTP/2 preferred, HTTP/1.1 otherwise.
 const LISTENER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];

@@ -1,6 +1,7 @@
 //! The `spiffe-mcp-gateway` command: `serve` runs the gateway, `check`
 //! validates a config and its policies without serving; `policy test`,
-//! `explain` and `policy matrix` are the policy tooling of [`cli`].
+//! `explain` and `policy matrix` are the policy tooling of [`cli`];
+//! `audit verify` checks an audit log's chain and signed checkpoints.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal, Write};
@@ -48,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: PinCommand,
     },
+    /// Work with audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -58,6 +64,14 @@ enum PinCommand {
     /// Show what each upstream lists now that its pin file does not say
     /// (exit 1 if anything changed).
     Diff(cli::pin::PinArgs),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain and signed checkpoints of audit files (exit 0
+    /// verified, 1 tampered, 2 unreadable input, 3 intact but partly
+    /// unproven).
+    Verify(cli::audit_verify::VerifyArgs),
 }
 
 #[derive(Subcommand)]
@@ -93,6 +107,12 @@ fn main() -> ExitCode {
                 PinCommand::Record(args) => cli::pin::record(&args),
                 PinCommand::Diff(args) => cli::pin::diff(&args),
             });
+        }
+        Command::Audit {
+            command: AuditCommand::Verify(args),
+        } => {
+            init_logging(LogFormat::Text, "warn");
+            return report(cli::audit_verify::run(&args));
         }
     };
     match result {

@@ -186,3 +186,54 @@ fn check_honours_log_format_and_writes_no_colour_to_a_pipe() {
         }
     }
 }
+
+/// `audit verify`'s exit code and output.
+fn audit_verify(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_spiffe-mcp-gateway"))
+        .args(["audit", "verify"])
+        .args(args)
+        .output()
+        .expect("run the gateway binary");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn audit_verify_on_garbage_says_where_it_stopped_and_exits_by_the_documented_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, ca.pem()).unwrap();
+    let bundle = bundle.to_str().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let genesis =
+        r#"{"seq":0,"prev":null,"chain":"genesis","time":"t","gateway":null,"policy_version":"v"}"#;
+    std::fs::write(&log, format!("{genesis}\nnot json at all\n")).unwrap();
+    let log = log.to_str().unwrap();
+
+    let (code, text) = audit_verify(&[log, "--bundle", bundle]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("TAMPERED at {log}:2: not a chained audit line")),
+        "{text}"
+    );
+
+    let missing = dir.path().join("missing.jsonl");
+    let (code, text) = audit_verify(&[missing.to_str().unwrap(), "--bundle", bundle]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("missing.jsonl"), "{text}");
+    let (code, text) = audit_verify(&[log, "--bundle", log]);
+    assert_eq!(code, 2, "a bundle without a certificate: {text}");
+    let (code, text) = audit_verify(&[log]);
+    assert_eq!(code, 2, "no --bundle: {text}");
+
+    // Intact but never sealed: unproven, exit 3.
+    std::fs::write(dir.path().join("audit.jsonl"), format!("{genesis}\n")).unwrap();
+    let (code, text) = audit_verify(&[log, "--bundle", bundle]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("unproven"), "{text}");
+}

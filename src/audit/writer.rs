@@ -21,6 +21,11 @@
 //!   file's device and inode: a renamed or deleted file is replaced by a
 //!   new one at the path (logrotate without `copytruncate`), as is the file
 //!   after SIGHUP.
+//! - Each batch is chained as it is written ([`super::chain`]): `seq` and
+//!   `prev` added to every line, a genesis first in a newly opened file, a
+//!   signed checkpoint when one is due. While written lines wait for a
+//!   checkpoint, the writer wakes when it is due even without records, and
+//!   at shutdown it seals what it writes last.
 //!
 //! It must never leave a partial line in the file, lose a record without
 //! counting it, or log once per lost record.
@@ -36,6 +41,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 use tracing::{error, info, warn};
 
+use super::chain::{Chain, CheckpointPolicy};
+use super::checkpoint::NoKeys;
+use super::tail::{last_line_hash, repair_tail};
 use super::{Record, Shared};
 use crate::metrics::Metrics;
 
@@ -117,13 +125,24 @@ impl Sink {
         Ok(Sink::Stdout(Lines::new(Box::new(File::from(fd)))))
     }
 
+    /// Before a batch: reopens the file when SIGHUP asked for it
+    /// (`reopen`) or its path names another file. `Some(last)` when the
+    /// batch goes to a file opened since the last batch (a new chain
+    /// segment): `last` is the hash of the line it ends with, if any.
+    pub(crate) fn prepare(&mut self, reopen: bool) -> io::Result<Option<Option<String>>> {
+        match self {
+            Sink::Stdout(_) => Ok(None),
+            Sink::File(file) => file.prepare(reopen),
+        }
+    }
+
     /// Writes `lines` (whole lines) or fails having left no partial line
-    /// in a regular file. `reopen`: SIGHUP asked for a fresh open; `sync`:
-    /// a regular file is synced before this returns.
-    pub(crate) fn write_lines(&mut self, lines: &[u8], reopen: bool, sync: bool) -> io::Result<()> {
+    /// in a regular file. `sync`: a regular file is synced before this
+    /// returns.
+    pub(crate) fn write_lines(&mut self, lines: &[u8], sync: bool) -> io::Result<()> {
         match self {
             Sink::Stdout(out) => out.write_whole(lines, sync),
-            Sink::File(file) => file.write_lines(lines, reopen, sync),
+            Sink::File(file) => file.write_lines(lines, sync),
         }
     }
 }
@@ -186,6 +205,8 @@ pub(crate) struct FileSink {
     file: Option<Lines>,
     /// (device, inode) of the open file.
     id: (u64, u64),
+    /// Set when a file was opened: the hash of its last line, if any.
+    opened: Option<Option<String>>,
 }
 
 impl FileSink {
@@ -196,6 +217,7 @@ impl FileSink {
             open,
             file: None,
             id: (0, 0),
+            opened: None,
         };
         sink.reopen()?;
         Ok(sink)
@@ -205,9 +227,12 @@ impl FileSink {
         self.file = None;
         let mut file = (self.open)(&self.path)?;
         let meta = file.metadata()?;
+        let mut last = None;
         if meta.is_file() {
             repair_tail(&mut *file, meta.len(), &self.path)?;
+            last = last_line_hash(&*file)?;
         }
+        self.opened = Some(last);
         self.id = (meta.dev(), meta.ino());
         self.file = Some(Lines::new(file));
         Ok(())
@@ -222,52 +247,21 @@ impl FileSink {
         }
     }
 
-    fn write_lines(&mut self, lines: &[u8], reopen: bool, sync: bool) -> io::Result<()> {
+    fn prepare(&mut self, reopen: bool) -> io::Result<Option<Option<String>>> {
         if reopen || self.file.is_none() || self.path_moved() {
             if self.file.is_some() {
                 info!(path = %self.path.display(), sighup = reopen, "reopening the audit file");
             }
             self.reopen()?;
         }
+        Ok(self.opened.take())
+    }
+
+    fn write_lines(&mut self, lines: &[u8], sync: bool) -> io::Result<()> {
         match self.file.as_mut() {
             Some(file) => file.write_whole(lines, sync),
             None => Err(io::Error::other("audit file not open")),
         }
-    }
-}
-
-/// How far back a torn tail is looked for at open.
-const MAX_TORN_TAIL: u64 = 1 << 20;
-
-/// A file that does not end in a newline ends in a torn line (a crash
-/// during a write): cut it back to the last complete line. Without a
-/// newline in the last [`MAX_TORN_TAIL`] bytes this is not a torn record
-/// but something else: left as it is, ended with a newline so that the
-/// records that follow are whole lines.
-fn repair_tail(file: &mut dyn LogFile, len: u64, path: &Path) -> io::Result<()> {
-    let mut end = len;
-    let mut chunk = [0u8; 4096];
-    while end > 0 && len - end < MAX_TORN_TAIL {
-        let start = end.saturating_sub(chunk.len() as u64);
-        let buf = &mut chunk[..(end - start) as usize];
-        file.read_exact_at(buf, start)?;
-        if end == len && buf.last() == Some(&b'\n') {
-            return Ok(());
-        }
-        if let Some(at) = buf.iter().rposition(|b| *b == b'\n') {
-            let cut = start + at as u64 + 1;
-            warn!(path = %path.display(), removed_bytes = len - cut, "the audit file ended in a torn line; cut back to the last complete line");
-            return file.set_len(cut);
-        }
-        end = start;
-    }
-    if len == 0 {
-        return Ok(());
-    }
-    warn!(path = %path.display(), "the audit file does not end in a newline and has no record boundary near its end; left as it is, a newline appended");
-    match file.write(b"\n")? {
-        1 => Ok(()),
-        _ => Err(io::ErrorKind::WriteZero.into()),
     }
 }
 
@@ -298,6 +292,11 @@ pub(crate) struct Writer {
     last_failure_log: Option<Instant>,
     /// Failure and recovery lines logged (what the rate limit bounds).
     pub(crate) failure_logs: u64,
+    /// The hash chain and its checkpoints.
+    pub(crate) chain: Chain,
+    /// The policy version of the first record of the pending batch (what a
+    /// genesis names).
+    policy_version: String,
 }
 
 /// One stretch of failing writes.
@@ -327,6 +326,8 @@ impl Writer {
             failure: None,
             last_failure_log: None,
             failure_logs: 0,
+            chain: Chain::new(CheckpointPolicy::default(), Box::new(NoKeys)),
+            policy_version: String::new(),
         }
     }
 
@@ -337,24 +338,53 @@ impl Writer {
             let open = if self.failure.is_some() {
                 self.wait_while_failing(&mut rx)
             } else {
-                match rx.blocking_recv() {
-                    Some(record) => {
-                        self.push(&record);
-                        true
-                    }
-                    None => false,
-                }
+                self.receive(&mut rx)
             };
             let open = open && self.take_queued(&mut rx) && self.gather(&mut rx);
-            if self.due() {
-                self.flush();
-            }
             if !open {
                 break;
             }
+            if self.due() {
+                self.flush();
+            }
         }
-        self.flush();
+        // What is held, and the checkpoint that seals it, in one write.
+        self.write(true);
         self.lose_pending();
+    }
+
+    /// Waits for the next record and takes it in; while written records
+    /// wait for a checkpoint, only until it is due, looking for records
+    /// every [`GROUP_COMMIT`] meanwhile (so none waits longer than while
+    /// idle). No tokio timer: the writer outlives the runtime's time driver
+    /// at shutdown. Returns false once every sender is gone.
+    fn receive(&mut self, rx: &mut mpsc::Receiver<Record>) -> bool {
+        let Some(deadline) = self.chain.checkpoint_deadline() else {
+            return match rx.blocking_recv() {
+                Some(record) => {
+                    self.push(&record);
+                    true
+                }
+                None => false,
+            };
+        };
+        loop {
+            match rx.try_recv() {
+                Ok(record) => {
+                    self.push(&record);
+                    return true;
+                }
+                Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // The checkpoint is due: `due` says so to the loop.
+                return true;
+            }
+            // Woken early when the last sender is gone (shutdown).
+            std::thread::park_timeout((deadline - now).min(GROUP_COMMIT));
+        }
     }
 
     /// While failing: takes queued records in every [`POLL`] until the
@@ -412,9 +442,14 @@ impl Writer {
         }
     }
 
-    /// Whether a write should be tried now.
+    /// Whether a write should be tried now: records wait, or a
+    /// checkpoint is due.
     fn due(&self) -> bool {
-        !self.pending.lines.is_empty()
+        let checkpoint = self
+            .chain
+            .checkpoint_deadline()
+            .is_some_and(|at| Instant::now() >= at);
+        (!self.pending.lines.is_empty() || checkpoint)
             && self
                 .failure
                 .as_ref()
@@ -424,6 +459,9 @@ impl Writer {
     /// Serialises a record into the pending lines, or counts it lost when
     /// the writer is failing and the retry buffer is full.
     pub(crate) fn push(&mut self, record: &Record) {
+        if self.pending.records == 0 && self.policy_version != record.policy_version {
+            self.policy_version.clone_from(&record.policy_version);
+        }
         let before = self.pending.lines.len();
         let ok = serde_json::to_writer(&mut self.pending.lines, record).is_ok();
         self.pending.lines.push(b'\n');
@@ -438,18 +476,38 @@ impl Writer {
         self.pending.records += 1;
     }
 
-    /// Tries to write everything pending.
+    /// Tries to write everything pending (chained, with a checkpoint if
+    /// one is due).
     pub(crate) fn flush(&mut self) {
-        if self.pending.lines.is_empty() {
+        self.write(false);
+    }
+
+    /// As [`Writer::flush`]; `seal`: a checkpoint after the last record
+    /// whatever the interval (at shutdown).
+    fn write(&mut self, seal: bool) {
+        let checkpoint = self
+            .chain
+            .checkpoint_deadline()
+            .is_some_and(|at| seal || Instant::now() >= at);
+        if self.pending.lines.is_empty() && !checkpoint {
             return;
         }
         let reopen = self.shared.reopen.swap(false, Ordering::Relaxed);
         self.last_write = Some(Instant::now());
-        match self
-            .sink
-            .write_lines(&self.pending.lines, reopen, self.fsync)
-        {
-            Ok(()) => {
+        let written = self.sink.prepare(reopen).and_then(|opened| {
+            if let Some(last) = opened {
+                self.chain.new_segment(last);
+            }
+            let draft = self
+                .chain
+                .draft(&self.pending.lines, &self.policy_version, seal);
+            self.sink
+                .write_lines(&draft.lines, self.fsync)
+                .map(|()| draft)
+        });
+        match written {
+            Ok(draft) => {
+                self.chain.commit(draft);
                 self.metrics.audit_records.inc_by(self.pending.records);
                 self.metrics.audit_queued.sub(self.pending.records as i64);
                 self.pending = Pending::default();

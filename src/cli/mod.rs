@@ -1,7 +1,8 @@
 //! Policy tooling on the command line: `policy test` runs declarative test
 //! cases against a policy directory, `explain` decides one request and says
 //! why, `policy matrix` tabulates who may call what (or what changed between
-//! two policy directories).
+//! two policy directories). `audit verify` checks the hash chain and the
+//! signed checkpoints of audit files ([`audit_verify`], exit codes there).
 //!
 //! Every command decides with the same [`PolicyEngine`] and the same
 //! [`PolicyInput`](crate::policy::PolicyInput) the gateway uses, through the
@@ -15,6 +16,7 @@
 //! failed, no case ran, or `--fail-on-change` saw a change), 2 unusable
 //! input ([`CliError`]).
 
+pub mod audit_verify;
 mod engine_log;
 pub mod explain;
 mod inventory;

@@ -1,10 +1,13 @@
 //! `audit:`: the sink, what calls meet while records cannot be written,
-//! and whether batches are synced.
+//! whether batches are synced, and how often signed checkpoints seal the
+//! chain.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use serde::Deserialize;
+
+use crate::audit::CheckpointPolicy;
 
 /// `audit:`: where records go and what happens when they cannot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +18,9 @@ pub struct AuditConfig {
     /// `audit.fsync`: every batch of records is synced to disk before it
     /// counts as written.
     pub fsync: bool,
+    /// `audit.checkpoint_every_records`, `audit.checkpoint_interval_seconds`:
+    /// when a signed checkpoint seals the chain.
+    pub checkpoints: CheckpointPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +51,8 @@ pub(super) struct RawAudit {
     on_failure: Option<AuditOnFailure>,
     #[serde(default)]
     fsync: bool,
+    checkpoint_every_records: Option<u64>,
+    checkpoint_interval_seconds: Option<u64>,
 }
 
 #[derive(Deserialize, Default, PartialEq, Eq)]
@@ -61,6 +69,30 @@ impl RawAudit {
             on_failure: self.on_failure.unwrap_or(AuditOnFailure::Refuse),
             fsync: self.fsync,
             sink: self.sink(base)?,
+            checkpoints: self.checkpoints()?,
+        })
+    }
+
+    /// At least one record and one second; at most a million records and
+    /// an hour, past which a crash leaves too much unproven.
+    fn checkpoints(&self) -> anyhow::Result<CheckpointPolicy> {
+        let default = CheckpointPolicy::default();
+        let every = self
+            .checkpoint_every_records
+            .unwrap_or(default.every_records);
+        if !(1..=1_000_000).contains(&every) {
+            bail!("audit.checkpoint_every_records: {every} is not within 1..=1000000");
+        }
+        let seconds = match self.checkpoint_interval_seconds {
+            Some(s) => s,
+            None => default.interval.as_secs(),
+        };
+        if !(1..=3600).contains(&seconds) {
+            bail!("audit.checkpoint_interval_seconds: {seconds} is not within 1..=3600");
+        }
+        Ok(CheckpointPolicy {
+            every_records: every,
+            interval: std::time::Duration::from_secs(seconds),
         })
     }
 

@@ -648,3 +648,30 @@ fn audit_fsync_is_off_unless_asked_and_takes_only_a_boolean() {
     let msg = format!("{:#}", parse(&bad).expect_err("fsync must be a boolean"));
     assert!(msg.contains("fsync"), "{msg}");
 }
+
+#[test]
+fn audit_checkpoints_default_to_1000_records_or_5_seconds_and_are_bounded() {
+    let audit = parse(GOOD).unwrap().audit;
+    assert_eq!(audit.checkpoints.every_records, 1000);
+    assert_eq!(audit.checkpoints.interval, Duration::from_secs(5));
+    let set = GOOD.replace(
+        "path: audit.jsonl }",
+        "path: audit.jsonl, checkpoint_every_records: 10, checkpoint_interval_seconds: 2 }",
+    );
+    let audit = parse(&set).unwrap().audit;
+    assert_eq!(audit.checkpoints.every_records, 10);
+    assert_eq!(audit.checkpoints.interval, Duration::from_secs(2));
+    for (field, value) in [
+        ("checkpoint_every_records", "0"),
+        ("checkpoint_every_records", "1000001"),
+        ("checkpoint_interval_seconds", "0"),
+        ("checkpoint_interval_seconds", "3601"),
+    ] {
+        let bad = GOOD.replace(
+            "path: audit.jsonl }",
+            &format!("path: audit.jsonl, {field}: {value} }}"),
+        );
+        let err = format!("{:#}", parse(&bad).unwrap_err());
+        assert!(err.contains(&format!("audit.{field}")), "{err}");
+    }
+}

@@ -166,6 +166,30 @@ impl ClientCertVerifier for SvidClientVerifier {
     }
 }
 
+/// A certificate chain presented outside a handshake (an audit
+/// checkpoint's `x5c`): the leaf rules of [`check_leaf`], then the chain,
+/// validity at `at` and the clientAuth usage, as a caller's certificate is
+/// checked, against `roots` alone. Returns the leaf's SPIFFE ID.
+pub(crate) fn verify_chain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    roots: Arc<RootCertStore>,
+    at: UnixTime,
+) -> Result<SpiffeId, rustls::Error> {
+    let id = check_leaf(leaf.as_ref())?;
+    let eligible: Vec<CertificateDer<'_>> = intermediates
+        .iter()
+        .filter(|c| may_sign_certificates(c.as_ref()))
+        .cloned()
+        .collect();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    WebPkiClientVerifier::builder_with_provider(roots, provider)
+        .build()
+        .map_err(|e| general(format!("trust bundle: {e}")))?
+        .verify_client_cert(leaf, &eligible, at)?;
+    Ok(id)
+}
+
 /// The X509-SVID leaf rules (SPIFFE X509-SVID 4.x, 5.x) that are not chain
 /// rules: exactly one SPIFFE ID, canonical, with a path; not a CA;
 /// digitalSignature. An ID refusal is a certificate error carrying the

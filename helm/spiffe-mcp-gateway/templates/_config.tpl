@@ -89,6 +89,8 @@ audit:
   {{- end }}
   on_failure: {{ $c.audit.onFailure }}
   fsync: {{ $c.audit.fsync }}
+  checkpoint_every_records: {{ int64 $c.audit.checkpointEveryRecords }}
+  checkpoint_interval_seconds: {{ int64 $c.audit.checkpointIntervalSeconds }}
 limits:
   max_body_bytes: {{ int64 $c.limits.maxBodyBytes }}
   session_idle_timeout_seconds: {{ int64 $c.limits.sessionIdleTimeoutSeconds }}
