@@ -66,12 +66,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         metrics.clone(),
     )?);
     let draining = Arc::new(AtomicBool::new(false));
-    let admin = Arc::new(Admin {
-        identity: identity.clone(),
-        metrics,
-        draining: Arc::clone(&draining),
-        audit: audit.clone(),
-    });
+    let admin = admin_state(&identity, metrics, &draining, &audit);
     let (shutdown, watcher) = watch::channel(false);
     let (stop_accepting, stop) = watch::channel(false);
     let (start_draining, drain) = watch::channel(false);
@@ -105,6 +100,21 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         connections,
         listener_task,
         tasks,
+    })
+}
+
+/// What the admin listener reads: readiness, metrics, draining, audit health.
+fn admin_state(
+    identity: &Identity,
+    metrics: Metrics,
+    draining: &Arc<AtomicBool>,
+    audit: &AuditLog,
+) -> Arc<Admin> {
+    Arc::new(Admin {
+        identity: identity.clone(),
+        metrics,
+        draining: Arc::clone(draining),
+        audit: audit.clone(),
     })
 }
 
