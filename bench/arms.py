@@ -271,6 +271,11 @@ class Arm:
         end = data.rfind(b"\n") + 1  # a partly written last line waits for the next call
         self._offset += end
         for line in data[:end].splitlines():
+            # The audit chain's own lines (genesis, checkpoints; docs/audit.md)
+            # decide nothing: counted apart, never as unparsed.
+            if re.search(rb'"chain":"([a-z]+)"', line):
+                self._counts["chain"] = self._counts.get("chain", 0) + 1
+                continue
             m = re.search(rb'"decision":"([a-z_]+)"', line)
             key = m.group(1).decode() if m else "unparsed"
             self._counts[key] = self._counts.get(key, 0) + 1
