@@ -329,7 +329,8 @@ async fn policies_see_the_pin_status_in_context() {
     let (call, headers) = modern(3, "tools/call", "echo");
     let echoed = agent.post("/mcp", &headers, &call).await.json();
     assert_eq!(echoed["result"]["content"][0]["text"], "echo");
-    let records = gw.audit(5).await;
+    // tools/list, list_filtered, two mismatches seen, two calls.
+    let records = gw.audit(6).await;
     let denied = records
         .iter()
         .find(|r| r["method"] == "tools/call" && r["target"] == "get_weather")
