@@ -264,13 +264,21 @@ impl Upstream {
         };
         let mut headers = HeaderMap::new();
         headers.insert(protocol::SESSION_HEADER, value);
-        let req = super::forward::request(self, Method::DELETE, Bytes::new(), headers);
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                debug!(error = %e, upstream = %self.name, "ending an upstream session failed");
+        // DELETE is idempotent: tried once more when the first try failed to
+        // be delivered (a pooled connection the upstream had just closed as
+        // idle), so an idle session is not left open at the upstream.
+        for attempt in 1..=2 {
+            let req = super::forward::request(self, Method::DELETE, Bytes::new(), headers.clone());
+            match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => {
+                    debug!(error = %e, upstream = %self.name, attempt, "ending an upstream session failed");
+                }
+                Err(_) => {
+                    debug!(upstream = %self.name, "ending an upstream session timed out");
+                    return;
+                }
             }
-            Err(_) => debug!(upstream = %self.name, "ending an upstream session timed out"),
         }
     }
 }
