@@ -273,7 +273,9 @@ struct Seen {
     /// (kind, name) -> hash of the definition last listed, for pinned names
     /// only: bounded by the pin file (any other name is unpinned whatever
     /// was listed).
-    pinned: HashMap<(PinKind, String), String>,
+    /// Indexed by `PinKind as usize`, so a call looks its name up without
+    /// allocating a key.
+    pinned: [HashMap<String, String>; 3],
     /// (kind, name, hash) of unpinned definitions already audited.
     reported: HashSet<(PinKind, String, String)>,
 }
@@ -300,7 +302,7 @@ impl Observed {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             let hash = listed.clone().unwrap_or_default();
             if pinned.is_some() {
-                let last = seen.pinned.insert((kind, name.to_owned()), hash.clone());
+                let last = seen.pinned[kind as usize].insert(name.to_owned(), hash.clone());
                 last.as_deref() != Some(hash.as_str())
             } else {
                 if seen.reported.len() >= MAX_REPORTED {
@@ -321,12 +323,8 @@ impl Observed {
     /// under that name (the pin file alone when it was never listed).
     pub fn called(&self, pins: Option<&PinFile>, kind: PinKind, name: &str) -> Check {
         let pinned = pins.and_then(|p| p.get(kind, name)).map(|p| p.hash.clone());
-        let listed = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pinned
-            .get(&(kind, name.to_owned()))
+        let listed = self.seen.lock().unwrap_or_else(|e| e.into_inner()).pinned[kind as usize]
+            .get(name)
             .cloned();
         let status = match (&pinned, &listed) {
             (None, _) => PinStatus::Unpinned,
