@@ -131,6 +131,11 @@ fn background(
         tokio::spawn(sweep_sessions(Arc::clone(gateway), shutdown.clone())),
         tokio::spawn(Arc::clone(policies).watch(config.policy.watch_interval, shutdown.clone())),
         tokio::spawn(reopen_audit_on_sighup(audit, shutdown.clone())),
+        tokio::spawn(Arc::clone(&gateway.session_keys).watch(
+            config.sessions.keys_watch_interval,
+            gateway.metrics.clone(),
+            shutdown.clone(),
+        )),
     ];
     for up in gateway.upstreams() {
         let probe = probe_upstream(Arc::clone(up), shutdown.clone());

@@ -20,12 +20,14 @@ use crate::pins::PinMode;
 mod audit;
 mod connections;
 mod limits;
+mod sessions;
 mod upstream;
 
 use audit::RawAudit;
 pub use audit::{AuditConfig, AuditOnFailure, AuditSink};
 pub use connections::ConnectionsConfig;
 pub use limits::LimitsConfig;
+pub use sessions::SessionsConfig;
 pub use upstream::{AGGREGATE_SEPARATOR, AggregateConfig, UpstreamConfig, UpstreamConnection};
 use upstream::{RawAggregate, RawUpstream, validate_aggregate, validate_upstreams};
 
@@ -73,6 +75,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Body size and session table bounds (`limits:`).
     pub limits: LimitsConfig,
+    /// Session id keys and lifetime (`sessions:`).
+    pub sessions: SessionsConfig,
     /// After SIGTERM, how long in-flight requests and streams may finish.
     pub drain_timeout: Duration,
     /// After SIGTERM, how long the listener keeps accepting while `/readyz`
@@ -195,6 +199,8 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     limits: limits::RawLimits,
+    #[serde(default)]
+    sessions: sessions::RawSessions,
     #[serde(default)]
     shutdown: RawShutdown,
     #[serde(default)]
@@ -350,6 +356,7 @@ impl RawConfig {
             user_auth,
             audit,
             limits: self.limits.validate()?,
+            sessions: self.sessions.validate(base)?,
             drain_timeout,
             not_ready_delay,
             log,

@@ -119,6 +119,11 @@ const POLICY_RELOADS: Def = (
     "Policy reload attempts by result (success, failure).",
     &["result"],
 );
+const SESSION_KEY_RELOADS: Def = (
+    "mcp_gateway_session_key_reloads_total",
+    "Reads of sessions.keys_file after the start, by result (success, failure: the keys in use stay).",
+    &["result"],
+);
 const POLICY_LAST_RELOAD_SUCCESS: Def = (
     "mcp_gateway_policy_last_reload_success_timestamp_seconds",
     "When the policy set in force was loaded, Unix seconds.",
@@ -244,6 +249,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     pub policy_count: IntGauge,
     policy_reloads: IntCounterVec,
+    session_key_reloads: IntCounterVec,
     /// Unix time of the last successful policy load (the start counts).
     pub policy_last_reload_success: Gauge,
     /// 1 while the last reload attempt failed (the previous set is in force).
@@ -310,6 +316,7 @@ impl Metrics {
             ready: d.gauge(READY),
             policy_count: d.gauge(POLICY_COUNT),
             policy_reloads: d.counters(POLICY_RELOADS),
+            session_key_reloads: d.counters(SESSION_KEY_RELOADS),
             policy_last_reload_success: d.float_gauge(POLICY_LAST_RELOAD_SUCCESS),
             policy_reload_failing: d.gauge(POLICY_RELOAD_FAILING),
             shadow_policy_count: d.gauge(SHADOW_POLICY_COUNT),
@@ -334,6 +341,7 @@ impl Metrics {
         }
         for result in ["success", "failure"] {
             m.policy_reloads.with_label_values(&[result]);
+            m.session_key_reloads.with_label_values(&[result]);
         }
         m
     }
@@ -362,6 +370,11 @@ impl Metrics {
     pub fn policy_reload(&self, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.policy_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn session_key_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.session_key_reloads.with_label_values(&[result]).inc();
     }
 
     /// A message the shadow set decided differently; `allowed` is the

@@ -51,13 +51,19 @@ async fn one_session_allows_the_low_risk_call_and_denies_the_sensitive_one() {
     assert_eq!(delete.json()["id"], 3);
 
     assert_eq!(gw.upstream.rpc_methods(), ["initialize", "tools/call"]);
+    // The agent holds a sealed id; the upstream is sent, and the records
+    // name, the upstream's own.
+    assert_ne!(session, "stub-session-0");
+    let sent = &gw.upstream.received()[1];
+    assert_eq!(sent.headers["mcp-session-id"], "stub-session-0");
+    assert_eq!(echo.header("mcp-session-id"), Some(session.as_str()));
     let records = gw.audit(3).await;
     let allowed = &records[1];
     assert_record_shape(allowed);
     assert_eq!(allowed["decision"], "allow");
     assert_eq!(allowed["caller"], AGENT);
     assert_eq!(allowed["target"], "echo");
-    assert_eq!(allowed["session_id"], session.as_str());
+    assert_eq!(allowed["session_id"], "stub-session-0");
     assert_eq!(
         allowed["policy_ids"],
         json!(["agent-calls-echo-and-getters"])
@@ -66,7 +72,7 @@ async fn one_session_allows_the_low_risk_call_and_denies_the_sensitive_one() {
     assert_eq!(denied["decision"], "deny");
     assert_eq!(denied["reason"], "forbid");
     assert_eq!(denied["target"], "delete_repository");
-    assert_eq!(denied["session_id"], session.as_str());
+    assert_eq!(denied["session_id"], "stub-session-0");
     assert_eq!(denied["policy_ids"], json!(["nobody-deletes-repos"]));
     assert_eq!(denied["policy_version"], allowed["policy_version"]);
 }

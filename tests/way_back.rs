@@ -179,7 +179,11 @@ async fn server_requests_on_a_stream_are_decided_and_a_denied_one_is_answered_up
     let refusal = received[2].json();
     assert_eq!(refusal["id"], 101);
     assert_eq!(refusal["error"]["code"], -32060);
-    assert_eq!(received[2].headers["mcp-session-id"], session.as_str());
+    // The upstream's own session id, as on the call it answered; never
+    // the caller's sealed one.
+    let upstreams_id = &received[1].headers["mcp-session-id"];
+    assert_eq!(&received[2].headers["mcp-session-id"], upstreams_id);
+    assert_ne!(upstreams_id, session.as_str());
 
     let records = gw.audit(4).await;
     let way_back: Vec<&Value> = records.iter().filter(|r| r["caller"] == SERVER).collect();

@@ -70,7 +70,7 @@ reasons! {
     AuditUnavailable => "audit_unavailable", "audit records cannot be written (`audit.on_failure: refuse`)";
     SessionUnknown => "session_unknown", "the session id is not one the gateway issued, or it ended";
     SessionNotOwned => "session_not_owned", "the session belongs to another identity";
-    SessionExpired => "session_expired", "the session was idle longer than `limits.session_idle_timeout_seconds`";
+    SessionExpired => "session_expired", "the session is past `sessions.max_lifetime_seconds` or its key was removed, or (without `sessions.keys_file`) was idle longer than `limits.session_idle_timeout_seconds`";
     SessionTableFull => "session_table_full", "no new session: `limits.max_sessions` reached";
     SessionIdentityLimit => "session_identity_limit", "no new session: the caller holds `limits.max_sessions_per_identity`";
     SessionIdCollision => "session_id_collision", "the upstream issued a session id already bound to another identity";

@@ -23,7 +23,8 @@ use crate::pins::PinKind;
 use crate::pins::diff;
 use crate::pins::file::PinFile;
 use crate::proxy::pin_fetch;
-use crate::proxy::session::Sessions;
+use crate::proxy::session::keys::SessionKeys;
+use crate::proxy::session::{Bounds, Sessions};
 use crate::proxy::upstream::Upstream;
 
 /// How long to wait for the first SVID.
@@ -168,12 +169,17 @@ fn upstream(
     u: &UpstreamConfig,
     identity: &Identity,
 ) -> Result<Arc<Upstream>, CliError> {
+    // The CLI reads lists in sessions of its own; no caller's session
+    // passes through it, so its table never leaves this process.
+    let keys = SessionKeys::load(None).map_err(|e| CliError::Config(e.to_string()))?;
     let limits = &config.limits;
-    let sessions = Sessions::new(
-        limits.session_idle_timeout,
-        limits.max_sessions,
-        limits.max_sessions_per_identity,
-    );
+    let bounds = Bounds {
+        idle: limits.session_idle_timeout,
+        lifetime: config.sessions.max_lifetime,
+        max: limits.max_sessions,
+        max_per_identity: limits.max_sessions_per_identity,
+    };
+    let sessions = Sessions::new(bounds, Arc::new(keys), format!("u:{}", u.name));
     Upstream::new(u, identity.clone(), &Metrics::new(), sessions)
         .map(Arc::new)
         .map_err(|e| CliError::Config(format!("upstream {}: {e:#}", u.name)))

@@ -19,7 +19,14 @@ use crate::proxy::way_back::{self, PendingList, ReplyContext};
 #[derive(Clone, Copy)]
 pub(super) struct RequestFacts<'a> {
     pub(super) peer: &'a Peer,
+    /// The session as audit records and policies name it: the upstream's
+    /// own id (on the aggregated endpoint, its handle); before the session
+    /// is checked, the id as the caller sent it.
     pub(super) session_id: Option<&'a str>,
+    /// The upstream's own session id, sent in place of the caller's sealed
+    /// `Mcp-Session-Id`; `None` where the headers already carry the right
+    /// one (no session, or a member of the aggregated endpoint).
+    pub(super) upstream_session: Option<&'a str>,
     pub(super) protocol_version: Option<&'a str>,
     /// The verified end user (`context.user`), when a token was presented.
     pub(super) user: Option<&'a Arc<User>>,
@@ -57,6 +64,7 @@ impl<'a> RequestFacts<'a> {
     {
         RequestFacts {
             upstream: Some(up),
+            upstream_session: None,
             ..*self
         }
     }

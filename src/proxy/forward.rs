@@ -17,6 +17,7 @@ use hyper::{Method, Request, Response};
 use tracing::warn;
 
 use crate::proxy::ProxyError;
+use crate::proxy::protocol::SESSION_HEADER;
 use crate::proxy::trace::{self, Trace};
 use crate::proxy::upstream::{ConnectError, Upstream};
 
@@ -90,6 +91,8 @@ pub struct Call<'a> {
     pub trace: &'a Trace,
     /// Drop `Authorization` (a token whose audience is the gateway).
     pub strip_authorization: bool,
+    /// The upstream's own session id, in place of the caller's sealed one.
+    pub session: Option<&'a str>,
 }
 
 impl Call<'_> {
@@ -107,6 +110,13 @@ impl Call<'_> {
         let h = req.headers_mut();
         if self.strip_authorization {
             h.remove(header::AUTHORIZATION);
+        }
+        if let Some(session) = self.session {
+            // The sealed id is the gateway's: never passed on.
+            h.remove(SESSION_HEADER);
+            if let Ok(v) = HeaderValue::from_str(session) {
+                h.insert(SESSION_HEADER, v);
+            }
         }
         h.insert(trace::TRACEPARENT, self.trace.header());
         if !self.trace.continued() {

@@ -7,11 +7,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue};
 use hyper::{Method, Response};
 
+use crate::config::Config;
 use crate::proxy::facts::RequestFacts;
 use crate::proxy::reply::ReplyBody;
-use crate::proxy::session::Reservation;
+use crate::proxy::session::keys::SessionKeys;
+use crate::proxy::session::{Bounds, Reservation};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::way_back::ReplyContext;
 use crate::proxy::{Gateway, ProxyError, protocol};
@@ -22,7 +25,7 @@ impl Gateway {
     /// bound is not handed out. No session issued: the place is given back.
     pub(super) async fn bind_session(
         self: &Arc<Self>,
-        resp: Response<Incoming>,
+        mut resp: Response<Incoming>,
         mut ctx: ReplyContext,
         reservation: Reservation<()>,
     ) -> Response<ReplyBody> {
@@ -34,8 +37,10 @@ impl Gateway {
             return self.way_back.inspect_reply(resp, ctx).await;
         };
         let up = Arc::clone(&ctx.upstream);
-        match reservation.bind(&id, ()) {
-            Ok(()) => {
+        let version = ctx.protocol_version.clone();
+        match reservation.bind(&id, version.as_deref(), ()) {
+            Ok(sealed) => {
+                show_session(resp.headers_mut(), Some(&sealed));
                 ctx.session_id = Some(id);
                 self.way_back.inspect_reply(resp, ctx).await
             }
@@ -44,6 +49,7 @@ impl Gateway {
                 let facts = RequestFacts {
                     peer: &ctx.peer,
                     session_id: Some(&id),
+                    upstream_session: None,
                     protocol_version: ctx.protocol_version.as_deref(),
                     user: ctx.user.as_ref(),
                     policies: &ctx.policies,
@@ -75,13 +81,15 @@ impl Gateway {
                 None,
             )
             .await;
+        let sealed = sealed(&parts.headers);
         match upstream {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                show_session(resp.headers_mut(), sealed);
                 if parts.method == Method::DELETE {
                     if resp.status().is_success()
-                        && let Some(id) = facts.session_id
+                        && let Some(sealed) = sealed
                     {
-                        up.sessions.remove(id);
+                        up.sessions.remove(sealed);
                     }
                     return up.reply(resp);
                 }
@@ -103,7 +111,7 @@ impl Gateway {
                 .sessions
                 .sweep()
                 .into_iter()
-                .map(|(_, links)| links)
+                .map(|session| session.value)
                 .collect();
             if !ended.is_empty() {
                 let gateway = Arc::clone(self);
@@ -123,10 +131,52 @@ impl Gateway {
             }
             let up = Arc::clone(up);
             tokio::spawn(async move {
-                for (id, ()) in ended {
-                    up.end_session(&id).await;
+                for session in ended {
+                    up.end_session(&session.handle).await;
                 }
             });
         }
     }
+}
+
+/// The sealed session id the caller sent, if one.
+pub(super) fn sealed(headers: &HeaderMap) -> Option<&str> {
+    protocol::single_header(headers, protocol::SESSION_HEADER)
+        .ok()
+        .flatten()
+}
+
+/// The caller sees its sealed session id, never the upstream's own: the
+/// upstream's `Mcp-Session-Id` on a reply is replaced (or removed).
+pub(super) fn show_session(headers: &mut HeaderMap, sealed: Option<&str>) {
+    headers.remove(protocol::SESSION_HEADER);
+    if let Some(v) = sealed.and_then(|s| HeaderValue::from_str(s).ok()) {
+        headers.insert(protocol::SESSION_HEADER, v);
+    }
+}
+
+/// The session tables' bounds, from `limits:` and `sessions:`.
+pub(super) fn session_bounds(config: &Config) -> Bounds {
+    Bounds {
+        idle: config.limits.session_idle_timeout,
+        lifetime: config.sessions.max_lifetime,
+        max: config.limits.max_sessions,
+        max_per_identity: config.limits.max_sessions_per_identity,
+    }
+}
+
+/// The keys of `sessions.keys_file`, or (said in the log) one of the
+/// process's own. A configured file that cannot be used stops the start.
+pub(super) fn session_keys(config: &Config) -> anyhow::Result<SessionKeys> {
+    let file = config.sessions.keys_file.as_deref();
+    let keys = SessionKeys::load(file).map_err(|e| anyhow::anyhow!("sessions.keys_file: {e}"))?;
+    if keys.shared() {
+        tracing::info!(keys = ?keys.current().ids(), "sessions: sealed with the keys file; valid on every replica that holds it");
+    } else {
+        tracing::warn!(
+            "sessions: no sessions.keys_file, so session ids are sealed with a key of this \
+             process's own: valid on this replica only, and ended by its restart"
+        );
+    }
+    Ok(keys)
 }

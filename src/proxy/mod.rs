@@ -89,6 +89,8 @@ pub struct Gateway {
     credentials: Credentials,
     /// The endpoints: each upstream, and the aggregated one.
     router: Router,
+    /// The keys that seal session ids, shared by every session table.
+    pub session_keys: Arc<session::keys::SessionKeys>,
 }
 
 impl Gateway {
@@ -99,11 +101,13 @@ impl Gateway {
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Gateway> {
-        let upstreams = upstreams(config, &identity, &metrics)?;
+        let session_keys = Arc::new(lifecycle::session_keys(config)?);
+        let bounds = lifecycle::session_bounds(config);
+        let upstreams = upstreams(config, &identity, &metrics, bounds, &session_keys)?;
         let aggregate = config
             .aggregate
             .as_ref()
-            .map(|a| aggregate::Aggregate::new(a, &upstreams, &config.limits))
+            .map(|a| aggregate::Aggregate::new(a, &upstreams, bounds, &session_keys))
             .transpose()?;
         let admission = Admission::new(
             config.connections.max_connections,
@@ -133,6 +137,7 @@ impl Gateway {
             connections: config.connections.clone(),
             admission,
             credentials: Credentials::new(config)?,
+            session_keys,
         })
     }
 
@@ -166,6 +171,7 @@ impl Gateway {
         let facts = RequestFacts {
             peer,
             session_id: None,
+            upstream_session: None,
             protocol_version: None,
             user: None,
             policies: &policies,
@@ -233,6 +239,7 @@ impl Gateway {
         let mut facts = RequestFacts {
             peer,
             session_id: session.as_ref().ok().copied().flatten(),
+            upstream_session: None,
             protocol_version: version.as_ref().ok().copied().flatten(),
             user: None,
             policies: &policies,
@@ -272,14 +279,25 @@ impl Gateway {
         facts: &RequestFacts<'_>,
         up: &Arc<Upstream>,
     ) -> Response<ReplyBody> {
-        if let Some(id) = facts.session_id
-            && let Err(refusal) = up.sessions.check(id, &facts.peer.spiffe_id)
-        {
-            linger(body);
-            return self
-                .refuse_unparsed(ProxyError::Session(refusal), facts)
-                .await;
-        }
+        let handle = match facts.session_id {
+            None => None,
+            Some(sealed) => match up.sessions.check(sealed, &facts.peer.spiffe_id) {
+                Ok(session) => Some(session.handle),
+                Err(refusal) => {
+                    linger(body);
+                    return self
+                        .refuse_unparsed(ProxyError::Session(refusal), facts)
+                        .await;
+                }
+            },
+        };
+        // From here on the session is the upstream's own id: what records
+        // and policies name, and what the upstream is sent.
+        let facts = &RequestFacts {
+            session_id: handle.as_deref(),
+            upstream_session: handle.as_deref(),
+            ..*facts
+        };
         let modern = facts.protocol_version == Some(protocol::MODERN);
         match parts.method {
             Method::POST => self.post(parts, body, facts, up).await,
@@ -368,7 +386,10 @@ impl Gateway {
             .await;
         match (sent, reservation) {
             (Ok(resp), Some(reservation)) => self.bind_session(resp, ctx, reservation).await,
-            (Ok(resp), None) => self.way_back.inspect_reply(resp, ctx).await,
+            (Ok(mut resp), None) => {
+                lifecycle::show_session(resp.headers_mut(), lifecycle::sealed(&parts.headers));
+                self.way_back.inspect_reply(resp, ctx).await
+            }
             (Err(refusal), _) => refusal,
         }
     }
@@ -435,6 +456,7 @@ impl Gateway {
             trace: facts.trace,
             // A bearer token's audience is the gateway: never passed on.
             strip_authorization: self.credentials.strip_authorization(),
+            session: facts.upstream_session,
         };
         let req = call.request(up, method, body, headers);
         let refusal = match forward::send(up, req).await {
@@ -537,15 +559,13 @@ fn upstreams(
     config: &Config,
     identity: &Identity,
     metrics: &Metrics,
+    bounds: session::Bounds,
+    keys: &Arc<session::keys::SessionKeys>,
 ) -> anyhow::Result<Vec<Arc<Upstream>>> {
-    let limits = &config.limits;
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
-        let sessions = session::Sessions::new(
-            limits.session_idle_timeout,
-            limits.max_sessions,
-            limits.max_sessions_per_identity,
-        );
+        let endpoint = format!("u:{}", u.name);
+        let sessions = session::Sessions::new(bounds, Arc::clone(keys), endpoint);
         let upstream = Upstream::new(u, identity.clone(), metrics, sessions)?;
         upstreams.push(Arc::new(upstream));
     }

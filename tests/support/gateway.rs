@@ -77,6 +77,9 @@ pub struct Harness {
     pub others: Vec<StubUpstream>,
     pub app: App,
     dir: tempfile::TempDir,
+    /// The config the gateway was built from (for `replica`).
+    config_text: String,
+    socket: String,
 }
 
 /// No environment: the config says everything.
@@ -139,12 +142,14 @@ impl Harness {
             .await
             .expect("the gateway took its SVID from the test Workload API");
         Ok(Harness {
+            socket: workload_api.endpoint.to_string(),
             ca,
             workload_api,
             upstream,
             others,
             app,
             dir,
+            config_text: text,
         })
     }
 
@@ -165,24 +170,77 @@ impl Harness {
     /// The audit records once at least `n` are written (the writer is a
     /// thread of its own; records reach the file shortly after the answer).
     pub async fn audit(&self, n: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let records = read_records(&self.audit_path());
-            if records.len() >= n {
-                return records;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "expected {n} audit records, have {}: {records:#?}",
-                records.len()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        wait_for_records(&self.audit_path(), n).await
     }
 
     /// `/metrics` from the admin listener.
     pub async fn metrics(&self) -> String {
         admin_get(self.app.admin_addr, "/metrics").await.1
+    }
+
+    /// A second gateway from the same config (same upstreams, policies and
+    /// `sessions:`), with its own SVID from the same CA, Workload API and
+    /// audit file `audit-<name>.log`: another replica behind a balancer.
+    pub async fn replica(&self, name: &str) -> Replica {
+        let svid = Svid {
+            leaf: self
+                .ca
+                .leaf_with(GATEWAY, &["localhost"], time::Duration::hours(1)),
+            bundle: vec![self.ca.der.to_vec()],
+            federated: Vec::new(),
+        };
+        let workload_api = WorkloadApi::start(Some(svid)).await;
+        let audit = format!("audit-{name}.log");
+        let text = self
+            .config_text
+            .replace(&self.socket, &workload_api.endpoint.to_string())
+            .replacen("audit.log", &audit, 1);
+        let config = Config::parse(&text, self.dir.path(), &NoEnv).expect("replica config");
+        let app = app::build(config).await.expect("replica app::build");
+        let mut identity = app.identity.clone();
+        tokio::time::timeout(Duration::from_secs(10), identity.wait_ready())
+            .await
+            .expect("the replica took its SVID");
+        Replica {
+            app,
+            _workload_api: workload_api,
+            audit_path: self.dir.path().join(audit),
+        }
+    }
+}
+
+/// Another gateway built from a harness's config (`Harness::replica`).
+pub struct Replica {
+    pub app: App,
+    _workload_api: WorkloadApi,
+    pub audit_path: PathBuf,
+}
+
+impl Replica {
+    /// The audit records once at least `n` are written.
+    pub async fn audit(&self, n: usize) -> Vec<Value> {
+        wait_for_records(&self.audit_path, n).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        admin_get(self.app.admin_addr, "/metrics").await.1
+    }
+}
+
+/// The records of `path` once at least `n` are written.
+async fn wait_for_records(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = read_records(path);
+        if records.len() >= n {
+            return records;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {n} audit records, have {}: {records:#?}",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

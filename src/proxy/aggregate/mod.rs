@@ -74,12 +74,13 @@ use tracing::warn;
 
 use super::ingress::{self, linger};
 use super::reply::{self, ReplyBody};
-use super::session::{Reservation, SessionRefusal, Sessions};
+use super::session::keys::SessionKeys;
+use super::session::{Bounds, Reservation, SessionRefusal, Sessions};
 use super::upstream::Upstream;
 use super::way_back::{self};
 use super::{Gateway, ProxyError, RequestFacts, protocol};
 use crate::audit::Outcome;
-use crate::config::{AggregateConfig, LimitsConfig};
+use crate::config::AggregateConfig;
 use crate::mcp::method::ListKind;
 use crate::mcp::{self, Message};
 use names::{split_tool, unwrap_uri};
@@ -92,7 +93,7 @@ pub const GATEWAY_URI_PREFIX: &str = "mcp-gateway://";
 const DEFAULT_VERSION: &str = "2025-11-25";
 
 /// A member's side of an aggregated session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Link {
     /// The upstream's own session id, if it issued one.
     pub session: Option<String>,
@@ -115,7 +116,8 @@ impl Aggregate {
     pub fn new(
         config: &AggregateConfig,
         upstreams: &[Arc<Upstream>],
-        limits: &LimitsConfig,
+        bounds: Bounds,
+        keys: &Arc<SessionKeys>,
     ) -> anyhow::Result<Aggregate> {
         let members = config
             .upstreams
@@ -131,11 +133,7 @@ impl Aggregate {
         Ok(Aggregate {
             name: config.name.clone(),
             members,
-            sessions: Sessions::new(
-                limits.session_idle_timeout,
-                limits.max_sessions,
-                limits.max_sessions_per_identity,
-            ),
+            sessions: Sessions::new(bounds, Arc::clone(keys), format!("a:{}", config.name)),
         })
     }
 
@@ -153,14 +151,14 @@ impl Aggregate {
         Some((index, tool))
     }
 
-    /// Binds a new session, in its reserved place; returns its id.
+    /// Binds a new session, in its reserved place; returns its sealed id.
+    /// Its handle (what audit records and policies name) is random.
     fn open_session(
         reservation: Reservation<Links>,
         links: Links,
     ) -> Result<String, SessionRefusal> {
-        let id = new_session_id().ok_or(SessionRefusal::Full)?;
-        reservation.bind(&id, links)?;
-        Ok(id)
+        let handle = new_session_id().ok_or(SessionRefusal::Full)?;
+        reservation.bind(&handle, None, links)
     }
 
     /// Tells each member its session is over (best effort).
@@ -323,10 +321,10 @@ impl Aggregate {
             linger(body);
             return gw.refuse_unparsed(refusal, facts).await;
         }
-        let links = match facts.session_id {
+        let session = match facts.session_id {
             None => None,
-            Some(id) => match self.sessions.check(id, &facts.peer.spiffe_id) {
-                Ok(links) => Some(links),
+            Some(sealed) => match self.sessions.check(sealed, &facts.peer.spiffe_id) {
+                Ok(session) => Some(session),
                 Err(refusal) => {
                     linger(body);
                     return gw
@@ -335,14 +333,19 @@ impl Aggregate {
                 }
             },
         };
-        match (&parts.method, links) {
-            (&Method::POST, links) => self.post(gw, parts, body, facts, links).await,
-            (&Method::DELETE, Some(_)) => {
-                if let Some(links) = facts.session_id.and_then(|id| self.sessions.remove(id)) {
-                    self.end_links(&links).await;
-                }
-                empty(StatusCode::OK)
+        // From here on the session is named by its handle, never its
+        // sealed id.
+        let handle = session.as_ref().map(|s| Arc::clone(&s.handle));
+        let facts = &RequestFacts {
+            session_id: handle.as_deref(),
+            ..*facts
+        };
+        match (&parts.method, session) {
+            (&Method::POST, session) => {
+                let links = session.map(|s| s.value);
+                self.post(gw, parts, body, facts, links).await
             }
+            (&Method::DELETE, Some(_)) => self.end(parts).await,
             (&Method::DELETE, None) => {
                 let refusal = ProxyError::Session(SessionRefusal::Unknown);
                 gw.refuse_unparsed(refusal, facts).await
@@ -353,6 +356,16 @@ impl Aggregate {
                     .await
             }
         }
+    }
+
+    /// DELETE of a session checked as the caller's: it ends here (its
+    /// sealed id refused here until its end) and at each member.
+    async fn end(&self, parts: &hyper::http::request::Parts) -> Response<ReplyBody> {
+        let sealed = protocol::single_header(&parts.headers, protocol::SESSION_HEADER);
+        if let Some(ended) = sealed.ok().flatten().and_then(|s| self.sessions.remove(s)) {
+            self.end_links(&ended.value).await;
+        }
+        empty(StatusCode::OK)
     }
 
     async fn post(

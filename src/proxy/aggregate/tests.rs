@@ -205,18 +205,25 @@ fn member_headers_carry_the_members_session_not_the_callers() {
 }
 
 fn table(max: usize) -> Aggregate {
+    let bounds = crate::proxy::session::Bounds {
+        idle: std::time::Duration::from_secs(60),
+        lifetime: std::time::Duration::from_secs(3600),
+        max,
+        max_per_identity: max,
+    };
+    let keys = Arc::new(crate::proxy::session::keys::SessionKeys::load(None).unwrap());
     Aggregate {
         name: "all".into(),
         members: Vec::new(),
-        sessions: Sessions::new(std::time::Duration::from_secs(60), max, max),
+        sessions: Sessions::new(bounds, keys, "a:all".into()),
     }
 }
 
 #[test]
-fn aggregated_sessions_are_random_owned_and_bounded() {
+fn aggregated_sessions_are_sealed_random_owned_and_bounded() {
     let agg = table(2);
     let links: Links = vec![Some(Link {
-        session: Some("u".into()),
+        session: Some("member-session".into()),
         version: "2025-11-25".into(),
     })]
     .into();
@@ -228,16 +235,28 @@ fn aggregated_sessions_are_random_owned_and_bounded() {
     let a = open(&agg).unwrap();
     let b = open(&agg).unwrap();
     assert_ne!(a, b);
-    assert_eq!(a.len(), 32);
-    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
-    assert_eq!(agg.sessions.check(&a, "spiffe://t/a").unwrap(), links);
+    assert!(
+        !a.contains("member-session"),
+        "a member's id is never shown"
+    );
+    let session = agg.sessions.check(&a, "spiffe://t/a").unwrap();
+    assert_eq!(session.value, links);
+    assert_eq!(
+        session.handle.len(),
+        32,
+        "the handle records name is random"
+    );
+    assert!(session.handle.bytes().all(|c| c.is_ascii_hexdigit()));
     assert_eq!(
         agg.sessions.check(&a, "spiffe://t/b"),
         Err(SessionRefusal::NotOwner)
     );
     assert!(agg.sessions.check(&a, "spiffe://t/a").is_ok());
     assert_eq!(open(&agg), Err(SessionRefusal::Full));
-    assert_eq!(agg.sessions.remove(&a), Some(links.clone()));
+    assert_eq!(
+        agg.sessions.remove(&a).map(|s| s.value),
+        Some(links.clone())
+    );
     assert_eq!(
         agg.sessions.check(&a, "spiffe://t/a"),
         Err(SessionRefusal::Unknown)
