@@ -78,6 +78,10 @@ def test_the_stream_ends_with_the_certificate_and_the_session_does_not(gateway, 
     common = [f"Mcp-Session-Id: {session}", "MCP-Protocol-Version: 2025-11-25"]
     status, _, _ = one_shot(gateway.port, s.bundle, cert, key, INITIALIZED, common)
     assert status == 202
+    # Records name the session by the upstream's own id, not the sealed one.
+    opened = gateway.wait_audit(lambda r: r["method"] == "notifications/initialized" and r["caller"] == AGENT_ID)
+    upstream_sid = [r for r in opened if r["method"] == "notifications/initialized" and r["caller"] == AGENT_ID][-1]["session_id"]
+    assert upstream_sid and upstream_sid != session
 
     with connect(gateway.port, s.bundle, cert, key) as tls:
         request(tls, "GET", headers=common)
@@ -98,9 +102,9 @@ def test_the_stream_ends_with_the_certificate_and_the_session_does_not(gateway, 
     # (JSON or SSE, maybe chunked: look for the result, not at the framing.)
     assert b'"result"' in body and b'"tools"' in body and b'"error"' not in body, body
     records = gateway.wait_audit(
-        lambda r: r["session_id"] == session and r["method"] == "tools/list" and r["decision"] == "allow"
+        lambda r: r["session_id"] == upstream_sid and r["method"] == "tools/list" and r["decision"] == "allow"
     )
-    assert [r for r in records if r["session_id"] == session and r["method"] == "tools/list"], records[-3:]
+    assert [r for r in records if r["session_id"] == upstream_sid and r["method"] == "tools/list"], records[-3:]
     # Another identity still cannot use it.
     b = svids["agent-b"]
     status, _, body = one_shot(gateway.port, b.bundle, b.cert, b.key, LIST, common)

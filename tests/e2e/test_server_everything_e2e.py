@@ -69,7 +69,10 @@ def test_echo_allowed_get_env_refused_in_one_session(sdk, central, server_sideca
     allows = [r for r in tool_records(central, "echo") if r["decision"] == "allow"]
     assert allows and allows[-1]["caller"] == AGENT_ID
     if run.negotiated.get("session_id"):
-        assert allows[-1]["session_id"] == deny["session_id"] == run.negotiated["session_id"]
+        # One session; records name it by the upstream's own id, never by
+        # the sealed id the agent holds.
+        assert allows[-1]["session_id"] == deny["session_id"], (allows[-1], deny)
+        assert deny["session_id"] and deny["session_id"] != run.negotiated["session_id"]
 
     # The sidecar saw the echo from the central gateway, and never get-env.
     server_sidecar.wait_audit(

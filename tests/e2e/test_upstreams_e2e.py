@@ -209,7 +209,16 @@ def test_an_idle_session_is_ended_at_its_own_upstream(spire, svids, beta_svid, p
             }  # fmt: skip
             r = post(gw.port, a, json.dumps(init).encode(), path=f"/mcp/{name}")
             assert r.status == 200 and r.header("mcp-session-id"), r
-            sids[name] = r.header("mcp-session-id")
+            sealed = r.header("mcp-session-id")
+            # The upstream knows the session by its own id: the gateway
+            # sends that one in place of the sealed id the caller holds.
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            headers = [("mcp-session-id", sealed), ("mcp-protocol-version", "2025-11-25")]
+            r = post(gw.port, a, json.dumps(note).encode(), path=f"/mcp/{name}", headers=headers)
+            assert r.status == 202, r
+            up = {"alpha": alpha, "beta": beta}[name]
+            sids[name] = up.requests()[-1]["headers"]["mcp-session-id"]
+            assert sids[name] != sealed
 
         def deletes(up) -> list[str]:
             return [q["headers"].get("mcp-session-id") for q in up.requests() if q["http_method"] == "DELETE"]
