@@ -24,6 +24,7 @@ mod forward;
 mod http_conn;
 mod ingress;
 mod lifecycle;
+mod limits;
 pub mod listener;
 pub mod loopback;
 pub mod pin_fetch;
@@ -47,8 +48,8 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response};
 
 pub use error::{
-    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_PIN_MISMATCH, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
-    CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE, ProxyError,
+    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_LIMITED, CODE_PIN_MISMATCH, CODE_TOO_LARGE,
+    CODE_UPSTREAM_IDENTITY, CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE, ProxyError,
 };
 use listener::Peer;
 use reply::{Denial, ReplyBody, error_response};
@@ -57,6 +58,7 @@ use upstream::Upstream;
 use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Reason, Record};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
+use crate::limits::Limits;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
 use crate::policy::Target;
@@ -89,6 +91,8 @@ pub struct Gateway {
     credentials: Credentials,
     /// The endpoints: each upstream, and the aggregated one.
     router: Router,
+    /// Per-identity rate, in-flight and stream limits (`limits.per_identity`).
+    pub limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -112,6 +116,10 @@ impl Gateway {
             metrics.connection_refusals.clone(),
         );
         let ids = Arc::new(CorrelationIds::new());
+        let limits = Limits::new(
+            &config.limits.per_identity,
+            metrics.limit_identities.clone(),
+        );
         let way_back = WayBack::new(
             Arc::clone(&policies),
             audit.clone(),
@@ -133,6 +141,7 @@ impl Gateway {
             connections: config.connections.clone(),
             admission,
             credentials: Credentials::new(config)?,
+            limits: Arc::new(limits),
         })
     }
 
@@ -253,14 +262,23 @@ impl Gateway {
         } else {
             Err(ProxyError::AuditUnavailable)
         };
-        match checked {
-            Ok(Route::Aggregate(agg)) => agg.serve(self, &parts, body, &facts).await,
-            Ok(Route::Upstream(up)) => self.upstream_route(&parts, body, &facts, up).await,
+        let route = match checked {
+            Ok(route) => route,
             Err(refusal) => {
                 linger(body);
-                self.refuse_unparsed(refusal, &facts).await
+                return self.refuse_unparsed(refusal, &facts).await;
             }
-        }
+        };
+        // Per-identity limits (`proxy::limits`): before the body is read.
+        let slot = match self.admit(&parts.method, &facts) {
+            Ok(slot) => slot,
+            Err(limited) => return self.refuse_limited(&parts, body, &facts, limited).await,
+        };
+        let response = match route {
+            Route::Aggregate(agg) => agg.serve(self, &parts, body, &facts).await,
+            Route::Upstream(up) => self.upstream_route(&parts, body, &facts, up).await,
+        };
+        limits::hold_until_done(response, slot)
     }
 
     /// A request to one upstream: the session must be the caller's; POST
@@ -383,9 +401,16 @@ impl Gateway {
         up: &Upstream,
     ) -> Result<String, Denial> {
         let correlation_id = self.ids.next();
-        let pin = self.check_pin(message, facts, up).await;
-        let verdict = match &pin {
-            Some(pin) if pin.refused(up.pin_mode) => Verdict::refused(Reason::PinMismatch),
+        // A tool's own rate limit first: a limited call costs no pin
+        // re-read and no policy decision.
+        let limited = self.limit_tool(message, facts, up).err();
+        let pin = match limited {
+            None => self.check_pin(message, facts, up).await,
+            Some(_) => None,
+        };
+        let verdict = match (limited, &pin) {
+            (Some(l), _) => Verdict::refused(ProxyError::Limited(l).audit_reason()),
+            (None, Some(pin)) if pin.refused(up.pin_mode) => Verdict::refused(Reason::PinMismatch),
             _ => {
                 let subject = Subject {
                     principal: &facts.peer.spiffe_id,
@@ -399,14 +424,21 @@ impl Gateway {
             }
         };
         let allowed = verdict.allowed;
-        let refusal = match verdict.reason {
-            Reason::PinMismatch => ProxyError::PinMismatch,
+        let refusal = match (limited, verdict.reason) {
+            (Some(l), _) => ProxyError::Limited(l),
+            (None, Reason::PinMismatch) => ProxyError::PinMismatch,
             _ => ProxyError::Denied,
         };
         let method = message.method.as_deref().unwrap_or("response");
         let caller = &facts.peer.spiffe_id;
         decide::count(&self.metrics, facts.policies, &verdict, method, caller);
-        let detail = pin.and_then(|p| p.detail());
+        if limited.is_some() {
+            self.metrics.limited(verdict.reason);
+        }
+        let detail = match limited {
+            Some(l) => Some(l.to_string()),
+            None => pin.and_then(|p| p.detail()),
+        };
         self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
             .await;
         if allowed {
