@@ -228,3 +228,17 @@ fn bad_tool_rules_are_refused_naming_the_field() {
     )
     .unwrap();
 }
+
+/// The example in docs/limits.md is a valid `limits.per_identity`.
+#[test]
+fn the_documented_example_parses() {
+    let doc = include_str!("../../docs/limits.md");
+    let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
+    let block = &doc[start..start + doc[start..].find("```").unwrap()];
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(block).unwrap();
+    let raw: RawPerIdentity =
+        serde_yaml_ng::from_value(value["limits"]["per_identity"].clone()).unwrap();
+    let limits = raw.validate(&["github"]).unwrap();
+    assert_eq!(limits.rules.len(), 3);
+    assert_eq!(limits.tool_rules.len(), 1);
+}

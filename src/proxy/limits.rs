@@ -31,8 +31,9 @@ use crate::audit::{Outcome, Record};
 use crate::limits::{Hold, Limited, Slot};
 use crate::mcp::{self, Message, method};
 use crate::policy::Target;
+use crate::proxy::decide::{self, Verdict};
 use crate::proxy::facts::RequestFacts;
-use crate::proxy::reply::{self, ReplyBody};
+use crate::proxy::reply::{self, Denial, ReplyBody};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, ProxyError};
 
@@ -64,6 +65,37 @@ impl Gateway {
                     .admit_tool(&facts.peer.spiffe_id, &up.name, tool)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// A `tools/call` its tool rule refused: decided as refused (counted
+    /// like a decision, and by the limit), audited with the limit's reason.
+    pub(super) async fn refuse_tool_call(
+        &self,
+        message: &Message<'_>,
+        facts: &RequestFacts<'_>,
+        up: &Upstream,
+        limited: Limited,
+        correlation_id: String,
+    ) -> Denial {
+        let refusal = ProxyError::Limited(limited);
+        let verdict = Verdict::refused(refusal.audit_reason());
+        let caller = &facts.peer.spiffe_id;
+        decide::count(
+            &self.metrics,
+            facts.policies,
+            &verdict,
+            method::TOOLS_CALL,
+            caller,
+        );
+        self.metrics.limited(verdict.reason);
+        let detail = Some(refusal.to_string());
+        self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
+            .await;
+        Denial {
+            index: 0,
+            correlation_id,
+            refusal,
         }
     }
 

@@ -403,14 +403,13 @@ impl Gateway {
         let correlation_id = self.ids.next();
         // A tool's own rate limit first: a limited call costs no pin
         // re-read and no policy decision.
-        let limited = self.limit_tool(message, facts, up).err();
-        let pin = match limited {
-            None => self.check_pin(message, facts, up).await,
-            Some(_) => None,
-        };
-        let verdict = match (limited, &pin) {
-            (Some(l), _) => Verdict::refused(ProxyError::Limited(l).audit_reason()),
-            (None, Some(pin)) if pin.refused(up.pin_mode) => Verdict::refused(Reason::PinMismatch),
+        if let Err(limited) = self.limit_tool(message, facts, up) {
+            let denial = self.refuse_tool_call(message, facts, up, limited, correlation_id);
+            return Err(denial.await);
+        }
+        let pin = self.check_pin(message, facts, up).await;
+        let verdict = match &pin {
+            Some(pin) if pin.refused(up.pin_mode) => Verdict::refused(Reason::PinMismatch),
             _ => {
                 let subject = Subject {
                     principal: &facts.peer.spiffe_id,
@@ -424,21 +423,14 @@ impl Gateway {
             }
         };
         let allowed = verdict.allowed;
-        let refusal = match (limited, verdict.reason) {
-            (Some(l), _) => ProxyError::Limited(l),
-            (None, Reason::PinMismatch) => ProxyError::PinMismatch,
+        let refusal = match verdict.reason {
+            Reason::PinMismatch => ProxyError::PinMismatch,
             _ => ProxyError::Denied,
         };
         let method = message.method.as_deref().unwrap_or("response");
         let caller = &facts.peer.spiffe_id;
         decide::count(&self.metrics, facts.policies, &verdict, method, caller);
-        if limited.is_some() {
-            self.metrics.limited(verdict.reason);
-        }
-        let detail = match limited {
-            Some(l) => Some(l.to_string()),
-            None => pin.and_then(|p| p.detail()),
-        };
+        let detail = pin.and_then(|p| p.detail());
         self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
             .await;
         if allowed {
