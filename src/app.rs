@@ -17,8 +17,9 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::audit::AuditLog;
-use crate::config::Config;
+use crate::config::{Config, ProcessEnv};
 use crate::identity::{ClientCerts, Identity};
+use crate::limits::reload::{self, Reloader};
 use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::proxy::upstream::Upstream;
@@ -119,7 +120,8 @@ fn admin_state(
 }
 
 /// The tasks that run beside the listeners until `shutdown`: the session
-/// sweep, the policy watch, audit reopening on SIGHUP, upstream probes.
+/// sweep, the policy watch, audit reopening on SIGHUP, upstream probes,
+/// the per-identity limits' sweep and their reload with the config file.
 fn background(
     config: &Config,
     gateway: &Arc<Gateway>,
@@ -136,7 +138,20 @@ fn background(
             gateway.metrics.clone(),
             shutdown.clone(),
         )),
+        tokio::spawn(reload::sweep(Arc::clone(&gateway.limits), shutdown.clone())),
     ];
+    if let Some(path) = &config.source {
+        // The config file as `main` read it, environment included.
+        let limits = Arc::clone(&gateway.limits);
+        let reloader = Reloader::new(
+            limits,
+            gateway.metrics.clone(),
+            path.clone(),
+            Box::new(ProcessEnv),
+        );
+        let watch = reloader.watch(config.policy.watch_interval, shutdown.clone());
+        tasks.push(tokio::spawn(watch));
+    }
     for up in gateway.upstreams() {
         let probe = probe_upstream(Arc::clone(up), shutdown.clone());
         tasks.push(tokio::spawn(probe));

@@ -19,6 +19,7 @@ use crate::pins::PinMode;
 
 mod audit;
 mod connections;
+mod limit_rules;
 mod limits;
 mod sessions;
 mod upstream;
@@ -26,6 +27,7 @@ mod upstream;
 use audit::RawAudit;
 pub use audit::{AuditConfig, AuditOnFailure, AuditSink};
 pub use connections::ConnectionsConfig;
+pub use limit_rules::{IdentityRule, LimitSpec, PerIdentityLimits, RateSpec, Selector, ToolRule};
 pub use limits::LimitsConfig;
 pub use sessions::SessionsConfig;
 pub use upstream::{AGGREGATE_SEPARATOR, AggregateConfig, UpstreamConfig, UpstreamConnection};
@@ -89,6 +91,9 @@ pub struct Config {
     pub aggregate: Option<AggregateConfig>,
     /// Client timeouts and connection caps (`connections:`).
     pub connections: ConnectionsConfig,
+    /// The file this was read from (`Config::load`), watched for changes
+    /// to `limits.per_identity`; `None` for text (`Config::parse`).
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,7 +308,10 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        Self::parse(&text, base, env).with_context(|| format!("in config file {}", path.display()))
+        let mut config = Self::parse(&text, base, env)
+            .with_context(|| format!("in config file {}", path.display()))?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses config text; relative paths resolve against `base`.
@@ -332,6 +340,7 @@ impl RawConfig {
             );
         }
         let audit = self.audit.validate(base)?;
+        let limits = self.limits.validate(&upstream_names(&upstreams))?;
         let (drain_timeout, not_ready_delay) = self.shutdown.validate()?;
         let log = self.log.validate()?;
         let mut policy = self.policy.validate(base)?;
@@ -355,7 +364,7 @@ impl RawConfig {
             routing,
             user_auth,
             audit,
-            limits: self.limits.validate()?,
+            limits,
             sessions: self.sessions.validate(base)?,
             drain_timeout,
             not_ready_delay,
@@ -363,6 +372,7 @@ impl RawConfig {
             metrics_caller_labels: self.metrics.caller_labels,
             aggregate,
             connections: self.connections.validate()?,
+            source: None,
         })
     }
 }
@@ -416,6 +426,10 @@ fn bind_pins(policy: &mut PolicyConfig, upstreams: &[UpstreamConfig]) -> anyhow:
         .map(|u| (u.name.clone(), u.spiffe_id.to_string()))
         .collect();
     Ok(())
+}
+
+fn upstream_names(upstreams: &[UpstreamConfig]) -> Vec<&str> {
+    upstreams.iter().map(|u| u.name.as_str()).collect()
 }
 
 /// Default `shutdown.drain_timeout_seconds`.

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod identity;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod pins;

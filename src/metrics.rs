@@ -169,6 +169,26 @@ const PIN_MISMATCHES: Def = (
     "Tool, prompt or resource template definitions not matching their pin, by upstream and kind (changed, unpinned): each new definition seen in a list, and each call checked.",
     &["upstream", "kind"],
 );
+const LIMITED: Def = (
+    "mcp_gateway_limited_total",
+    "Requests and tool calls refused by a per-identity limit, by reason (rate_limited, concurrency_limited, limit_identities_full).",
+    &["reason"],
+);
+const LIMIT_IDENTITIES: Def = (
+    "mcp_gateway_limit_identities",
+    "Identities whose per-identity limit state (buckets, counts) is held.",
+    &[],
+);
+const CONFIG_RELOADS: Def = (
+    "mcp_gateway_config_reloads_total",
+    "Reloads of the config file's limits.per_identity by result (success, failure).",
+    &["result"],
+);
+const CONFIG_RELOAD_FAILING: Def = (
+    "mcp_gateway_config_reload_failing",
+    "1 when the config file last read is invalid and the last good limits stay in force.",
+    &[],
+);
 const REQUEST_DURATION_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -266,6 +286,13 @@ pub struct Metrics {
     upstream_up: IntGaugeVec,
     upstream_request_duration: HistogramVec,
     pin_mismatches: IntCounterVec,
+    /// Refusals by a per-identity limit, by reason (`Reason::LIMITED`).
+    limited_total: IntCounterVec,
+    /// Identities holding per-identity limit state.
+    pub limit_identities: IntGauge,
+    config_reloads: IntCounterVec,
+    /// 1 while the config file last read is invalid.
+    pub config_reload_failing: IntGauge,
 }
 
 /// One upstream's series, resolved once so the request path does no label
@@ -327,6 +354,10 @@ impl Metrics {
             upstream_request_duration: d
                 .histograms(UPSTREAM_REQUEST_DURATION, UPSTREAM_REQUEST_DURATION_BUCKETS),
             pin_mismatches: d.counters(PIN_MISMATCHES),
+            limited_total: d.counters(LIMITED),
+            limit_identities: d.gauge(LIMIT_IDENTITIES),
+            config_reloads: d.counters(CONFIG_RELOADS),
+            config_reload_failing: d.gauge(CONFIG_RELOAD_FAILING),
             registry: registry.clone(),
         };
         // Export the error series at 0 from the start, so a rate() or an
@@ -342,6 +373,10 @@ impl Metrics {
         for result in ["success", "failure"] {
             m.policy_reloads.with_label_values(&[result]);
             m.session_key_reloads.with_label_values(&[result]);
+            m.config_reloads.with_label_values(&[result]);
+        }
+        for reason in Reason::LIMITED {
+            m.limited_total.with_label_values(&[reason.as_str()]);
         }
         m
     }
@@ -408,6 +443,19 @@ impl Metrics {
         }
     }
 
+    /// A request or tool call refused by a per-identity limit.
+    pub fn limited(&self, reason: Reason) {
+        self.limited_total
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        self.config_reload_failing.set(i64::from(!success));
+    }
+
     pub fn refused(&self, reason: Reason) {
         self.refused.with_label_values(&[reason.as_str()]).inc();
     }
@@ -461,6 +509,10 @@ mod tests {
             TRUST_BUNDLES,
             UPSTREAM_UP,
             UPSTREAM_REQUEST_DURATION,
+            LIMITED,
+            LIMIT_IDENTITIES,
+            CONFIG_RELOADS,
+            CONFIG_RELOAD_FAILING,
         ];
         for (i, (name, help, labels)) in all.iter().enumerate() {
             assert!(name.starts_with("mcp_gateway_"), "{name}");

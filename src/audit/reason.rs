@@ -84,9 +84,21 @@ reasons! {
     UpstreamStreamIdle => "upstream_stream_idle", "the upstream's reply was silent longer than `stream_idle_timeout_seconds`";
     ListFiltered => "list_filtered", "entries the caller may not use were removed from a list reply";
     PinMismatch => "pin_mismatch", "a tool, prompt or resource template unpinned or listed with another definition than its pin: seen in a list (`audit` mode: passed on; `enforce`: removed), or a call to it refused (`enforce`)";
+    RateLimited => "rate_limited", "the caller's request rate (`limits.per_identity`, of the identity or of the tool) is used up: 429 with `Retry-After`, nothing forwarded";
+    ConcurrencyLimited => "concurrency_limited", "the caller holds its `max_in_flight` requests or `max_streams` GET streams (`limits.per_identity`): 429, nothing forwarded";
+    LimitIdentitiesFull => "limit_identities_full", "`limits.per_identity.max_identities` identities hold limit state and none is idle: a new identity is refused (503) until one is";
     UpstreamSseError => "upstream_sse_error", "the upstream's event stream broke the SSE or JSON-RPC rules";
     UpstreamBatchRefused => "upstream_batch_refused", "the upstream answered with a batch where none is allowed";
     UpstreamParseError => "upstream_parse_error", "the upstream's reply is not strict JSON-RPC";
+}
+
+impl Reason {
+    /// The reasons of per-identity limits (`mcp_gateway_limited_total`).
+    pub const LIMITED: &'static [Reason] = &[
+        Reason::RateLimited,
+        Reason::ConcurrencyLimited,
+        Reason::LimitIdentitiesFull,
+    ];
 }
 
 impl From<DecisionReason> for Reason {

@@ -1,12 +1,15 @@
 //! `limits:`: how large a request may be and how many MCP sessions the
 //! gateway holds, in all and per identity. A full table refuses new
 //! sessions; it never evicts a live one, and one identity may hold only a
-//! share of it, so one agent cannot lock the others out.
+//! share of it, so one agent cannot lock the others out. `per_identity`
+//! (`limit_rules`): request rate, requests in flight and streams per caller.
 
 use std::time::Duration;
 
 use anyhow::bail;
 use serde::Deserialize;
+
+use super::limit_rules::{PerIdentityLimits, RawPerIdentity};
 
 /// Default request body limit: 1 MiB.
 const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
@@ -32,6 +35,9 @@ pub struct LimitsConfig {
     /// At most this many of them held by one SPIFFE ID. Default: a quarter
     /// of `max_sessions` (at least 1).
     pub max_sessions_per_identity: usize,
+    /// Rate, in-flight and stream limits per caller (`per_identity`);
+    /// the only part of the config file that reloads without a restart.
+    pub per_identity: PerIdentityLimits,
 }
 
 impl Default for LimitsConfig {
@@ -41,6 +47,7 @@ impl Default for LimitsConfig {
             session_idle_timeout: DEFAULT_SESSION_IDLE,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_sessions_per_identity: identity_share(DEFAULT_MAX_SESSIONS),
+            per_identity: PerIdentityLimits::default(),
         }
     }
 }
@@ -56,10 +63,12 @@ pub(super) struct RawLimits {
     session_idle_timeout_seconds: Option<u64>,
     max_sessions: Option<usize>,
     max_sessions_per_identity: Option<usize>,
+    per_identity: Option<RawPerIdentity>,
 }
 
 impl RawLimits {
-    pub(super) fn validate(&self) -> anyhow::Result<LimitsConfig> {
+    /// `upstreams`: the configured upstream names (tool rules name them).
+    pub(super) fn validate(&self, upstreams: &[&str]) -> anyhow::Result<LimitsConfig> {
         let max_body_bytes = match self.max_body_bytes {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(0) => bail!("limits.max_body_bytes: must be greater than 0"),
@@ -86,11 +95,16 @@ impl RawLimits {
             ),
             Some(n) => n,
         };
+        let per_identity = match &self.per_identity {
+            None => PerIdentityLimits::default(),
+            Some(raw) => raw.validate(upstreams)?,
+        };
         Ok(LimitsConfig {
             max_body_bytes,
             session_idle_timeout,
             max_sessions,
             max_sessions_per_identity,
+            per_identity,
         })
     }
 }
@@ -109,21 +123,24 @@ mod tests {
 
     #[test]
     fn one_identity_gets_a_quarter_of_the_table_unless_configured() {
-        assert_eq!(raw(None, None).validate().unwrap(), LimitsConfig::default());
+        assert_eq!(
+            raw(None, None).validate(&[]).unwrap(),
+            LimitsConfig::default()
+        );
         assert_eq!(
             LimitsConfig::default().max_sessions_per_identity,
             DEFAULT_MAX_SESSIONS / 4
         );
-        let limits = raw(Some(100), None).validate().unwrap();
+        let limits = raw(Some(100), None).validate(&[]).unwrap();
         assert_eq!(limits.max_sessions_per_identity, 25);
         assert_eq!(
             raw(Some(3), None)
-                .validate()
+                .validate(&[])
                 .unwrap()
                 .max_sessions_per_identity,
             1
         );
-        let limits = raw(Some(100), Some(100)).validate().unwrap();
+        let limits = raw(Some(100), Some(100)).validate(&[]).unwrap();
         assert_eq!(limits.max_sessions_per_identity, 100);
     }
 
@@ -134,7 +151,7 @@ mod tests {
             (None, Some(0), "limits.max_sessions_per_identity:"),
             (Some(10), Some(11), "limits.max_sessions_per_identity:"),
         ] {
-            let error = raw(max, per).validate().unwrap_err().to_string();
+            let error = raw(max, per).validate(&[]).unwrap_err().to_string();
             assert!(error.starts_with(field), "{error}");
         }
     }

@@ -2,7 +2,7 @@
 //! JSON-RPC error code in a single exhaustive `match`.
 //!
 //! The codes are a public contract (README): clients and SIEM rules key on
-//! them. They sit in -32060..-32070, clear of the codes MCP and its SDKs
+//! them. They sit in -32060..-32071, clear of the codes MCP and its SDKs
 //! already use (-32000 connection closed, -32001 request timeout, -32002
 //! resource not found, -32020..-32022, -32042). Messages are short and
 //! generic; they never carry policy text.
@@ -10,6 +10,7 @@
 use hyper::StatusCode;
 
 use crate::audit::Reason;
+use crate::limits::Limited;
 use crate::proxy::session::SessionRefusal;
 
 /// JSON-RPC code for a message refused by policy.
@@ -45,6 +46,11 @@ pub const CODE_SESSION_LIMIT: i32 = -32069;
 /// (HTTP 403 alone, 200 as the answer to a request). Nothing reaches the
 /// upstream.
 pub const CODE_PIN_MISMATCH: i32 = -32070;
+/// JSON-RPC code for a request or tool call refused by a per-identity
+/// limit (`limits.per_identity`): its rate used up, or too many requests
+/// in flight or streams open (HTTP 429 with `Retry-After`); or too many
+/// identities limited at once (HTTP 503). Nothing reaches the upstream.
+pub const CODE_LIMITED: i32 = -32071;
 /// MCP 2026-07-28: an `Mcp-*` header disagrees with the body.
 pub const CODE_HEADER_MISMATCH: i32 = -32020;
 /// MCP 2026-07-28: unsupported protocol version.
@@ -127,6 +133,9 @@ pub enum ProxyError {
         "unknown resource: the aggregated endpoint names resources mcp-gateway://<upstream>/<percent-encoded uri>"
     )]
     AggregateUnknownResource,
+    /// A per-identity limit (`limits.per_identity`).
+    #[error("{0}")]
+    Limited(Limited),
     /// `audit.on_failure: refuse` while audit writes fail.
     #[error("audit log unavailable: the call cannot be audited, so it is not served; retry later")]
     AuditUnavailable,
@@ -184,6 +193,10 @@ impl ProxyError {
             ProxyError::AuditUnavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, CODE_AUDIT_UNAVAILABLE)
             }
+            ProxyError::Limited(Limited::Identities) => {
+                (StatusCode::SERVICE_UNAVAILABLE, CODE_LIMITED)
+            }
+            ProxyError::Limited(_) => (StatusCode::TOO_MANY_REQUESTS, CODE_LIMITED),
         }
     }
 
@@ -221,6 +234,17 @@ impl ProxyError {
             ProxyError::AggregateUnknownPrompt => Reason::AggregateUnknownPrompt,
             ProxyError::AggregateUnknownResource => Reason::AggregateUnknownResource,
             ProxyError::AuditUnavailable => Reason::AuditUnavailable,
+            ProxyError::Limited(Limited::Rate { .. }) => Reason::RateLimited,
+            ProxyError::Limited(Limited::InFlight | Limited::Streams) => Reason::ConcurrencyLimited,
+            ProxyError::Limited(Limited::Identities) => Reason::LimitIdentitiesFull,
+        }
+    }
+
+    /// The `Retry-After` a refusal carries, in seconds.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::Limited(limited) => Some(limited.retry_after()),
+            _ => None,
         }
     }
 
@@ -327,6 +351,27 @@ mod tests {
         assert_eq!(CODE_PIN_MISMATCH, -32070);
         assert_eq!(refusal.audit_reason().as_str(), "pin_mismatch");
         assert!(refusal.answers_the_call());
+    }
+
+    #[test]
+    fn a_limit_is_its_own_code_a_429_and_says_when_to_retry() {
+        let cases = [
+            (Limited::Rate { retry_after: 3 }, 429, "rate_limited", 3),
+            (Limited::InFlight, 429, "concurrency_limited", 1),
+            (Limited::Streams, 429, "concurrency_limited", 1),
+            (Limited::Identities, 503, "limit_identities_full", 1),
+        ];
+        for (limited, status, reason, retry_after) in cases {
+            let refusal = ProxyError::Limited(limited);
+            let (got_status, code) = refusal.status_and_code();
+            assert_eq!((got_status.as_u16(), code), (status, CODE_LIMITED));
+            assert_eq!(refusal.audit_reason().as_str(), reason);
+            assert_eq!(refusal.retry_after(), Some(retry_after));
+            // Refused at the transport level, the id in the body.
+            assert!(!refusal.answers_the_call());
+        }
+        assert_eq!(CODE_LIMITED, -32071);
+        assert_eq!(ProxyError::Denied.retry_after(), None);
     }
 
     #[test]

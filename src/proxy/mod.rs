@@ -24,6 +24,7 @@ mod forward;
 mod http_conn;
 mod ingress;
 mod lifecycle;
+mod limits;
 pub mod listener;
 pub mod loopback;
 pub mod pin_fetch;
@@ -47,8 +48,8 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response};
 
 pub use error::{
-    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_PIN_MISMATCH, CODE_TOO_LARGE, CODE_UPSTREAM_IDENTITY,
-    CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE, ProxyError,
+    CODE_BAD_TRANSPORT, CODE_DENIED, CODE_LIMITED, CODE_PIN_MISMATCH, CODE_TOO_LARGE,
+    CODE_UPSTREAM_IDENTITY, CODE_UPSTREAM_TIMEOUT, CODE_UPSTREAM_UNAVAILABLE, ProxyError,
 };
 use listener::Peer;
 use reply::{Denial, ReplyBody, error_response};
@@ -57,6 +58,7 @@ use upstream::Upstream;
 use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Reason, Record};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
+use crate::limits::Limits;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
 use crate::policy::Target;
@@ -91,6 +93,8 @@ pub struct Gateway {
     router: Router,
     /// The keys that seal session ids, shared by every session table.
     pub session_keys: Arc<session::keys::SessionKeys>,
+    /// Per-identity rate, in-flight and stream limits (`limits.per_identity`).
+    pub limits: Arc<Limits>,
 }
 
 impl Gateway {
@@ -116,6 +120,10 @@ impl Gateway {
             metrics.connection_refusals.clone(),
         );
         let ids = Arc::new(CorrelationIds::new());
+        let limits = Limits::new(
+            &config.limits.per_identity,
+            metrics.limit_identities.clone(),
+        );
         let way_back = WayBack::new(
             Arc::clone(&policies),
             audit.clone(),
@@ -138,6 +146,7 @@ impl Gateway {
             admission,
             credentials: Credentials::new(config)?,
             session_keys,
+            limits: Arc::new(limits),
         })
     }
 
@@ -260,14 +269,23 @@ impl Gateway {
         } else {
             Err(ProxyError::AuditUnavailable)
         };
-        match checked {
-            Ok(Route::Aggregate(agg)) => agg.serve(self, &parts, body, &facts).await,
-            Ok(Route::Upstream(up)) => self.upstream_route(&parts, body, &facts, up).await,
+        let route = match checked {
+            Ok(route) => route,
             Err(refusal) => {
                 linger(body);
-                self.refuse_unparsed(refusal, &facts).await
+                return self.refuse_unparsed(refusal, &facts).await;
             }
-        }
+        };
+        // Per-identity limits (`proxy::limits`): before the body is read.
+        let slot = match self.admit(&parts.method, &facts) {
+            Ok(slot) => slot,
+            Err(limited) => return self.refuse_limited(&parts, body, &facts, limited).await,
+        };
+        let response = match route {
+            Route::Aggregate(agg) => agg.serve(self, &parts, body, &facts).await,
+            Route::Upstream(up) => self.upstream_route(&parts, body, &facts, up).await,
+        };
+        limits::hold_until_done(response, slot)
     }
 
     /// A request to one upstream: the session must be the caller's; POST
@@ -404,6 +422,12 @@ impl Gateway {
         up: &Upstream,
     ) -> Result<String, Denial> {
         let correlation_id = self.ids.next();
+        // A tool's own rate limit first: a limited call costs no pin
+        // re-read and no policy decision.
+        if let Err(limited) = self.limit_tool(message, facts, up) {
+            let denial = self.refuse_tool_call(message, facts, up, limited, correlation_id);
+            return Err(denial.await);
+        }
         let pin = self.check_pin(message, facts, up).await;
         let verdict = match &pin {
             Some(pin) if pin.refused(up.pin_mode) => Verdict::refused(Reason::PinMismatch),

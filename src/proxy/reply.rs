@@ -67,10 +67,34 @@ pub fn error_response(
     } else {
         status
     };
-    json_response(
-        status,
-        jsonrpc_error(id, code, &refusal.to_string(), correlation_id),
-    )
+    let body = jsonrpc_error(id, code, &refusal.to_string(), correlation_id);
+    with_retry_after(json_response(status, body), refusal)
+}
+
+/// A refusal of a whole batch: each request in it (`ids`, raw JSON)
+/// answered with the error, under the refusal's own HTTP status.
+pub fn batch_refused(
+    refusal: &ProxyError,
+    ids: &[&str],
+    correlation_id: &str,
+) -> Response<ReplyBody> {
+    let (status, code) = refusal.status_and_code();
+    let message = refusal.to_string();
+    let answers: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| jsonrpc_error(Some(id), code, &message, correlation_id))
+        .collect();
+    with_retry_after(json_response(status, json_array(&answers)), refusal)
+}
+
+/// `Retry-After` (seconds) on a refusal that says when to come back (a
+/// per-identity limit).
+fn with_retry_after(mut resp: Response<ReplyBody>, refusal: &ProxyError) -> Response<ReplyBody> {
+    if let Some(seconds) = refusal.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    resp
 }
 
 /// One message of a body refused at its decision: its index in the body,
@@ -114,10 +138,18 @@ pub fn denied(mut answers: Vec<Vec<u8>>, batch: bool, first: &Denial) -> Respons
         let (status, code) = first.refusal.status_and_code();
         let message = first.refusal.to_string();
         let body = jsonrpc_error(None, code, &message, &first.correlation_id);
-        return json_response(status, body);
+        return with_retry_after(json_response(status, body), &first.refusal);
     }
     if !batch {
-        return json_response(StatusCode::OK, answers.swap_remove(0));
+        // A call refused by a limit keeps its 429 (and `Retry-After`), so
+        // clients back off; a policy's refusal answers the call.
+        let status = if first.refusal.retry_after().is_some() {
+            first.refusal.status_and_code().0
+        } else {
+            StatusCode::OK
+        };
+        let resp = json_response(status, answers.swap_remove(0));
+        return with_retry_after(resp, &first.refusal);
     }
     json_response(StatusCode::OK, json_array(&answers))
 }

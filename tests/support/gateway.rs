@@ -48,6 +48,9 @@ pub struct Options {
     /// More `audit:` fields, each with a leading comma, e.g.
     /// `, checkpoint_every_records: 2`.
     pub audit_fields: String,
+    /// Write the config to `gateway.yaml` and load it from there
+    /// (`Config::load`), so the gateway watches the file.
+    pub config_file: bool,
 }
 
 impl Default for Options {
@@ -65,6 +68,7 @@ impl Default for Options {
             listener_fields: String::new(),
             pin_files: None,
             audit_fields: String::new(),
+            config_file: false,
         }
     }
 }
@@ -135,7 +139,13 @@ impl Harness {
             listener = options.listener_fields,
             audit_fields = options.audit_fields,
         );
-        let config = Config::parse(&text, dir.path(), &NoEnv)?;
+        let config = if options.config_file {
+            let path = dir.path().join("gateway.yaml");
+            std::fs::write(&path, &text).unwrap();
+            Config::load(&path, &NoEnv)?
+        } else {
+            Config::parse(&text, dir.path(), &NoEnv)?
+        };
         let app = app::build(config).await?;
         let mut identity = app.identity.clone();
         tokio::time::timeout(Duration::from_secs(10), identity.wait_ready())
@@ -161,6 +171,11 @@ impl Harness {
     /// The pins directory (`Options::pin_files`).
     pub fn pins_dir(&self) -> PathBuf {
         self.dir.path().join("pins")
+    }
+
+    /// The config file (`Options::config_file`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.yaml")
     }
 
     pub fn audit_path(&self) -> PathBuf {

@@ -98,6 +98,10 @@ limits:
   {{- with $c.limits.maxSessionsPerIdentity }}
   max_sessions_per_identity: {{ int64 . }}
   {{- end }}
+  {{- with $c.limits.perIdentity }}
+  per_identity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 {{- with $c.connections }}
 connections:
   {{- toYaml . | nindent 2 }}
