@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, Lifecycle, listener, loopback};
+use crate::telemetry::{ExportHandle, Tracer};
 
 /// A running gateway.
 pub struct App {
@@ -41,6 +42,8 @@ pub struct App {
     connections: TaskTracker,
     listener_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// The trace export task (`traces:` on), flushed at shutdown.
+    traces: Option<ExportHandle>,
 }
 
 /// Loads policies, opens the audit sink, binds both listeners and starts
@@ -58,13 +61,15 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let listen_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let gateway = Arc::new(Gateway::new(
+    let (tracer, traces) = start_traces(&config, &metrics)?;
+    let gateway = Gateway::new(
         &config,
         identity.clone(),
         Arc::clone(&policies),
         audit.clone(),
         metrics.clone(),
-    )?);
+    )?;
+    let gateway = Arc::new(gateway.with_tracer(tracer));
     let draining = Arc::new(AtomicBool::new(false));
     let admin = admin_state(&identity, metrics, &draining, &audit);
     let (shutdown, watcher) = watch::channel(false);
@@ -100,7 +105,20 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         connections,
         listener_task,
         tasks,
+        traces,
     })
+}
+
+/// `traces:` on: the request path's tracer and the running export task.
+fn start_traces(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<(Option<Tracer>, Option<ExportHandle>)> {
+    let Some(traces) = &config.traces else {
+        return Ok((None, None));
+    };
+    let (tracer, exporter) = Tracer::new(traces, metrics.traces.clone());
+    Ok((Some(tracer), Some(exporter.start()?)))
 }
 
 /// What the admin listener reads: readiness, metrics, draining, audit health.
@@ -259,6 +277,7 @@ impl App {
             deadline_seconds = deadline.as_secs(),
             "draining"
         );
+        let drain_started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(deadline, self.connections.wait())
             .await
             .is_ok();
@@ -269,6 +288,12 @@ impl App {
                 connections = self.connections.len(),
                 "drain deadline passed; closing the remaining connections"
             );
+        }
+        if let Some(traces) = self.traces {
+            // The spans of the drained requests: what remains of the drain
+            // deadline, at least the second background tasks get.
+            let left = deadline.saturating_sub(drain_started.elapsed());
+            traces.flush(left.max(Duration::from_secs(1))).await;
         }
         let _ = self.shutdown.send(true);
         for task in self.tasks {

@@ -20,12 +20,14 @@ use crate::pins::PinMode;
 mod audit;
 mod connections;
 mod limits;
+mod traces;
 mod upstream;
 
 use audit::RawAudit;
 pub use audit::{AuditConfig, AuditOnFailure, AuditSink};
 pub use connections::ConnectionsConfig;
 pub use limits::LimitsConfig;
+pub use traces::{SamplingConfig, TracesConfig};
 pub use upstream::{AGGREGATE_SEPARATOR, AggregateConfig, UpstreamConfig, UpstreamConnection};
 use upstream::{RawAggregate, RawUpstream, validate_aggregate, validate_upstreams};
 
@@ -85,6 +87,8 @@ pub struct Config {
     pub aggregate: Option<AggregateConfig>,
     /// Client timeouts and connection caps (`connections:`).
     pub connections: ConnectionsConfig,
+    /// Spans exported over OTLP (`traces:`); `None`: off.
+    pub traces: Option<TracesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +209,8 @@ struct RawConfig {
     aggregate: Option<RawAggregate>,
     #[serde(default)]
     connections: connections::RawConnections,
+    #[serde(default)]
+    traces: Option<traces::RawTraces>,
 }
 
 #[derive(Deserialize, Default)]
@@ -356,6 +362,7 @@ impl RawConfig {
             metrics_caller_labels: self.metrics.caller_labels,
             aggregate,
             connections: self.connections.validate()?,
+            traces: self.traces.map(traces::RawTraces::validate).transpose()?,
         })
     }
 }

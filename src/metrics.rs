@@ -6,6 +6,7 @@
 //! Nothing here may block the request path: counters are atomics.
 
 mod policy_counts;
+mod traces;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -18,6 +19,7 @@ use crate::mcp::method::metric_label;
 use crate::policy::DecisionReason;
 use policy_counts::PolicyDecisions;
 pub use policy_counts::{POLICY_ID_SERIES_CAP, PolicyCounts};
+pub use traces::TraceMetrics;
 
 /// A metric's name, its help text, and its labels (empty for one series).
 type Def = (&'static str, &'static str, &'static [&'static str]);
@@ -260,6 +262,8 @@ pub struct Metrics {
     upstream_up: IntGaugeVec,
     upstream_request_duration: HistogramVec,
     pin_mismatches: IntCounterVec,
+    /// The trace exporter's spans (`traces:`).
+    pub traces: TraceMetrics,
 }
 
 /// One upstream's series, resolved once so the request path does no label
@@ -320,6 +324,7 @@ impl Metrics {
             upstream_request_duration: d
                 .histograms(UPSTREAM_REQUEST_DURATION, UPSTREAM_REQUEST_DURATION_BUCKETS),
             pin_mismatches: d.counters(PIN_MISMATCHES),
+            traces: TraceMetrics::register(&d),
             registry: registry.clone(),
         };
         // Export the error series at 0 from the start, so a rate() or an

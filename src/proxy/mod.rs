@@ -89,6 +89,8 @@ pub struct Gateway {
     credentials: Credentials,
     /// The endpoints: each upstream, and the aggregated one.
     router: Router,
+    /// Spans of sampled requests (`traces:`); `None`: off.
+    tracer: Option<crate::telemetry::Tracer>,
 }
 
 impl Gateway {
@@ -133,7 +135,14 @@ impl Gateway {
             connections: config.connections.clone(),
             admission,
             credentials: Credentials::new(config)?,
+            tracer: None,
         })
+    }
+
+    /// With traces on: each sampled request records a span for `tracer`.
+    pub fn with_tracer(mut self, tracer: Option<crate::telemetry::Tracer>) -> Gateway {
+        self.tracer = tracer;
+        self
     }
 
     /// Entry point for every HTTP request on an authenticated connection.
@@ -162,7 +171,12 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         linger(body);
         let policies = self.policies.current();
-        let trace = Trace::from_headers(&parts.headers);
+        let trace = Trace::begin(
+            &parts.headers,
+            self.tracer.as_ref(),
+            &peer.spiffe_id,
+            &parts.method,
+        );
         let facts = RequestFacts {
             peer,
             session_id: None,
@@ -173,7 +187,9 @@ impl Gateway {
             // Refused before routing: no upstream is named yet.
             upstream: None,
         };
-        self.refuse_unparsed(refusal, &facts).await
+        let response = self.refuse_unparsed(refusal, &facts).await;
+        trace.responded(response.status().as_u16());
+        response
     }
 
     /// Whether connections without a client certificate are served (each
@@ -228,7 +244,12 @@ impl Gateway {
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
         let user = self.credentials.user_of(headers);
-        let trace = Trace::from_headers(headers);
+        let trace = Trace::begin(
+            headers,
+            self.tracer.as_ref(),
+            &peer.spiffe_id,
+            &parts.method,
+        );
         let route = self.router.route(parts.uri.path());
         let mut facts = RequestFacts {
             peer,
@@ -253,14 +274,16 @@ impl Gateway {
         } else {
             Err(ProxyError::AuditUnavailable)
         };
-        match checked {
+        let response = match checked {
             Ok(Route::Aggregate(agg)) => agg.serve(self, &parts, body, &facts).await,
             Ok(Route::Upstream(up)) => self.upstream_route(&parts, body, &facts, up).await,
             Err(refusal) => {
                 linger(body);
                 self.refuse_unparsed(refusal, &facts).await
             }
-        }
+        };
+        trace.responded(response.status().as_u16());
+        response
     }
 
     /// A request to one upstream: the session must be the caller's; POST
@@ -407,6 +430,7 @@ impl Gateway {
         let caller = &facts.peer.spiffe_id;
         decide::count(&self.metrics, facts.policies, &verdict, method, caller);
         let detail = pin.and_then(|p| p.detail());
+        facts.trace.decided(message, &up.name, &verdict);
         self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
             .await;
         if allowed {
@@ -437,10 +461,17 @@ impl Gateway {
             strip_authorization: self.credentials.strip_authorization(),
         };
         let req = call.request(up, method, body, headers);
+        let span = facts.trace.upstream_call();
         let refusal = match forward::send(up, req).await {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                facts.trace.upstream_done(span, &up.name, Ok(status));
+                return Ok(resp);
+            }
             Err(refusal) => refusal,
         };
+        let reason = refusal.audit_reason().as_str();
+        facts.trace.upstream_done(span, &up.name, Err(reason));
         self.metrics.upstream_error(refusal.audit_reason());
         let correlation_id = self.ids.next();
         let record = self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);
@@ -509,6 +540,10 @@ impl Gateway {
     ) -> Response<ReplyBody> {
         let correlation_id = self.ids.next();
         self.metrics.refused(refusal.audit_reason());
+        let upstream = facts.upstream.map(|u| u.name.as_str());
+        facts
+            .trace
+            .refused(refusal.audit_reason().as_str(), upstream);
         let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
         self.audit.record(record).await;
         error_response(&refusal, id, &correlation_id)
