@@ -265,4 +265,20 @@ mod tests {
             }
         );
     }
+
+    #[test]
+    fn the_docs_example_parses() {
+        let doc = include_str!("../../docs/traces.md");
+        let start = doc.find("```yaml\n").unwrap() + "```yaml\n".len();
+        let block = &doc[start..start + doc[start..].find("```").unwrap()];
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc {
+            traces: RawTraces,
+        }
+        let parsed: Doc = serde_yaml_ng::from_str(block).unwrap();
+        let c = parsed.traces.validate().unwrap();
+        assert_eq!(c.otlp_endpoint, "http://otel-collector.monitoring:4317");
+        assert_eq!(c.sampling.ratio, 0.1);
+    }
 }
