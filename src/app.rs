@@ -61,15 +61,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let listen_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let (tracer, traces) = start_traces(&config, &metrics)?;
-    let gateway = Gateway::new(
-        &config,
-        identity.clone(),
-        Arc::clone(&policies),
-        audit.clone(),
-        metrics.clone(),
-    )?;
-    let gateway = Arc::new(gateway.with_tracer(tracer));
+    let (gateway, traces) = gateway(&config, &identity, &policies, &audit, &metrics)?;
     let draining = Arc::new(AtomicBool::new(false));
     let admin = admin_state(&identity, metrics, &draining, &audit);
     let (shutdown, watcher) = watch::channel(false);
@@ -109,16 +101,28 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     })
 }
 
-/// `traces:` on: the request path's tracer and the running export task.
-fn start_traces(
+/// The request path over every upstream; with `traces:` on, its tracer and
+/// the running export task.
+fn gateway(
     config: &Config,
+    identity: &Identity,
+    policies: &Arc<PolicyStore>,
+    audit: &AuditLog,
     metrics: &Metrics,
-) -> anyhow::Result<(Option<Tracer>, Option<ExportHandle>)> {
+) -> anyhow::Result<(Arc<Gateway>, Option<ExportHandle>)> {
+    let gateway = Gateway::new(
+        config,
+        identity.clone(),
+        Arc::clone(policies),
+        audit.clone(),
+        metrics.clone(),
+    )?;
     let Some(traces) = &config.traces else {
-        return Ok((None, None));
+        return Ok((Arc::new(gateway), None));
     };
     let (tracer, exporter) = Tracer::new(traces, metrics.traces.clone());
-    Ok((Some(tracer), Some(exporter.start()?)))
+    let gateway = Arc::new(gateway.with_tracer(tracer));
+    Ok((gateway, Some(exporter.start()?)))
 }
 
 /// What the admin listener reads: readiness, metrics, draining, audit health.

@@ -140,8 +140,8 @@ impl Gateway {
     }
 
     /// With traces on: each sampled request records a span for `tracer`.
-    pub fn with_tracer(mut self, tracer: Option<crate::telemetry::Tracer>) -> Gateway {
-        self.tracer = tracer;
+    pub fn with_tracer(mut self, tracer: crate::telemetry::Tracer) -> Gateway {
+        self.tracer = Some(tracer);
         self
     }
 
@@ -171,12 +171,7 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         linger(body);
         let policies = self.policies.current();
-        let trace = Trace::begin(
-            &parts.headers,
-            self.tracer.as_ref(),
-            &peer.spiffe_id,
-            &parts.method,
-        );
+        let trace = Trace::begin(&parts, self.tracer.as_ref(), peer);
         let facts = RequestFacts {
             peer,
             session_id: None,
@@ -244,12 +239,7 @@ impl Gateway {
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
         let user = self.credentials.user_of(headers);
-        let trace = Trace::begin(
-            headers,
-            self.tracer.as_ref(),
-            &peer.spiffe_id,
-            &parts.method,
-        );
+        let trace = Trace::begin(&parts, self.tracer.as_ref(), peer);
         let route = self.router.route(parts.uri.path());
         let mut facts = RequestFacts {
             peer,
@@ -462,16 +452,12 @@ impl Gateway {
         };
         let req = call.request(up, method, body, headers);
         let span = facts.trace.upstream_call();
-        let refusal = match forward::send(up, req).await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                facts.trace.upstream_done(span, &up.name, Ok(status));
-                return Ok(resp);
-            }
+        let sent = forward::send(up, req).await;
+        facts.trace.upstream_done(span, &up.name, &sent);
+        let refusal = match sent {
+            Ok(resp) => return Ok(resp),
             Err(refusal) => refusal,
         };
-        let reason = refusal.audit_reason().as_str();
-        facts.trace.upstream_done(span, &up.name, Err(reason));
         self.metrics.upstream_error(refusal.audit_reason());
         let correlation_id = self.ids.next();
         let record = self.bare_record(&refusal, facts, Outcome::UpstreamError, &correlation_id);

@@ -19,13 +19,16 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hyper::Method;
 use hyper::header::{HeaderMap, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Response};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::ProxyError;
 use super::decide::Verdict;
+use super::listener::Peer;
 use crate::mcp::Message;
 use crate::telemetry::{Decided, RequestSpan, Tracer, UpstreamCall};
 
@@ -75,13 +78,9 @@ impl Trace {
 
     /// As [`Trace::from_headers`], and with traces on (`tracer`) the
     /// gateway's sampling decision: in the flags sent upstream, and a span
-    /// recorded for a sampled request of `caller`.
-    pub fn begin(
-        headers: &HeaderMap,
-        tracer: Option<&Tracer>,
-        caller: &Arc<str>,
-        method: &Method,
-    ) -> Trace {
+    /// recorded for a sampled request (of `peer`).
+    pub fn begin(request: &Parts, tracer: Option<&Tracer>, peer: &Peer) -> Trace {
+        let headers = &request.headers;
         let mut trace = Trace::from_headers(headers);
         let Some(tracer) = tracer else {
             return trace;
@@ -99,7 +98,8 @@ impl Trace {
                 .as_deref()
                 .and_then(|p| u64::from_str_radix(p, 16).ok());
             let ids = (trace_id, span_id, parent);
-            let span = RequestSpan::start(tracer, ids, caller, http_method(method));
+            let method = http_method(&request.method);
+            let span = RequestSpan::start(tracer, ids, &peer.spiffe_id, method);
             trace.span = Some(Arc::new(span));
         }
         trace
@@ -146,14 +146,19 @@ impl Trace {
         Some(span.upstream_call(u64::from_be_bytes(random::<8>())))
     }
 
-    /// An upstream call ended: its status, or the audit reason it failed.
-    pub fn upstream_done(
+    /// An upstream call ended: its response head's status, or the reason
+    /// it failed.
+    pub(super) fn upstream_done<T>(
         &self,
         call: Option<UpstreamCall>,
         upstream: &str,
-        outcome: Result<u16, &str>,
+        sent: &Result<Response<T>, ProxyError>,
     ) {
         if let (Some(span), Some(call)) = (&self.span, call) {
+            let outcome = match sent {
+                Ok(resp) => Ok(resp.status().as_u16()),
+                Err(refusal) => Err(refusal.audit_reason().as_str()),
+            };
             span.upstream_done(call, upstream, outcome);
         }
     }
@@ -344,6 +349,16 @@ mod tests {
         Tracer::new(&config, crate::metrics::Metrics::new().traces)
     }
 
+    fn begin(headers: HeaderMap, tracer: Option<&Tracer>) -> Trace {
+        let (mut parts, ()) = hyper::Request::post("/mcp").body(()).unwrap().into_parts();
+        parts.headers = headers;
+        let peer = Peer {
+            spiffe_id: Arc::from("spiffe://example.org/agent"),
+            not_after: 0,
+        };
+        Trace::begin(&parts, tracer, &peer)
+    }
+
     fn flags(t: &Trace) -> String {
         let sent = t.header();
         sent.to_str().unwrap()[53..].to_owned()
@@ -351,37 +366,30 @@ mod tests {
 
     #[test]
     fn the_flags_sent_upstream_carry_the_gateways_sampling_decision() {
-        let caller: Arc<str> = Arc::from("spiffe://example.org/agent");
-        let post = Method::POST;
         let unsampled = GOOD.replace("-01", "-00");
         // Off: exactly as before, whatever the caller sent.
-        let off = Trace::begin(&headers(&[&unsampled]), None, &caller, &post);
+        let off = begin(headers(&[&unsampled]), None);
         assert_eq!((flags(&off), off.span.is_none()), ("00".to_owned(), true));
-        let off = Trace::begin(&HeaderMap::new(), None, &caller, &post);
+        let off = begin(HeaderMap::new(), None);
         assert_eq!(flags(&off), "00");
         // A trace the gateway starts: sampled by the ratio.
         let (all, _q1) = tracer(1.0, true);
         let (none, _q2) = tracer(0.0, true);
-        let t = Trace::begin(&HeaderMap::new(), Some(&all), &caller, &post);
+        let t = begin(HeaderMap::new(), Some(&all));
         assert_eq!((flags(&t), t.span.is_some()), ("01".to_owned(), true));
-        let t = Trace::begin(&HeaderMap::new(), Some(&none), &caller, &post);
+        let t = begin(HeaderMap::new(), Some(&none));
         assert_eq!((flags(&t), t.span.is_some()), ("00".to_owned(), false));
         // A caller's flag is honoured (parent based), both ways.
-        let t = Trace::begin(&headers(&[GOOD]), Some(&none), &caller, &post);
+        let t = begin(headers(&[GOOD]), Some(&none));
         assert_eq!((flags(&t), t.span.is_some()), ("01".to_owned(), true));
-        let t = Trace::begin(&headers(&[&unsampled]), Some(&all), &caller, &post);
+        let t = begin(headers(&[&unsampled]), Some(&all));
         assert_eq!((flags(&t), t.span.is_some()), ("00".to_owned(), false));
         // ... or overridden, other flag bits kept.
         let (ratio_only, _q3) = tracer(0.0, false);
-        let t = Trace::begin(
-            &headers(&[&GOOD.replace("-01", "-03")]),
-            Some(&ratio_only),
-            &caller,
-            &post,
-        );
+        let t = begin(headers(&[&GOOD.replace("-01", "-03")]), Some(&ratio_only));
         assert_eq!((flags(&t), t.span.is_some()), ("02".to_owned(), false));
         // The continued trace keeps its id and the caller's span as parent.
-        let t = Trace::begin(&headers(&[GOOD]), Some(&all), &caller, &post);
+        let t = begin(headers(&[GOOD]), Some(&all));
         assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
     }

@@ -71,6 +71,8 @@ extensions:
         memory:
           max_traces: 10000
   jaeger_query:
+    # Jaeger's own spans would go to a fixed default port.
+    enable_tracing: false
     storage:
       traces: memstore
     http:
@@ -175,6 +177,16 @@ def traced_gateway(spire, upstream, jaeger, tmp_path_factory):
     gw.stop()
 
 
+def export_state(gw, jaeger: Jaeger, trace_id: str) -> str:
+    """What a failed wait shows: the spans Jaeger holds, the exporter's
+    counters, the logs' tails."""
+    counters = [line for line in gw.metrics().splitlines() if line.startswith("mcp_gateway_trace_spans")]
+    return (
+        f"spans: {json.dumps(jaeger.spans(trace_id))[-2000:]}\n{counters}\n"
+        f"gateway log: {gw.log()[-2000:]}\njaeger log: {jaeger._tail()[-2000:]}"
+    )
+
+
 def upstream_traceparents(upstream, trace_id: str) -> list[str]:
     """The `traceparent` of each request of the trace the upstream received."""
     out = []
@@ -216,7 +228,7 @@ def test_an_allowed_and_a_denied_call_are_spans_of_the_callers_trace(traced_gate
         return spans if hops and request_span(spans, "delete_repository") else None
 
     spans = wait_for(f"trace {trace_id} in Jaeger", both, timeout=30, every=0.2,
-                     detail=lambda: json.dumps(jaeger.spans(trace_id))[-2000:])  # fmt: skip
+                     detail=lambda: export_state(traced_gateway, jaeger, trace_id))  # fmt: skip
 
     allowed = request_span(spans, "echo")
     a = attrs(allowed)
@@ -274,7 +286,8 @@ def test_a_trace_the_gateway_starts_is_sampled_upstream_and_exported(traced_gate
         spans = jaeger.spans(trace_id)
         return spans if len(spans) >= 2 else None
 
-    spans = wait_for(f"trace {trace_id} in Jaeger", exported, timeout=30, every=0.2)
+    spans = wait_for(f"trace {trace_id} in Jaeger", exported, timeout=30, every=0.2,
+                     detail=lambda: export_state(traced_gateway, jaeger, trace_id))  # fmt: skip
     root = request_span(spans, "echo")
     assert root["spanId"] == parent and not root.get("parentSpanId"), "a root span, the upstream's parent"
     assert [x["name"] for x in spans if x.get("parentSpanId") == root["spanId"]] == ["upstream"]
