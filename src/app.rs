@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::policy_store::PolicyStore;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, Lifecycle, listener, loopback};
+use crate::telemetry::{ExportHandle, Tracer};
 
 /// A running gateway.
 pub struct App {
@@ -42,6 +43,8 @@ pub struct App {
     connections: TaskTracker,
     listener_task: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
+    /// The trace export task (`traces:` on), flushed at shutdown.
+    traces: Option<ExportHandle>,
 }
 
 /// Loads policies, opens the audit sink, binds both listeners and starts
@@ -59,13 +62,7 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
     let listen_addr = listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let gateway = Arc::new(Gateway::new(
-        &config,
-        identity.clone(),
-        Arc::clone(&policies),
-        audit.clone(),
-        metrics.clone(),
-    )?);
+    let (gateway, traces) = gateway(&config, &identity, &policies, &audit, &metrics)?;
     let draining = Arc::new(AtomicBool::new(false));
     let admin = admin_state(&identity, metrics, &draining, &audit);
     let (shutdown, watcher) = watch::channel(false);
@@ -101,7 +98,32 @@ pub async fn build(config: Config) -> anyhow::Result<App> {
         connections,
         listener_task,
         tasks,
+        traces,
     })
+}
+
+/// The request path over every upstream; with `traces:` on, its tracer and
+/// the running export task.
+fn gateway(
+    config: &Config,
+    identity: &Identity,
+    policies: &Arc<PolicyStore>,
+    audit: &AuditLog,
+    metrics: &Metrics,
+) -> anyhow::Result<(Arc<Gateway>, Option<ExportHandle>)> {
+    let gateway = Gateway::new(
+        config,
+        identity.clone(),
+        Arc::clone(policies),
+        audit.clone(),
+        metrics.clone(),
+    )?;
+    let Some(traces) = &config.traces else {
+        return Ok((Arc::new(gateway), None));
+    };
+    let (tracer, exporter) = Tracer::new(traces, metrics.traces.clone());
+    let gateway = Arc::new(gateway.with_tracer(tracer));
+    Ok((gateway, Some(exporter.start()?)))
 }
 
 /// What the admin listener reads: readiness, metrics, draining, audit health.
@@ -279,6 +301,7 @@ impl App {
             deadline_seconds = deadline.as_secs(),
             "draining"
         );
+        let drain_started = tokio::time::Instant::now();
         let drained = tokio::time::timeout(deadline, self.connections.wait())
             .await
             .is_ok();
@@ -289,6 +312,12 @@ impl App {
                 connections = self.connections.len(),
                 "drain deadline passed; closing the remaining connections"
             );
+        }
+        if let Some(traces) = self.traces {
+            // The spans of the drained requests: what remains of the drain
+            // deadline, at least the second background tasks get.
+            let left = deadline.saturating_sub(drain_started.elapsed());
+            traces.flush(left.max(Duration::from_secs(1))).await;
         }
         let _ = self.shutdown.send(true);
         for task in self.tasks {

@@ -22,6 +22,7 @@ mod connections;
 mod limit_rules;
 mod limits;
 mod sessions;
+mod traces;
 mod upstream;
 
 use audit::RawAudit;
@@ -30,6 +31,7 @@ pub use connections::ConnectionsConfig;
 pub use limit_rules::{IdentityRule, LimitSpec, PerIdentityLimits, RateSpec, Selector, ToolRule};
 pub use limits::LimitsConfig;
 pub use sessions::SessionsConfig;
+pub use traces::{SamplingConfig, TracesConfig};
 pub use upstream::{AGGREGATE_SEPARATOR, AggregateConfig, UpstreamConfig, UpstreamConnection};
 use upstream::{RawAggregate, RawUpstream, validate_aggregate, validate_upstreams};
 
@@ -94,6 +96,8 @@ pub struct Config {
     /// The file this was read from (`Config::load`), watched for changes
     /// to `limits.per_identity`; `None` for text (`Config::parse`).
     pub source: Option<PathBuf>,
+    /// Spans exported over OTLP (`traces:`); `None`: off.
+    pub traces: Option<TracesConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +220,8 @@ struct RawConfig {
     aggregate: Option<RawAggregate>,
     #[serde(default)]
     connections: connections::RawConnections,
+    #[serde(default)]
+    traces: Option<traces::RawTraces>,
 }
 
 #[derive(Deserialize, Default)]
@@ -373,6 +379,7 @@ impl RawConfig {
             aggregate,
             connections: self.connections.validate()?,
             source: None,
+            traces: self.traces.map(traces::RawTraces::validate).transpose()?,
         })
     }
 }

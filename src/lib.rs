@@ -16,4 +16,5 @@ pub mod pins;
 pub mod policy;
 pub mod policy_store;
 pub mod proxy;
+pub mod telemetry;
 pub mod user_auth;

@@ -6,6 +6,7 @@
 //! Nothing here may block the request path: counters are atomics.
 
 mod policy_counts;
+mod traces;
 
 use prometheus::core::Collector;
 use prometheus::{
@@ -18,6 +19,7 @@ use crate::mcp::method::metric_label;
 use crate::policy::DecisionReason;
 use policy_counts::PolicyDecisions;
 pub use policy_counts::{POLICY_ID_SERIES_CAP, PolicyCounts};
+pub use traces::TraceMetrics;
 
 /// A metric's name, its help text, and its labels (empty for one series).
 type Def = (&'static str, &'static str, &'static [&'static str]);
@@ -293,6 +295,8 @@ pub struct Metrics {
     config_reloads: IntCounterVec,
     /// 1 while the config file last read is invalid.
     pub config_reload_failing: IntGauge,
+    /// The trace exporter's spans (`traces:`).
+    pub traces: TraceMetrics,
 }
 
 /// One upstream's series, resolved once so the request path does no label
@@ -358,27 +362,32 @@ impl Metrics {
             limit_identities: d.gauge(LIMIT_IDENTITIES),
             config_reloads: d.counters(CONFIG_RELOADS),
             config_reload_failing: d.gauge(CONFIG_RELOAD_FAILING),
+            traces: TraceMetrics::register(&d),
             registry: registry.clone(),
         };
-        // Export the error series at 0 from the start, so a rate() or an
-        // alert on them works before the first error.
+        m.zero_series();
+        m
+    }
+
+    /// Exports the error series at 0 from the start, so a rate() or an
+    /// alert on them works before the first error.
+    fn zero_series(&self) {
         for kind in [
             "upstream_unavailable",
             "upstream_identity",
             "upstream_timeout",
             "upstream_stream_idle",
         ] {
-            m.upstream_errors.with_label_values(&[kind]);
+            self.upstream_errors.with_label_values(&[kind]);
         }
         for result in ["success", "failure"] {
-            m.policy_reloads.with_label_values(&[result]);
-            m.session_key_reloads.with_label_values(&[result]);
-            m.config_reloads.with_label_values(&[result]);
+            self.policy_reloads.with_label_values(&[result]);
+            self.session_key_reloads.with_label_values(&[result]);
+            self.config_reloads.with_label_values(&[result]);
         }
         for reason in Reason::LIMITED {
-            m.limited_total.with_label_values(&[reason.as_str()]);
+            self.limited_total.with_label_values(&[reason.as_str()]);
         }
-        m
     }
 
     pub fn decision(&self, allowed: bool, method: &str, caller: &str) {

@@ -30,6 +30,7 @@ pub mod loopback;
 pub mod pin_fetch;
 mod pinning;
 mod protocol;
+mod records;
 mod reply;
 mod route;
 pub mod session;
@@ -55,13 +56,12 @@ use listener::Peer;
 use reply::{Denial, ReplyBody, error_response};
 use upstream::Upstream;
 
-use crate::audit::{AuditLog, CorrelationIds, Exchange, Outcome, Reason, Record};
+use crate::audit::{AuditLog, CorrelationIds, Outcome, Reason};
 use crate::config::{Config, ConnectionsConfig};
 use crate::identity::Identity;
 use crate::limits::Limits;
 use crate::mcp::Message;
 use crate::metrics::Metrics;
-use crate::policy::Target;
 use crate::policy_store::PolicyStore;
 use crate::user_auth::TokenError;
 use admission::{Admission, Refusal};
@@ -95,6 +95,8 @@ pub struct Gateway {
     pub session_keys: Arc<session::keys::SessionKeys>,
     /// Per-identity rate, in-flight and stream limits (`limits.per_identity`).
     pub limits: Arc<Limits>,
+    /// Spans of sampled requests (`traces:`); `None`: off.
+    tracer: Option<crate::telemetry::Tracer>,
 }
 
 impl Gateway {
@@ -147,7 +149,14 @@ impl Gateway {
             credentials: Credentials::new(config)?,
             session_keys,
             limits: Arc::new(limits),
+            tracer: None,
         })
+    }
+
+    /// With traces on: each sampled request records a span for `tracer`.
+    pub fn with_tracer(mut self, tracer: crate::telemetry::Tracer) -> Gateway {
+        self.tracer = Some(tracer);
+        self
     }
 
     /// Entry point for every HTTP request on an authenticated connection.
@@ -176,7 +185,7 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         linger(body);
         let policies = self.policies.current();
-        let trace = Trace::from_headers(&parts.headers);
+        let trace = Trace::begin(&parts, self.tracer.as_ref(), peer);
         let facts = RequestFacts {
             peer,
             session_id: None,
@@ -188,7 +197,9 @@ impl Gateway {
             // Refused before routing: no upstream is named yet.
             upstream: None,
         };
-        self.refuse_unparsed(refusal, &facts).await
+        let response = self.refuse_unparsed(refusal, &facts).await;
+        trace.responded(response.status().as_u16());
+        response
     }
 
     /// Whether connections without a client certificate are served (each
@@ -243,7 +254,7 @@ impl Gateway {
         let session = protocol::single_header(headers, protocol::SESSION_HEADER);
         let policies = self.policies.current();
         let user = self.credentials.user_of(headers);
-        let trace = Trace::from_headers(headers);
+        let trace = Trace::begin(&parts, self.tracer.as_ref(), peer);
         let route = self.router.route(parts.uri.path());
         let mut facts = RequestFacts {
             peer,
@@ -269,21 +280,34 @@ impl Gateway {
         } else {
             Err(ProxyError::AuditUnavailable)
         };
-        let route = match checked {
-            Ok(route) => route,
+        let response = match checked {
+            Ok(route) => self.admitted(route, &parts, body, &facts).await,
             Err(refusal) => {
                 linger(body);
-                return self.refuse_unparsed(refusal, &facts).await;
+                self.refuse_unparsed(refusal, &facts).await
             }
         };
-        // Per-identity limits (`proxy::limits`): before the body is read.
-        let slot = match self.admit(&parts.method, &facts) {
+        trace.responded(response.status().as_u16());
+        response
+    }
+
+    /// A routed request past the shared checks: the per-identity limits
+    /// (`proxy::limits`, before the body is read), then its endpoint; the
+    /// limit's place is held until the reply ends.
+    async fn admitted(
+        self: &Arc<Self>,
+        route: Route<'_>,
+        parts: &hyper::http::request::Parts,
+        body: Incoming,
+        facts: &RequestFacts<'_>,
+    ) -> Response<ReplyBody> {
+        let slot = match self.admit(&parts.method, facts) {
             Ok(slot) => slot,
-            Err(limited) => return self.refuse_limited(&parts, body, &facts, limited).await,
+            Err(limited) => return self.refuse_limited(parts, body, facts, limited).await,
         };
         let response = match route {
-            Route::Aggregate(agg) => agg.serve(self, &parts, body, &facts).await,
-            Route::Upstream(up) => self.upstream_route(&parts, body, &facts, up).await,
+            Route::Aggregate(agg) => agg.serve(self, parts, body, facts).await,
+            Route::Upstream(up) => self.upstream_route(parts, body, facts, up).await,
         };
         limits::hold_until_done(response, slot)
     }
@@ -452,6 +476,7 @@ impl Gateway {
         let caller = &facts.peer.spiffe_id;
         decide::count(&self.metrics, facts.policies, &verdict, method, caller);
         let detail = pin.and_then(|p| p.detail());
+        facts.trace.decided(message, &up.name, &verdict);
         self.audit_decision(message, facts, up, verdict, &correlation_id, detail)
             .await;
         if allowed {
@@ -483,7 +508,10 @@ impl Gateway {
             session: facts.upstream_session,
         };
         let req = call.request(up, method, body, headers);
-        let refusal = match forward::send(up, req).await {
+        let span = facts.trace.upstream_call();
+        let sent = forward::send(up, req).await;
+        facts.trace.upstream_done(span, &up.name, &sent);
+        let refusal = match sent {
             Ok(resp) => return Ok(resp),
             Err(refusal) => refusal,
         };
@@ -497,84 +525,6 @@ impl Gateway {
     /// Every configured upstream, in config order.
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.router.upstreams
-    }
-
-    async fn audit_decision(
-        &self,
-        message: &Message<'_>,
-        facts: &RequestFacts<'_>,
-        up: &Upstream,
-        verdict: Verdict,
-        correlation_id: &str,
-        detail: Option<String>,
-    ) {
-        let method = message.method.as_deref();
-        let target = method.map(|m| Target::of_method(m, message.target.as_deref()));
-        let exchange = Exchange {
-            upstream: &up.name,
-            upstream_spiffe_id: &up.spiffe_id,
-            protocol_version: message
-                .protocol_version
-                .as_deref()
-                .or(facts.protocol_version),
-            ..facts.exchange()
-        };
-        let decision = if verdict.allowed {
-            Outcome::Allow
-        } else {
-            Outcome::Deny
-        };
-        let record = Record::new(
-            &exchange,
-            correlation_id.to_owned(),
-            decision,
-            verdict.reason,
-        )
-        .about(message.id.as_ref().map(|id| id.raw_json()), method, target)
-        .decided_by(verdict.policy_ids, verdict.shadow)
-        .with_detail(detail);
-        self.audit.record(record).await;
-    }
-
-    /// A refusal before any message could be parsed: audited, never forwarded.
-    async fn refuse_unparsed(
-        &self,
-        refusal: ProxyError,
-        facts: &RequestFacts<'_>,
-    ) -> Response<ReplyBody> {
-        self.refuse_message(refusal, facts, None).await
-    }
-
-    /// A refusal, answered under the request's id if it has one: counted,
-    /// audited, nothing forwarded.
-    async fn refuse_message(
-        &self,
-        refusal: ProxyError,
-        facts: &RequestFacts<'_>,
-        id: Option<&str>,
-    ) -> Response<ReplyBody> {
-        let correlation_id = self.ids.next();
-        self.metrics.refused(refusal.audit_reason());
-        let record = self.bare_record(&refusal, facts, Outcome::Deny, &correlation_id);
-        self.audit.record(record).await;
-        error_response(&refusal, id, &correlation_id)
-    }
-
-    fn bare_record(
-        &self,
-        refusal: &ProxyError,
-        facts: &RequestFacts<'_>,
-        decision: Outcome,
-        correlation_id: &str,
-    ) -> Record {
-        let reason = refusal.audit_reason();
-        Record::new(
-            &facts.exchange(),
-            correlation_id.to_owned(),
-            decision,
-            reason,
-        )
-        .with_detail(Some(refusal.to_string()))
     }
 }
 

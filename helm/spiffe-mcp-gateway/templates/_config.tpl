@@ -115,6 +115,10 @@ log:
 metrics:
   caller_labels: true
 {{- end }}
+{{- with $c.traces }}
+traces:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/*
