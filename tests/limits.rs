@@ -392,3 +392,70 @@ async fn wait_for_metric(gw: &Harness, series: &str, value: f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+async fn initialize(agent: &Agent, path: &str) -> Answer {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": V2025, "capabilities": {},
+        "clientInfo": {"name": "limits-test", "version": "1"}}});
+    agent
+        .post(path, &[("mcp-protocol-version", V2025)], &body)
+        .await
+}
+
+#[tokio::test]
+async fn a_rules_session_cap_counts_across_endpoints_and_a_delete_gives_the_place_back() {
+    let gw = Harness::start_with(Options {
+        policies: Some(PERMIT_ALL.into()),
+        extra_config: format!(
+            "limits: {{per_identity: {{rules: [{{spiffe_id: \"{AGENT}\", max_sessions: 2}}]}}}}\n"
+        ),
+        more_upstreams: vec![(
+            "beta",
+            "spiffe://example.org/ns/demo/sa/beta",
+            upstream::mcp(),
+        )],
+        aggregate: true,
+        ..Options::default()
+    })
+    .await;
+    let (a, b) = (gw.agent(AGENT), gw.agent(AGENT_B));
+    let first = initialize(&a, "/mcp/demo").await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(initialize(&a, "/mcp/all").await.status, 200);
+    let seen = gw.upstream.received().len();
+    // A third session of the agent, on any endpoint, is refused before it
+    // is sent anywhere; agent-b, under no rule, opens as many as it likes.
+    let third = initialize(&a, "/mcp/demo").await;
+    assert_refused(&third, 429, LIMITED);
+    assert_eq!(third.header("retry-after"), Some("1"));
+    assert_eq!(
+        gw.upstream.received().len(),
+        seen,
+        "nothing reached the upstream"
+    );
+    for _ in 0..3 {
+        assert_eq!(initialize(&b, "/mcp/demo").await.status, 200);
+    }
+    let records = gw.audit(1).await;
+    assert!(
+        records
+            .iter()
+            .any(|r| r["caller"] == AGENT && r["reason"] == "session_limit"),
+        "{records:#?}"
+    );
+    assert!(
+        gw.metrics()
+            .await
+            .contains(r#"mcp_gateway_limited_total{reason="session_limit"} 1"#)
+    );
+    // Ending one gives its place back.
+    let sealed = first.header("mcp-session-id").unwrap().to_owned();
+    let delete = hyper::Request::delete("/mcp/demo")
+        .header("host", "localhost")
+        .header("mcp-protocol-version", V2025)
+        .header("mcp-session-id", sealed)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(a.send(delete).await.status, 200);
+    assert_eq!(initialize(&a, "/mcp/demo").await.status, 200);
+}

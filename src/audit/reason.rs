@@ -86,6 +86,7 @@ reasons! {
     PinMismatch => "pin_mismatch", "a tool, prompt or resource template unpinned or listed with another definition than its pin: seen in a list (`audit` mode: passed on; `enforce`: removed), or a call to it refused (`enforce`)";
     RateLimited => "rate_limited", "the caller's request rate (`limits.per_identity`, of the identity or of the tool) is used up: 429 with `Retry-After`, nothing forwarded";
     ConcurrencyLimited => "concurrency_limited", "the caller holds its `max_in_flight` requests or `max_streams` GET streams (`limits.per_identity`): 429, nothing forwarded";
+    SessionLimit => "session_limit", "no new session: the caller holds its rule's `max_sessions` (`limits.per_identity`) on this replica: 429 with `Retry-After`, nothing forwarded";
     LimitIdentitiesFull => "limit_identities_full", "`limits.per_identity.max_identities` identities hold limit state and none is idle: a new identity is refused (503) until one is";
     UpstreamSseError => "upstream_sse_error", "the upstream's event stream broke the SSE or JSON-RPC rules";
     UpstreamBatchRefused => "upstream_batch_refused", "the upstream answered with a batch where none is allowed";
@@ -97,6 +98,7 @@ impl Reason {
     pub const LIMITED: &'static [Reason] = &[
         Reason::RateLimited,
         Reason::ConcurrencyLimited,
+        Reason::SessionLimit,
         Reason::LimitIdentitiesFull,
     ];
 }

@@ -20,6 +20,8 @@ const RATE_MAX: f64 = 1_000_000.0;
 const BURST_MAX: i64 = 1_000_000;
 const IN_FLIGHT_MAX: i64 = 1_000_000;
 const STREAMS_MAX: i64 = 100_000;
+/// Most sessions one rule may allow an identity.
+const SESSIONS_MAX: i64 = 1_000_000;
 const IDENTITIES_MAX: i64 = 10_000_000;
 /// Default `limits.per_identity.max_identities`.
 const DEFAULT_MAX_IDENTITIES: usize = 100_000;
@@ -59,6 +61,9 @@ pub struct LimitSpec {
     pub max_in_flight: Option<u32>,
     /// GET (server) streams open at once.
     pub max_streams: Option<u32>,
+    /// MCP sessions held at once, across every session table of this
+    /// replica (opened here or first seen here).
+    pub max_sessions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -117,6 +122,7 @@ struct RawSpec {
     burst: Option<i64>,
     max_in_flight: Option<i64>,
     max_streams: Option<i64>,
+    max_sessions: Option<i64>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq)]
@@ -131,6 +137,7 @@ struct RawRule {
     burst: Option<i64>,
     max_in_flight: Option<i64>,
     max_streams: Option<i64>,
+    max_sessions: Option<i64>,
 }
 
 impl RawPerIdentity {
@@ -206,6 +213,7 @@ impl PerIdentityLimits {
         for (name, set) in [
             ("max_in_flight", rule.max_in_flight.is_some()),
             ("max_streams", rule.max_streams.is_some()),
+            ("max_sessions", rule.max_sessions.is_some()),
         ] {
             if set {
                 bail!("{field}.{name}: a tool rule limits the rate of its calls only");
@@ -239,6 +247,7 @@ impl RawRule {
             burst: self.burst,
             max_in_flight: self.max_in_flight,
             max_streams: self.max_streams,
+            max_sessions: self.max_sessions,
         }
     }
 
@@ -297,13 +306,20 @@ impl RawSpec {
             .max_streams
             .map(|n| bounded(&format!("{field}.max_streams"), n, STREAMS_MAX))
             .transpose()?;
+        let max_sessions = self
+            .max_sessions
+            .map(|n| bounded(&format!("{field}.max_sessions"), n, SESSIONS_MAX))
+            .transpose()?;
         let spec = LimitSpec {
             rate,
             max_in_flight,
             max_streams,
+            max_sessions,
         };
         if spec == LimitSpec::default() {
-            bail!("{field}: sets no limit (requests_per_second, max_in_flight or max_streams)");
+            bail!(
+                "{field}: sets no limit (requests_per_second, max_in_flight, max_streams or max_sessions)"
+            );
         }
         Ok(spec)
     }

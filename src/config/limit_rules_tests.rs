@@ -105,6 +105,18 @@ fn limits_that_cannot_work_are_refused_naming_the_field() {
             "default: {max_streams: 100001}",
             "limits.per_identity.default.max_streams:",
         ),
+        (
+            "default: {max_sessions: 0}",
+            "limits.per_identity.default.max_sessions:",
+        ),
+        (
+            "rules: [{spiffe_id: \"spiffe://example.org/a\", max_sessions: 1000001}]",
+            "limits.per_identity.rules[0].max_sessions:",
+        ),
+        (
+            "rules: [{tool: echo, requests_per_second: 1, max_sessions: 1}]",
+            "limits.per_identity.rules[0].max_sessions: a tool rule",
+        ),
         ("default: {}", "limits.per_identity.default: sets no limit"),
         ("max_identities: 0", "limits.per_identity.max_identities:"),
         (

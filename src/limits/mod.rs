@@ -48,6 +48,9 @@ pub enum Limited {
     InFlight,
     #[error("too many open streams for this identity")]
     Streams,
+    /// The identity holds its rule's `max_sessions`.
+    #[error("too many sessions for this identity: end one (DELETE) or let it end")]
+    Sessions,
     /// `max_identities` entries are held and none is idle.
     #[error("too many identities are being limited at once; retry later")]
     Identities,
@@ -58,7 +61,7 @@ impl Limited {
     pub fn retry_after(self) -> u64 {
         match self {
             Limited::Rate { retry_after } => retry_after,
-            Limited::InFlight | Limited::Streams | Limited::Identities => 1,
+            Limited::InFlight | Limited::Streams | Limited::Sessions | Limited::Identities => 1,
         }
     }
 }
@@ -70,6 +73,8 @@ pub enum Hold {
     Request,
     /// A GET (server) stream: one of `max_streams`, until it closes.
     Stream,
+    /// An MCP session: one of `max_sessions`, until it ends here.
+    Session,
 }
 
 /// One identity's counters, shared with the slots taken from them.
@@ -77,6 +82,7 @@ pub enum Hold {
 struct Held {
     in_flight: AtomicU32,
     streams: AtomicU32,
+    sessions: AtomicU32,
 }
 
 /// A taken place (in flight or stream): given back when dropped.
@@ -91,6 +97,7 @@ impl Drop for Slot {
         let counter = match self.hold {
             Hold::Request => &self.held.in_flight,
             Hold::Stream => &self.held.streams,
+            Hold::Session => &self.held.sessions,
         };
         counter.fetch_sub(1, Ordering::Release);
     }
@@ -193,13 +200,19 @@ impl Limits {
                 entry.applied.max_streams,
                 Limited::Streams,
             ),
+            Hold::Session => (
+                &entry.held.sessions,
+                entry.applied.max_sessions,
+                Limited::Sessions,
+            ),
         };
         if let Some(cap) = cap
             && counter.load(Ordering::Acquire) >= cap
         {
             return Err(refusal);
         }
-        if let Some(rate) = entry.applied.rate {
+        // A session's place is taken by a request already charged.
+        if let Some(rate) = entry.applied.rate.filter(|_| hold != Hold::Session) {
             take(&mut entry.bucket, rate, now)?;
         }
         let Some(_) = cap else {

@@ -23,6 +23,7 @@ pub struct Applied {
     pub rate: Option<Rate>,
     pub max_in_flight: Option<u32>,
     pub max_streams: Option<u32>,
+    pub max_sessions: Option<u32>,
 }
 
 impl Applied {
@@ -31,6 +32,7 @@ impl Applied {
             rate: spec.rate.or(default.rate).map(rate),
             max_in_flight: spec.max_in_flight.or(default.max_in_flight),
             max_streams: spec.max_streams.or(default.max_streams),
+            max_sessions: spec.max_sessions.or(default.max_sessions),
         }
     }
 }

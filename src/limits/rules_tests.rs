@@ -32,6 +32,7 @@ fn config() -> PerIdentityLimits {
             rate: Some(per_second(1.0)),
             max_in_flight: Some(1),
             max_streams: Some(1),
+            max_sessions: None,
         }),
         // Deliberately least specific first: order does not matter.
         rules: vec![

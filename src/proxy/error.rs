@@ -176,6 +176,9 @@ impl ProxyError {
             ProxyError::Session(SessionRefusal::IdentityLimit) => {
                 (StatusCode::TOO_MANY_REQUESTS, CODE_SESSION_LIMIT)
             }
+            ProxyError::Session(SessionRefusal::RuleLimit) => {
+                (StatusCode::TOO_MANY_REQUESTS, CODE_LIMITED)
+            }
             ProxyError::Session(SessionRefusal::Collision) => {
                 (StatusCode::BAD_GATEWAY, CODE_SESSION)
             }
@@ -236,6 +239,7 @@ impl ProxyError {
             ProxyError::AuditUnavailable => Reason::AuditUnavailable,
             ProxyError::Limited(Limited::Rate { .. }) => Reason::RateLimited,
             ProxyError::Limited(Limited::InFlight | Limited::Streams) => Reason::ConcurrencyLimited,
+            ProxyError::Limited(Limited::Sessions) => Reason::SessionLimit,
             ProxyError::Limited(Limited::Identities) => Reason::LimitIdentitiesFull,
         }
     }
@@ -244,6 +248,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             ProxyError::Limited(limited) => Some(limited.retry_after()),
+            ProxyError::Session(SessionRefusal::RuleLimit) => Some(1),
             _ => None,
         }
     }
@@ -359,6 +364,7 @@ mod tests {
             (Limited::Rate { retry_after: 3 }, 429, "rate_limited", 3),
             (Limited::InFlight, 429, "concurrency_limited", 1),
             (Limited::Streams, 429, "concurrency_limited", 1),
+            (Limited::Sessions, 429, "session_limit", 1),
             (Limited::Identities, 503, "limit_identities_full", 1),
         ];
         for (limited, status, reason, retry_after) in cases {

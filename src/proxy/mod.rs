@@ -107,13 +107,20 @@ impl Gateway {
         audit: AuditLog,
         metrics: Metrics,
     ) -> anyhow::Result<Gateway> {
-        let session_keys = Arc::new(lifecycle::session_keys(config)?);
-        let bounds = lifecycle::session_bounds(config);
-        let upstreams = upstreams(config, &identity, &metrics, bounds, &session_keys)?;
+        let limits = Arc::new(Limits::new(
+            &config.limits.per_identity,
+            metrics.limit_identities.clone(),
+        ));
+        let tables = session::Tables {
+            bounds: lifecycle::session_bounds(config),
+            keys: Arc::new(lifecycle::session_keys(config)?),
+            limits: Some(Arc::clone(&limits)),
+        };
+        let upstreams = upstreams(config, &identity, &metrics, &tables)?;
         let aggregate = config
             .aggregate
             .as_ref()
-            .map(|a| aggregate::Aggregate::new(a, &upstreams, bounds, &session_keys))
+            .map(|a| aggregate::Aggregate::new(a, &upstreams, &tables))
             .transpose()?;
         let admission = Admission::new(
             config.connections.max_connections,
@@ -122,10 +129,6 @@ impl Gateway {
             metrics.connection_refusals.clone(),
         );
         let ids = Arc::new(CorrelationIds::new());
-        let limits = Limits::new(
-            &config.limits.per_identity,
-            metrics.limit_identities.clone(),
-        );
         let way_back = WayBack::new(
             Arc::clone(&policies),
             audit.clone(),
@@ -147,8 +150,8 @@ impl Gateway {
             connections: config.connections.clone(),
             admission,
             credentials: Credentials::new(config)?,
-            session_keys,
-            limits: Arc::new(limits),
+            session_keys: tables.keys,
+            limits,
             tracer: None,
         })
     }
@@ -533,13 +536,11 @@ fn upstreams(
     config: &Config,
     identity: &Identity,
     metrics: &Metrics,
-    bounds: session::Bounds,
-    keys: &Arc<session::keys::SessionKeys>,
+    tables: &session::Tables,
 ) -> anyhow::Result<Vec<Arc<Upstream>>> {
     let mut upstreams = Vec::with_capacity(config.upstreams.len());
     for u in &config.upstreams {
-        let endpoint = format!("u:{}", u.name);
-        let sessions = session::Sessions::new(bounds, Arc::clone(keys), endpoint);
+        let sessions = tables.table(format!("u:{}", u.name));
         let upstream = Upstream::new(u, identity.clone(), metrics, sessions)?;
         upstreams.push(Arc::new(upstream));
     }

@@ -11,6 +11,7 @@ use crate::policy::Target;
 use crate::proxy::decide::Verdict;
 use crate::proxy::facts::RequestFacts;
 use crate::proxy::reply::{ReplyBody, error_response};
+use crate::proxy::session::SessionRefusal;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Gateway, ProxyError};
 
@@ -71,6 +72,10 @@ impl Gateway {
     ) -> Response<ReplyBody> {
         let correlation_id = self.ids.next();
         self.metrics.refused(refusal.audit_reason());
+        if matches!(refusal, ProxyError::Session(SessionRefusal::RuleLimit)) {
+            // A rule's session cap is a per-identity limit too.
+            self.metrics.limited(refusal.audit_reason());
+        }
         let upstream = facts.upstream.map(|u| u.name.as_str());
         facts
             .trace

@@ -74,8 +74,7 @@ use tracing::warn;
 
 use super::ingress::{self, linger};
 use super::reply::{self, ReplyBody};
-use super::session::keys::SessionKeys;
-use super::session::{Bounds, Reservation, SessionRefusal, Sessions};
+use super::session::{Reservation, SessionRefusal, Sessions, Tables};
 use super::upstream::Upstream;
 use super::way_back::{self};
 use super::{Gateway, ProxyError, RequestFacts, protocol};
@@ -116,8 +115,7 @@ impl Aggregate {
     pub fn new(
         config: &AggregateConfig,
         upstreams: &[Arc<Upstream>],
-        bounds: Bounds,
-        keys: &Arc<SessionKeys>,
+        tables: &Tables,
     ) -> anyhow::Result<Aggregate> {
         let members = config
             .upstreams
@@ -133,7 +131,7 @@ impl Aggregate {
         Ok(Aggregate {
             name: config.name.clone(),
             members,
-            sessions: Sessions::new(bounds, Arc::clone(keys), format!("a:{}", config.name)),
+            sessions: tables.table(format!("a:{}", config.name)),
         })
     }
 

@@ -49,6 +49,7 @@ use serde::de::DeserializeOwned;
 
 use crate::audit::Reason;
 use crate::clock::unix_seconds;
+use crate::limits::{Hold, Limited, Limits, Slot};
 use keys::SessionKeys;
 use seal::Claims;
 
@@ -68,6 +69,8 @@ pub enum SessionRefusal {
     IdentityLimit,
     /// The upstream issued an id that is already bound to another identity.
     Collision,
+    /// The caller holds its rule's `max_sessions` (`limits.per_identity`).
+    RuleLimit,
 }
 
 impl SessionRefusal {
@@ -79,6 +82,7 @@ impl SessionRefusal {
             SessionRefusal::Full => Reason::SessionTableFull,
             SessionRefusal::IdentityLimit => Reason::SessionIdentityLimit,
             SessionRefusal::Collision => Reason::SessionIdCollision,
+            SessionRefusal::RuleLimit => Reason::SessionLimit,
         }
     }
 
@@ -94,6 +98,9 @@ impl SessionRefusal {
                 "too many sessions for this identity: end one (DELETE) or let it expire"
             }
             SessionRefusal::Collision => "the upstream issued a session id already in use",
+            SessionRefusal::RuleLimit => {
+                "too many sessions for this identity: end one (DELETE) or let it end"
+            }
         }
     }
 }
@@ -110,6 +117,26 @@ pub struct Bounds {
     pub max: usize,
     /// Of which one SPIFFE ID may hold.
     pub max_per_identity: usize,
+}
+
+/// What every session table of a gateway shares: its bounds, the keys,
+/// and the per-identity limits.
+#[derive(Clone)]
+pub struct Tables {
+    pub bounds: Bounds,
+    pub keys: Arc<SessionKeys>,
+    pub limits: Option<Arc<Limits>>,
+}
+
+impl Tables {
+    /// A table for `endpoint` (`u:<upstream>` or `a:<aggregate>`).
+    pub fn table<V: Clone + Serialize + DeserializeOwned>(&self, endpoint: String) -> Sessions<V> {
+        let table = Sessions::new(self.bounds, Arc::clone(&self.keys), endpoint);
+        match &self.limits {
+            Some(limits) => table.with_limits(Arc::clone(limits)),
+            None => table,
+        }
+    }
 }
 
 /// A session as a request sees it.
@@ -130,6 +157,9 @@ struct Entry<V> {
     expires: i64,
     last_seen: AtomicI64,
     value: V,
+    /// Its place under the owner's `max_sessions` (`limits.per_identity`),
+    /// given back when the entry is dropped.
+    _slot: Option<Slot>,
 }
 
 struct Table<V> {
@@ -202,6 +232,9 @@ struct Inner<V> {
     table: RwLock<Table<V>>,
     bounds: Bounds,
     keys: Arc<SessionKeys>,
+    /// Per-identity limits: a session takes one of its owner's
+    /// `max_sessions`, counted across every table.
+    limits: Option<Arc<Limits>>,
     /// `u:<upstream>` or `a:<aggregate>`: a sealed id opens on its own
     /// endpoint only.
     endpoint: String,
@@ -210,6 +243,20 @@ struct Inner<V> {
 impl<V> Inner<V> {
     fn write(&self) -> RwLockWriteGuard<'_, Table<V>> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place under the owner's `max_sessions`, if its rule sets one.
+    fn rule_slot(&self, owner: &Arc<str>) -> Result<Option<Slot>, SessionRefusal> {
+        let Some(limits) = &self.limits else {
+            return Ok(None);
+        };
+        limits
+            .admit(owner, Hold::Session)
+            .map_err(|limited| match limited {
+                // No room for the owner's limit state: as a full table.
+                Limited::Identities => SessionRefusal::Full,
+                _ => SessionRefusal::RuleLimit,
+            })
     }
 
     fn idle(&self, entry: &Entry<V>, now: i64) -> bool {
@@ -236,6 +283,7 @@ pub struct Reservation<V> {
     inner: Arc<Inner<V>>,
     owner: Arc<str>,
     bound: bool,
+    slot: Option<Slot>,
 }
 
 impl<V: Clone + Serialize + DeserializeOwned> Sessions<V> {
@@ -252,9 +300,19 @@ impl<V: Clone + Serialize + DeserializeOwned> Sessions<V> {
                 }),
                 bounds,
                 keys,
+                limits: None,
                 endpoint,
             }),
         }
+    }
+
+    /// The same table, its sessions counted under `limits`'s per-identity
+    /// `max_sessions`. Call before the table is shared.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Sessions<V> {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.limits = Some(limits);
+        }
+        self
     }
 
     /// Holds a place for a new session of `owner`, or says why there is
@@ -262,12 +320,14 @@ impl<V: Clone + Serialize + DeserializeOwned> Sessions<V> {
     pub fn reserve(&self, owner: &Arc<str>) -> Result<Reservation<V>, SessionRefusal> {
         let mut table = self.inner.write();
         let held = table.room_for(owner, &self.inner.bounds)?;
+        let slot = self.inner.rule_slot(owner)?;
         table.held.insert(Arc::clone(owner), held + 1);
         table.reserved += 1;
         Ok(Reservation {
             inner: Arc::clone(&self.inner),
             owner: Arc::clone(owner),
             bound: false,
+            slot,
         })
     }
 
@@ -338,6 +398,7 @@ impl<V: Clone + Serialize + DeserializeOwned> Sessions<V> {
             return Err(SessionRefusal::Collision);
         }
         table.room_for(&owner, &self.inner.bounds)?;
+        let slot = self.inner.rule_slot(&owner)?;
         let session = Session {
             handle: Arc::from(claims.handle),
             value: claims.value,
@@ -349,6 +410,7 @@ impl<V: Clone + Serialize + DeserializeOwned> Sessions<V> {
             expires: claims.expires,
             last_seen: AtomicI64::new(now),
             value: session.value.clone(),
+            _slot: slot,
         };
         table.insert(Box::from(sealed), entry);
         Ok(session)
@@ -446,6 +508,7 @@ impl<V: Serialize> Reservation<V> {
             expires: claims.expires,
             last_seen: AtomicI64::new(now),
             value: claims.value,
+            _slot: self.slot.take(),
         };
         // The reservation's place becomes the session's.
         table.reserved -= 1;
