@@ -45,6 +45,14 @@ What it asserts:
   its process still ran and before its listener closed, and HAProxy never
   had to retry a connection (no connection reached a closed listener).
 
+Why the not-ready delay: without it (`not_ready_delay_seconds: 0`) the
+listener closes at SIGTERM, before the balancer's next check can see the
+503; tried once, HAProxy sent two connections to the closed listener in
+that window (refused, `SC` in its log) and both clients' calls failed.
+`retries` with `option redispatch` (configured here, as in production)
+would hide that by connecting again elsewhere, which is why the test also
+asserts that HAProxy retried nothing.
+
 Run it alone:
     GATEWAY_BIN=target/debug/spiffe-mcp-gateway .venv/bin/python -m pytest \
         tests/e2e/test_rollout_e2e.py -p no:cacheprovider -q
@@ -285,7 +293,9 @@ def roll(replicas: Replicas, balancer: Balancer, agents: dict) -> dict[str, int]
     def serving(name: str, since: int = 0) -> None:
         def both() -> bool:
             for agent, (proc, path) in agents.items():
-                assert proc.poll() is None, f"the {agent} agent stopped early: {path.read_text()[-3000:]}"
+                if proc.poll() is not None:
+                    err = Path(f"{path}.stderr").read_text()[-3000:]
+                    raise AssertionError(f"the {agent} agent stopped early: {path.read_text()[-3000:]}\n{err}")
             return served_both(replicas.gw[name], since)
 
         wait_for(f"replica {name} to serve both clients", both, 60, every=0.1)
