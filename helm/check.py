@@ -16,6 +16,7 @@
 """
 
 import argparse
+import base64
 import json
 import re
 import sys
@@ -140,6 +141,15 @@ def invariants(args):
         want(m is not None and "subPath" not in m and "configMap" in volumes[m["name"]],
              f"policy.{key} {path} mounted as a whole ConfigMap directory (no subPath)")
 
+    keys_file = config.get("sessions", {}).get("keys_file")
+    want(keys_file is not None, "sessions.keys_file set (every replica serves every session)")
+    if keys_file:
+        m = mounts.get(str(Path(keys_file).parent))
+        # Whole directory: a subPath mount would never see a key rotation.
+        want(m is not None and "subPath" not in m and m.get("readOnly") is True
+             and "secret" in volumes[m["name"]],
+             f"sessions.keys_file {keys_file} in a Secret mounted read-only as a directory (no subPath)")
+
     annotations = pod["metadata"].get("annotations", {})
     sums = [k for k in annotations if k.startswith("checksum/")]
     want(sums == ["checksum/config"], f"only checksum/config on the pod (found {sums})")
@@ -205,6 +215,19 @@ def extract(args):
             fail("jwks.json has no keys")
         Path(relocate(user["jwks_file"])).write_text(cm["data"]["jwks.json"])
         user["jwks_file"] = relocate(user["jwks_file"])
+    sessions = config.get("sessions") or {}
+    if "keys_file" in sessions:
+        path = sessions["keys_file"]
+        secret = volumes[mounts[str(Path(path).parent)]]["secret"]["secretName"]
+        found = [d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == secret]
+        if len(found) != 1:
+            fail(f"Secret {secret} not rendered (an existingSecret cannot be checked here)")
+        keys = Path(relocate(path))
+        keys.parent.mkdir(parents=True, exist_ok=True)
+        keys.write_bytes(base64.b64decode(found[0]["data"]["keys"]))
+        keys.chmod(0o600)
+        print(f"sessions.keys_file: {len(keys.read_text().splitlines())} key(s) from Secret {secret}")
+        sessions["keys_file"] = str(keys)
     (out / "gateway.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 

@@ -14,6 +14,7 @@ use spiffe_mcp_gateway::cli::{self, CliError, Outcome};
 use spiffe_mcp_gateway::config::{Config, LogFormat, ProcessEnv, UserKeys};
 use spiffe_mcp_gateway::pins::PinSet;
 use spiffe_mcp_gateway::policy::PolicyEngine;
+use spiffe_mcp_gateway::proxy::session::keys::SessionKeys;
 use spiffe_mcp_gateway::user_auth::UserAuth;
 
 #[derive(Parser)]
@@ -165,6 +166,12 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         let pins = PinSet::load_dir(dir, &config.policy.pin_upstreams)
             .map_err(|e| anyhow::anyhow!("pins: {e}"))?;
         println!("ok: {} pinned definitions in {}", pins.len(), dir.display());
+    }
+    // A key file that `serve` would refuse is refused here too.
+    if let Some(file) = &config.sessions.keys_file {
+        let keys = SessionKeys::load(Some(file))?;
+        let ids = keys.current().ids().join(", ");
+        println!("ok: session keys {ids} in {}", file.display());
     }
     // A JWKS file is read now; JWT-SVID bundles only exist at run time.
     if let Some(auth) = &config.user_auth

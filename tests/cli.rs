@@ -237,3 +237,34 @@ fn audit_verify_on_garbage_says_where_it_stopped_and_exits_by_the_documented_cod
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("unproven"), "{text}");
 }
+
+#[test]
+fn check_reads_the_session_key_file_as_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let keys = dir.path().join("keys");
+    let config = std::fs::read_to_string(examples().join("gateway.yaml"))
+        .unwrap()
+        .replace("\"../policies\"", &format!("{:?}", policies))
+        + &format!("sessions:\n  keys_file: {:?}\n", keys);
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, config).unwrap();
+
+    let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("keys") && text.contains("cannot be read"),
+        "{text}"
+    );
+
+    std::fs::write(&keys, "k1 not-base64\n").unwrap();
+    let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+    assert!(
+        !ok && text.contains("keys:1: the key is not base64"),
+        "{text}"
+    );
+
+    let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32]);
+    std::fs::write(&keys, format!("k1 {key}\n")).unwrap();
+    let (ok, text) = gateway(&["check", "--config", path.to_str().unwrap()]);
+    assert!(ok && text.contains("ok: session keys k1 in"), "{text}");
+}

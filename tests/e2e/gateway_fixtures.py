@@ -176,6 +176,8 @@ def write_config(
     upstreams: list[dict[str, Any]] | None = None,
     audit_extra: list[str] | None = None,
     limits_extra: list[str] | None = None,
+    listen_address: str = "127.0.0.1:0",
+    admin_address: str = "127.0.0.1:0",
 ) -> Path:
     """`policy_extra`: more lines under `policy:` (indented by the caller);
     `extra_yaml`: top-level YAML appended as is (e.g. a `user_auth:` block);
@@ -184,13 +186,15 @@ def write_config(
     `audit_extra`: more lines under `audit:` (indented by the caller);
     `limits_extra`: more lines under `limits:` (indented by the caller);
     `upstreams`: the list form instead (each a dict of `upstreams:` entry
-    fields; `upstream_url`/`upstream_id` are then unused)."""
+    fields; `upstream_url`/`upstream_id` are then unused);
+    `listen_address`/`admin_address`: fixed addresses (a replica restarted
+    where its load balancer expects it) instead of free ports."""
     lines = [
         "listener:",
-        '  address: "127.0.0.1:0"',
+        f'  address: "{listen_address}"',
         *(listener_extra or []),
         "admin:",
-        '  address: "127.0.0.1:0"',
+        f'  address: "{admin_address}"',
         "workload_api:",
         f'  socket: "{endpoint}"',
     ]

@@ -310,21 +310,35 @@ def run_ts_agent(
     return _run(ts_agent_cmd(url, cert, key, ca, calls, **kw), timeout, cwd=TS_DIR)
 
 
+def _start_agent(cmd: list[str], output: PathLike | None, cwd: Path | None = None) -> subprocess.Popen:
+    """Starts an agent in the background, its stdout and stderr to pipes or to
+    the file `output` and `<output>.stderr` (a long run prints more than a
+    pipe holds while nobody reads it)."""
+    if output is None:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    with open(output, "w", encoding="utf-8") as out, open(f"{output}.stderr", "w", encoding="utf-8") as err:
+        return subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=cwd)
+
+
 def start_py_agent_loop(url: str, cert=None, key=None, ca=None, calls: Sequence[str] = (), **kw: Any) -> subprocess.Popen:
-    """Start py_agent.py in rotation mode in the background (pass loop= and/or repeat_until=);
-    finish with `finish_agent(proc)`."""
-    return subprocess.Popen(py_agent_cmd(url, cert, key, ca, calls, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Start py_agent.py in rotation mode in the background (pass loop= and/or repeat_until=;
+    output= a file for its stdout); finish with `finish_agent(proc, output=...)`."""
+    output = kw.pop("output", None)
+    return _start_agent(py_agent_cmd(url, cert, key, ca, calls, **kw), output)
 
 
 def start_ts_agent_loop(url: str, cert=None, key=None, ca=None, calls: Sequence[str] = (), **kw: Any) -> subprocess.Popen:
     ensure_ts_deps()
-    return subprocess.Popen(
-        ts_agent_cmd(url, cert, key, ca, calls, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TS_DIR
-    )
+    output = kw.pop("output", None)
+    return _start_agent(ts_agent_cmd(url, cert, key, ca, calls, **kw), output, cwd=TS_DIR)
 
 
-def finish_agent(proc: subprocess.Popen, timeout: float = 120.0) -> AgentRun:
+def finish_agent(proc: subprocess.Popen, timeout: float = 120.0, output: PathLike | None = None) -> AgentRun:
+    """Waits for a background agent; `output`: the file it was started with."""
     out, err = proc.communicate(timeout=timeout)
+    if output is not None:
+        out = Path(output).read_text(encoding="utf-8")
+        err = Path(f"{output}.stderr").read_text(encoding="utf-8")
     lines = []
     for raw in out.splitlines():
         if raw.strip().startswith("{"):

@@ -18,6 +18,11 @@ Rotation mode (`--loop N` and/or `--repeat-until FILE`, with `--interval-ms`):
 runs the calls (default `echo`) repeatedly, each iteration on a NEW client and
 a NEW TLS connection (unless `--loop-same-client`), printing one line per
 iteration and a final `{"loop": {"ok": .., "failed": .., ...}}` summary.
+`--no-keepalive`: every HTTP request on a new connection (a load balancer in
+TCP mode then spreads requests, not connections); `--number-calls`: `{i}` in a
+call becomes the iteration number, so each call can be told apart in the
+upstream's log. The summary names the session ids the agent held
+(`session_ids`, in order; none at 2026-07-28).
 """
 
 from __future__ import annotations
@@ -112,8 +117,11 @@ def make_http_client(args: argparse.Namespace, verify: ssl.SSLContext | bool, re
     for h in args.header:
         k, _, v = h.partition(":")
         headers[k.strip()] = v.strip()
+    # max_keepalive_connections=0: each connection is closed after its response.
+    limits = {"limits": httpx2.Limits(max_keepalive_connections=0)} if args.no_keepalive else {}
     return httpx2.AsyncClient(
         verify=verify,
+        **limits,
         headers=headers or None,
         timeout=httpx2.Timeout(args.timeout, read=args.timeout),
         event_hooks={"response": [rec.on_response]},
@@ -235,6 +243,7 @@ async def run_loop(args: argparse.Namespace, calls: list[str]) -> int:
     verify = build_ssl_context(args)
     ok = failed = 0
     errors: list[dict[str, Any]] = []
+    session_ids: list[str] = []
     first_error_at = last_error_at = None
     i = 0
     start = time.monotonic()
@@ -280,10 +289,13 @@ async def run_loop(args: argparse.Namespace, calls: list[str]) -> int:
                     pair = await fresh()
                 rec = pair[2]
                 try:
-                    results = [await run_call(pair[1], spec, rec) for spec in calls]
+                    numbered = [spec.replace("{i}", str(i)) if args.number_calls else spec for spec in calls]
+                    results = [await run_call(pair[1], spec, rec) for spec in numbered]
                 finally:
                     if not args.loop_same_client:
                         await close(pair)
+                if rec.session_id and (not session_ids or session_ids[-1] != rec.session_id):
+                    session_ids.append(rec.session_id)
                 bad = [r for r in results if not r["ok"]]
                 line["ok"] = not bad
                 if bad:
@@ -317,6 +329,7 @@ async def run_loop(args: argparse.Namespace, calls: list[str]) -> int:
                 "first_failed_iteration": first_error_at,
                 "last_failed_iteration": last_error_at,
                 "errors": errors,
+                "session_ids": session_ids,
                 "seconds": round(time.monotonic() - start, 3),
             }
         }
@@ -353,6 +366,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="rotation mode: re-read --cert/--key before each iteration; new connections present them",
     )
+    p.add_argument("--no-keepalive", action="store_true", help="a new connection for every HTTP request")
+    p.add_argument("--number-calls", action="store_true", help="rotation mode: `{i}` in a call becomes the iteration number")
     p.add_argument("calls", nargs="*", help="'list', 'read:URI', 'prompts', 'resources', 'prompt:name:{json args}' or 'tool:{json args}'")
     args = p.parse_args(argv)
     if bool(args.cert) != bool(args.key):

@@ -106,6 +106,10 @@ limits:
 connections:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+sessions:
+  keys_file: {{ printf "%s/keys" (include "smg.sessionKeysDir" .) | quote }}
+  max_lifetime_seconds: {{ int64 $c.sessions.maxLifetimeSeconds }}
+  keys_watch_interval_ms: {{ int64 $c.sessions.keysWatchIntervalMs }}
 shutdown:
   drain_timeout_seconds: {{ int $c.shutdown.drainTimeoutSeconds }}
 log:

@@ -65,6 +65,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "smg.pinsConfigMap" -}}
 {{- default (printf "%s-pins" (include "smg.fullname" .)) .Values.pins.existingConfigMap }}
 {{- end }}
+{{- define "smg.sessionKeysDir" -}}/etc/spiffe-mcp-gateway/session-keys{{- end }}
+{{- define "smg.sessionKeysSecret" -}}
+{{- default (printf "%s-session-keys" (include "smg.fullname" .)) .Values.sessions.existingSecret }}
+{{- end }}
 {{- define "smg.workloadApiDir" -}}/spiffe-workload-api{{- end }}
 
 {{- define "smg.workloadApiSocket" -}}

@@ -12,6 +12,10 @@
 // A failed connect prints {"connect": false, "error": {...}} and exits 2.
 // Rotation mode: --loop N and/or --repeat-until FILE, --interval-ms M; every iteration uses a
 // new Client, a new undici Agent and so a new TLS connection (unless --loop-same-client).
+// --no-keepalive: every HTTP request on a new connection (a load balancer in TCP mode then
+// spreads requests, not connections); --number-calls: `{i}` in a call becomes the iteration
+// number, so each call can be told apart in the upstream's log. The loop summary names the
+// session ids the agent held (`session_ids`, in order; one for a session kept throughout).
 //
 // Needs Node >= 20.18.1 (undici 7).
 
@@ -40,6 +44,8 @@ const { values: opts, positionals } = parseArgs({
     'loop-same-client': { type: 'boolean', default: false },
     'quiet-iterations': { type: 'boolean', default: false },
     'reload-cert': { type: 'boolean', default: false },
+    'no-keepalive': { type: 'boolean', default: false },
+    'number-calls': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
@@ -48,6 +54,7 @@ if (opts.help || !opts.url) {
   process.stderr.write(
     'usage: agent.mjs --url URL [--cert PEM --key PEM] [--ca PEM] [--no-check-hostname] [--header "K: V"]... ' +
       '[--terminate-session] [--loop N] [--repeat-until FILE] [--interval-ms M] [--loop-same-client] [--reload-cert] ' +
+      '[--no-keepalive] [--number-calls] ' +
       "[--] CALLS... (CALL: list | read:URI | tool | 'tool:{json}')\n",
   );
   process.exit(opts.help ? 0 : 64);
@@ -113,8 +120,9 @@ function connectOption() {
 }
 
 // One undici Agent = one connection pool; a new Agent means new TLS handshakes.
+// `pipelining: 0` turns keep-alive off: one connection per request.
 function makeConnection() {
-  const dispatcher = new Agent({ connect: connectOption() });
+  const dispatcher = new Agent({ connect: connectOption(), ...(opts['no-keepalive'] ? { pipelining: 0 } : {}) });
   const rec = { lastStatus: null, sessionId: null, requests: [] };
   const fetchFn = async (url, init) => {
     const res = await undiciFetch(url, { ...init, dispatcher });
@@ -281,6 +289,7 @@ async function runLoop(calls) {
   let firstFail = null;
   let lastFail = null;
   const errors = [];
+  const sessionIds = [];
   const start = Date.now();
   let shared = null;
   while (true) {
@@ -301,7 +310,12 @@ async function runLoop(calls) {
         await connect(conn);
       }
       const results = [];
-      for (const spec of calls) results.push(await runCall(conn.client, spec, conn.rec));
+      for (const spec of calls) {
+        const numbered = opts['number-calls'] ? spec.replaceAll('{i}', String(i)) : spec;
+        results.push(await runCall(conn.client, numbered, conn.rec));
+      }
+      const sid = conn.rec.sessionId;
+      if (sid && sessionIds[sessionIds.length - 1] !== sid) sessionIds.push(sid);
       const bad = results.filter((r) => !r.ok);
       line.ok = bad.length === 0;
       if (bad.length) line.error = bad[0].error;
@@ -334,6 +348,7 @@ async function runLoop(calls) {
       first_failed_iteration: firstFail,
       last_failed_iteration: lastFail,
       errors,
+      session_ids: sessionIds,
       seconds: (Date.now() - start) / 1000,
     },
   });
