@@ -152,8 +152,10 @@ def test_agent_without_tls_reaches_echo_and_is_refused_get_env(sdk, client_sidec
 def test_session_opened_through_the_sidecar_belongs_to_the_agent(client_sidecar, central, svids):
     """The client certificate the central gateway verified is the agent's
     SVID: a session opened by a plain request through the sidecar is bound at
-    the central gateway to the agent's SPIFFE ID, so agent-b, presenting its
-    own SVID there, cannot use it (404, session_not_owned)."""
+    the central gateway to the agent's SPIFFE ID. The agent holds the
+    sidecar's sealed id (the sidecar holds the central's, sealed in it), so
+    agent-b, presenting that id with its own SVID at the central gateway,
+    finds no session there (404, session_unknown) and nothing is forwarded."""
     status, body, headers = plain_post(client_sidecar, INITIALIZE, {"Host": f"127.0.0.1:{client_sidecar.port}"})
     assert status == 200 and body["result"]["serverInfo"]["name"] == "mcp-servers/everything", body
     sid = headers.get("mcp-session-id")
@@ -161,7 +163,7 @@ def test_session_opened_through_the_sidecar_belongs_to_the_agent(client_sidecar,
     resp = post(central.port, svids["agent-b"], b'{"jsonrpc":"2.0","id":"hj","method":"tools/list"}', session_headers(sid))
     assert resp.status == 404 and resp.json()["error"]["code"] == -32065, resp
     central.wait_audit(
-        lambda r: r["caller"] == AGENT_B_ID and r["reason"] == "session_not_owned" and r["session_id"] == sid
+        lambda r: r["caller"] == AGENT_B_ID and r["reason"] == "session_unknown" and r["session_id"] == sid
     )
 
 

@@ -80,6 +80,9 @@ _MASKS = [
     (re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?Z"), "TIME"),
     (re.compile(r"\b(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} \w{3} \d{4} \d{2}:\d{2}:\d{2} GMT"), "DATE"),
     (re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I), "UUID"),
+    # The gateway's sealed session id (base64url, format byte 1) where the
+    # server's own id is a UUID: the caller never sees the server's.
+    (re.compile(r"(?<![A-Za-z0-9_-])AQ[A-Za-z0-9_-]{40,}"), "UUID"),
     (re.compile(r"\bhttps?://(?:localhost|127\.0\.0\.1):\d+"), "URL"),
     (re.compile(r"\b(?:localhost|127\.0\.0\.1):\d+"), "HOST:PORT"),
 ]
