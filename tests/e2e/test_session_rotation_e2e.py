@@ -15,6 +15,7 @@ the third SVID has expired (three rotations used): zero failed calls, one
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -115,7 +116,7 @@ def test_a_session_outlives_three_rotations_of_its_callers_svid(spire, upstream,
         for run in runs:
             summary = run.loop
             assert summary, run.stdout + run.stderr
-            assert summary["failed"] == 0, summary
+            assert summary["failed"] == 0, json.dumps(summary)  # whole: pytest cuts a dict short
             assert summary["ok"] >= 3 * TTL, summary
         third_expired = follower.expiries()[2]
         records = [r for r in gw.audit() if r["caller"] == ROTATING_ID]
