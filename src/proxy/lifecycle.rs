@@ -40,7 +40,8 @@ impl Gateway {
         let version = ctx.protocol_version.clone();
         match reservation.bind(&id, version.as_deref(), ()) {
             Ok(sealed) => {
-                show_session(resp.headers_mut(), Some(&sealed));
+                let issued = HeaderValue::try_from(sealed).ok();
+                show_session(resp.headers_mut(), issued.as_ref());
                 ctx.session_id = Some(id);
                 self.way_back.inspect_reply(resp, ctx).await
             }
@@ -84,7 +85,7 @@ impl Gateway {
         let sealed = sealed(&parts.headers);
         match upstream {
             Ok(mut resp) => {
-                show_session(resp.headers_mut(), sealed);
+                show_session(resp.headers_mut(), sealed_value(&parts.headers));
                 if parts.method == Method::DELETE {
                     if resp.status().is_success()
                         && let Some(sealed) = sealed
@@ -147,12 +148,18 @@ pub(super) fn sealed(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The caller sees its sealed session id, never the upstream's own: the
-/// upstream's `Mcp-Session-Id` on a reply is replaced (or removed).
-pub(super) fn show_session(headers: &mut HeaderMap, sealed: Option<&str>) {
+/// upstream's `Mcp-Session-Id` on a reply is replaced by `sealed` (the
+/// caller's own header value, shared, not copied), or removed.
+pub(super) fn show_session(headers: &mut HeaderMap, sealed: Option<&HeaderValue>) {
     headers.remove(protocol::SESSION_HEADER);
-    if let Some(v) = sealed.and_then(|s| HeaderValue::from_str(s).ok()) {
-        headers.insert(protocol::SESSION_HEADER, v);
+    if let Some(v) = sealed {
+        headers.insert(protocol::SESSION_HEADER, v.clone());
     }
+}
+
+/// The caller's `Mcp-Session-Id` value, as `route` checked it (one).
+pub(super) fn sealed_value(headers: &HeaderMap) -> Option<&HeaderValue> {
+    headers.get(protocol::SESSION_HEADER)
 }
 
 /// The session tables' bounds, from `limits:` and `sessions:`.

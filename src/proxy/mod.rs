@@ -432,7 +432,10 @@ impl Gateway {
         match (sent, reservation) {
             (Ok(resp), Some(reservation)) => self.bind_session(resp, ctx, reservation).await,
             (Ok(mut resp), None) => {
-                lifecycle::show_session(resp.headers_mut(), lifecycle::sealed(&parts.headers));
+                lifecycle::show_session(
+                    resp.headers_mut(),
+                    lifecycle::sealed_value(&parts.headers),
+                );
                 self.way_back.inspect_reply(resp, ctx).await
             }
             (Err(refusal), _) => refusal,

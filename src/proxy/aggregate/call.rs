@@ -74,18 +74,18 @@ impl Aggregate {
         ctx.awaiting = Some(id.to_owned());
         ctx.input_requests_possible = input_requests_possible;
         let mut reply = gw.way_back.inspect_reply(resp, ctx).await;
-        let sealed = protocol::single_header(&asked.parts.headers, protocol::SESSION_HEADER);
-        show_aggregated_session(reply.headers_mut(), sealed.ok().flatten());
+        let sealed = asked.parts.headers.get(protocol::SESSION_HEADER);
+        show_aggregated_session(reply.headers_mut(), sealed);
         reply
     }
 }
 
 /// The member's session id is the gateway's to hold: the caller only ever
 /// sees the aggregated one, sealed, as it sent it.
-fn show_aggregated_session(headers: &mut HeaderMap, aggregated: Option<&str>) {
+fn show_aggregated_session(headers: &mut HeaderMap, aggregated: Option<&HeaderValue>) {
     headers.remove(protocol::SESSION_HEADER);
-    if let Some(v) = aggregated.and_then(|s| HeaderValue::from_str(s).ok()) {
-        headers.insert(protocol::SESSION_HEADER, v);
+    if let Some(v) = aggregated {
+        headers.insert(protocol::SESSION_HEADER, v.clone());
     }
 }
 
