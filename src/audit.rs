@@ -18,6 +18,7 @@
 
 mod chain;
 pub mod checkpoint;
+mod lines;
 mod reason;
 mod tail;
 pub mod verify;
