@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jsonl import whole_records
 from polling import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,15 +67,8 @@ class Gateway:
         waits until the writer holds none (it commits in groups, so a record
         may wait up to 10 ms for the ones after it)."""
         self.wait_audit_written()
-        if not self.audit_path.exists():
-            return []
-        text = self.audit_path.read_text(encoding="utf-8")
-        # Whole lines only: the writer may be between the two halves of a
-        # record when the file is read.
-        lines = text[: text.rfind("\n") + 1].splitlines()
-        parsed = [json.loads(line) for line in lines if line.strip()]
         # The hash chain's own lines (genesis, checkpoints) are not records.
-        return [r for r in parsed if "chain" not in r]
+        return [r for r in whole_records(self.audit_path) if "chain" not in r]
 
     def wait_audit_written(self, timeout: float = 10.0) -> None:
         """Waits until every record the gateway accepted is in the file

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from jsonl import whole_records
 from polling import wait_for
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -54,22 +55,15 @@ class Upstream:
 
     def requests(self) -> list[dict[str, Any]]:
         """Every HTTP request the upstream received so far, oldest first."""
-        if self.request_log is None or not self.request_log.exists():
+        if self.request_log is None:
             return []
-        out = []
-        for line in self.request_log.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                out.append(json.loads(line))
-        return out
+        return whole_records(self.request_log)
 
     def ended(self) -> list[dict[str, Any]]:
         """Every HTTP request the upstream finished (a stream: closed), oldest first."""
         if self.request_log is None:
             return []
-        path = Path(f"{self.request_log}.ended")
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return whole_records(Path(f"{self.request_log}.ended"))
 
     def clear_requests(self) -> None:
         if self.request_log is not None and self.request_log.exists():
