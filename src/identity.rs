@@ -1,17 +1,18 @@
 //! The gateway's own identity: X.509-SVIDs and trust bundles from the SPIFFE
 //! Workload API, turned into rustls configs for the listener and the upstream.
 //!
-//! `spiffe::X509Source` owns the Workload API stream; `spiffe-rustls` builds
-//! configs whose resolvers and verifiers read the source's current material
-//! (callers are verified by `client_auth`, with the same bundles),
-//! so a rotated SVID or bundle is used by the next handshake without a
-//! restart. Until the first SVID arrives there are no configs: the listener
-//! refuses every handshake and `/readyz` says not ready (fail closed). TLS
-//! session resumption and tickets stay off (the spiffe-rustls default): every
-//! handshake re-checks the peer against the current bundle.
+//! `spiffe::X509Source` owns the Workload API stream. The configs' resolver
+//! (`own_svid`) and verifiers (`client_auth` for callers, `upstream_auth`
+//! for upstreams) read the source's current SVID and bundles on each
+//! handshake, so a rotated SVID or bundle is used by the next handshake,
+//! without a restart and without a window in which handshakes fail. Until
+//! the first SVID arrives there are no configs: the listener refuses every
+//! handshake and `/readyz` says not ready (fail closed). TLS session
+//! resumption and tickets stay off: every handshake re-checks the peer
+//! against the current bundle.
 //!
 //! Federation: the Workload API delivers the bundles of federated trust
-//! domains beside the gateway's own; spiffe-rustls verifies a caller against
+//! domains beside the gateway's own; each peer is verified against
 //! the bundle of the caller's own trust domain (taken from its SPIFFE ID,
 //! then proved by the chain), so a partner's certificate never validates
 //! against another domain's roots, and a trust domain without a bundle is
@@ -25,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, ServerConfig};
 use spiffe::x509_source::SvidPicker;
 use spiffe::{X509BundleSet, X509Source, X509Svid};
@@ -36,7 +38,11 @@ use crate::config::WorkloadApiConfig;
 use crate::metrics::Metrics;
 
 mod client_auth;
+mod own_svid;
 pub mod spiffe_id;
+#[cfg(test)]
+mod test_pki;
+mod upstream_auth;
 
 pub use client_auth::id_refusal;
 pub(crate) use client_auth::verify_chain;
@@ -51,6 +57,9 @@ const UPSTREAM_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 pub struct TlsConfigs {
     pub server: Arc<ServerConfig>,
     source: X509Source,
+    /// The gateway's certificate, shared by the listener and every upstream.
+    own: Arc<own_svid::OwnSvid>,
+    provider: Arc<CryptoProvider>,
     /// The gateway's own SPIFFE ID (the default JWT-SVID caller audience).
     pub spiffe_id: Arc<str>,
 }
@@ -59,11 +68,23 @@ impl TlsConfigs {
     /// A client config from the same source that presents the current SVID
     /// and accepts exactly `spiffe_id` (an upstream's). Its resolver reads
     /// the source on each handshake, so it follows rotations.
-    pub fn client_for(&self, spiffe_id: &str) -> Result<ClientConfig, spiffe_rustls::Error> {
-        spiffe_rustls::mtls_client(self.source.clone())
-            .authorize(spiffe_rustls::exact([spiffe_id])?)
-            .with_alpn_protocols(UPSTREAM_ALPN)
-            .build()
+    pub fn client_for(&self, spiffe_id: &str) -> Result<ClientConfig, ConfigError> {
+        let expected = spiffe_id::canonical(spiffe_id)?;
+        let verifier = upstream_auth::UpstreamVerifier::new(
+            self.source.clone(),
+            expected,
+            Arc::clone(&self.provider),
+        );
+        let mut config = ClientConfig::builder_with_provider(Arc::clone(&self.provider))
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_cert_resolver(Arc::clone(&self.own) as _);
+        config.alpn_protocols = UPSTREAM_ALPN.iter().map(|p| p.to_vec()).collect();
+        // No resumption: a resumed handshake skips the verifier, so every
+        // connection is checked against the current bundle.
+        config.resumption = rustls::client::Resumption::disabled();
+        Ok(config)
     }
 
     /// Whether the source currently holds a usable SVID that has not expired.
@@ -194,10 +215,12 @@ async fn connect(workload: &WorkloadApiConfig) -> X509Source {
 
 /// Why TLS configs could not be built from the source.
 #[derive(Debug, thiserror::Error)]
-enum ConfigError {
-    #[error(transparent)]
-    Spiffe(#[from] spiffe_rustls::Error),
-    #[error("listener TLS config: {0}")]
+pub enum ConfigError {
+    #[error("the Workload API has not issued an X.509-SVID")]
+    NoSvid,
+    #[error("upstream SPIFFE ID: {0}")]
+    Id(#[from] spiffe_id::IdError),
+    #[error("TLS config: {0}")]
     Rustls(#[from] rustls::Error),
 }
 
@@ -213,20 +236,28 @@ pub enum ClientCerts {
 }
 
 fn build_configs(source: X509Source, client_certs: ClientCerts) -> Result<TlsConfigs, ConfigError> {
-    // spiffe-rustls' resolver presents the current SVID; callers are
-    // verified by `client_auth` (canonical SPIFFE IDs, exactly as written).
-    let resolver = spiffe_rustls::mtls_server(source.clone())
-        .with_alpn_protocols(LISTENER_ALPN)
-        .build()?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let own = Arc::new(own_svid::OwnSvid::new(
+        source.clone(),
+        Arc::clone(&provider),
+    ));
     let mandatory = client_certs == ClientCerts::Required;
-    let server = client_auth::server_config(&resolver, source.clone(), mandatory)?;
+    let mut server = client_auth::server_config(
+        Arc::clone(&own) as _,
+        source.clone(),
+        Arc::clone(&provider),
+        mandatory,
+    )?;
+    server.alpn_protocols = LISTENER_ALPN.iter().map(|p| p.to_vec()).collect();
     let spiffe_id = source
         .try_svid()
         .map(|svid| Arc::from(svid.spiffe_id().to_string()))
-        .ok_or(spiffe_rustls::Error::NoSvid)?;
+        .ok_or(ConfigError::NoSvid)?;
     Ok(TlsConfigs {
         server: Arc::new(server),
         source,
+        own,
+        provider,
         spiffe_id,
     })
 }

@@ -64,6 +64,76 @@ async fn a_rotated_svid_is_presented_on_the_next_handshake_without_restart() {
     );
 }
 
+/// Invariant 6: a rotation drops no traffic. Callers open a connection per
+/// call (a handshake each, and upstream connections re-made after each
+/// rotation) while the SVID rotates again and again, each rotation only
+/// after calls have passed since the one before; every call is answered.
+/// The handshakes that fall between the Workload API's update and the next
+/// use of the SVID are the ones at stake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_during_repeated_rotations_all_succeed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const ROTATIONS: u64 = 40;
+    let gw = Harness::start().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for _ in 0..4 {
+        let agent = gw.agent(AGENT);
+        let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+        callers.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let body = bytes::Bytes::from(call("echo").to_string());
+                let req = support::agent::post_request("/mcp", &headers("echo"), body);
+                match agent.try_send(req).await {
+                    Ok(a) if a.status == 200 && a.json()["result"].is_object() => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(a) => failed.push(format!("{} {}", a.status, a.json())),
+                    Err(e) => failed.push(format!("{e:#}")),
+                }
+            }
+            failed
+        }));
+    }
+    for n in 0..ROTATIONS {
+        let before = answered.load(Ordering::Relaxed);
+        gw.workload_api.set(Svid {
+            leaf: gw
+                .ca
+                .leaf_with(GATEWAY, &["localhost"], time::Duration::hours(1)),
+            bundle: vec![gw.ca.der.to_vec()],
+            federated: Vec::new(),
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while gw.app.identity.svid_generation() < n + 2
+            || answered.load(Ordering::Relaxed) < before + 2
+        {
+            let at = format!(
+                "rotation {n}: {} calls answered",
+                answered.load(Ordering::Relaxed)
+            );
+            assert!(tokio::time::Instant::now() < deadline, "{at}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for caller in callers {
+        failed.extend(caller.await.unwrap());
+    }
+    let answered = answered.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        answered as usize + failed.len()
+    );
+    assert!(answered >= 2 * ROTATIONS);
+}
+
 #[tokio::test]
 async fn identity_and_hop_headers_from_the_caller_never_reach_the_upstream() {
     let gw = Harness::start_with(Options {

@@ -14,8 +14,7 @@
 //! unless the listener also takes JWT-SVID callers
 //! (`listener.jwt_svid_callers`); a certificate that is sent is held to the
 //! same checks either way, so a bearer token can never stand in for a bad
-//! one. The server side (the gateway's own SVID) is spiffe-rustls' resolver,
-//! unchanged.
+//! one. The server side (the gateway's own SVID) is `own_svid`.
 //!
 //! Must never: accept a certificate whose SPIFFE ID is not exactly as
 //! written, or verify a leaf against another trust domain's roots.
@@ -25,8 +24,8 @@ use std::sync::Arc;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, RootCertStore,
     ServerConfig, SignatureScheme,
@@ -38,7 +37,7 @@ use crate::identity::spiffe_id::{self, IdError};
 
 /// Where the X.509 bundles come from: the live source, or a fixed set in
 /// unit tests.
-trait Bundles: Send + Sync + std::fmt::Debug {
+pub(super) trait Bundles: Send + Sync + std::fmt::Debug {
     fn bundle(&self, trust_domain: &TrustDomain) -> Option<Arc<X509Bundle>>;
 }
 
@@ -48,15 +47,15 @@ impl Bundles for X509Source {
     }
 }
 
-/// A listener config like `mtls` (spiffe-rustls' resolver, ALPN), with this
+/// A listener config presenting `own` (the gateway's SVID), with this
 /// module's client verifier; `mandatory`: a handshake without a client
 /// certificate fails.
 pub(super) fn server_config(
-    mtls: &ServerConfig,
+    own: Arc<dyn ResolvesServerCert>,
     source: X509Source,
+    provider: Arc<CryptoProvider>,
     mandatory: bool,
 ) -> Result<ServerConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(SvidClientVerifier::new(
         source,
         Arc::clone(&provider),
@@ -65,9 +64,9 @@ pub(super) fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(Arc::clone(&mtls.cert_resolver));
-    config.alpn_protocols = mtls.alpn_protocols.clone();
-    // As spiffe-rustls: no resumption, so every handshake is checked anew.
+        .with_cert_resolver(own);
+    // No resumption: a resumed handshake skips the verifier, so every
+    // handshake is checked anew against the current bundle.
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
@@ -99,18 +98,10 @@ impl SvidClientVerifier {
 
     /// A WebPKI verifier over the bundle of the leaf's own trust domain.
     fn verifier_for(&self, id: &SpiffeId) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let td = id.trust_domain();
-        let bundle = self
-            .bundles
-            .bundle(td)
-            .ok_or_else(|| general(format!("no trust bundle for trust domain {td}")))?;
-        let mut roots = RootCertStore::empty();
-        for authority in bundle.authorities() {
-            roots.add(CertificateDer::from(authority.as_ref()))?;
-        }
+        let roots = roots_for(self.bundles.as_ref(), id)?;
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&self.provider))
             .build()
-            .map_err(|e| general(format!("trust bundle of {td}: {e}")))
+            .map_err(|e| general(format!("trust bundle of {}: {e}", id.trust_domain())))
     }
 }
 
@@ -134,11 +125,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let id = check_leaf(end_entity.as_ref())?;
-        let eligible: Vec<CertificateDer<'_>> = intermediates
-            .iter()
-            .filter(|c| may_sign_certificates(c.as_ref()))
-            .cloned()
-            .collect();
+        let eligible = signing_intermediates(intermediates);
         self.verifier_for(&id)?
             .verify_client_cert(end_entity, &eligible, now)
     }
@@ -177,11 +164,7 @@ pub(crate) fn verify_chain(
     at: UnixTime,
 ) -> Result<SpiffeId, rustls::Error> {
     let id = check_leaf(leaf.as_ref())?;
-    let eligible: Vec<CertificateDer<'_>> = intermediates
-        .iter()
-        .filter(|c| may_sign_certificates(c.as_ref()))
-        .cloned()
-        .collect();
+    let eligible = signing_intermediates(intermediates);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     WebPkiClientVerifier::builder_with_provider(roots, provider)
         .build()
@@ -194,7 +177,7 @@ pub(crate) fn verify_chain(
 /// rules: exactly one SPIFFE ID, canonical, with a path; not a CA;
 /// digitalSignature. An ID refusal is a certificate error carrying the
 /// [`IdError`], so the listener can tell it from other handshake failures.
-fn check_leaf(der: &[u8]) -> Result<SpiffeId, rustls::Error> {
+pub(super) fn check_leaf(der: &[u8]) -> Result<SpiffeId, rustls::Error> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| general(format!("certificate does not parse: {e}")))?;
     let id = spiffe_id::from_certificate(&cert).map_err(|e| {
@@ -234,6 +217,35 @@ pub fn id_refusal(error: &rustls::Error) -> Option<&IdError> {
     }
 }
 
+/// The roots of `id`'s own trust domain, as the source holds them now; no
+/// bundle for that trust domain: refused.
+pub(super) fn roots_for(
+    bundles: &dyn Bundles,
+    id: &SpiffeId,
+) -> Result<RootCertStore, rustls::Error> {
+    let td = id.trust_domain();
+    let bundle = bundles
+        .bundle(td)
+        .ok_or_else(|| general(format!("no trust bundle for trust domain {td}")))?;
+    let mut roots = RootCertStore::empty();
+    for authority in bundle.authorities() {
+        roots.add(CertificateDer::from(authority.as_ref()))?;
+    }
+    Ok(roots)
+}
+
+/// The presented intermediates that may sign certificates, the only ones
+/// path building may use.
+pub(super) fn signing_intermediates<'a>(
+    intermediates: &[CertificateDer<'a>],
+) -> Vec<CertificateDer<'a>> {
+    intermediates
+        .iter()
+        .filter(|c| may_sign_certificates(c.as_ref()))
+        .cloned()
+        .collect()
+}
+
 /// Whether a chain certificate may sign certificates: no keyUsage at all
 /// (RFC 5280 6.1.4(n)) or one with keyCertSign. One that does not parse may
 /// not. Intermediates failing this are left out of path building.
@@ -248,18 +260,19 @@ fn may_sign_certificates(der: &[u8]) -> bool {
     }
 }
 
-fn general(reason: String) -> rustls::Error {
+pub(super) fn general(reason: String) -> rustls::Error {
     rustls::Error::General(reason)
 }
 
 #[cfg(test)]
 mod tests {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType,
     };
 
     use super::*;
+    use crate::identity::test_pki::{Fixed, TestCa, bundle, svid, test_ca};
 
     fn leaf(uri: &str, ca: bool, usages: &[KeyUsagePurpose]) -> Vec<u8> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -325,57 +338,6 @@ mod tests {
             "partner.test"
         );
         assert!(check_leaf(b"garbage").is_err());
-    }
-
-    /// A test CA for one trust domain.
-    struct TestCa {
-        der: Vec<u8>,
-        issuer: Issuer<'static, KeyPair>,
-    }
-
-    fn test_ca(name: &str) -> TestCa {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let der = params.self_signed(&key).unwrap().der().to_vec();
-        TestCa {
-            der,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// An X509-SVID-shaped leaf for `id`, signed by `ca`.
-    fn svid(id: &str, ca: &TestCa) -> Vec<u8> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ClientAuth,
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ];
-        let key = KeyPair::generate().unwrap();
-        params.signed_by(&key, &ca.issuer).unwrap().der().to_vec()
-    }
-
-    /// A fixed bundle set, as the Workload API would deliver it.
-    #[derive(Debug)]
-    struct Fixed(Vec<Arc<X509Bundle>>);
-
-    impl Bundles for Fixed {
-        fn bundle(&self, trust_domain: &TrustDomain) -> Option<Arc<X509Bundle>> {
-            self.0
-                .iter()
-                .find(|b| b.trust_domain() == trust_domain)
-                .cloned()
-        }
-    }
-
-    fn bundle(td: &str, ca: &TestCa) -> Arc<X509Bundle> {
-        let td = TrustDomain::new(td).unwrap();
-        Arc::new(X509Bundle::from_x509_authorities(td, &[ca.der.as_slice()]).unwrap())
     }
 
     /// Each leaf is checked against the bundle of its own trust domain only,

@@ -2,9 +2,10 @@
 //! HTTP/2 (by ALPN).
 //!
 //! The caller's identity is the SPIFFE ID of its verified X.509-SVID, taken
-//! once per connection from the certificate rustls verified (spiffe-rustls:
-//! chain to the bundle of the peer's trust domain, exactly one URI SAN that is
-//! a valid SPIFFE ID, leaf not a CA, digitalSignature, within validity).
+//! once per connection from the certificate rustls verified
+//! (`identity::client_auth`: chain to the bundle of the peer's trust domain,
+//! exactly one URI SAN that is a valid SPIFFE ID in canonical form, leaf not
+//! a CA, digitalSignature, within validity).
 //! Never from headers. While the gateway has no SVID, connections are closed
 //! before any handshake. A connection is closed when the peer certificate it
 //! was authenticated with expires: no connection outlives its credential.

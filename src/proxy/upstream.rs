@@ -1,8 +1,8 @@
 //! The connections to the upstream MCP servers, one [`Upstream`] each.
 //!
 //! mTLS with the gateway's own SVID; each upstream must present exactly the
-//! SPIFFE ID in its own config entry (spiffe-rustls `exact` authorizer, one
-//! client config per upstream), otherwise the handshake fails and the call
+//! SPIFFE ID in its own config entry (`identity::upstream_auth` in the
+//! handshake, one client config per upstream), otherwise the handshake fails and the call
 //! is refused with `UpstreamIdentity`: an upstream presenting another
 //! upstream's ID is refused like any other wrong ID. Plain
 //! HTTP is possible only to a loopback address declared as such in the config
@@ -391,10 +391,9 @@ impl UpstreamConnector {
     }
 }
 
-/// The upstream's SPIFFE ID exactly as configured. spiffe-rustls verified
-/// the chain and compared the ID after folding its case, so the text is
-/// checked again here, before a byte is sent: `SPIFFE://EXAMPLE.ORG/server`
-/// is not `spiffe://example.org/server`.
+/// The upstream's SPIFFE ID exactly as configured, checked again after the
+/// handshake's verifier and before a byte is sent (defence in depth):
+/// `SPIFFE://EXAMPLE.ORG/server` is not `spiffe://example.org/server`.
 fn check_upstream_id(leaf: Option<&[u8]>, expected: &str) -> Result<(), ConnectError> {
     let leaf = leaf.ok_or_else(|| ConnectError::Identity("no certificate".to_owned()))?;
     let id = spiffe_id::from_leaf(leaf).map_err(|e| ConnectError::Identity(e.to_string()))?;

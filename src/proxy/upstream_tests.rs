@@ -13,8 +13,8 @@ fn leaf(uri: &str) -> Vec<u8> {
     params.self_signed(&key).unwrap().der().to_vec()
 }
 
-/// The upstream's ID is compared as written: spiffe-rustls' `exact`
-/// authorizer folds case, so a folded ID must still be refused here.
+/// The upstream's ID is compared as written, after the handshake too: a
+/// folded ID is refused here even if a verifier let it through.
 #[test]
 fn the_upstream_must_present_exactly_the_configured_id() {
     let want = "spiffe://example.org/ns/demo/sa/mcp-server";

@@ -116,21 +116,25 @@ impl Agent {
 
     /// Sends one request on a new connection.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Answer {
-        let tcp = TcpStream::connect(self.addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        let tls = self.tls.connect(name, tcp).await.expect("TLS handshake");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
+        self.try_send(req).await.expect("an answer")
+    }
+
+    /// The same, giving back what failed (the handshake, the connection)
+    /// instead of panicking: for tests that count failures.
+    pub async fn try_send(&self, req: Request<Full<Bytes>>) -> anyhow::Result<Answer> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        let name = ServerName::try_from("localhost")?;
+        let tls = self.tls.connect(name, tcp).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
-        let resp = sender.send_request(req).await.unwrap();
+        let resp = sender.send_request(req).await?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        Answer {
+        let body = body.collect().await?.to_bytes();
+        Ok(Answer {
             status: parts.status.as_u16(),
             headers: parts.headers,
             body,
-        }
+        })
     }
 
     /// POSTs `body` to `path` with the MCP headers a client sends, plus
@@ -141,13 +145,19 @@ impl Agent {
     }
 
     pub async fn post_bytes(&self, path: &str, headers: &[(&str, &str)], body: Bytes) -> Answer {
-        let mut req = Request::post(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream");
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
-        self.send(req.body(Full::new(body)).unwrap()).await
+        self.send(post_request(path, headers, body)).await
     }
+}
+
+/// A POST of `body` to `path` with the MCP headers a client sends, plus
+/// `headers`.
+pub fn post_request(path: &str, headers: &[(&str, &str)], body: Bytes) -> Request<Full<Bytes>> {
+    let mut req = Request::post(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(Full::new(body)).unwrap()
 }
