@@ -74,6 +74,7 @@ reasons! {
     SessionTableFull => "session_table_full", "no new session: `limits.max_sessions` reached";
     SessionIdentityLimit => "session_identity_limit", "no new session: the caller holds `limits.max_sessions_per_identity`";
     SessionIdCollision => "session_id_collision", "the upstream issued a session id already bound to another identity";
+    SessionIdUnsealable => "session_id_unsealable", "the upstream issued a session id too long to seal into one the caller can present (over about 6 KB): the session is ended at the upstream, 502";
     AggregateUnknownTool => "aggregate_unknown_tool", "the aggregated endpoint has no tool of that name";
     AggregateMethod => "aggregate_method", "a method the aggregated endpoint does not serve";
     AggregateUnknownPrompt => "aggregate_unknown_prompt", "the aggregated endpoint has no prompt of that name";

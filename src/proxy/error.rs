@@ -179,7 +179,7 @@ impl ProxyError {
             ProxyError::Session(SessionRefusal::RuleLimit) => {
                 (StatusCode::TOO_MANY_REQUESTS, CODE_LIMITED)
             }
-            ProxyError::Session(SessionRefusal::Collision) => {
+            ProxyError::Session(SessionRefusal::Collision | SessionRefusal::Unsealable) => {
                 (StatusCode::BAD_GATEWAY, CODE_SESSION)
             }
             ProxyError::Session(_) => (StatusCode::NOT_FOUND, CODE_SESSION),

@@ -71,6 +71,9 @@ pub enum SessionRefusal {
     Collision,
     /// The caller holds its rule's `max_sessions` (`limits.per_identity`).
     RuleLimit,
+    /// The upstream issued an id too long to seal into one the caller can
+    /// present (the sealed id would pass `seal::MAX_SEALED_LEN`).
+    Unsealable,
 }
 
 impl SessionRefusal {
@@ -83,6 +86,7 @@ impl SessionRefusal {
             SessionRefusal::IdentityLimit => Reason::SessionIdentityLimit,
             SessionRefusal::Collision => Reason::SessionIdCollision,
             SessionRefusal::RuleLimit => Reason::SessionLimit,
+            SessionRefusal::Unsealable => Reason::SessionIdUnsealable,
         }
     }
 
@@ -101,6 +105,7 @@ impl SessionRefusal {
             SessionRefusal::RuleLimit => {
                 "too many sessions for this identity: end one (DELETE) or let it end"
             }
+            SessionRefusal::Unsealable => "the upstream issued a session id too long to seal",
         }
     }
 }
@@ -500,7 +505,10 @@ impl<V: Serialize> Reservation<V> {
         if table.collides(handle, &self.owner) {
             return Err(SessionRefusal::Collision);
         }
-        let (sealed, key_id) = seal::seal(&self.inner.keys, &claims).ok_or(SessionRefusal::Full)?;
+        let (sealed, key_id) = seal::seal(&self.inner.keys, &claims).map_err(|e| match e {
+            seal::SealError::TooLong => SessionRefusal::Unsealable,
+            seal::SealError::Failed => SessionRefusal::Full,
+        })?;
         let entry = Entry {
             owner: Arc::clone(&self.owner),
             handle: Arc::from(handle),

@@ -54,6 +54,16 @@ pub struct Claims<V> {
     pub value: V,
 }
 
+/// Why claims could not be sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealError {
+    /// The sealed id would be longer than [`MAX_SEALED_LEN`], so `open`
+    /// would refuse it (an upstream issued a very long session id).
+    TooLong,
+    /// No randomness for a nonce, or the claims cannot be written.
+    Failed,
+}
+
 /// An opened id: its claims and the id of the key that sealed it.
 pub struct Opened<V> {
     pub claims: Claims<V>,
@@ -61,33 +71,37 @@ pub struct Opened<V> {
 }
 
 /// Seals `claims` under the ring's newest key; returns the sealed id and
-/// that key's id. `None` only if the system has no randomness for a nonce
-/// or the claims cannot be written.
+/// that key's id. Every id it returns is one `open` takes.
 pub fn seal<V: Serialize>(
     keys: &SessionKeys,
     claims: &Claims<V>,
-) -> Option<(String, std::sync::Arc<str>)> {
+) -> Result<(String, std::sync::Arc<str>), SealError> {
     let ring = keys.current();
     let key = ring.sealing();
     let mut nonce = [0u8; NONCE_LEN];
-    keys.rng.fill(&mut nonce).ok()?;
+    keys.rng.fill(&mut nonce).map_err(|_| SealError::Failed)?;
     let mut out = Vec::with_capacity(256);
     out.push(FORMAT);
     // Key ids are at most 32 bytes (checked when the file is read).
-    out.push(u8::try_from(key.id.len()).ok()?);
+    out.push(u8::try_from(key.id.len()).map_err(|_| SealError::Failed)?);
     out.extend_from_slice(key.id.as_bytes());
     let aad_len = out.len();
     out.extend_from_slice(&nonce);
-    let mut sealed = serde_json::to_vec(claims).ok()?;
+    let mut sealed = serde_json::to_vec(claims).map_err(|_| SealError::Failed)?;
+    if base64::encoded_len(out.len() + sealed.len() + TAG_LEN, false)
+        .is_none_or(|len| len > MAX_SEALED_LEN)
+    {
+        return Err(SealError::TooLong);
+    }
     key.aead
         .seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(&out[..aad_len]),
             &mut sealed,
         )
-        .ok()?;
+        .map_err(|_| SealError::Failed)?;
     out.extend_from_slice(&sealed);
-    Some((URL_SAFE_NO_PAD.encode(out), std::sync::Arc::clone(&key.id)))
+    Ok((URL_SAFE_NO_PAD.encode(out), std::sync::Arc::clone(&key.id)))
 }
 
 /// Opens a sealed id with the ring's keys; `None` for anything that is not

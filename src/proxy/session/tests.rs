@@ -239,6 +239,27 @@ fn the_table_is_bounded_and_upstream_ids_do_not_change_hands() {
 }
 
 #[test]
+fn an_upstream_id_too_long_to_seal_is_refused_and_every_sealed_id_opens() {
+    let s = table(10, 10);
+    // The longest id that seals opens again, on this table.
+    let longest = (1..=seal::MAX_SEALED_LEN)
+        .rev()
+        .find(|len| open(&s, &"x".repeat(*len), A).is_ok())
+        .expect("some length seals");
+    assert!(longest > 5_000, "{longest}");
+    let sealed = open(&s, &"y".repeat(longest), A).unwrap();
+    assert!(sealed.len() <= seal::MAX_SEALED_LEN);
+    assert_eq!(handle(&s, &sealed, A), Ok("y".repeat(longest)));
+    // One byte more is refused, and gives its place back.
+    let before = s.len();
+    let too_long = "z".repeat(longest + 1);
+    assert_eq!(open(&s, &too_long, A), Err(SessionRefusal::Unsealable));
+    assert_eq!(s.len(), before);
+    let table = s.inner.table.read().unwrap();
+    assert_eq!((table.reserved, table.held.get(A)), (0, Some(&before)));
+}
+
+#[test]
 fn one_identity_cannot_take_the_whole_table_here_or_by_sessions_from_elsewhere() {
     let s = table(4, 2);
     let a1 = open(&s, "a1", A).unwrap();
