@@ -29,6 +29,12 @@ const LINEAR_KEY_CHECK: usize = 16;
 /// than the gateway. Such keys are refused.
 const SERDE_PRIVATE_KEY: &str = "$serde_json::private::";
 
+/// Whether an object key is one the strict parser refuses: serde_json reads
+/// keys under this prefix specially.
+pub fn is_reserved_key(key: &str) -> bool {
+    key.starts_with(SERDE_PRIVATE_KEY)
+}
+
 /// Bytes that end a run of plain string content: the closing quote, a
 /// backslash, and the control characters JSON forbids unescaped.
 const STRING_STOP: [bool; 256] = {
@@ -169,7 +175,7 @@ impl<'a> Scanner<'a> {
             }
             let key_at = self.pos;
             let key = self.string()?;
-            if key.starts_with(SERDE_PRIVATE_KEY) {
+            if is_reserved_key(&key) {
                 return Err(ParseError::ReservedKey {
                     offset: key_at,
                     key: shown(&key),

@@ -10,6 +10,7 @@ pub mod jsonrpc;
 pub mod method;
 pub mod sse;
 
+pub use json::is_reserved_key;
 pub use jsonrpc::{Body, Id, Invalid, Kind, MAX_DEPTH, Message, ParseError, RawJson, parse_body};
 
 #[cfg(test)]

@@ -206,9 +206,13 @@ impl PinFile {
     }
 
     /// Pins `entry` (a listed definition) under its name. Returns `None`
-    /// when it has no name or cannot be hashed.
+    /// when it has no name, cannot be hashed, or its name cannot be a key of
+    /// the file (one the strict reader refuses, so the file would not load).
     pub fn insert(&mut self, kind: PinKind, entry: Value) -> Option<()> {
         let name = entry.get(kind.entry_key())?.as_str()?.to_owned();
+        if crate::mcp::is_reserved_key(&name) {
+            return None;
+        }
         let hash = canonical::hash(&entry)?;
         self.entries_mut(kind).insert(
             name,

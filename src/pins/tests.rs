@@ -34,6 +34,26 @@ fn a_recorded_file_reads_back_the_same() {
     assert_eq!(PinFile::parse("demo.pins.json", &text).unwrap(), file);
 }
 
+/// Found by the `pinfile` fuzz target: a tool named with a key the strict
+/// reader refuses made `pin record` write a file the gateway would not load.
+#[test]
+fn a_name_the_file_cannot_hold_is_not_recorded() {
+    let mut file = file_with(&[weather()]);
+    for name in ["$serde_json::private::RawValue", "$serde_json::private::x"] {
+        let entry = json!({"name": name, "description": "d"});
+        assert_eq!(file.insert(PinKind::Tool, entry), None, "{name}");
+    }
+    assert!(
+        file.insert(
+            PinKind::Tool,
+            json!({"name": "$serde_json", "description": "d"})
+        )
+        .is_some()
+    );
+    let text = file.to_text();
+    assert_eq!(PinFile::parse("demo.pins.json", &text).unwrap(), file);
+}
+
 #[test]
 fn malformed_files_are_refused_with_file_and_line() {
     let good = file_with(&[weather()]).to_text();

@@ -106,7 +106,7 @@ fn add(live: &mut PinFile, kind: PinKind, entries: Vec<Value>) -> Result<(), Fet
     for entry in entries {
         live.insert(kind, entry).ok_or(FetchError::Malformed {
             method: kind.list().method(),
-            what: "an entry without its name, or one that cannot be hashed",
+            what: "an entry without its name, one that cannot be hashed, or one named with a reserved JSON key",
         })?;
     }
     Ok(())
