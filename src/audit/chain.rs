@@ -89,6 +89,24 @@ struct CheckpointLine<'a> {
     unsigned: Option<&'a str>,
 }
 
+/// The exact text (without its newline) of the line a signed checkpoint
+/// is written as: every member is the signed payload's, but for `records`.
+/// `audit verify` holds a checkpoint line to it, so nothing of the line is
+/// outside what the chain or the signature covers.
+pub(crate) fn signed_checkpoint_line(payload: &Payload, records: u64, jws: &str) -> Vec<u8> {
+    let line = CheckpointLine {
+        seq: payload.seq,
+        prev: &payload.prev,
+        chain: CHECKPOINT,
+        time: &payload.time,
+        gateway: Some(&payload.spiffe_id),
+        records,
+        jws: Some(jws),
+        unsigned: None,
+    };
+    serde_json::to_vec(&line).unwrap_or_default()
+}
+
 /// The writer's chain: where the file's segment stands and when the next
 /// checkpoint is due.
 pub(crate) struct Chain {

@@ -17,7 +17,7 @@ use std::io::BufRead;
 
 use serde::Deserialize;
 
-use super::chain::{CHECKPOINT, GENESIS, line_hash};
+use super::chain::{CHECKPOINT, GENESIS, line_hash, signed_checkpoint_line};
 use super::checkpoint::{self, Bundle, CheckpointError};
 
 /// How many lines after a break are read to tell a reordering from an
@@ -117,6 +117,8 @@ struct Fields {
     jws: Option<String>,
     #[serde(default)]
     unsigned: Option<String>,
+    #[serde(default)]
+    records: Option<u64>,
 }
 
 /// A line as the walk needs it.
@@ -124,6 +126,7 @@ struct Line {
     at: Location,
     hash: String,
     fields: Fields,
+    raw: Vec<u8>,
 }
 
 /// The segment being walked.
@@ -132,6 +135,10 @@ struct Segment {
     last: String,
     last_at: Location,
     gateway: Option<String>,
+    /// Lines since the segment's last checkpoint (genesis included), as
+    /// the checkpoint's `records` counts them; unknown in a segment taken
+    /// up without its genesis until its first checkpoint.
+    since_checkpoint: Option<u64>,
 }
 
 /// Lines no verified checkpoint covers yet, from where.
@@ -277,6 +284,7 @@ impl<'a> Walk<'a> {
             at,
             hash: line_hash(&raw),
             fields,
+            raw,
         };
         if line.fields.chain.as_deref() == Some(GENESIS) {
             return Ok(self.genesis(line));
@@ -309,6 +317,11 @@ impl<'a> Walk<'a> {
             segment.next_seq += 1;
             segment.last = line.hash;
             segment.last_at = line.at;
+            segment.since_checkpoint = if line.fields.chain.as_deref() == Some(CHECKPOINT) {
+                Some(0)
+            } else {
+                segment.since_checkpoint.map(|n| n + 1)
+            };
         }
     }
 
@@ -366,6 +379,7 @@ impl<'a> Walk<'a> {
             last: String::new(),
             last_at: line.at.clone(),
             gateway: line.fields.gateway.clone(),
+            since_checkpoint: Some(0),
         });
         if let Some(id) = &line.fields.gateway {
             self.report.gateways.push(id.clone());
@@ -390,8 +404,23 @@ impl<'a> Walk<'a> {
             last: prev,
             last_at: line.at.clone(),
             gateway: None,
+            since_checkpoint: None,
         });
         Flow::Continue(())
+    }
+
+    /// The text a signed checkpoint line must have: its payload's, with
+    /// the lines counted since the last checkpoint (or, in a segment taken
+    /// up without its genesis, the count the line gives).
+    fn expected_checkpoint_line(
+        &self,
+        line: &Line,
+        payload: &checkpoint::Payload,
+        jws: &str,
+    ) -> Vec<u8> {
+        let counted = self.segment.as_ref().and_then(|s| s.since_checkpoint);
+        let records = counted.or(line.fields.records).unwrap_or_default();
+        signed_checkpoint_line(payload, records, jws)
     }
 
     /// A checkpoint in its place: its signature, chain and identity.
@@ -419,6 +448,8 @@ impl<'a> Walk<'a> {
             ))
         } else if line.fields.gateway.as_deref() != Some(verified.spiffe_id.as_str()) {
             Some(format!("gateway {:?}", line.fields.gateway))
+        } else if line.raw != self.expected_checkpoint_line(line, p, jws) {
+            Some("the line is not the one its signature seals: a member was changed, added or removed, or `records` is not the count of lines it seals".to_owned())
         } else {
             None
         };

@@ -133,9 +133,10 @@ fn find(lines: &[String], kind: &str, from: usize) -> usize {
         + 1
 }
 
-/// A checkpoint line re-signed with `key` (as a forger would).
+/// A checkpoint line re-signed with `key` and written exactly as the
+/// writer would write it (as a careful forger would).
 fn forged(line: &str, key: &SigningKey) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
     let payload = checkpoint::Payload {
         seq: v["seq"].as_u64().unwrap(),
         prev: v["prev"].as_str().unwrap().to_owned(),
@@ -143,9 +144,12 @@ fn forged(line: &str, key: &SigningKey) -> String {
         time: "2026-01-01T00:00:00.000Z".into(),
         iat: crate::clock::unix_seconds(),
     };
-    v["jws"] = checkpoint::sign(key, &payload).unwrap().into();
-    v["gateway"] = key.spiffe_id.clone().into();
-    v.to_string()
+    let jws = checkpoint::sign(key, &payload).unwrap();
+    let records = v["records"].as_u64().unwrap();
+    String::from_utf8(crate::audit::chain::signed_checkpoint_line(
+        &payload, records, &jws,
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -282,6 +286,61 @@ fn a_tail_after_the_last_checkpoint_is_unproven_not_tampered() {
         .unwrap();
     let report = verify_one(&joined(&all[..=last_cp]), &built.bundle);
     assert!(report.verified(), "{report:?}");
+}
+
+/// Found by the `audit_verify` fuzz target: the members of the last
+/// checkpoint's line outside its signature (its `time`, `records`, a member
+/// added or renamed) could be changed and the log still verified. The line
+/// must be exactly the one its signature and the count of lines make.
+#[test]
+fn the_last_checkpoints_own_line_is_held_to_its_signature() {
+    let built = build(6, 2);
+    let all = lines(&built.text);
+    let last_cp = (0..all.len())
+        .rev()
+        .find(|i| all[*i].contains("\"checkpoint\""))
+        .unwrap();
+    let sealed = &all[..=last_cp];
+    assert!(verify_one(&joined(sealed), &built.bundle).verified());
+    let line = &sealed[last_cp];
+    let records = format!(
+        "\"records\":{}",
+        line.split("\"records\":")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+    );
+    let cases = [
+        (
+            "time changed",
+            line.replacen("\"time\":\"2", "\"time\":\"1", 1),
+        ),
+        ("time renamed", line.replacen("\"time\"", "\"|ime\"", 1)),
+        (
+            "records changed",
+            line.replacen(&records, "\"records\":999", 1),
+        ),
+        ("member added", line.replacen("{", "{\"note\":\"x\",", 1)),
+        ("space added", line.replacen(",", ", ", 1)),
+    ];
+    for (name, changed) in cases {
+        assert_ne!(&changed, line, "{name}: the case changes nothing");
+        let mut l = sealed.to_vec();
+        l[last_cp] = changed;
+        let report = verify_one(&joined(&l), &built.bundle);
+        let Some((at, problem)) = &report.tampered else {
+            panic!("{name}: not caught: {report:?}");
+        };
+        assert_eq!(at.line, last_cp as u64 + 1, "{name}: {problem}");
+        assert!(
+            problem
+                .to_string()
+                .contains("not the one its signature seals"),
+            "{name}: {problem}"
+        );
+    }
 }
 
 #[test]
